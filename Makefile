@@ -1,0 +1,45 @@
+# One entry point for developers and CI. `make run` and `make test` set everything up.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+LISTEN ?= 127.0.0.1:50051
+DATA   ?= data
+# Unit and integration tests in parallel; e2e (subprocess servers, signals) after them.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install run proto lint typecheck test test-fast check-proto bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/driver-service serve --insecure --listen $(LISTEN) --data-dir $(DATA)
+
+proto: install
+	$(BIN)/python scripts/gen_proto.py
+
+lint: install
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
+	$(BIN)/pytest tests/e2e
+
+test-fast: install
+	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,52 @@
+"""Conversions between protobuf messages and domain values."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service.domain import Driver, Location
+
+NANOS = 1_000_000_000
+
+
+def timestamp_to_ns(ts: Timestamp) -> int:
+    return ts.seconds * NANOS + ts.nanos
+
+
+def ns_to_timestamp(ns: int) -> Timestamp:
+    seconds, nanos = divmod(ns, NANOS)
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def driver_to_pb(driver: Driver) -> pb.GetDriverResponse:
+    loc = driver.location
+    return pb.GetDriverResponse(
+        driver_id=driver.driver_id,
+        status=driver.status.value,
+        latitude=loc.latitude if loc is not None else 0.0,
+        longitude=loc.longitude if loc is not None else 0.0,
+        last_seen_at=ns_to_timestamp(driver.last_seen_at_ns),
+    )
+
+
+def location_to_pb(location: Location) -> pb.LocationUpdate:
+    return pb.LocationUpdate(
+        driver_id=location.driver_id,
+        latitude=location.latitude,
+        longitude=location.longitude,
+        speed_mps=location.speed_mps,
+        heading_degrees=location.heading_degrees,
+        timestamp=ns_to_timestamp(location.recorded_at_ns),
+    )
+
+
+def pb_to_location(msg: pb.LocationUpdate) -> Location:
+    return Location(
+        msg.driver_id,
+        msg.latitude,
+        msg.longitude,
+        msg.speed_mps,
+        msg.heading_degrees,
+        timestamp_to_ns(msg.timestamp),
+    )

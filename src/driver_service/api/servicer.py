@@ -1,0 +1,112 @@
+"""driver.v1.DriverService over grpc.aio: decode, call DriverTracking, encode, map errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.api.convert import driver_to_pb, location_to_pb, timestamp_to_ns
+from driver_service.api.errors import status_for
+from driver_service.domain import DomainError, InvalidInput
+from driver_service.service import DriverTracking, Upload
+
+log = logging.getLogger(__name__)
+
+_EMPTY_EVENT = (
+    "DriverEvent has no event set: send exactly one of location, status_change or heartbeat"
+)
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
+    await context.abort(status_for(error), str(error))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+async def _offer(ingest: Upload, msg: pb.LocationUpdate) -> InvalidInput | None:
+    return await ingest.offer(
+        msg.driver_id,
+        msg.latitude,
+        msg.longitude,
+        msg.speed_mps,
+        msg.heading_degrees,
+        timestamp_to_ns(msg.timestamp) if msg.HasField("timestamp") else None,
+    )
+
+
+class DriverServicer(pb_grpc.DriverServiceServicer):
+    """The seed's four RPCs; every rule lives in DriverTracking, not here."""
+
+    def __init__(self, tracking: DriverTracking) -> None:
+        self._tracking = tracking
+
+    async def GetDriver(  # noqa: N802 - generated method name
+        self,
+        request: pb.GetDriverRequest,
+        context: grpc.aio.ServicerContext[pb.GetDriverRequest, pb.GetDriverResponse],
+    ) -> pb.GetDriverResponse:
+        try:
+            driver = await self._tracking.get_driver(request.driver_id)
+        except DomainError as error:
+            await _abort(context, error)
+        return driver_to_pb(driver)
+
+    async def StreamLocation(  # noqa: N802
+        self,
+        request: pb.StreamLocationRequest,
+        context: grpc.aio.ServicerContext[pb.StreamLocationRequest, pb.LocationUpdate],
+    ) -> AsyncIterator[pb.LocationUpdate]:
+        try:
+            async for location in self._tracking.watch(request.driver_id):
+                yield location_to_pb(location)
+        except DomainError as error:
+            await _abort(context, error)
+
+    async def UploadLocations(  # noqa: N802
+        self,
+        request_iterator: AsyncIterable[pb.LocationUpdate],
+        context: grpc.aio.ServicerContext[pb.LocationUpdate, pb.UploadSummary],
+    ) -> pb.UploadSummary:
+        try:
+            upload = self._tracking.new_upload()
+            async for msg in request_iterator:
+                await _offer(upload, msg)
+            result = await upload.finish()
+        except DomainError as error:
+            await _abort(context, error)
+        return pb.UploadSummary(
+            received_count=result.received_count,
+            persisted_count=result.persisted_count,
+            session_id=result.session_id,
+        )
+
+    async def DriverSession(  # noqa: N802
+        self,
+        request_iterator: AsyncIterable[pb.DriverEvent],
+        context: grpc.aio.ServicerContext[pb.DriverEvent, pb.ServerCommand],
+    ) -> AsyncIterator[pb.ServerCommand]:
+        tracking = self._tracking
+        try:
+            ingest = tracking.new_upload()
+            async for event in request_iterator:
+                kind = event.WhichOneof("event")
+                if kind == "location":
+                    rejected = await _offer(ingest, event.location)
+                    if rejected is not None:
+                        log.info("session dropped an invalid location: %s", rejected)
+                elif kind == "heartbeat":
+                    yield pb.ServerCommand(
+                        pong=pb.PingResponse(server_ts_ms=tracking.server_time_ms())
+                    )
+                elif kind == "status_change":
+                    change = event.status_change
+                    await tracking.change_status(change.driver_id, change.new_status)
+                else:
+                    raise InvalidInput(_EMPTY_EVENT)
+            await ingest.finish()
+        except DomainError as error:
+            await _abort(context, error)

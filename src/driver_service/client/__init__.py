@@ -1,0 +1,45 @@
+"""Client library for driver.v1.DriverService: async (`DriverClient`) and blocking
+(`SyncDriverClient`), with a default deadline on every call and typed errors."""
+
+from driver_service.client._async import (
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_UPLOAD_TIMEOUT_S,
+    DriverClient,
+    DriverSession,
+)
+from driver_service.client._sync import SyncDriverClient
+from driver_service.client._types import DriverSnapshot, UploadReport
+from driver_service.client.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    DriverServiceError,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_UPLOAD_TIMEOUT_S",
+    "Cancelled",
+    "DeadlineExceeded",
+    "DriverClient",
+    "DriverServiceError",
+    "DriverSession",
+    "DriverSnapshot",
+    "InternalError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "SyncDriverClient",
+    "Unauthenticated",
+    "Unavailable",
+    "UploadReport",
+    "from_rpc_error",
+]

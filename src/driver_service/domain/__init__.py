@@ -1,0 +1,36 @@
+"""The domain: drivers, locations, statuses and their rules — no gRPC, no SQL."""
+
+from driver_service.domain.errors import (
+    DomainError,
+    DriverNotFound,
+    InvalidInput,
+    ShuttingDown,
+    StoreUnavailable,
+)
+from driver_service.domain.model import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.validation import (
+    DEFAULT_RULES,
+    MAX_DRIVER_ID_LENGTH,
+    LocationRules,
+    parse_status,
+    validate_driver_id,
+    validate_location,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "INITIAL_STATUS",
+    "MAX_DRIVER_ID_LENGTH",
+    "DomainError",
+    "Driver",
+    "DriverNotFound",
+    "InvalidInput",
+    "Location",
+    "LocationRules",
+    "ShuttingDown",
+    "Status",
+    "StoreUnavailable",
+    "parse_status",
+    "validate_driver_id",
+    "validate_location",
+]

@@ -1,0 +1,77 @@
+"""Input rules shared by every RPC; they raise InvalidInput with a message a caller can act on."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from driver_service.domain.errors import InvalidInput
+from driver_service.domain.model import Location, Status
+
+MAX_DRIVER_ID_LENGTH = 128
+_DRIVER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
+#: GPS fixes older than this are not plausible (and catch an unset clock at the epoch).
+EARLIEST_TIMESTAMP_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z
+NANOS = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class LocationRules:
+    """Limits that depend on deployment, not on geometry."""
+
+    max_future_skew_ns: int = 5 * 60 * NANOS
+
+
+DEFAULT_RULES = LocationRules()
+
+
+def validate_driver_id(driver_id: str, field: str = "driver_id") -> str:
+    if not driver_id:
+        raise InvalidInput(f"{field} is required")
+    if len(driver_id) > MAX_DRIVER_ID_LENGTH:
+        raise InvalidInput(f"{field} is longer than {MAX_DRIVER_ID_LENGTH} characters")
+    if not _DRIVER_ID_RE.match(driver_id):
+        raise InvalidInput(
+            f"{field} may contain only letters, digits and . _ : @ - "
+            "and must start with a letter or digit"
+        )
+    return driver_id
+
+
+def parse_status(value: str, field: str = "new_status") -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in Status)
+        shown = value if len(value) <= 32 else value[:32] + "…"
+        raise InvalidInput(f"{field} {shown!r} is not one of {allowed}") from None
+
+
+def validate_location(
+    driver_id: str,
+    latitude: float,
+    longitude: float,
+    speed_mps: float,
+    heading_degrees: float,
+    recorded_at_ns: int,
+    now_ns: int,
+    rules: LocationRules = DEFAULT_RULES,
+) -> Location:
+    """Return a Location if every field is plausible, else raise InvalidInput naming the field."""
+    validate_driver_id(driver_id)
+    if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):
+        raise InvalidInput("latitude must be a finite number between -90 and 90")
+    if not (math.isfinite(longitude) and -180.0 <= longitude <= 180.0):
+        raise InvalidInput("longitude must be a finite number between -180 and 180")
+    if not (math.isfinite(speed_mps) and speed_mps >= 0.0):
+        raise InvalidInput("speed_mps must be a finite number >= 0")
+    if not (math.isfinite(heading_degrees) and 0.0 <= heading_degrees <= 360.0):
+        raise InvalidInput("heading_degrees must be a finite number between 0 and 360")
+    if recorded_at_ns < EARLIEST_TIMESTAMP_NS:
+        raise InvalidInput("timestamp is before 2000-01-01")
+    if recorded_at_ns > now_ns + rules.max_future_skew_ns:
+        raise InvalidInput(
+            f"timestamp is more than {rules.max_future_skew_ns // NANOS} s in the future"
+        )
+    return Location(driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns)

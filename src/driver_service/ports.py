@@ -1,0 +1,64 @@
+"""The interfaces the application service needs; `storage/` and `bus/` implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from driver_service.domain import Driver, Location, Status
+
+
+class DriverRepository(Protocol):
+    """Durable driver state and location history.
+
+    Every method that writes returns only after the data is committed durably, so the
+    caller may acknowledge it. Reads of current state must not scan history.
+    """
+
+    async def get_driver(self, driver_id: str) -> Driver | None: ...
+
+    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        """Store a batch in one transaction: all of it goes to history; a location becomes
+        its driver's current one only if it is newer. Return those that became current,
+        in the order given."""
+        ...
+
+    async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        """Upsert the driver's status; `at_ns` counts as an accepted event for last_seen_at."""
+        ...
+
+    async def location_history(
+        self, driver_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[Location]:
+        """History of one driver with start_ns <= recorded_at_ns < end_ns, oldest first."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests (for health checks)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SubscriptionClosed(Exception):
+    """The subscription ended because the bus or the server is shutting down."""
+
+
+class Subscription(Protocol):
+    """Live locations of one driver, newest last; a slow reader loses the oldest, never blocks."""
+
+    async def next(self) -> Location:
+        """Wait for the next location; raise SubscriptionClosed when the subscription ends."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocationBus(Protocol):
+    """Fan-out of accepted current locations to live watchers."""
+
+    async def publish(self, locations: Sequence[Location]) -> None: ...
+
+    async def subscribe(self, driver_id: str) -> Subscription: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,225 @@
+"""The application service: each DriverService RPC's logic over the ports, no RPC library.
+
+Servicers in `api/` translate the wire to these calls and back; so another transport can
+be put in front of the same logic and measured against grpc.aio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from driver_service.domain import (
+    DEFAULT_RULES,
+    Driver,
+    DriverNotFound,
+    InvalidInput,
+    Location,
+    LocationRules,
+    ShuttingDown,
+    StoreUnavailable,
+    parse_status,
+    validate_driver_id,
+    validate_location,
+)
+from driver_service.ingest import LocationWriter
+from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
+
+log = logging.getLogger(__name__)
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    received_count: int
+    persisted_count: int
+    session_id: str
+
+
+class DriverTracking:
+    """Ingests locations and statuses, answers current state, streams live locations."""
+
+    def __init__(
+        self,
+        repository: DriverRepository,
+        bus: LocationBus,
+        rules: LocationRules = DEFAULT_RULES,
+        max_pending: int | None = None,
+    ) -> None:
+        self.repository = repository
+        self.bus = bus
+        self.rules = rules
+        self.writer = (
+            LocationWriter(repository, bus)
+            if max_pending is None
+            else LocationWriter(repository, bus, max_pending=max_pending)
+        )
+        self._subscriptions: set[Subscription] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        self.writer.start()
+
+    # --- GetDriver -----------------------------------------------------------------------
+    async def get_driver(self, driver_id: str) -> Driver:
+        validate_driver_id(driver_id)
+        try:
+            driver = await self.repository.get_driver(driver_id)
+        except Exception as exc:
+            log.exception("reading driver %s failed", driver_id)
+            raise StoreUnavailable("driver store is unavailable") from exc
+        if driver is None:
+            raise DriverNotFound(driver_id)
+        return driver
+
+    # --- StreamLocation --------------------------------------------------------------------
+    async def watch(self, driver_id: str) -> AsyncIterator[Location]:
+        """Yield the latest known location at once (if any), then each newer one as it is
+        accepted. An unknown driver is waited for: its first location is sent when it comes."""
+        validate_driver_id(driver_id)
+        if self._stopping:
+            raise ShuttingDown("server is shutting down; reconnect to another replica")
+        subscription = await self.bus.subscribe(driver_id)
+        self._subscriptions.add(subscription)
+        try:
+            last_sent_ns = -1
+            driver = await self.repository.get_driver(driver_id)
+            if driver is not None and driver.location is not None:
+                last_sent_ns = driver.location.recorded_at_ns
+                yield driver.location
+            while True:
+                try:
+                    location = await subscription.next()
+                except SubscriptionClosed:
+                    raise ShuttingDown(
+                        "server is shutting down; reconnect to another replica"
+                    ) from None
+                if location.recorded_at_ns > last_sent_ns:
+                    last_sent_ns = location.recorded_at_ns
+                    yield location
+        finally:
+            self._subscriptions.discard(subscription)
+            subscription.close()
+
+    # --- UploadLocations / DriverSession locations -----------------------------------------
+    def new_upload(self) -> Upload:
+        if self._stopping:
+            raise ShuttingDown("server is shutting down; reconnect to another replica")
+        return Upload(self)
+
+    def accept_location(
+        self,
+        driver_id: str,
+        latitude: float,
+        longitude: float,
+        speed_mps: float,
+        heading_degrees: float,
+        recorded_at_ns: int | None,
+    ) -> asyncio.Future[None]:
+        """Validate and queue one update; the future resolves when it is durably stored.
+        A missing timestamp means "now" (the seed's clients may leave it unset)."""
+        now_ns = time.time_ns()
+        location = validate_location(
+            driver_id,
+            latitude,
+            longitude,
+            speed_mps,
+            heading_degrees,
+            now_ns if recorded_at_ns is None else recorded_at_ns,
+            now_ns,
+            self.rules,
+        )
+        return self.writer.submit(location)
+
+    # --- DriverSession status --------------------------------------------------------------
+    async def change_status(self, driver_id: str, new_status: str) -> Driver:
+        validate_driver_id(driver_id)
+        status = parse_status(new_status)
+        try:
+            return await self.repository.set_status(driver_id, status, time.time_ns())
+        except Exception as exc:
+            log.exception("storing status of driver %s failed", driver_id)
+            raise StoreUnavailable("driver store is unavailable; status not changed") from exc
+
+    @staticmethod
+    def server_time_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """End live streams so their clients reconnect elsewhere; uploads may still finish."""
+        self._stopping = True
+        for subscription in list(self._subscriptions):
+            subscription.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def close(self) -> None:
+        """Commit everything accepted, then release the adapters."""
+        self.begin_shutdown()
+        await self.writer.close()
+        await self.bus.close()
+        await self.repository.close()
+
+
+class Upload:
+    """One UploadLocations stream: counts what it received and what was committed."""
+
+    __slots__ = ("_commit_counts", "_commits", "_service", "received", "session_id")
+
+    def __init__(self, service: DriverTracking) -> None:
+        self._service = service
+        self.session_id = f"upl-{uuid.uuid4().hex}"
+        self.received = 0
+        # The commits this stream's updates went into, and how many updates in each.
+        self._commits: list[asyncio.Future[None]] = []
+        self._commit_counts: list[int] = []
+
+    async def offer(
+        self,
+        driver_id: str,
+        latitude: float,
+        longitude: float,
+        speed_mps: float,
+        heading_degrees: float,
+        recorded_at_ns: int | None,
+    ) -> InvalidInput | None:
+        """Count and, if valid, queue one update. Return the validation error, if any."""
+        self.received += 1
+        writer = self._service.writer
+        if writer.full:
+            await writer.wait_for_room()
+        try:
+            done = self._service.accept_location(
+                driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
+            )
+        except InvalidInput as exc:
+            return exc
+        if self._commits and self._commits[-1] is done:
+            self._commit_counts[-1] += 1
+        else:
+            self._commits.append(done)
+            self._commit_counts.append(1)
+        return None
+
+    async def finish(self) -> UploadResult:
+        """Wait for every queued update's commit; count only what was committed."""
+        persisted = 0
+        for done, count in zip(self._commits, self._commit_counts, strict=True):
+            try:
+                await done
+            except StoreUnavailable:
+                continue
+            persisted += count
+        self._commits.clear()
+        self._commit_counts.clear()
+        return UploadResult(
+            min(self.received, INT32_MAX), min(persisted, INT32_MAX), self.session_id
+        )

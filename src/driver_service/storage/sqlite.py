@@ -1,0 +1,240 @@
+"""SQLite DriverRepository: one file, WAL, synchronous=FULL, one writer thread, state in memory.
+
+Reads of current state come from an in-memory mirror that is updated only after a
+commit succeeds, so GetDriver never touches the disk and never sees uncommitted data.
+The data directory is locked: two servers on one file would each trust a stale mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.storage.sqlite_schema import migrate
+
+T = TypeVar("T")
+
+_INSERT_HISTORY = (
+    "INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude, speed_mps,"
+    " heading_degrees) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_UPSERT_DRIVER = (
+    "INSERT INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+    " location_at_ns, last_seen_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (driver_id) DO UPDATE SET status = excluded.status,"
+    " latitude = excluded.latitude, longitude = excluded.longitude,"
+    " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
+    " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
+)
+
+
+class StoreLocked(RuntimeError):
+    """Another process holds this data directory."""
+
+
+def _driver_row(driver: Driver) -> tuple[object, ...]:
+    loc = driver.location
+    if loc is None:
+        return (
+            driver.driver_id,
+            driver.status.value,
+            None,
+            None,
+            None,
+            None,
+            None,
+            driver.last_seen_at_ns,
+        )
+    return (
+        driver.driver_id,
+        driver.status.value,
+        loc.latitude,
+        loc.longitude,
+        loc.speed_mps,
+        loc.heading_degrees,
+        loc.recorded_at_ns,
+        driver.last_seen_at_ns,
+    )
+
+
+def _driver_from_row(row: tuple[Any, ...]) -> Driver:
+    driver_id, status, lat, lon, speed, heading, at_ns, last_seen = row
+    location = None
+    if at_ns is not None:
+        location = Location(driver_id, lat, lon, speed, heading, at_ns)
+    return Driver(driver_id, Status(status), location, last_seen)
+
+
+class SqliteRepository:
+    """DriverRepository on one SQLite file. Create with `await SqliteRepository.open(path)`."""
+
+    def __init__(
+        self,
+        path: Path,
+        connection: sqlite3.Connection,
+        lock: IO[bytes],
+        executor: ThreadPoolExecutor,
+        drivers: dict[str, Driver],
+    ) -> None:
+        self.path = path
+        self._connection = connection
+        self._lock = lock
+        self._executor = executor
+        self._drivers = drivers
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SqliteRepository:
+        db_path = Path(path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _lock_file(db_path.with_name(db_path.name + ".lock"))
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        try:
+            connection, drivers = await asyncio.get_running_loop().run_in_executor(
+                executor, _connect_and_load, db_path
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            lock.close()
+            raise
+        return cls(db_path, connection, lock, executor, drivers)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def get_driver(self, driver_id: str) -> Driver | None:
+        return self._drivers.get(driver_id)
+
+    def driver_count(self) -> int:
+        return len(self._drivers)
+
+    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        return await self._run(lambda: self._record_locations(locations))
+
+    def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        drivers = self._drivers
+        changed: dict[str, Driver] = {}
+        advanced: list[Location] = []
+        for loc in locations:
+            current = changed.get(loc.driver_id) or drivers.get(loc.driver_id)
+            if current is None:
+                changed[loc.driver_id] = Driver(
+                    loc.driver_id, INITIAL_STATUS, loc, loc.recorded_at_ns
+                )
+            elif current.location is None or loc.recorded_at_ns > current.location.recorded_at_ns:
+                changed[loc.driver_id] = Driver(
+                    loc.driver_id,
+                    current.status,
+                    loc,
+                    max(current.last_seen_at_ns, loc.recorded_at_ns),
+                )
+            else:
+                continue  # older than the current fix: history only
+            advanced.append(loc)
+        history = [
+            (
+                loc.driver_id,
+                loc.recorded_at_ns,
+                loc.latitude,
+                loc.longitude,
+                loc.speed_mps,
+                loc.heading_degrees,
+            )
+            for loc in locations
+        ]
+        self._transaction(
+            lambda con: (
+                con.executemany(_INSERT_HISTORY, history),
+                con.executemany(_UPSERT_DRIVER, [_driver_row(d) for d in changed.values()]),
+            )
+        )
+        drivers.update(changed)
+        return advanced
+
+    async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        return await self._run(lambda: self._set_status(driver_id, status, at_ns))
+
+    def _set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        current = self._drivers.get(driver_id)
+        if current is None:
+            driver = Driver(driver_id, status, None, at_ns)
+        else:
+            driver = Driver(
+                driver_id, status, current.location, max(current.last_seen_at_ns, at_ns)
+            )
+        self._transaction(lambda con: con.execute(_UPSERT_DRIVER, _driver_row(driver)))
+        self._drivers[driver_id] = driver
+        return driver
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        con = self._connection
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            body(con)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    async def location_history(
+        self, driver_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[Location]:
+        def query() -> list[Location]:
+            rows = self._connection.execute(
+                "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
+                " FROM location_history WHERE driver_id = ? AND recorded_at_ns >= ?"
+                " AND recorded_at_ns < ? ORDER BY recorded_at_ns LIMIT ?",
+                (driver_id, start_ns, end_ns, limit),
+            ).fetchall()
+            return [Location(driver_id, *row) for row in rows]
+
+        return await self._run(query)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._connection.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        try:
+            await self._run(self._connection.close)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._lock.close()
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    handle = path.open("wb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreLocked(f"{path.parent} is in use by another driver-service process") from None
+    return handle
+
+
+def _connect_and_load(path: Path) -> tuple[sqlite3.Connection, dict[str, Driver]]:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before we acknowledge it, even across power loss.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA busy_timeout = 5000")
+        migrate(connection)
+        drivers = {
+            row[0]: _driver_from_row(row)
+            for row in connection.execute(
+                "SELECT driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+                " location_at_ns, last_seen_at_ns FROM drivers"
+            )
+        }
+    except BaseException:
+        connection.close()
+        raise
+    return connection, drivers
