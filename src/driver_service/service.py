@@ -7,6 +7,7 @@ be put in front of the same logic and measured against grpc.aio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -60,6 +61,7 @@ class DriverTracking:
             else LocationWriter(repository, bus, max_pending=max_pending)
         )
         self._subscriptions: set[Subscription] = set()
+        self._sessions: set[SessionInbox] = set()
         self._stopping = False
 
     async def start(self) -> None:
@@ -146,6 +148,17 @@ class DriverTracking:
             log.exception("storing status of driver %s failed", driver_id)
             raise StoreUnavailable("driver store is unavailable; status not changed") from exc
 
+    def open_session(self) -> SessionInbox:
+        """Register a DriverSession; shutdown ends it through its inbox."""
+        if self._stopping:
+            raise ShuttingDown("server is shutting down; reconnect to another replica")
+        inbox = SessionInbox()
+        self._sessions.add(inbox)
+        return inbox
+
+    def close_session(self, inbox: SessionInbox) -> None:
+        self._sessions.discard(inbox)
+
     @staticmethod
     def server_time_ms() -> int:
         return time.time_ns() // 1_000_000
@@ -156,6 +169,8 @@ class DriverTracking:
         self._stopping = True
         for subscription in list(self._subscriptions):
             subscription.close()
+        for inbox in list(self._sessions):
+            inbox.shut_down()
 
     @property
     def stopping(self) -> bool:
@@ -167,6 +182,36 @@ class DriverTracking:
         await self.writer.close()
         await self.bus.close()
         await self.repository.close()
+
+
+class SessionInbox:
+    """What one DriverSession must handle next, in order: client events (and, later, server
+    commands). Bounded, so a client cannot queue unbounded work; shutdown jumps the queue."""
+
+    __slots__ = ("_queue", "_shutting_down")
+
+    _SHUTDOWN = object()
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        self._shutting_down = False
+
+    async def put(self, item: object) -> None:
+        await self._queue.put(item)
+
+    async def get(self) -> object:
+        """The next item; raise ShuttingDown once the server stops."""
+        if not self._shutting_down:
+            item = await self._queue.get()
+            if item is not self._SHUTDOWN and not self._shutting_down:
+                return item
+        raise ShuttingDown("server is shutting down; reconnect to another replica")
+
+    def shut_down(self) -> None:
+        self._shutting_down = True
+        # A full queue means the session is busy, not waiting: it sees the flag next time.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(self._SHUTDOWN)
 
 
 class Upload:

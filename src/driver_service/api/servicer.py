@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, NoReturn
@@ -13,7 +14,7 @@ from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import driver_to_pb, location_to_pb, timestamp_to_ns
 from driver_service.api.errors import status_for
 from driver_service.domain import DomainError, InvalidInput
-from driver_service.service import DriverTracking, Upload
+from driver_service.service import DriverTracking, SessionInbox, Upload
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,17 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         tracking = self._tracking
         try:
             ingest = tracking.new_upload()
-            async for event in request_iterator:
+            inbox = tracking.open_session()
+        except DomainError as error:
+            await _abort(context, error)
+        # Events are read by a pump task into the session's inbox, so that shutdown (and
+        # later, server-pushed commands) can reach a session that is waiting for the client.
+        pump = asyncio.get_running_loop().create_task(_pump(request_iterator, inbox))
+        try:
+            while (event := await inbox.get()) is not _END_OF_INPUT:
+                if isinstance(event, BaseException):
+                    raise event
+                assert isinstance(event, pb.DriverEvent)
                 kind = event.WhichOneof("event")
                 if kind == "location":
                     rejected = await _offer(ingest, event.location)
@@ -110,3 +121,22 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             await ingest.finish()
         except DomainError as error:
             await _abort(context, error)
+        finally:
+            pump.cancel()
+            tracking.close_session(inbox)
+
+
+_END_OF_INPUT = object()
+
+
+async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox) -> None:
+    """Move client events into the inbox; end with a marker, or with the read error."""
+    try:
+        async for event in events:
+            await inbox.put(event)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - handed to the session loop, which re-raises it
+        await inbox.put(error)
+        return
+    await inbox.put(_END_OF_INPUT)

@@ -45,6 +45,12 @@ def register(commands: Any) -> None:
     add_client_options(watch)
     watch.set_defaults(run=lambda a: asyncio.run(_watch(a)))
 
+    from driver_service.cli import session_command, simulate_command, upload_command
+
+    upload_command.register(commands)
+    session_command.register(commands)
+    simulate_command.register(commands)
+
 
 async def _get(args: argparse.Namespace) -> int:
     async with make_client(args) as client:

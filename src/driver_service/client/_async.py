@@ -16,11 +16,19 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import location_to_pb, pb_to_location, timestamp_to_ns
 from driver_service.client._types import DriverSnapshot, UploadReport, utc_from_ns
-from driver_service.client.errors import DriverServiceError, Unavailable, from_rpc_error
+from driver_service.client.errors import (
+    _BY_CODE,
+    DriverServiceError,
+    Unavailable,
+    from_rpc_error,
+)
 from driver_service.domain import Location
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_UPLOAD_TIMEOUT_S = 300.0
+#: How long a failed write waits to learn the server's reason for ending the session.
+_ENDING_WAIT_S = 1.0
+_GRPC_WRITE_RACE = "Internal error from Core"
 
 #: Spread calls over every address the target resolves to; gRPC's default, pick_first,
 #: sends everything to one server.
@@ -181,7 +189,7 @@ class DriverSession:
                 else:
                     self._commands.put_nowait(command)
         except grpc.RpcError as error:
-            self._error = from_rpc_error(error)
+            self._error = await self._settled_error(from_rpc_error(error))
         except asyncio.CancelledError:
             self._error = Unavailable(grpc.StatusCode.CANCELLED, "session closed")
         finally:
@@ -195,12 +203,39 @@ class DriverSession:
     async def _write(self, event: pb.DriverEvent) -> None:
         try:
             await self._call.write(event)
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
-        except asyncio.InvalidStateError:
-            raise self._error or Unavailable(
-                grpc.StatusCode.UNAVAILABLE, "session already ended"
-            ) from None
+        except (grpc.RpcError, asyncio.InvalidStateError) as error:
+            # The write failed because the call ended: report why the server ended it, which
+            # the reader learns, rather than the write's own (often generic) error.
+            raise await self._ending_error(error) from None
+
+    async def _ending_error(self, error: BaseException) -> DriverServiceError:
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), _ENDING_WAIT_S)
+        if self._error is not None:
+            return self._error
+        if isinstance(error, grpc.RpcError):
+            return from_rpc_error(error)
+        return Unavailable(grpc.StatusCode.UNAVAILABLE, "session already ended")
+
+    async def _settled_error(self, error: DriverServiceError) -> DriverServiceError:
+        """Work around a grpc.aio race: a write that fails because the server has just ended
+        the call sets its status to INTERNAL "Internal error from Core"; the server's real
+        status (e.g. INVALID_ARGUMENT) replaces it a moment later. Ask the call again."""
+        if error.code is not grpc.StatusCode.INTERNAL or error.details != _GRPC_WRITE_RACE:
+            return error
+        deadline = time.monotonic() + _ENDING_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            code = await self._call.code()
+            if code is not grpc.StatusCode.INTERNAL:
+                return _BY_CODE.get(code, DriverServiceError)(code, await self._call.details())
+        return error
+
+    @property
+    def error(self) -> DriverServiceError | None:
+        """Why the session ended, once it has ended with an error (else None)."""
+        return self._error
 
     async def send_location(self, location: Location) -> None:
         await self._write(pb.DriverEvent(location=location_to_pb(location)))
@@ -217,9 +252,14 @@ class DriverSession:
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pongs.append(waiter)
         started = time.perf_counter()
-        await self._write(
-            pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=time.time_ns() // 1_000_000))
-        )
+        try:
+            await self._write(
+                pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=time.time_ns() // 1_000_000))
+            )
+        except BaseException:
+            self._pongs.remove(waiter)
+            waiter.cancel()
+            raise
         try:
             server_ts_ms = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:

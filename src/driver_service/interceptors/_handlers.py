@@ -60,3 +60,47 @@ def _as_stream(behavior: Callable[..., Any]) -> StreamBehavior:
             yield result
 
     return as_iterator
+
+
+_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from grpc-stubs
+
+#: Called with each incoming message of a stream before the handler sees it; it may abort.
+MessageCheck = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+
+
+async def checked_requests(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+    check: MessageCheck,
+) -> AsyncIterator[Any]:
+    """Yield `requests`, running `check` on each message first; a check that aborts ends the
+    call there, so that message and every later one never reach the handler."""
+    async for message in requests:
+        await check(message, context)
+        yield message
+
+
+def checked_read_context(
+    context: grpc.aio.ServicerContext[Any, Any], check: MessageCheck
+) -> grpc.aio.ServicerContext[Any, Any]:
+    """`context` with `read()` checked, typed as the context handlers expect."""
+    return cast("grpc.aio.ServicerContext[Any, Any]", CheckedReadContext(context, check))
+
+
+class CheckedReadContext:
+    """A servicer context whose `read()` runs `check` too, so a handler that reads with
+    `context.read()` instead of iterating cannot bypass per-message checks. Everything
+    else is the real context."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], check: MessageCheck) -> None:
+        self._context = context
+        self._check = check
+
+    async def read(self) -> Any:
+        message = await self._context.read()
+        if message is not _EOF:
+            await self._check(message, self._context)
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)

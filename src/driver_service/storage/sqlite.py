@@ -88,6 +88,7 @@ class SqliteRepository:
         self._lock = lock
         self._executor = executor
         self._drivers = drivers
+        self._closed = False
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SqliteRepository:
@@ -201,6 +202,10 @@ class SqliteRepository:
         await self._run(lambda: self._connection.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
+        """Close the file and release the lock; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self._run(self._connection.close)
         finally:

@@ -1,0 +1,158 @@
+"""The interceptor chain on a real server: request ids echoed, one structured log record per
+call with its code and message counts, for unary and every kind of stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.api import DriverServicer
+from driver_service.bus import MemoryBus
+from driver_service.interceptors import AuthPolicy, server_interceptors
+from driver_service.security import TokenIssuer, TokenValidator
+from driver_service.service import DriverTracking
+from driver_service.storage import SqliteRepository
+
+SECRET = b"interceptor-test-secret-32-bytes-long"
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def calls(self, method: str) -> list[logging.LogRecord]:
+        return [r for r in self.records if getattr(r, "method", None) == method]
+
+
+@dataclass
+class Env:
+    stub: pb_grpc.DriverServiceStub
+    records: Records
+    token: str
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    logger = logging.getLogger(f"test.rpc.{tmp_path.name}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    records = Records()
+    logger.addHandler(records)
+    repository = await SqliteRepository.open(tmp_path / "store.sqlite3")
+    tracking = DriverTracking(repository, MemoryBus())
+    await tracking.start()
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET))
+    server = grpc.aio.server(interceptors=server_interceptors(policy, logger))
+    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    token = TokenIssuer.from_secret(SECRET).issue_service(["drivers:read", "drivers:write"])
+    try:
+        yield Env(pb_grpc.DriverServiceStub(channel), records, token)
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await tracking.close()
+        logger.removeHandler(records)
+
+
+def meta(env: Env, request_id: str | None = None) -> tuple[tuple[str, str], ...]:
+    pairs = [("authorization", f"Bearer {env.token}")]
+    if request_id:
+        pairs.append(("x-request-id", request_id))
+    return tuple(pairs)
+
+
+def update(driver_id: str, latitude: float) -> pb.LocationUpdate:
+    msg = pb.LocationUpdate(driver_id=driver_id, latitude=latitude, longitude=1.0)
+    msg.timestamp.FromNanoseconds(time.time_ns())
+    return msg
+
+
+async def test_request_id_is_echoed_and_logged(env: Env) -> None:
+    call = env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env, "abc-123"))
+    await call
+    assert ("x-request-id", "abc-123") in tuple(await call.initial_metadata())
+    [record] = env.records.calls("/driver.v1.DriverService/UploadLocations")
+    assert record.request_id == "abc-123"  # type: ignore[attr-defined]
+
+
+async def test_request_id_is_generated_when_absent_or_unsafe(env: Env) -> None:
+    call = env.stub.GetDriver(
+        pb.GetDriverRequest(driver_id="nobody"), metadata=meta(env, "bad id <x>")
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    [sent] = [v for k, v in await call.initial_metadata() if k == "x-request-id"]
+    assert sent != "bad id <x>"
+    assert len(sent) == 32
+    [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
+    assert record.request_id == sent  # type: ignore[attr-defined]
+    assert record.code == "NOT_FOUND"  # type: ignore[attr-defined]
+
+
+async def test_unary_record_has_every_field_and_no_token(env: Env) -> None:
+    await env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env))
+    await env.stub.GetDriver(pb.GetDriverRequest(driver_id="d1"), metadata=meta(env))
+    [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
+    fields = record.rpc  # type: ignore[attr-defined]
+    assert set(fields) >= {"method", "peer", "duration_ms", "code", "request_id"}
+    assert fields["code"] == "OK"
+    assert fields["duration_ms"] >= 0
+    assert "127.0.0.1" in fields["peer"]
+    for r in env.records.records:
+        assert env.token not in r.getMessage()
+        assert env.token not in str(r.__dict__)
+
+
+async def test_stream_records_count_messages_in_and_out(env: Env) -> None:
+    summary = await env.stub.UploadLocations(
+        iter([update("d1", 1.0), update("d1", 2.0), update("d1", 3.0)]), metadata=meta(env)
+    )
+    assert summary.received_count == 3
+    [upload] = env.records.calls("/driver.v1.DriverService/UploadLocations")
+    assert (upload.messages_in, upload.messages_out, upload.code) == (3, 1, "OK")  # type: ignore[attr-defined]
+
+    events = [pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=i)) for i in range(4)]
+    session = env.stub.DriverSession(iter(events), metadata=meta(env))
+    pongs = [reply async for reply in session]
+    assert len(pongs) == 4
+    [bidi] = env.records.calls("/driver.v1.DriverService/DriverSession")
+    assert (bidi.messages_in, bidi.messages_out, bidi.code) == (4, 4, "OK")  # type: ignore[attr-defined]
+
+    watch = env.stub.StreamLocation(pb.StreamLocationRequest(driver_id="d1"), metadata=meta(env))
+    first = await watch.read()
+    assert first.latitude == 3.0
+    watch.cancel()
+    for _ in range(100):
+        if env.records.calls("/driver.v1.DriverService/StreamLocation"):
+            break
+        await asyncio.sleep(0.02)
+    [server_stream] = env.records.calls("/driver.v1.DriverService/StreamLocation")
+    assert server_stream.messages_out == 1  # type: ignore[attr-defined]
+    assert server_stream.code == "CANCELLED"  # type: ignore[attr-defined]
+
+
+async def test_refused_calls_are_logged_with_their_code(env: Env) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await env.stub.GetDriver(
+            pb.GetDriverRequest(driver_id="d1"), metadata=(("authorization", "Bearer nope"),)
+        )
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
+    assert record.code == "UNAUTHENTICATED"  # type: ignore[attr-defined]
+    assert "nope" not in str(record.__dict__)

@@ -1,0 +1,317 @@
+"""LocationWriter (group commit) and Upload counting over the real SqliteRepository.
+
+The point of the writer is that an acknowledgement means "durably committed": every test
+checks the data from a connection or repository other than the one that wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from driver_service.bus.memory import MemoryBus
+from driver_service.domain import Driver, Location, Status, StoreUnavailable
+from driver_service.ingest import LocationWriter
+from driver_service.service import DriverTracking
+from driver_service.storage.sqlite import SqliteRepository
+
+
+class CountingRepository:
+    """The real repository, delegated to; counts commits and can fail or hold them on demand."""
+
+    def __init__(self, inner: SqliteRepository) -> None:
+        self.inner = inner
+        self.calls: list[int] = []
+        self.failures_left = 0
+        self.gate: asyncio.Event | None = None
+        self.closed = False
+
+    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        self.calls.append(len(locations))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failures_left:
+            self.failures_left -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return await self.inner.record_locations(locations)
+
+    async def get_driver(self, driver_id: str) -> Driver | None:
+        return await self.inner.get_driver(driver_id)
+
+    async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        return await self.inner.set_status(driver_id, status, at_ns)
+
+    async def location_history(
+        self, driver_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[Location]:
+        return await self.inner.location_history(driver_id, start_ns, end_ns, limit)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        # SqliteRepository.close() is not idempotent; tests close early to reopen the file.
+        if not self.closed:
+            self.closed = True
+            await self.inner.close()
+
+
+def make_loc(driver_id: str, i: int, base_ns: int | None = None) -> Location:
+    base = time.time_ns() - 10**12 if base_ns is None else base_ns
+    return Location(driver_id, (i % 180) - 89.5, (i % 360) - 179.5, 10.0, 90.0, base + i)
+
+
+def committed_history(db: Path) -> list[tuple[str, int]]:
+    """What another connection sees on disk right now: only committed rows."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT driver_id, recorded_at_ns FROM location_history ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "drivers.db"
+
+
+@pytest.fixture
+async def repo(db: Path) -> AsyncIterator[CountingRepository]:
+    counting = CountingRepository(await SqliteRepository.open(db))
+    yield counting
+    await counting.close()
+
+
+async def test_future_resolves_only_once_the_update_is_durably_readable(
+    db: Path, repo: CountingRepository
+) -> None:
+    bus = MemoryBus()
+    writer = LocationWriter(repo, bus)
+    writer.start()
+    location = make_loc("d1", 0)
+    seen_at_resolution: list[list[tuple[str, int]]] = []
+
+    future = writer.submit(location)
+    assert committed_history(db) == []
+    future.add_done_callback(lambda _f: seen_at_resolution.append(committed_history(db)))
+    await asyncio.wait_for(future, 5)
+    await asyncio.sleep(0)  # let the done callback run
+
+    assert seen_at_resolution == [[("d1", location.recorded_at_ns)]]
+    await writer.close()
+    await repo.close()
+    reopened = await SqliteRepository.open(db)
+    try:
+        driver = await reopened.get_driver("d1")
+        assert driver is not None
+        assert driver.location == location
+        history = await reopened.location_history("d1", 0, 2**63 - 1, 10)
+        assert history == [location]
+    finally:
+        await reopened.close()
+
+
+async def test_group_commit_batches_a_flood_and_persists_every_update(
+    db: Path, repo: CountingRepository
+) -> None:
+    """20,000 updates from a busy loop (yielding after each, like a stream would) must cost
+    far fewer transactions than updates, and none may be lost."""
+    writer = LocationWriter(repo, MemoryBus())
+    writer.start()
+    n = 20_000
+    base = time.time_ns() - 10**12
+    futures = []
+    for i in range(n):
+        futures.append(writer.submit(make_loc(f"d{i % 50}", i, base)))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*set(futures)), 30)
+    await writer.close()
+
+    assert sum(repo.calls) == n
+    assert len(repo.calls) <= n // 20, f"{len(repo.calls)} commits for {n} updates"
+    assert len(committed_history(db)) == n
+    driver = await repo.get_driver("d49")
+    assert driver is not None
+    assert driver.location == make_loc("d49", n - 1, base)
+
+
+async def test_store_failure_fails_the_future_with_store_unavailable_and_writer_recovers(
+    db: Path, repo: CountingRepository
+) -> None:
+    writer = LocationWriter(repo, MemoryBus())
+    writer.start()
+    repo.failures_left = 1
+    base = time.time_ns() - 10**12
+
+    failed = writer.submit(make_loc("d1", 1, base))
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(failed, 5)
+
+    ok = writer.submit(make_loc("d1", 2, base))
+    await asyncio.wait_for(ok, 5)
+    await asyncio.wait_for(writer.close(), 5)
+    assert committed_history(db) == [("d1", base + 2)]
+
+
+async def test_failed_commit_publishes_nothing_and_successful_one_publishes_live(
+    repo: CountingRepository,
+) -> None:
+    bus = MemoryBus()
+    sub = await bus.subscribe("d1")
+    writer = LocationWriter(repo, bus)
+    writer.start()
+    base = time.time_ns() - 10**12
+
+    repo.failures_left = 1
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(writer.submit(make_loc("d1", 1, base)), 5)
+    await asyncio.wait_for(writer.submit(make_loc("d1", 2, base)), 5)
+
+    assert await asyncio.wait_for(sub.next(), 1) == make_loc("d1", 2, base)
+    await writer.close()
+    await bus.close()
+
+
+async def test_close_flushes_pending_updates_and_then_refuses_new_ones(
+    db: Path, repo: CountingRepository
+) -> None:
+    writer = LocationWriter(repo, MemoryBus())
+    writer.start()
+    base = time.time_ns() - 10**12
+    futures = [writer.submit(make_loc("d1", i, base)) for i in range(500)]
+
+    await asyncio.wait_for(writer.close(), 10)
+
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert len(committed_history(db)) == 500
+    with pytest.raises(StoreUnavailable):
+        writer.submit(make_loc("d1", 999, base))
+
+
+async def test_backpressure_full_flag_and_wait_for_room(repo: CountingRepository) -> None:
+    writer = LocationWriter(repo, MemoryBus(), max_pending=10)
+    writer.start()
+    repo.gate = asyncio.Event()
+    base = time.time_ns() - 10**12
+
+    first = [writer.submit(make_loc("d1", i, base)) for i in range(10)]
+    assert writer.full
+    await asyncio.sleep(0.01)  # the writer takes the batch and hangs in the gated commit
+    assert not writer.full
+    second = [writer.submit(make_loc("d1", 10 + i, base)) for i in range(10)]
+    assert writer.full
+
+    waiter = asyncio.ensure_future(writer.wait_for_room())
+    await asyncio.sleep(0.05)
+    assert not waiter.done(), "wait_for_room returned while the pending batch was full"
+
+    repo.gate.set()
+    await asyncio.wait_for(waiter, 5)
+    assert not writer.full
+    await asyncio.wait_for(asyncio.gather(*set(first + second)), 5)
+    assert repo.calls == [10, 10]
+    await writer.close()
+
+
+async def test_upload_counts_received_and_persisted_with_invalid_updates(
+    db: Path, repo: CountingRepository
+) -> None:
+    tracking = DriverTracking(repo, MemoryBus())
+    await tracking.start()
+    now = time.time_ns()
+    upload = tracking.new_upload()
+
+    valid = [("d1", 10.0 + i, 20.0, 5.0, 180.0, now - 10**9 * (10 - i)) for i in range(7)]
+    invalid = [
+        ("d1", 91.0, 20.0, 5.0, 180.0, now),
+        ("", 10.0, 20.0, 5.0, 180.0, now),
+        ("d1", 10.0, float("nan"), 5.0, 180.0, now),
+        ("d1", 10.0, 20.0, -1.0, 180.0, now),
+        ("d1", 10.0, 20.0, 5.0, 180.0, now + 3600 * 10**9),
+    ]
+    errors = [await upload.offer(*args) for args in [*valid[:3], *invalid, *valid[3:]]]
+    result = await asyncio.wait_for(upload.finish(), 10)
+
+    assert [e is None for e in errors] == [True] * 3 + [False] * 5 + [True] * 4
+    assert result.received_count == 12
+    assert result.persisted_count == 7
+    assert result.session_id.startswith("upl-")
+    assert tracking.new_upload().session_id != result.session_id
+    # persisted_count means "on disk" at the time the summary exists.
+    assert [ts for _, ts in committed_history(db)] == [v[5] for v in valid]
+    driver = await tracking.get_driver("d1")
+    assert driver.location is not None
+    assert driver.location.latitude == 16.0
+    await tracking.writer.close()
+
+
+async def test_upload_without_timestamp_uses_server_time(repo: CountingRepository) -> None:
+    tracking = DriverTracking(repo, MemoryBus())
+    await tracking.start()
+    upload = tracking.new_upload()
+    before = time.time_ns()
+
+    assert await upload.offer("d1", 1.0, 2.0, 0.0, 0.0, None) is None
+    result = await upload.finish()
+
+    driver = await tracking.get_driver("d1")
+    assert result.persisted_count == 1
+    assert driver.location is not None
+    assert before <= driver.location.recorded_at_ns <= time.time_ns()
+    await tracking.writer.close()
+
+
+async def test_upload_persisted_count_excludes_failed_commits(
+    db: Path, repo: CountingRepository
+) -> None:
+    tracking = DriverTracking(repo, MemoryBus())
+    await tracking.start()
+    now = time.time_ns()
+    upload = tracking.new_upload()
+
+    repo.failures_left = 1
+    for i in range(3):
+        assert await upload.offer("d1", 1.0, 2.0, 0.0, 0.0, now - 10**9 + i) is None
+    await tracking.writer.flush()
+    for i in range(3, 5):
+        assert await upload.offer("d1", 1.0, 2.0, 0.0, 0.0, now - 10**9 + i) is None
+    result = await asyncio.wait_for(upload.finish(), 10)
+
+    assert result.received_count == 5
+    assert result.persisted_count == 2
+    assert len(committed_history(db)) == 2
+    await tracking.writer.close()
+
+
+async def test_upload_waits_for_room_instead_of_growing_the_batch(
+    db: Path, repo: CountingRepository
+) -> None:
+    tracking = DriverTracking(repo, MemoryBus(), max_pending=5)
+    await tracking.start()
+    repo.gate = asyncio.Event()
+    now = time.time_ns() - 10**9
+    upload = tracking.new_upload()
+
+    async def offer_all() -> None:
+        for i in range(20):
+            await upload.offer("d1", 1.0, 2.0, 0.0, 0.0, now + i)
+
+    producer = asyncio.ensure_future(offer_all())
+    await asyncio.sleep(0.05)
+    assert not producer.done()
+    assert upload.received <= 11  # one batch in the gated commit, one full batch pending
+    repo.gate.set()
+    await asyncio.wait_for(producer, 5)
+    result = await asyncio.wait_for(upload.finish(), 5)
+
+    assert result.persisted_count == 20
+    assert max(repo.calls) <= 5
+    assert len(committed_history(db)) == 20
+    await tracking.writer.close()
