@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: install
-	$(BIN)/driver-service serve --insecure --listen $(LISTEN) --data-dir $(DATA)
+	BIN=$(BIN) DATA=$(DATA) LISTEN=$(LISTEN) scripts/dev-run.sh
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

@@ -1,54 +1,186 @@
-"""Typed server settings, read from flags with `DRIVER_SERVICE_*` environment fallbacks,
-validated once at start so a mistake is one clear line, not a stack trace later."""
+"""Typed server settings from flags, `DRIVER_SERVICE_*` environment variables and an optional
+TOML file, in that precedence; validated once at start so each mistake is one clear line."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from dataclasses import dataclass
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_DATA_DIR = Path("./data")
 SQLITE_FILE_NAME = "driver-service.sqlite3"
 ENV_PREFIX = "DRIVER_SERVICE_"
+DEFAULT_AUTH_EXEMPT = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("auto", "json", "text")
 
 
 class ConfigError(ValueError):
-    """A setting is invalid; the message names the setting and what is expected."""
+    """One or more settings are invalid; one line per mistake, naming the setting."""
+
+
+def _setting(default: Any, help_text: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help_text, "secret": secret})
 
 
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    listen: str = DEFAULT_LISTEN
-    data_dir: Path = DEFAULT_DATA_DIR
-    store: str | None = None
-    insecure: bool = False
-    shutdown_grace_s: float = 10.0
-    log_level: str = "INFO"
-    reflection: bool = True
+    """Every setting of `serve`. The field name gives the flag (`--max-message-bytes`), the
+    environment variable (`DRIVER_SERVICE_MAX_MESSAGE_BYTES`) and the config-file key."""
+
+    listen: str = _setting(DEFAULT_LISTEN, "address to serve gRPC on, HOST:PORT")
+    admin_listen: str = _setting(
+        DEFAULT_ADMIN_LISTEN,
+        "plaintext admin address: gRPC health for probes; empty to disable",
+    )
+    metrics_listen: str = _setting(
+        "127.0.0.1:9091", "plaintext HTTP address serving GET /metrics; empty to disable"
+    )
+    data_dir: Path = _setting(DEFAULT_DATA_DIR, "directory for the SQLite file")
+    store: str | None = _setting(
+        None,
+        "store URL: sqlite:///relative or sqlite:////absolute (overrides --data-dir)",
+        secret=True,
+    )
+    insecure: bool = _setting(False, "serve plaintext without TLS (development only)")
+    tls_cert: Path | None = _setting(None, "server certificate chain (PEM)")
+    tls_key: Path | None = _setting(None, "server private key (PEM)")
+    tls_client_ca: Path | None = _setting(None, "CA bundle that client certificates must chain to")
+    token_secret_file: Path | None = _setting(None, "HS256 shared secret file for bearer tokens")
+    token_public_key: Path | None = _setting(None, "RS256/ES256 public key (PEM) for tokens")
+    token_jwks: Path | None = _setting(None, "JWKS file with the token signing keys")
+    token_issuer: str = _setting("driver-service", "required `iss` of bearer tokens")
+    token_audience: str = _setting("driver-service", "required `aud` of bearer tokens")
+    token_leeway: float = _setting(30.0, "clock skew allowed on exp/nbf, seconds")
+    auth_exempt: tuple[str, ...] = _setting(
+        DEFAULT_AUTH_EXEMPT, "services callable without a token (comma-separated)"
+    )
+    rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
+    rate_burst: float = _setting(
+        20_000.0, "updates a driver may send at once above the rate (an offline backlog)"
+    )
+    max_message_bytes: int = _setting(64 * 1024, "largest message accepted, bytes")
+    max_concurrent_streams: int = _setting(1000, "concurrent RPCs per HTTP/2 connection")
+    shutdown_grace: float = _setting(10.0, "seconds calls in flight may take on shutdown")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _setting("auto", "json, text, or auto (text on a terminal, else json)")
+    reflection: bool = _setting(True, "serve gRPC server reflection")
+    keepalive_time: float = _setting(300.0, "server pings an idle connection after, seconds")
+    keepalive_timeout: float = _setting(1.0, "ping ack deadline before closing, seconds")
+    max_connection_idle: float = _setting(900.0, "close connections idle for, seconds")
+    max_connection_age: float = _setting(1800.0, "close connections older than, seconds")
+    max_connection_age_grace: float = _setting(5.0, "calls may finish after max age, seconds")
+    keepalive_min_time: float = _setting(5.0, "clients may ping at most this often, seconds")
+    keepalive_permit_without_stream: bool = _setting(
+        True, "allow client pings on connections without calls"
+    )
 
     def validate(self) -> ServerSettings:
-        errors: list[str] = []
-        try:
-            parse_listen(self.listen)
-        except ConfigError as exc:
-            errors.append(str(exc))
-        try:
-            self.sqlite_path()
-        except ConfigError as exc:
-            errors.append(str(exc))
-        if not self.insecure:
-            errors.append(
-                "TLS is not available yet: pass --insecure (or DRIVER_SERVICE_INSECURE=1) "
-                "to serve plaintext"
-            )
-        if self.shutdown_grace_s < 0:
-            errors.append("shutdown grace must be >= 0 seconds")
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            errors.append("log level must be one of DEBUG, INFO, WARNING, ERROR")
+        errors = [*self._address_errors(), *self._security_errors(), *self._limit_errors()]
         if errors:
             raise ConfigError("\n".join(errors))
         return self
+
+    def _address_errors(self) -> list[str]:
+        errors: list[str] = []
+        for name in ("listen", "admin_listen", "metrics_listen"):
+            value = getattr(self, name)
+            if value or name == "listen":
+                try:
+                    parse_listen(value)
+                except ConfigError as exc:
+                    errors.append(f"{flag(name)}: {exc}")
+        try:
+            self.sqlite_path()
+        except ConfigError as exc:
+            errors.append(f"--store: {exc}")
+        return errors
+
+    def _security_errors(self) -> list[str]:
+        errors: list[str] = []
+        tls = [self.tls_cert, self.tls_key, self.tls_client_ca]
+        if any(tls) and not all(tls):
+            errors.append("--tls-cert, --tls-key and --tls-client-ca must be given together")
+        token_sources = [s for s in self._token_sources() if s is not None]
+        if len(token_sources) > 1:
+            errors.append("give only one of --token-secret-file, --token-public-key, --token-jwks")
+        if not self.insecure and not all(tls):
+            errors.append(
+                "TLS is required: give --tls-cert, --tls-key and --tls-client-ca "
+                "(`driver-service certs init DIR` makes development ones), "
+                "or --insecure for plaintext"
+            )
+        if not self.insecure and not token_sources:
+            errors.append(
+                "token validation is required: give --token-secret-file, "
+                "--token-public-key or --token-jwks, or --insecure"
+            )
+        errors.extend(
+            f"{flag(name)}: file {path} does not exist"
+            for name in (
+                "tls_cert",
+                "tls_key",
+                "tls_client_ca",
+                "token_secret_file",
+                "token_public_key",
+                "token_jwks",
+            )
+            if (path := getattr(self, name)) is not None and not Path(path).is_file()
+        )
+        errors.extend(
+            f"--auth-exempt: {name} can never be exempt from authentication"
+            for name in self.auth_exempt
+            if name.startswith("driver.v1.")
+        )
+        return errors
+
+    def _limit_errors(self) -> list[str]:
+        errors = [
+            f"{flag(name)} must be >= 0"
+            for name in (
+                "shutdown_grace",
+                "token_leeway",
+                "rate_limit",
+                "keepalive_time",
+                "keepalive_timeout",
+                "max_connection_idle",
+                "max_connection_age",
+                "max_connection_age_grace",
+                "keepalive_min_time",
+            )
+            if getattr(self, name) < 0
+        ]
+        if self.rate_limit > 0 and self.rate_burst < 1:
+            errors.append("--rate-burst must be >= 1")
+        if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
+            errors.append("--max-message-bytes must be between 1024 and 67108864")
+        if self.max_concurrent_streams < 1:
+            errors.append("--max-concurrent-streams must be >= 1")
+        if self.log_level not in LOG_LEVELS:
+            errors.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.log_format not in LOG_FORMATS:
+            errors.append(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+        return errors
+
+    def _token_sources(self) -> list[Path | None]:
+        return [self.token_secret_file, self.token_public_key, self.token_jwks]
+
+    @property
+    def auth_enabled(self) -> bool:
+        return any(s is not None for s in self._token_sources())
 
     def sqlite_path(self) -> Path:
         """The SQLite file: from `--store sqlite:///path` if given, else under the data dir."""
@@ -65,12 +197,133 @@ class ServerSettings:
         except ValueError:
             return False
 
+    def shown(self) -> dict[str, Any]:
+        """Effective settings for display, secrets masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = mask_url(str(value))
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def setting_fields() -> tuple[dataclasses.Field[Any], ...]:
+    return fields(ServerSettings)
+
+
+def setting_kind(f: dataclasses.Field[Any]) -> str:
+    """The value kind of a field: bool, int, float, path, tuple or str."""
+    text = str(f.type)
+    for kind, marker in (
+        ("bool", "bool"),
+        ("int", "int"),
+        ("float", "float"),
+        ("path", "Path"),
+        ("tuple", "tuple"),
+    ):
+        if text.startswith(marker) or text == marker:
+            return kind
+    return "str"
+
+
+def _to_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+
+
+def _to_tuple(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    return tuple(str(i).strip() for i in items if str(i).strip())
+
+
+_CONVERTERS: dict[str, Any] = {
+    "bool": _to_bool,
+    "int": int,
+    "float": float,
+    "path": lambda raw: Path(str(raw)) if str(raw) else None,
+    "tuple": _to_tuple,
+    "str": lambda raw: None if raw is None else str(raw),
+}
+
+
+def convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    """Turn a flag, environment or file value into the field's type; ConfigError names source."""
+    try:
+        return _CONVERTERS[setting_kind(f)](raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {raw!r} is not valid: {exc}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+) -> ServerSettings:
+    """Build settings from flags given (not None), then environment, then the TOML file,
+    then defaults; collect every conversion mistake before failing."""
+    file_values: dict[str, Any] = {}
+    errors: list[str] = []
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--config {config_file}: {exc}") from None
+        file_values = {k.replace("-", "_"): v for k, v in raw.items()}
+        known = {f.name for f in setting_fields()}
+        errors.extend(
+            f"--config {config_file}: unknown setting {key!r}"
+            for key in file_values
+            if key not in known
+        )
+    values: dict[str, Any] = {}
+    for f in setting_fields():
+        try:
+            if flags.get(f.name) is not None:
+                values[f.name] = convert(f, flags[f.name], flag(f.name))
+            elif env_name(f.name) in env:
+                values[f.name] = convert(f, env[env_name(f.name)], env_name(f.name))
+            elif f.name in file_values:
+                values[f.name] = convert(f, file_values[f.name], f"{config_file}: {f.name}")
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    if values.get("log_level"):
+        values["log_level"] = str(values["log_level"]).upper()
+    return ServerSettings(**values).validate()
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
+
+
+def mask_url(url: str) -> str:
+    return _URL_PASSWORD.sub(r"\1****@", url)
+
 
 def parse_sqlite_url(url: str) -> Path:
     """`sqlite:///relative/file.db` or `sqlite:////absolute/file.db` (SQLAlchemy's form)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"store URL {url!r} is not supported: use sqlite:///path/to/file.sqlite3")
+        raise ConfigError(f"store URL {url!r} is not supported: use sqlite:///path/to/file")
     return Path(url[len(prefix) :])
 
 
@@ -87,3 +340,8 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"listen port {port} is out of range 0..65535")
     return host, port
+
+
+def grpc_address(listen: str) -> str:
+    host, port = parse_listen(listen)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,12 +1,14 @@
-"""Runs one gRPC server: services, health, reflection, signals and graceful shutdown."""
+"""Runs one gRPC server: credentials, interceptors, limits, keepalive, health, reflection,
+signals and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -16,13 +18,66 @@ from grpc_reflection.v1alpha import reflection
 from driver_service._gen.driver.v1 import driver_pb2, driver_pb2_grpc
 from driver_service.api import DriverServicer
 from driver_service.bootstrap import build_tracking
-from driver_service.config import ServerSettings, parse_listen
-from driver_service.interceptors import RecoveryInterceptor
+from driver_service.config import ConfigError, ServerSettings, grpc_address
+from driver_service.interceptors import AuthPolicy, ExemptServices, server_interceptors
+from driver_service.security import (
+    CertificateReloader,
+    ServerTlsFiles,
+    TlsConfigError,
+    TokenValidator,
+    server_credentials,
+)
 from driver_service.service import DriverTracking
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
+HEALTH_CHECK_INTERVAL_S = 2.0
+#: Metadata (headers) a caller may send; tokens and request ids fit comfortably.
+MAX_METADATA_BYTES = 16 * 1024
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
+    options = {
+        "issuer": settings.token_issuer,
+        "audience": settings.token_audience,
+        "leeway_s": settings.token_leeway,
+    }
+    if settings.token_secret_file is not None:
+        validator = TokenValidator.from_secret_file(settings.token_secret_file, **options)
+    elif settings.token_public_key is not None:
+        validator = TokenValidator.from_public_key_file(settings.token_public_key, **options)
+    elif settings.token_jwks is not None:
+        validator = TokenValidator.from_jwks_file(settings.token_jwks, **options)
+    else:
+        return None
+    return AuthPolicy(validator, exempt=ExemptServices.of(settings.auth_exempt))
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Limits and keepalive as grpc core channel arguments (names checked in tests: a
+    misspelt argument is silently ignored)."""
+    ms = 1000
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time * ms)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * ms)),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle * ms)),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age * ms)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace * ms)),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            int(settings.keepalive_min_time * ms),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_stream)),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 @dataclass
@@ -33,18 +88,55 @@ class RunningServer:
     port: int
     tracking: DriverTracking
     health: health_aio.HealthServicer
+    reloader: CertificateReloader | None = None
+    _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
 
     async def stop(self, grace_s: float) -> None:
         """Stop serving: NOT_SERVING, end live streams, let calls in flight finish within
         the grace period, then commit everything accepted and close the store."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
         await self.server.stop(grace_s)
         await self.tracking.close()
 
+    async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
+        """Keep health in step with the store: NOT_SERVING while it fails, SERVING again
+        once it answers."""
+        serving = True
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.wait_for(self.tracking.repository.ping(), interval_s)
+                healthy = True
+            except Exception:
+                log.exception("store health check failed")
+                healthy = False
+            if healthy != serving:
+                serving = healthy
+                log.warning("health: %s", "SERVING" if healthy else "NOT_SERVING")
+                await self.set_serving(healthy)
 
-async def start_server(settings: ServerSettings, tracking: DriverTracking) -> RunningServer:
-    server = grpc.aio.server(interceptors=[RecoveryInterceptor()])
+
+async def start_server(
+    settings: ServerSettings,
+    tracking: DriverTracking,
+    extra_interceptors: list[grpc.aio.ServerInterceptor] | None = None,  # type: ignore[type-arg]
+) -> RunningServer:
+    try:
+        auth = build_auth_policy(settings)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"token key: {exc}") from exc
+    interceptors = [*server_interceptors(auth), *(extra_interceptors or [])]
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -52,13 +144,24 @@ async def start_server(settings: ServerSettings, tracking: DriverTracking) -> Ru
     if settings.reflection:
         services.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(services, server)
-    host, port = parse_listen(settings.listen)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    address = grpc_address(settings.listen)
+    reloader = None
+    if settings.insecure:
+        bound = server.add_insecure_port(address)
+    else:
+        cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+        if cert is None or key is None or client_ca is None:
+            raise ConfigError("TLS: certificate, key and client CA are all required")
+        try:
+            credentials, reloader = server_credentials(ServerTlsFiles(cert, key, client_ca))
+        except TlsConfigError as exc:
+            raise ConfigError(f"TLS: {exc}") from exc
+        bound = server.add_secure_port(address, credentials)
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, bound, tracking, health_servicer)
+    running = RunningServer(server, bound, tracking, health_servicer, reloader)
+    await running.set_serving(True)
+    running._monitor = asyncio.get_running_loop().create_task(running.monitor_store())
+    return running
 
 
 async def serve(settings: ServerSettings) -> None:
@@ -69,9 +172,19 @@ async def serve(settings: ServerSettings) -> None:
     except BaseException:
         await tracking.close()
         raise
-    if not settings.listen_is_loopback():
-        log.warning("serving PLAINTEXT on %s: anyone on the network can call it", settings.listen)
-    log.info("driver-service listening on port %d (store %s)", running.port, settings.sqlite_path())
+    if settings.insecure and not settings.listen_is_loopback():
+        log.warning(
+            "serving PLAINTEXT on %s without TLS: anyone on the network can read and call it",
+            settings.listen,
+        )
+    if not settings.auth_enabled:
+        log.warning("no token key configured: every caller may call every method")
+    log.info(
+        "driver-service listening on port %d (%s, store %s)",
+        running.port,
+        "plaintext" if settings.insecure else "mTLS",
+        settings.sqlite_path(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -85,5 +198,5 @@ async def serve(settings: ServerSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
-    await running.stop(settings.shutdown_grace_s)
+    await running.stop(settings.shutdown_grace)
     log.info("driver-service stopped")

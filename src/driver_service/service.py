@@ -21,6 +21,7 @@ from driver_service.domain import (
     InvalidInput,
     Location,
     LocationRules,
+    RateLimited,
     ShuttingDown,
     StoreUnavailable,
     parse_status,
@@ -29,6 +30,7 @@ from driver_service.domain import (
 )
 from driver_service.ingest import LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
+from driver_service.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,10 @@ class DriverTracking:
         bus: LocationBus,
         rules: LocationRules = DEFAULT_RULES,
         max_pending: int | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.repository = repository
+        self.rate_limiter = rate_limiter
         self.bus = bus
         self.rules = rules
         self.writer = (
@@ -123,8 +127,8 @@ class DriverTracking:
         heading_degrees: float,
         recorded_at_ns: int | None,
     ) -> asyncio.Future[None]:
-        """Validate and queue one update; the future resolves when it is durably stored.
-        A missing timestamp means "now" (the seed's clients may leave it unset)."""
+        """Validate, rate-limit and queue one update; the future resolves when it is durably
+        stored. A missing timestamp means "now" (the seed's clients may leave it unset)."""
         now_ns = time.time_ns()
         location = validate_location(
             driver_id,
@@ -136,6 +140,9 @@ class DriverTracking:
             now_ns,
             self.rules,
         )
+        limiter = self.rate_limiter
+        if limiter is not None and not limiter.allow(driver_id):
+            raise RateLimited(f"driver {driver_id!r} sends more updates than allowed")
         return self.writer.submit(location)
 
     # --- DriverSession status --------------------------------------------------------------
@@ -235,8 +242,8 @@ class Upload:
         speed_mps: float,
         heading_degrees: float,
         recorded_at_ns: int | None,
-    ) -> InvalidInput | None:
-        """Count and, if valid, queue one update. Return the validation error, if any."""
+    ) -> InvalidInput | RateLimited | None:
+        """Count and, if valid and within the rate, queue one update; else return why not."""
         self.received += 1
         writer = self._service.writer
         if writer.full:
@@ -245,7 +252,7 @@ class Upload:
             done = self._service.accept_location(
                 driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
             )
-        except InvalidInput as exc:
+        except (InvalidInput, RateLimited) as exc:
             return exc
         if self._commits and self._commits[-1] is done:
             self._commit_counts[-1] += 1

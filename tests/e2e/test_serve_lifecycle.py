@@ -1,5 +1,5 @@
 """`driver-service serve` as an operator runs it: graceful SIGTERM, configuration mistakes
-reported in one clear line with exit code 2, one server per data directory, env settings."""
+reported one clear line per mistake with exit code 2, one server per data directory, env settings."""
 
 from __future__ import annotations
 
@@ -69,13 +69,20 @@ async def test_sigterm_with_an_open_watcher_still_exits_promptly(
     assert took < 5, f"SIGTERM with an open watcher took {took:.1f} s"
 
 
-def test_serve_without_insecure_exits_2_with_one_line(launcher: Launcher, data_dir: Path) -> None:
+def test_serve_without_tls_or_token_key_refuses_with_one_line_per_mistake(
+    launcher: Launcher, data_dir: Path
+) -> None:
     code, output = launcher.run_to_exit(
         ["--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(data_dir)]
     )
     assert code == 2
-    line = one_line(output)
-    assert "--insecure" in line
+    assert "Traceback" not in output
+    lines = output.strip().splitlines()
+    assert len(lines) == 2, output
+    tls_line, token_line = lines
+    assert "--tls-cert" in tls_line
+    assert "--insecure" in tls_line
+    assert "--token-secret-file" in token_line
     assert not (data_dir / SQLITE_FILE_NAME).exists()
 
 

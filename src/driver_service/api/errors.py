@@ -8,6 +8,7 @@ from driver_service.domain import (
     DomainError,
     DriverNotFound,
     InvalidInput,
+    RateLimited,
     ShuttingDown,
     StoreUnavailable,
 )
@@ -15,6 +16,7 @@ from driver_service.domain import (
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     DriverNotFound: grpc.StatusCode.NOT_FOUND,
+    RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
 }

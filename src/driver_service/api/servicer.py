@@ -28,7 +28,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
-async def _offer(ingest: Upload, msg: pb.LocationUpdate) -> InvalidInput | None:
+async def _offer(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
     return await ingest.offer(
         msg.driver_id,
         msg.latitude,

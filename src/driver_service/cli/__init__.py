@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from driver_service.cli import client_commands, serve_command
+from driver_service.cli import certs_command, client_commands, serve_command, token_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_command.register(commands)
+    certs_command.register(commands)
+    token_command.register(commands)
     client_commands.register(commands)
     return parser
 

@@ -10,6 +10,7 @@ from driver_service.cli._env import add_env_option
 from driver_service.cli._output import emit, fail
 from driver_service.client import DEFAULT_TIMEOUT_S, DriverClient, DriverServiceError
 from driver_service.client._types import utc_from_ns
+from driver_service.security import TlsConfigError, channel_credentials
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
@@ -25,10 +26,27 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"deadline per call in seconds [default {DEFAULT_TIMEOUT_S}]",
     )
     parser.add_argument("--json", action="store_true", help="print JSON lines for scripts")
+    tls = parser.add_argument_group("TLS and authentication (plaintext without --ca)")
+    add_env_option(tls, "--ca", "CA certificate that signed the server's", None, env="CLIENT_CA")
+    add_env_option(tls, "--cert", "client certificate for mTLS", None, env="CLIENT_CERT")
+    add_env_option(tls, "--key", "client private key for mTLS", None, env="CLIENT_KEY")
+    add_env_option(
+        tls, "--token", "bearer token (JWT) sent on every call", None, env="TOKEN", secret=True
+    )
 
 
 def make_client(args: argparse.Namespace) -> DriverClient:
-    return DriverClient(args.target, timeout=args.timeout)
+    """A client from the common options; TLS when --ca is given, a bearer token if any."""
+    credentials = None
+    if args.ca:
+        try:
+            credentials = channel_credentials(args.ca, args.cert, args.key)
+        except TlsConfigError as exc:
+            raise SystemExit(f"driver-service: {exc}") from None
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
+    return DriverClient(
+        args.target, timeout=args.timeout, credentials=credentials, metadata=metadata
+    )
 
 
 def register(commands: Any) -> None:

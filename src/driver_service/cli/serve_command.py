@@ -1,82 +1,117 @@
-"""`driver-service serve`: run the server until SIGTERM/SIGINT."""
+"""`driver-service serve` and `driver-service config show`: settings from flags, environment
+and an optional TOML file, then run the server until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import json
+import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from driver_service.cli._env import add_env_option, env_flag, env_name
-from driver_service.config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, ConfigError, ServerSettings
+from driver_service.config import (
+    ConfigError,
+    ServerSettings,
+    env_name,
+    flag,
+    load_settings,
+    setting_fields,
+    setting_kind,
+)
 from driver_service.storage import StoreLocked
+
+CONFIG_ENV = env_name("config")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerSettings field; unset flags stay None so that environment and
+    file values can fill them in (see config.load_settings)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"TOML file of settings (keys are the flag names) [env {CONFIG_ENV}]",
+    )
+    defaults = ServerSettings()
+    for f in setting_fields():
+        default = getattr(defaults, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default {shown}]"
+        if setting_kind(f) == "bool":
+            parser.add_argument(
+                flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag(f.name), default=None, metavar=f.name.upper(), help=help_text)
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    config_file = args.config
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
+    flags = {f.name: getattr(args, f.name) for f in setting_fields()}
+    return load_settings(flags, os.environ, config_file)
 
 
 def register(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
+    serve: argparse.ArgumentParser = commands.add_parser(
         "serve",
         help="run the gRPC server",
-        description="Run the gRPC server. Every flag can also be set by its environment variable.",
+        description="Run the gRPC server. Precedence: flag, then environment variable, then "
+        "--config file, then default. Without --insecure, TLS material and a token key are "
+        "required.",
     )
-    add_env_option(parser, "--listen", "address to serve on, HOST:PORT", DEFAULT_LISTEN)
-    add_env_option(parser, "--data-dir", "directory for the SQLite file", str(DEFAULT_DATA_DIR))
-    add_env_option(
-        parser,
-        "--store",
-        "store URL, e.g. sqlite:///path/file.sqlite3 (overrides --data-dir)",
-        None,
+    add_setting_flags(serve)
+    serve.set_defaults(run=run)
+
+    config: argparse.ArgumentParser = commands.add_parser("config", help="inspect settings")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show", help="print the effective serve settings (secrets masked) and validate them"
     )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        default=env_flag("--insecure"),
-        help=f"serve plaintext, without TLS [env {env_name('--insecure')}]",
-    )
-    add_env_option(
-        parser, "--shutdown-grace", "seconds calls in flight may take to finish on shutdown", "10"
-    )
-    add_env_option(parser, "--log-level", "DEBUG, INFO, WARNING or ERROR", "INFO")
-    parser.set_defaults(run=run)
+    add_setting_flags(show)
+    show.set_defaults(run=show_settings)
+
+
+def _report(exc: ConfigError, command: str) -> int:
+    for line in str(exc).splitlines():
+        print(f"driver-service {command}: {line}", file=sys.stderr)
+    return 2
+
+
+def show_settings(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        return _report(exc, "config show")
+    print(json.dumps(settings.shown(), indent=2))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = ServerSettings(
-            listen=args.listen,
-            data_dir=Path(args.data_dir),
-            store=args.store,
-            insecure=args.insecure,
-            shutdown_grace_s=_float(args.shutdown_grace, "--shutdown-grace"),
-            log_level=args.log_level.upper(),
-        ).validate()
+        settings = settings_from(args)
     except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"driver-service serve: {line}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+        return _report(exc, "serve")
+    from driver_service.logs import configure_logging
     from driver_service.server import serve
 
+    configure_logging(settings.log_level, settings.log_format)
     try:
-        _run_loop(serve(settings))
+        run_loop(serve(settings))
     except StoreLocked as exc:
         print(f"driver-service serve: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        return _report(exc, "serve")
     return 0
 
 
-def _float(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not a number") from None
-
-
-def _run_loop(main: Any) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop when installed (measurably faster for grpc.aio), else asyncio's loop."""
     try:
         import uvloop

@@ -4,6 +4,7 @@ from driver_service.domain.errors import (
     DomainError,
     DriverNotFound,
     InvalidInput,
+    RateLimited,
     ShuttingDown,
     StoreUnavailable,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidInput",
     "Location",
     "LocationRules",
+    "RateLimited",
     "ShuttingDown",
     "Status",
     "StoreUnavailable",

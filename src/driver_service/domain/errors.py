@@ -3,6 +3,7 @@
     DomainError
     ├── InvalidInput       the caller sent something we cannot accept (INVALID_ARGUMENT)
     ├── DriverNotFound     no event was ever accepted for this driver (NOT_FOUND)
+    ├── RateLimited        a driver sends faster than allowed (RESOURCE_EXHAUSTED)
     ├── StoreUnavailable   durable storage failed; retry later (UNAVAILABLE)
     └── ShuttingDown       this server is stopping; reconnect elsewhere (UNAVAILABLE)
 
@@ -24,6 +25,10 @@ class DriverNotFound(DomainError):
     def __init__(self, driver_id: str) -> None:
         super().__init__(f"driver {driver_id!r} not found")
         self.driver_id = driver_id
+
+
+class RateLimited(DomainError):
+    """Too many updates from one driver; in a stream the update is dropped and counted."""
 
 
 class StoreUnavailable(DomainError):

@@ -104,3 +104,12 @@ class CheckedReadContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+async def counted_requests(
+    requests: AsyncIterator[Any], count: Callable[[], None]
+) -> AsyncIterator[Any]:
+    """Yield `requests`, calling `count` (synchronously: no await per message) for each."""
+    async for message in requests:
+        count()
+        yield message

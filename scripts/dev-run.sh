@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make run`: development TLS material and a token secret under $DATA (made once), then the
+# server with mTLS and token auth, as in production. Prints the lines a CLI user needs.
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+DATA=${DATA:-data}
+LISTEN=${LISTEN:-127.0.0.1:50051}
+CERTS="$DATA/certs"
+SECRET="$DATA/token.secret"
+
+mkdir -p "$DATA"
+[ -f "$CERTS/ca.crt" ] || "$BIN/driver-service" certs init "$CERTS" >/dev/null
+if [ ! -f "$SECRET" ]; then
+  (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$SECRET")
+fi
+TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope drivers:write --scope dispatch \
+  --ttl 24h --secret-file "$SECRET")
+
+cat <<TXT
+driver-service (development): mTLS and bearer tokens on $LISTEN, data in $DATA
+In another terminal, to use the CLI:
+
+  export DRIVER_SERVICE_TARGET=$LISTEN DRIVER_SERVICE_CLIENT_CA=$CERTS/ca.crt \\
+         DRIVER_SERVICE_CLIENT_CERT=$CERTS/client.crt DRIVER_SERVICE_CLIENT_KEY=$CERTS/client.key \\
+         DRIVER_SERVICE_TOKEN=$TOKEN
+  $BIN/driver-service upload drv-1 --route --points 50 && $BIN/driver-service get drv-1
+
+TXT
+exec "$BIN/driver-service" serve --listen "$LISTEN" --data-dir "$DATA" \
+  --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-client-ca "$CERTS/ca.crt" \
+  --token-secret-file "$SECRET"
