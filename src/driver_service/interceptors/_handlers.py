@@ -23,9 +23,11 @@ def wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any],
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
+    deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """Return a handler whose behaviour is wrapped by `unary` or `stream` by response kind."""
-    deserializer = handler.request_deserializer
+    """Return a handler whose behaviour is wrapped by `unary` or `stream` by response kind
+    (and whose request deserializer is replaced, if one is given)."""
+    deserializer = deserializer or handler.request_deserializer
     serializer = handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(

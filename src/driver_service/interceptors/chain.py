@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from driver_service.interceptors.auth import AuthInterceptor, AuthPolicy
+from driver_service.interceptors.decoding import DecodingInterceptor
 from driver_service.interceptors.logging import LoggingInterceptor
 from driver_service.interceptors.recovery import RecoveryInterceptor
 from driver_service.interceptors.request_id import RequestIdInterceptor
@@ -15,7 +16,7 @@ from driver_service.interceptors.request_id import RequestIdInterceptor
 def server_interceptors(
     auth: AuthPolicy | None, logger: logging.Logger | None = None
 ) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """recovery → request id → logging → auth (→ metrics, appended by the caller).
+    """recovery → decoding → request id → logging → auth (→ metrics, appended by the caller).
 
     Recovery is outermost so nothing escapes as a raw exception; the request id is set before
     logging reads it; logging sees auth refusals with their codes. `auth=None` (only for
@@ -23,6 +24,7 @@ def server_interceptors(
     """
     chain: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
         RecoveryInterceptor(),
+        DecodingInterceptor(),
         RequestIdInterceptor(),
         LoggingInterceptor(logger),
     ]
