@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from driver_service.keepalive import KeepaliveSettings
+
 DEFAULT_LISTEN = "0.0.0.0:50051"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"
 DEFAULT_DATA_DIR = Path("./data")
@@ -44,10 +46,7 @@ class ServerSettings:
     listen: str = _setting(DEFAULT_LISTEN, "address to serve gRPC on, HOST:PORT")
     admin_listen: str = _setting(
         DEFAULT_ADMIN_LISTEN,
-        "plaintext admin address: gRPC health for probes; empty to disable",
-    )
-    metrics_listen: str = _setting(
-        "127.0.0.1:9091", "plaintext HTTP address serving GET /metrics; empty to disable"
+        "plaintext admin address: gRPC health for probes and HTTP GET /metrics; empty: off",
     )
     data_dir: Path = _setting(DEFAULT_DATA_DIR, "directory for the SQLite file")
     store: str | None = _setting(
@@ -96,7 +95,7 @@ class ServerSettings:
 
     def _address_errors(self) -> list[str]:
         errors: list[str] = []
-        for name in ("listen", "admin_listen", "metrics_listen"):
+        for name in ("listen", "admin_listen"):
             value = getattr(self, name)
             if value or name == "listen":
                 try:
@@ -150,10 +149,12 @@ class ServerSettings:
     def _limit_errors(self) -> list[str]:
         errors = [
             f"{flag(name)} must be >= 0"
+            for name in ("shutdown_grace", "token_leeway", "rate_limit")
+            if getattr(self, name) < 0
+        ]
+        errors.extend(
+            f"{flag(name)} must be > 0 seconds"
             for name in (
-                "shutdown_grace",
-                "token_leeway",
-                "rate_limit",
                 "keepalive_time",
                 "keepalive_timeout",
                 "max_connection_idle",
@@ -161,8 +162,8 @@ class ServerSettings:
                 "max_connection_age_grace",
                 "keepalive_min_time",
             )
-            if getattr(self, name) < 0
-        ]
+            if not getattr(self, name) > 0
+        )
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
@@ -174,6 +175,17 @@ class ServerSettings:
         if self.log_format not in LOG_FORMATS:
             errors.append(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         return errors
+
+    def keepalive(self) -> KeepaliveSettings:
+        return KeepaliveSettings(
+            time_s=self.keepalive_time,
+            timeout_s=self.keepalive_timeout,
+            max_connection_idle_s=self.max_connection_idle,
+            max_connection_age_s=self.max_connection_age,
+            max_connection_age_grace_s=self.max_connection_age_grace,
+            min_time_s=self.keepalive_min_time,
+            permit_without_stream=self.keepalive_permit_without_stream,
+        )
 
     def _token_sources(self) -> list[Path | None]:
         return [self.token_secret_file, self.token_public_key, self.token_jwks]

@@ -16,10 +16,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from driver_service._gen.driver.v1 import driver_pb2, driver_pb2_grpc
+from driver_service.admin import AdminServer, start_admin
 from driver_service.api import DriverServicer
 from driver_service.bootstrap import build_tracking
 from driver_service.config import ConfigError, ServerSettings, grpc_address
 from driver_service.interceptors import AuthPolicy, ExemptServices, server_interceptors
+from driver_service.interceptors.metrics import MetricsInterceptor
+from driver_service.keepalive import server_options as keepalive_options
+from driver_service.metrics import ServiceMetrics
 from driver_service.security import (
     CertificateReloader,
     ServerTlsFiles,
@@ -60,23 +64,13 @@ def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     """Limits and keepalive as grpc core channel arguments (names checked in tests: a
     misspelt argument is silently ignored)."""
-    ms = 1000
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-        ("grpc.keepalive_time_ms", int(settings.keepalive_time * ms)),
-        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * ms)),
-        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle * ms)),
-        ("grpc.max_connection_age_ms", int(settings.max_connection_age * ms)),
-        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace * ms)),
-        (
-            "grpc.http2.min_recv_ping_interval_without_data_ms",
-            int(settings.keepalive_min_time * ms),
-        ),
-        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_stream)),
         ("grpc.so_reuseport", 0),
+        *keepalive_options(settings.keepalive()),
     ]
 
 
@@ -89,6 +83,7 @@ class RunningServer:
     tracking: DriverTracking
     health: health_aio.HealthServicer
     reloader: CertificateReloader | None = None
+    admin: AdminServer | None = None
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def set_serving(self, serving: bool) -> None:
@@ -107,6 +102,8 @@ class RunningServer:
         self.tracking.begin_shutdown()
         await self.server.stop(grace_s)
         await self.tracking.close()
+        if self.admin is not None:  # last: probes see NOT_SERVING while the server drains
+            await self.admin.stop()
 
     async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
         """Keep health in step with the store: NOT_SERVING while it fails, SERVING again
@@ -129,13 +126,16 @@ class RunningServer:
 async def start_server(
     settings: ServerSettings,
     tracking: DriverTracking,
-    extra_interceptors: list[grpc.aio.ServerInterceptor] | None = None,  # type: ignore[type-arg]
+    metrics: ServiceMetrics | None = None,
 ) -> RunningServer:
+    """Start serving `tracking`; with `metrics`, count every call and serve /metrics."""
     try:
         auth = build_auth_policy(settings)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"token key: {exc}") from exc
-    interceptors = [*server_interceptors(auth), *(extra_interceptors or [])]
+    interceptors = server_interceptors(auth)
+    if metrics is not None:
+        interceptors.append(MetricsInterceptor(metrics))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     health_servicer = health_aio.HealthServicer()
@@ -160,15 +160,24 @@ async def start_server(
     await server.start()
     running = RunningServer(server, bound, tracking, health_servicer, reloader)
     await running.set_serving(True)
+    if settings.admin_listen:
+        try:
+            running.admin = await start_admin(
+                settings.admin_listen, health_servicer, metrics or ServiceMetrics()
+            )
+        except BaseException:
+            await server.stop(0)
+            raise
     running._monitor = asyncio.get_running_loop().create_task(running.monitor_store())
     return running
 
 
 async def serve(settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
-    tracking = await build_tracking(settings)
+    metrics = ServiceMetrics()
+    tracking = await build_tracking(settings, metrics)
     try:
-        running = await start_server(settings, tracking)
+        running = await start_server(settings, tracking, metrics)
     except BaseException:
         await tracking.close()
         raise

@@ -11,7 +11,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from driver_service.domain import (
@@ -54,9 +55,12 @@ class DriverTracking:
         rules: LocationRules = DEFAULT_RULES,
         max_pending: int | None = None,
         rate_limiter: RateLimiter | None = None,
+        count_rejection: Callable[[str], None] | None = None,
     ) -> None:
         self.repository = repository
         self.rate_limiter = rate_limiter
+        #: Told "invalid" or "rate_limited" for each update dropped (metrics).
+        self.count_rejection = count_rejection
         self.bus = bus
         self.rules = rules
         self.writer = (
@@ -66,6 +70,10 @@ class DriverTracking:
         )
         self._subscriptions: set[Subscription] = set()
         self._sessions: set[SessionInbox] = set()
+        self._sessions_by_driver: dict[str, list[SessionInbox]] = {}
+        #: Called with a driver id when a session starts speaking for that driver (e.g. to
+        #: deliver commands queued while it was offline).
+        self.session_listeners: list[Callable[[str], None]] = []
         self._stopping = False
 
     async def start(self) -> None:
@@ -165,6 +173,33 @@ class DriverTracking:
 
     def close_session(self, inbox: SessionInbox) -> None:
         self._sessions.discard(inbox)
+        if inbox.driver_id is not None:
+            bound = self._sessions_by_driver.get(inbox.driver_id, [])
+            if inbox in bound:
+                bound.remove(inbox)
+            if not bound:
+                self._sessions_by_driver.pop(inbox.driver_id, None)
+
+    def bind_session(self, inbox: SessionInbox, driver_id: str) -> None:
+        """Record that this session speaks for `driver_id` (its first accepted event)."""
+        if inbox.driver_id is not None:
+            return
+        inbox.driver_id = driver_id
+        self._sessions_by_driver.setdefault(driver_id, []).append(inbox)
+        for listener in self.session_listeners:
+            listener(driver_id)
+
+    def push_command(self, driver_id: str, command: object) -> bool:
+        """Deliver a command to the driver's newest open session on this server."""
+        bound = self._sessions_by_driver.get(driver_id)
+        return bound[-1].push(command) if bound else False
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def has_session(self, driver_id: str) -> bool:
+        return driver_id in self._sessions_by_driver
 
     @staticmethod
     def server_time_ms() -> int:
@@ -191,32 +226,58 @@ class DriverTracking:
         await self.repository.close()
 
 
-class SessionInbox:
-    """What one DriverSession must handle next, in order: client events (and, later, server
-    commands). Bounded, so a client cannot queue unbounded work; shutdown jumps the queue."""
+@dataclass(frozen=True, slots=True)
+class PushedCommand:
+    """A server command for the session's driver (opaque here; the servicer knows its type)."""
 
-    __slots__ = ("_queue", "_shutting_down")
+    command: object
+
+
+class SessionInbox:
+    """What one DriverSession must handle next: client events in order, server-pushed
+    commands ahead of them, and shutdown ahead of everything. Client events are bounded, so
+    a client cannot queue unbounded work; pushed commands never wait for the client."""
+
+    __slots__ = ("_commands", "_queue", "_shutting_down", "driver_id")
 
     _SHUTDOWN = object()
+    _WAKE = object()
+    MAX_COMMANDS = 256
 
     def __init__(self, maxsize: int = 64) -> None:
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        self._commands: deque[PushedCommand] = deque()
         self._shutting_down = False
+        #: The driver this session speaks for, set by its first accepted event.
+        self.driver_id: str | None = None
 
     async def put(self, item: object) -> None:
         await self._queue.put(item)
 
     async def get(self) -> object:
-        """The next item; raise ShuttingDown once the server stops."""
-        if not self._shutting_down:
+        """The next pushed command or client event; raise ShuttingDown once the server stops."""
+        while not self._shutting_down:
+            if self._commands:
+                return self._commands.popleft()
             item = await self._queue.get()
-            if item is not self._SHUTDOWN and not self._shutting_down:
+            if item is self._SHUTDOWN:
+                break
+            if item is not self._WAKE:
                 return item
         raise ShuttingDown("server is shutting down; reconnect to another replica")
 
+    def push(self, command: object) -> bool:
+        """Queue a command for the driver without waiting; False if too many are pending."""
+        if self._shutting_down or len(self._commands) >= self.MAX_COMMANDS:
+            return False
+        self._commands.append(PushedCommand(command))
+        # A full event queue means the session is busy, not waiting: it sees the command next.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(self._WAKE)
+        return True
+
     def shut_down(self) -> None:
         self._shutting_down = True
-        # A full queue means the session is busy, not waiting: it sees the flag next time.
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(self._SHUTDOWN)
 
@@ -253,6 +314,9 @@ class Upload:
                 driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
             )
         except (InvalidInput, RateLimited) as exc:
+            count = self._service.count_rejection
+            if count is not None:
+                count("invalid" if isinstance(exc, InvalidInput) else "rate_limited")
             return exc
         if self._commits and self._commits[-1] is done:
             self._commit_counts[-1] += 1

@@ -37,7 +37,10 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def serve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "driver_service", "serve", *args]
+    """`serve` with the given flags; the admin port is a free one unless the test sets it
+    (the default, 9090, would collide between tests running in parallel)."""
+    admin = [] if "--admin-listen" in args else ["--admin-listen", "127.0.0.1:0"]
+    return [sys.executable, "-m", "driver_service", "serve", *admin, *args]
 
 
 def is_serving(target: str, timeout_s: float = 0.5) -> bool:

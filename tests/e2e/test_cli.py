@@ -57,6 +57,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 address,
                 "--data-dir",
                 str(data_dir),
+                "--admin-listen",
+                "127.0.0.1:0",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

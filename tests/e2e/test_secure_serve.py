@@ -55,7 +55,7 @@ def test_mtls_and_tokens_from_the_cli(launcher: Launcher, tmp_path: Path) -> Non
     target = f"127.0.0.1:{free_port()}"
     server = launcher.spawn(
         ["--listen", target, "--data-dir", str(tmp_path / "data"), "--admin-listen", "",
-         "--metrics-listen", "", "--tls-cert", str(certs / "server.crt"),
+         "--tls-cert", str(certs / "server.crt"),
          "--tls-key", str(certs / "server.key"), "--tls-client-ca", str(certs / "ca.crt"),
          "--token-secret-file", str(secret)],
         target,

@@ -1,5 +1,5 @@
 """`driver-service serve` as an operator runs it: graceful SIGTERM, configuration mistakes
-reported one clear line per mistake with exit code 2, one server per data directory, env settings."""
+reported one clear line per mistake, exit code 2; one server per data directory; env settings."""
 
 from __future__ import annotations
 

@@ -35,7 +35,9 @@ class ServerBox:
 
 @pytest.fixture
 async def server_box(tmp_path: Path) -> AsyncIterator[ServerBox]:
-    settings = ServerSettings(listen="127.0.0.1:0", data_dir=tmp_path, insecure=True)
+    settings = ServerSettings(
+        listen="127.0.0.1:0", admin_listen="127.0.0.1:0", data_dir=tmp_path, insecure=True
+    )
     tracking = await build_tracking(settings)
     running = await start_server(settings, tracking)
     box = ServerBox(running, settings)

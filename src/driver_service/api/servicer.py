@@ -14,7 +14,7 @@ from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import driver_to_pb, location_to_pb, timestamp_to_ns
 from driver_service.api.errors import status_for
 from driver_service.domain import DomainError, InvalidInput
-from driver_service.service import DriverTracking, SessionInbox, Upload
+from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         pump = asyncio.get_running_loop().create_task(_pump(request_iterator, inbox))
         try:
             while (event := await inbox.get()) is not _END_OF_INPUT:
+                if isinstance(event, PushedCommand):
+                    assert isinstance(event.command, pb.ServerCommand)
+                    yield event.command
+                    continue
                 if isinstance(event, BaseException):
                     raise event
                 assert isinstance(event, pb.DriverEvent)
@@ -109,6 +113,8 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                     rejected = await _offer(ingest, event.location)
                     if rejected is not None:
                         log.info("session dropped an invalid location: %s", rejected)
+                    elif inbox.driver_id is None:
+                        tracking.bind_session(inbox, event.location.driver_id)
                 elif kind == "heartbeat":
                     yield pb.ServerCommand(
                         pong=pb.PingResponse(server_ts_ms=tracking.server_time_ms())
@@ -116,6 +122,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                 elif kind == "status_change":
                     change = event.status_change
                     await tracking.change_status(change.driver_id, change.new_status)
+                    tracking.bind_session(inbox, change.driver_id)
                 else:
                     raise InvalidInput(_EMPTY_EVENT)
             await ingest.finish()

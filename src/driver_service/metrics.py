@@ -1,0 +1,340 @@
+"""Prometheus metrics of one server, on a registry of its own, cheap on the hot path.
+
+The gRPC series carry go-grpc-prometheus's names, labels and code strings, so existing
+dashboards and alerts work unchanged. Everything else is prefixed `driver_service_`.
+`ServiceMetrics` is created by the composition root (never at import time), so several
+servers and tests in one process never share or collide on series.
+
+Example::
+
+    metrics = ServiceMetrics()
+    repository = InstrumentedRepository(await SqliteRepository.open(path), metrics)
+    bus = InstrumentedBus(MemoryBus(), metrics)
+    server = grpc.aio.server(interceptors=[..., MetricsInterceptor(metrics)])
+    body, content_type = metrics.render()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from driver_service.domain import Driver, Location, Status
+from driver_service.ports import DriverRepository, LocationBus, Subscription
+
+#: RPC latency: from 100 µs (an in-memory read) to 10 s (a slow store); streams beyond are +Inf.
+RPC_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+#: Store and bus latency: a commit of one row is ~100 µs; thousands of rows take ~100 ms.
+IO_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+)  # fmt: skip
+#: Updates per group commit: one when traffic trickles, tens of thousands under a flood.
+BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000)
+
+UNARY: Final = "unary"
+CLIENT_STREAM: Final = "client_stream"
+SERVER_STREAM: Final = "server_stream"
+BIDI_STREAM: Final = "bidi_stream"
+
+#: The reasons an update is refused, as the `reason` label of updates_rejected_total.
+REJECT_INVALID: Final = "invalid"
+REJECT_RATE_LIMITED: Final = "rate_limited"
+
+
+def grpc_code_label(code: grpc.StatusCode) -> str:
+    """The code as Go's `codes.Code.String()` spells it ("NotFound", "Canceled"), the value
+    go-grpc-prometheus puts in `grpc_code`."""
+    if code is grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    if code is grpc.StatusCode.OK:
+        return "OK"
+    return "".join(part.capitalize() for part in code.name.split("_"))
+
+
+def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
+    """go-grpc-prometheus's `grpc_type` for an RPC's shape."""
+    if request_streaming:
+        return BIDI_STREAM if response_streaming else CLIENT_STREAM
+    return SERVER_STREAM if response_streaming else UNARY
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """ "/pkg.Service/Method" -> ("pkg.Service", "Method")."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return (service or "unknown", method or "unknown")
+
+
+class MethodMetrics:
+    """The label children of one RPC method, bound once, so a call touches no label dicts
+    (one dict lookup per call finds this object; one per code finds the handled child)."""
+
+    __slots__ = ("grpc_type", "handled", "handling", "msg_received", "msg_sent", "open_streams",
+                 "started")  # fmt: skip
+
+    def __init__(self, metrics: ServiceMetrics, full_method: str, rpc_type: str) -> None:
+        service, method = split_method(full_method)
+        labels = (service, method, rpc_type)
+        self.grpc_type = rpc_type
+        self.started = metrics.rpc_started.labels(*labels)
+        self.handling = metrics.rpc_handling_seconds.labels(*labels)
+        self.msg_received = metrics.rpc_msg_received.labels(*labels)
+        self.msg_sent = metrics.rpc_msg_sent.labels(*labels)
+        # Every code bound up front (as go-grpc-prometheus does): rate() over a code that
+        # has not happened yet is 0, not "no data", and no call pays to create a child.
+        self.handled = {
+            code: metrics.rpc_handled.labels(*labels, grpc_code_label(code))
+            for code in grpc.StatusCode
+        }
+        self.open_streams = (
+            None if rpc_type == UNARY else metrics.rpc_open_streams.labels(service, method)
+        )
+
+
+class ServiceMetrics:
+    """Every metric the service exports, registered on `self.registry` only."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        rpc_labels = ("grpc_service", "grpc_method", "grpc_type")
+        self.rpc_started = Counter(
+            "grpc_server_started_total", "RPCs started on the server.", rpc_labels, registry=reg
+        )
+        self.rpc_handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*rpc_labels, "grpc_code"),
+            registry=reg,
+        )
+        self.rpc_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end (whole stream for streaming RPCs).",
+            rpc_labels,
+            buckets=RPC_BUCKETS,
+            registry=reg,
+        )
+        self.rpc_msg_received = Counter(
+            "grpc_server_msg_received_total",
+            "Request messages received by the server (1 per unary call).",
+            rpc_labels,
+            registry=reg,
+        )
+        self.rpc_msg_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Response messages sent by the server (1 per successful unary call).",
+            rpc_labels,
+            registry=reg,
+        )
+        self.rpc_open_streams = Gauge(
+            "grpc_server_open_streams",
+            "Streaming RPCs in progress.",
+            ("grpc_service", "grpc_method"),
+            registry=reg,
+        )
+        self.store_seconds = Histogram(
+            "driver_service_store_seconds",
+            "Latency of store operations, failed ones included.",
+            ("operation",),
+            buckets=IO_BUCKETS,
+            registry=reg,
+        )
+        self.store_errors = Counter(
+            "driver_service_store_errors_total",
+            "Store operations that raised.",
+            ("operation",),
+            registry=reg,
+        )
+        self.bus_publish_seconds = Histogram(
+            "driver_service_bus_publish_seconds",
+            "Latency of publishing committed locations to live watchers.",
+            buckets=IO_BUCKETS,
+            registry=reg,
+        )
+        self.bus_publish_errors = Counter(
+            "driver_service_bus_publish_errors_total",
+            "Publishes to the bus that raised.",
+            registry=reg,
+        )
+        self.updates_rejected = Counter(
+            "driver_service_updates_rejected_total",
+            "Location updates refused before storage, by reason (invalid, rate_limited).",
+            ("reason",),
+            registry=reg,
+        )
+        self.sessions_open = Gauge(
+            "driver_service_sessions_open", "DriverSession streams open.", registry=reg
+        )
+        self.watchers = Gauge(
+            "driver_service_watchers", "Live location subscriptions open.", registry=reg
+        )
+        self.commit_batch_size = Histogram(
+            "driver_service_commit_batch_size",
+            "Location updates per group commit (one store transaction).",
+            buckets=BATCH_BUCKETS,
+            registry=reg,
+        )
+        # Pre-bound children for the hot paths.
+        self.rejected_invalid = self.updates_rejected.labels(REJECT_INVALID)
+        self.rejected_rate_limited = self.updates_rejected.labels(REJECT_RATE_LIMITED)
+        self._methods: dict[str, MethodMetrics] = {}
+        self._store_ops: dict[str, tuple[Histogram, Counter]] = {}
+
+    def method(self, full_method: str, rpc_type: str) -> MethodMetrics:
+        """The bound children of one method, created on its first call. Only methods the
+        server actually has get here (unknown paths have no handler), so label cardinality
+        is bounded by the services registered."""
+        found = self._methods.get(full_method)
+        if found is None or found.grpc_type != rpc_type:
+            found = self._methods[full_method] = MethodMetrics(self, full_method, rpc_type)
+        return found
+
+    def store_operation(self, operation: str) -> tuple[Histogram, Counter]:
+        """(latency child, error child) of one store operation, bound once."""
+        found = self._store_ops.get(operation)
+        if found is None:
+            found = self._store_ops[operation] = (
+                self.store_seconds.labels(operation),
+                self.store_errors.labels(operation),
+            )
+        return found
+
+    def count_sessions(self, count: Callable[[], float]) -> None:
+        """Read the open-session gauge from `count` at scrape time (no bookkeeping per call).
+        Without it, `sessions_open.inc()/.dec()` may be used instead."""
+        self.sessions_open.set_function(count)
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format, and its Content-Type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class InstrumentedRepository:
+    """A DriverRepository that times every operation and counts failures; `record_locations`
+    is the group commit, so its batch size is observed too."""
+
+    def __init__(self, inner: DriverRepository, metrics: ServiceMetrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+        self._get = metrics.store_operation("get_driver")
+        self._record = metrics.store_operation("record_locations")
+        self._status = metrics.store_operation("set_status")
+        self._history = metrics.store_operation("location_history")
+        self._ping = metrics.store_operation("ping")
+        self._batch = metrics.commit_batch_size
+
+    async def get_driver(self, driver_id: str) -> Driver | None:
+        seconds, errors = self._get
+        start = time.perf_counter()
+        try:
+            return await self.inner.get_driver(driver_id)
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        seconds, errors = self._record
+        self._batch.observe(len(locations))
+        start = time.perf_counter()
+        try:
+            return await self.inner.record_locations(locations)
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        seconds, errors = self._status
+        start = time.perf_counter()
+        try:
+            return await self.inner.set_status(driver_id, status, at_ns)
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    async def location_history(
+        self, driver_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[Location]:
+        seconds, errors = self._history
+        start = time.perf_counter()
+        try:
+            return await self.inner.location_history(driver_id, start_ns, end_ns, limit)
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    async def ping(self) -> None:
+        seconds, errors = self._ping
+        start = time.perf_counter()
+        try:
+            await self.inner.ping()
+        except Exception:
+            errors.inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - start)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _CountedSubscription:
+    """A subscription that leaves the watcher gauge exactly once, however often it is closed."""
+
+    __slots__ = ("_gauge", "_inner", "_open")
+
+    def __init__(self, inner: Subscription, gauge: Gauge) -> None:
+        self._inner = inner
+        self._gauge = gauge
+        self._open = True
+        gauge.inc()
+
+    async def next(self) -> Location:
+        return await self._inner.next()
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._gauge.dec()
+        self._inner.close()
+
+
+class InstrumentedBus:
+    """A LocationBus that times publishes, counts their failures and open subscriptions."""
+
+    def __init__(self, inner: LocationBus, metrics: ServiceMetrics) -> None:
+        self.inner = inner
+        self._seconds = metrics.bus_publish_seconds
+        self._errors = metrics.bus_publish_errors
+        self._watchers = metrics.watchers
+
+    async def publish(self, locations: Sequence[Location]) -> None:
+        start = time.perf_counter()
+        try:
+            await self.inner.publish(locations)
+        except Exception:
+            self._errors.inc()
+            raise
+        finally:
+            self._seconds.observe(time.perf_counter() - start)
+
+    async def subscribe(self, driver_id: str) -> Subscription:
+        return _CountedSubscription(await self.inner.subscribe(driver_id), self._watchers)
+
+    async def close(self) -> None:
+        await self.inner.close()
