@@ -36,6 +36,15 @@ class Records(logging.Handler):
     def calls(self, method: str) -> list[logging.LogRecord]:
         return [r for r in self.records if getattr(r, "method", None) == method]
 
+    async def settled_calls(self, method: str, count: int = 1) -> list[logging.LogRecord]:
+        """The call records once `count` are in: an aborted call's status reaches the client
+        before the server-side handler (and its log line) has finished unwinding."""
+        for _ in range(200):
+            if len(found := self.calls(method)) >= count:
+                return found
+            await asyncio.sleep(0.005)
+        return self.calls(method)
+
 
 @dataclass
 class Env:
@@ -153,6 +162,6 @@ async def test_refused_calls_are_logged_with_their_code(env: Env) -> None:
             pb.GetDriverRequest(driver_id="d1"), metadata=(("authorization", "Bearer nope"),)
         )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.code == "UNAUTHENTICATED"  # type: ignore[attr-defined]
     assert "nope" not in str(record.__dict__)

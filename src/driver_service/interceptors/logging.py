@@ -4,7 +4,6 @@ authorization header cannot leak into logs."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,21 +12,13 @@ from typing import Any
 import grpc
 
 from driver_service.interceptors._handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from driver_service.interceptors._status import code_of_exception, status_code
 from driver_service.interceptors.request_id import REQUEST_ID
 
-_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 #: Codes that mean the server failed, logged at WARNING; the rest are the caller's business.
 _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 )
-
-
-def _status(code: Any) -> grpc.StatusCode:
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, int):
-        return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
-    return grpc.StatusCode.OK
 
 
 class _Call:
@@ -79,11 +70,11 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     response = await behavior(prepare(request, call), context)
                 except BaseException as exc:
                     self._emit(
-                        method, context, call, self._code_of(exc, context), streaming_in, False
+                        method, context, call, code_of_exception(exc, context), streaming_in, False
                     )
                     raise
                 call.messages_out = 1
-                code = _status(context.code())
+                code = status_code(context.code())
                 self._emit(method, context, call, code, streaming_in, False)
                 return response
 
@@ -99,9 +90,9 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     async for response in behavior(prepare(request, call), context):
                         call.messages_out += 1
                         yield response
-                    code = _status(context.code())
+                    code = status_code(context.code())
                 except BaseException as exc:
-                    code = self._code_of(exc, context)
+                    code = code_of_exception(exc, context)
                     raise
                 finally:
                     self._emit(method, context, call, code, streaming_in, streaming_out)
@@ -109,17 +100,6 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return logged
 
         return wrap_handler(handler, unary, stream)
-
-    @staticmethod
-    def _code_of(
-        exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> grpc.StatusCode:
-        if isinstance(exc, grpc.aio.AbortError):
-            return _status(context.code())
-        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            return grpc.StatusCode.CANCELLED
-        # The recovery interceptor outside turns it into INTERNAL for the caller.
-        return grpc.StatusCode.INTERNAL
 
     def _emit(
         self,
