@@ -61,9 +61,12 @@ class AdminServer:
         await self._grpc.stop(grace_s)
 
 
-async def start_admin(listen: str, health_servicer: Any, metrics: ServiceMetrics) -> AdminServer:
+async def start_admin(
+    listen: str, health_servicer: Any, metrics: ServiceMetrics, *, reuse_port: bool = False
+) -> AdminServer:
     """Serve `health_servicer` (a grpc_health.v1 aio HealthServicer) over gRPC and `metrics`
-    at GET /metrics, both on `listen` (HOST:PORT; port 0 picks a free one)."""
+    at GET /metrics, both on `listen` (HOST:PORT; port 0 picks a free one). `reuse_port` lets
+    worker processes share the port (each answers for itself)."""
     host, port = parse_listen(listen)
     grpc_server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
@@ -86,7 +89,9 @@ async def start_admin(listen: str, health_servicer: Any, metrics: ServiceMetrics
             writer.close()
 
     try:
-        tcp = await asyncio.start_server(on_connection, host, port, limit=MAX_LINE)
+        tcp = await asyncio.start_server(
+            on_connection, host, port, limit=MAX_LINE, reuse_port=reuse_port or None
+        )
     except BaseException:
         await grpc_server.stop(0)
         raise

@@ -3,6 +3,7 @@ TOML file, in that precedence; validated once at start so each mistake is one cl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import re
@@ -24,6 +25,8 @@ DEFAULT_AUTH_EXEMPT = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -48,10 +51,19 @@ class ServerSettings:
         DEFAULT_ADMIN_LISTEN,
         "plaintext admin address: gRPC health for probes and HTTP GET /metrics; empty: off",
     )
+    workers: int = _setting(
+        1, "server processes sharing the port (SO_REUSEPORT); > 1 needs --bus redis://"
+    )
     data_dir: Path = _setting(DEFAULT_DATA_DIR, "directory for the SQLite file")
     store: str | None = _setting(
         None,
-        "store URL: sqlite:///relative or sqlite:////absolute (overrides --data-dir)",
+        "store URL: sqlite:///relative, sqlite:////absolute or postgresql://user:pw@host/db "
+        "(overrides --data-dir)",
+        secret=True,
+    )
+    bus: str = _setting(
+        "memory",
+        "live-location bus and state: memory (one process) or redis://[:pw@]host:port/db",
         secret=True,
     )
     insecure: bool = _setting(False, "serve plaintext without TLS (development only)")
@@ -88,7 +100,12 @@ class ServerSettings:
     )
 
     def validate(self) -> ServerSettings:
-        errors = [*self._address_errors(), *self._security_errors(), *self._limit_errors()]
+        errors = [
+            *self._address_errors(),
+            *self._security_errors(),
+            *self._limit_errors(),
+            *self._worker_errors(),
+        ]
         if errors:
             raise ConfigError("\n".join(errors))
         return self
@@ -102,10 +119,13 @@ class ServerSettings:
                     parse_listen(value)
                 except ConfigError as exc:
                     errors.append(f"{flag(name)}: {exc}")
-        try:
-            self.sqlite_path()
-        except ConfigError as exc:
-            errors.append(f"--store: {exc}")
+        if self.store is not None and not self.store.startswith(POSTGRES_SCHEMES):
+            try:
+                parse_sqlite_url(self.store)
+            except ConfigError as exc:
+                errors.append(f"--store: {exc}")
+        if self.bus != "memory" and not self.bus.startswith(REDIS_SCHEMES):
+            errors.append(f"--bus: {mask_url(self.bus)!r} is not memory or a redis:// URL")
         return errors
 
     def _security_errors(self) -> list[str]:
@@ -144,6 +164,27 @@ class ServerSettings:
             for name in self.auth_exempt
             if name.startswith("driver.v1.")
         )
+        return errors
+
+    def _worker_errors(self) -> list[str]:
+        if self.workers < 1:
+            return ["--workers must be >= 1"]
+        if self.workers == 1:
+            return []
+        errors = []
+        if self.bus == "memory":
+            errors.append(
+                "--workers > 1 needs --bus redis://HOST:PORT: on the in-memory bus a watcher "
+                "on one worker would never see updates accepted by another"
+            )
+        if self.store is None or self.store.startswith("sqlite:"):
+            errors.append(
+                "--workers > 1 needs a shared store (--store postgresql://…): one SQLite file "
+                "is locked by one process"
+            )
+        with contextlib.suppress(ConfigError):  # a bad --listen is reported on its own
+            if parse_listen(self.listen)[1] == 0:
+                errors.append("--workers > 1 needs a fixed --listen port for workers to share")
         return errors
 
     def _limit_errors(self) -> list[str]:
@@ -194,11 +235,21 @@ class ServerSettings:
     def auth_enabled(self) -> bool:
         return any(s is not None for s in self._token_sources())
 
+    @property
+    def uses_postgres(self) -> bool:
+        return self.store is not None and self.store.startswith(POSTGRES_SCHEMES)
+
     def sqlite_path(self) -> Path:
         """The SQLite file: from `--store sqlite:///path` if given, else under the data dir."""
         if self.store is None:
             return self.data_dir / SQLITE_FILE_NAME
         return parse_sqlite_url(self.store)
+
+    def store_description(self) -> str:
+        """Where data goes, for logs: a path, or the URL with its password masked."""
+        if self.uses_postgres:
+            return mask_url(self.store or "")
+        return str(self.sqlite_path())
 
     def listen_is_loopback(self) -> bool:
         host, _ = parse_listen(self.listen)

@@ -34,9 +34,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(level: str, fmt: str = "auto") -> None:
+class WorkerFilter(logging.Filter):
+    """Tags every record with the worker number, so logs show which process served a call."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def configure_logging(level: str, fmt: str = "auto", worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     if as_json:
         handler.setFormatter(JsonFormatter())

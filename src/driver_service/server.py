@@ -32,6 +32,7 @@ from driver_service.security import (
     server_credentials,
 )
 from driver_service.service import DriverTracking
+from driver_service.workers import worker_index
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-        ("grpc.so_reuseport", 0),
+        # Workers share the port; a lone server must not silently share it with another.
+        ("grpc.so_reuseport", 1 if worker_index() is not None else 0),
         *keepalive_options(settings.keepalive()),
     ]
 
@@ -163,7 +165,10 @@ async def start_server(
     if settings.admin_listen:
         try:
             running.admin = await start_admin(
-                settings.admin_listen, health_servicer, metrics or ServiceMetrics()
+                settings.admin_listen,
+                health_servicer,
+                metrics or ServiceMetrics(),
+                reuse_port=worker_index() is not None,
             )
         except BaseException:
             await server.stop(0)
@@ -192,7 +197,7 @@ async def serve(settings: ServerSettings) -> None:
         "driver-service listening on port %d (%s, store %s)",
         running.port,
         "plaintext" if settings.insecure else "mTLS",
-        settings.sqlite_path(),
+        settings.store_description(),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -99,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
         return _report(exc, "serve")
     from driver_service.logs import configure_logging
     from driver_service.server import serve
+    from driver_service.workers import Supervisor, worker_index
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, worker_index())
+    if settings.workers > 1:
+        return asyncio.run(Supervisor(settings).run())
     try:
         run_loop(serve(settings))
     except StoreLocked as exc:
