@@ -336,5 +336,8 @@ class InstrumentedBus:
     async def subscribe(self, driver_id: str) -> Subscription:
         return _CountedSubscription(await self.inner.subscribe(driver_id), self._watchers)
 
+    async def ping(self) -> None:
+        await self.inner.ping()
+
     async def close(self) -> None:
         await self.inner.close()

@@ -108,16 +108,18 @@ class RunningServer:
             await self.admin.stop()
 
     async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
-        """Keep health in step with the store: NOT_SERVING while it fails, SERVING again
-        once it answers."""
+        """Keep health in step with the store and the bus: NOT_SERVING while either fails,
+        SERVING again once both answer."""
         serving = True
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await asyncio.wait_for(self.tracking.repository.ping(), interval_s)
+                await asyncio.wait_for(self.tracking.bus.ping(), interval_s)
                 healthy = True
-            except Exception:
-                log.exception("store health check failed")
+            except Exception as exc:  # noqa: BLE001 - any failure means not serving
+                if serving:
+                    log.warning("health check failed: %r", exc)
                 healthy = False
             if healthy != serving:
                 serving = healthy

@@ -80,6 +80,9 @@ class MemoryBus:
             if not subs:
                 del self._watchers[sub.driver_id]
 
+    async def ping(self) -> None:
+        """In-process fan-out cannot be unreachable."""
+
     def watcher_count(self) -> int:
         return sum(len(s) for s in self._watchers.values())
 

@@ -1,0 +1,337 @@
+"""Redis LocationBus: live locations fan out across processes and replicas over Redis pub/sub.
+
+Why pub/sub and not streams: a watcher only ever wants the newest position, and what it
+missed while disconnected is worthless once a newer fix exists. On (re)subscribe the service
+already sends the latest known location at once from live state (`storage/live.py`, one
+HGETALL), so a stream's replay would only deliver positions that are about to be superseded,
+at the cost of a consumer cursor per watcher, XADD trimming and a blocking XREAD per channel
+set. Pub/sub costs one PUBLISH per advanced location (pipelined per batch) and nothing for a
+driver no one watches.
+
+Each process holds ONE pub/sub connection; a reader task dispatches its messages to local
+subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and Redis channel
+subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
+open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
+jittered backoff and resubscribes every channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from driver_service.bus.memory import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
+from driver_service.domain import Location
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "ds:"
+
+# Payload: version, latitude, longitude, speed, heading (exact doubles), recorded_at_ns.
+# The driver id travels in the channel name. 41 bytes, no text formatting on the hot path.
+_WIRE = struct.Struct("<B4dq")
+_WIRE_VERSION = 1
+
+
+def create_redis_client(url: str, *, timeout_s: float = 2.0) -> Redis:
+    """A client for the bus and live state whose calls fail fast when Redis is away.
+
+    redis-py's default retries a failed call 10 times with up to 1 s between tries; on the
+    ingest path that would stall every commit behind an outage, so retry once, briefly.
+    """
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_keepalive=True,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
+        health_check_interval=30,
+    )
+
+
+def encode_location(location: Location) -> bytes:
+    return _WIRE.pack(
+        _WIRE_VERSION,
+        location.latitude,
+        location.longitude,
+        location.speed_mps,
+        location.heading_degrees,
+        location.recorded_at_ns,
+    )
+
+
+def decode_location(driver_id: str, payload: bytes) -> Location | None:
+    """The location in `payload`, or None if it is not a format this version understands."""
+    if len(payload) != _WIRE.size or payload[0] != _WIRE_VERSION:
+        return None
+    _, lat, lon, speed, heading, at_ns = _WIRE.unpack(payload)
+    return Location(driver_id, lat, lon, speed, heading, at_ns)
+
+
+class _LocalFanout(MemoryBus):
+    """The in-memory bus as this process's dispatcher; tells the Redis bus when a driver's
+    last local watcher leaves, so its channel can be unsubscribed."""
+
+    def __init__(self, owner: RedisBus, queue_size: int) -> None:
+        super().__init__(queue_size)
+        self._owner = owner
+
+    def has_watchers(self, driver_id: str) -> bool:
+        return driver_id in self._watchers
+
+    def watched_drivers(self) -> list[str]:
+        return list(self._watchers)
+
+    def unsubscribe(self, sub: MemorySubscription) -> None:
+        super().unsubscribe(sub)
+        if sub.driver_id not in self._watchers:
+            self._owner._last_watcher_left(sub.driver_id)
+
+
+class RedisBus:
+    """LocationBus over Redis pub/sub, shared by every process and replica on one Redis.
+
+    `subscribe()` returns once Redis has confirmed the driver's channel (or at once while
+    Redis is unreachable), so a location published after it returns is not missed.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        reconnect_min_s: float = 0.05,
+        reconnect_max_s: float = 2.0,
+        idle_ping_s: float = 5.0,
+        subscribe_timeout_s: float = 1.0,
+        close_client: bool = False,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._channel_prefix = f"{prefix}loc:".encode()
+        self._local = _LocalFanout(self, queue_size)
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._idle_ping_s = idle_ping_s
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._close_client = close_client
+        self._pubsub: PubSub | None = None
+        # Channels (driver ids) we asked Redis for on the current connection, and the
+        # confirmation each is waiting for; changed only under _lock, so SUBSCRIBE and
+        # UNSUBSCRIBE of one channel reach Redis in the order we decided them.
+        self._subscribed: set[str] = set()
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+        self._healthy = False
+        self._first_attempt = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        #: Successful (re)connections of the pub/sub connection, for tests and metrics.
+        self.connects = 0
+
+    # --- LocationBus -------------------------------------------------------------------------
+    async def publish(self, locations: Sequence[Location]) -> None:
+        """Publish every location of the batch in one round trip (a non-transactional pipeline)."""
+        if not locations:
+            return
+        prefix = self._channel_prefix
+        async with self._client.pipeline(transaction=False) as pipe:
+            for location in locations:
+                pipe.publish(prefix + location.driver_id.encode(), encode_location(location))
+            await pipe.execute()
+
+    async def subscribe(self, driver_id: str) -> MemorySubscription:
+        if self._closed:
+            sub = MemorySubscription(self._local, driver_id, 1)
+            sub.close()
+            return sub
+        self.start()
+        if not self._first_attempt.is_set():
+            # Just started: give the first connection a moment rather than skip the SUBSCRIBE.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_attempt.wait(), self._subscribe_timeout_s)
+        sub = await self._local.subscribe(driver_id)
+        confirmed = await self._sync_channel(driver_id)
+        if confirmed is not None and self._healthy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(confirmed), self._subscribe_timeout_s)
+        return sub
+
+    async def close(self) -> None:
+        """End every subscription (SubscriptionClosed) and the reader; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._local.close()
+        for task in [self._reader, *self._background]:
+            if task is not None:
+                task.cancel()
+        for task in [self._reader, *self._background]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reader = None
+        await self._drop_connection()
+        if self._close_client:
+            await self._client.aclose()
+
+    # --- health ------------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """True while the shared pub/sub connection is up (watchers receive live updates)."""
+        return self._healthy and not self._closed
+
+    async def ping(self) -> None:
+        """Raise if Redis does not answer (for health checks)."""
+        await self._client.ping()
+
+    def watcher_count(self) -> int:
+        return self._local.watcher_count()
+
+    # --- reader ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the reader (idempotent); `subscribe()` starts it too. Needs a running loop."""
+        if self._reader is None and not self._closed:
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read_forever(), name="redis-bus-reader"
+            )
+
+    async def _read_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                try:
+                    await self._connect()
+                finally:
+                    self._first_attempt.set()
+                attempt = 0
+                await self._read(self._pubsub_or_raise())
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._healthy:
+                    log.warning("redis bus connection lost: %s", exc)
+                elif attempt == 0:
+                    log.warning("redis bus cannot connect: %s", exc)
+                self._healthy = False
+            await self._drop_connection()
+            delay = min(self._reconnect_max_s, self._reconnect_min_s * 2**attempt)
+            attempt = min(attempt + 1, 16)
+            # Full jitter: replicas that lost Redis together do not reconnect in lockstep.
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _pubsub_or_raise(self) -> PubSub:
+        if self._pubsub is None:
+            raise RedisError("redis bus has no pub/sub connection")
+        return self._pubsub
+
+    async def _connect(self) -> None:
+        async with self._lock:
+            pubsub = self._client.pubsub()
+            self._pubsub = pubsub
+            # Raises unless Redis accepts a connection and answers the handshake.
+            await pubsub.connect()  # type: ignore[no-untyped-call]
+            # No await between these two lines: a watcher added before this point is in the
+            # snapshot; one added after it sees `healthy` and subscribes through the lock.
+            self._healthy = True
+            drivers = self._local.watched_drivers()
+            self._subscribed = set(drivers)
+            self._confirmations = {d: self._new_confirmation() for d in drivers}
+            if drivers:
+                await pubsub.subscribe(*(self._channel(d) for d in drivers))
+        self.connects += 1
+        log.info("redis bus connected; %d channels subscribed", len(drivers))
+
+    async def _read(self, pubsub: PubSub) -> None:
+        prefix_len = len(self._channel_prefix)
+        awaiting_pong = False
+        while True:
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=self._idle_ping_s)
+            if message is None:
+                # Idle: a connection that cannot answer a PING within one idle period is
+                # dead even if TCP has not noticed (a half-open socket after a partition).
+                if awaiting_pong:
+                    raise RedisError("redis bus connection did not answer a ping")
+                awaiting_pong = True
+                await pubsub.ping()
+                continue
+            kind = message["type"]
+            if kind == "message":
+                driver_id = message["channel"][prefix_len:].decode()
+                location = decode_location(driver_id, message["data"])
+                if location is not None:
+                    await self._local.publish((location,))
+            elif kind == "pong":
+                awaiting_pong = False
+            elif kind == "subscribe":
+                driver_id = message["channel"][prefix_len:].decode()
+                confirmation = self._confirmations.pop(driver_id, None)
+                if confirmation is not None and not confirmation.done():
+                    confirmation.set_result(None)
+
+    async def _drop_connection(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._healthy = False
+        for confirmation in self._confirmations.values():
+            if not confirmation.done():
+                confirmation.set_result(None)  # nobody waits for a dead connection
+        self._confirmations = {}
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- channel reference counting ----------------------------------------------------------
+    def _channel(self, driver_id: str) -> bytes:
+        return self._channel_prefix + driver_id.encode()
+
+    def _new_confirmation(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _sync_channel(self, driver_id: str) -> asyncio.Future[None] | None:
+        """Make Redis's subscription to this driver's channel match whether anyone here
+        watches it; return the pending confirmation of a SUBSCRIBE, if any."""
+        if not self._healthy:
+            return None  # the reader subscribes every locally watched channel on reconnect
+        async with self._lock:
+            wanted = self._local.has_watchers(driver_id)
+            pubsub = self._pubsub
+            if pubsub is None or not self._healthy:
+                return None
+            try:
+                if wanted and driver_id not in self._subscribed:
+                    self._confirmations[driver_id] = self._new_confirmation()
+                    self._subscribed.add(driver_id)
+                    await pubsub.subscribe(self._channel(driver_id))
+                elif not wanted and driver_id in self._subscribed:
+                    self._subscribed.discard(driver_id)
+                    self._confirmations.pop(driver_id, None)
+                    await pubsub.unsubscribe(self._channel(driver_id))
+            except (RedisError, OSError) as exc:
+                # The reader sees the same failure and reconnects with the full channel set.
+                log.debug("redis bus (un)subscribe of %s failed: %s", driver_id, exc)
+                return None
+            return self._confirmations.get(driver_id)
+
+    def _last_watcher_left(self, driver_id: str) -> None:
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._unsubscribe_if_unwatched(driver_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _unsubscribe_if_unwatched(self, driver_id: str) -> None:
+        # Re-checked under the lock: a watcher may have arrived since the last one left.
+        await self._sync_channel(driver_id)

@@ -1,0 +1,252 @@
+"""Live driver state in Redis in front of a durable DriverRepository, shared by every replica.
+
+Writes go to the durable repository FIRST, so nothing is acknowledged that is not durable;
+then each changed driver's current state is merged into the hash `{prefix}drv:{id}` by a Lua
+script that never moves the location back in time, whichever replica writes last. Reads are
+one HGETALL (no database round trip); a missing key or an unreachable Redis falls back to the
+durable repository (and back-fills Redis), and a down database still answers from Redis.
+
+A Redis write that fails after the durable commit does not fail the commit: the driver is
+marked dirty, read from the durable store meanwhile, and its key is deleted once Redis
+answers again (the next read back-fills it), so Redis never serves a state it missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from driver_service.domain import Driver, Location, Status
+from driver_service.ports import DriverRepository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "ds:"
+#: A driver's live key expires after this long without events; a later read back-fills it.
+DEFAULT_TTL_S = 7 * 24 * 3600
+
+# KEYS[1]: the driver's hash.
+# ARGV: mode, status, last_seen_at_ns, lat, lon, speed, heading, location_at_ns, ttl_s.
+#   mode "loc":    merge location and last_seen; a missing key returns 0 (caller back-fills,
+#                  because only the durable store knows the status of a driver Redis lost).
+#   mode "status": set status (last writer wins, as in the durable store), merge the rest.
+#   mode "fill":   create the key from a durable read; an existing key only merges.
+# Nanosecond times exceed a double's 53 bits, so they are compared as decimal strings.
+_MERGE_LUA = """
+local key = KEYS[1]
+local mode, status, seen, at = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+local function newer(a, b)
+  if not b then return true end
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+if redis.call('EXISTS', key) == 0 then
+  if mode == 'loc' then return 0 end
+  redis.call('HSET', key, 'status', status, 'last_seen_at_ns', seen)
+  if at ~= '' then
+    redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
+               'heading', ARGV[7], 'location_at_ns', at)
+  end
+else
+  if mode == 'status' then redis.call('HSET', key, 'status', status) end
+  if newer(seen, redis.call('HGET', key, 'last_seen_at_ns')) then
+    redis.call('HSET', key, 'last_seen_at_ns', seen)
+  end
+  if at ~= '' and newer(at, redis.call('HGET', key, 'location_at_ns')) then
+    redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
+               'heading', ARGV[7], 'location_at_ns', at)
+  end
+end
+local ttl = tonumber(ARGV[9])
+if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+return 1
+"""
+
+_Mode = Literal["loc", "status", "fill"]
+
+
+def _merge_args(
+    mode: _Mode, status: str, last_seen_at_ns: int, location: Location | None, ttl_s: int
+) -> list[str | int | float]:
+    if location is None:
+        return [mode, status, last_seen_at_ns, "", "", "", "", "", ttl_s]
+    return [
+        mode,
+        status,
+        last_seen_at_ns,
+        repr(location.latitude),  # repr: the shortest text that reads back the same double
+        repr(location.longitude),
+        repr(location.speed_mps),
+        repr(location.heading_degrees),
+        location.recorded_at_ns,
+        ttl_s,
+    ]
+
+
+def _driver_from_hash(driver_id: str, fields: dict[bytes, bytes]) -> Driver | None:
+    """The driver in a live hash, or None if the hash is not one we wrote completely."""
+    try:
+        status = Status(fields[b"status"].decode())
+        last_seen = int(fields[b"last_seen_at_ns"])
+        at_ns = fields.get(b"location_at_ns")
+        location = None
+        if at_ns is not None:
+            location = Location(
+                driver_id,
+                float(fields[b"lat"]),
+                float(fields[b"lon"]),
+                float(fields[b"speed"]),
+                float(fields[b"heading"]),
+                int(at_ns),
+            )
+    except (KeyError, ValueError):
+        return None
+    return Driver(driver_id, status, location, last_seen)
+
+
+class LiveStateRepository:
+    """DriverRepository decorator: durable writes first, current state shared through Redis."""
+
+    def __init__(
+        self,
+        durable: DriverRepository,
+        redis: Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        ttl_s: int = DEFAULT_TTL_S,
+        retry_after_s: float = 1.0,
+        close_client: bool = False,
+    ) -> None:
+        self.durable = durable
+        self._redis = redis
+        self._key_prefix = f"{prefix}drv:"
+        self._ttl_s = ttl_s
+        self._merge = redis.register_script(_MERGE_LUA)
+        self._retry_after_s = retry_after_s
+        self._close_client = close_client
+        # While Redis failed recently, skip it instead of paying a timeout per call.
+        self._down_until = 0.0
+        # Drivers whose live key may be behind the durable store (a write to Redis failed).
+        self._dirty: set[str] = set()
+
+    def key(self, driver_id: str) -> str:
+        return self._key_prefix + driver_id
+
+    # --- reads -------------------------------------------------------------------------------
+    async def get_driver(self, driver_id: str) -> Driver | None:
+        if await self._redis_ready() and driver_id not in self._dirty:
+            try:
+                # The client must use bytes responses (decode_responses=False, the default).
+                fields = cast("dict[bytes, bytes]", await self._redis.hgetall(self.key(driver_id)))
+            except RedisError as exc:
+                self._redis_failed(exc)
+            else:
+                driver = _driver_from_hash(driver_id, fields) if fields else None
+                if driver is not None:
+                    return driver
+                driver = await self.durable.get_driver(driver_id)
+                if driver is not None:
+                    await self._write_live([(driver_id, "fill", driver.status, driver)])
+                return driver
+        return await self.durable.get_driver(driver_id)
+
+    async def location_history(
+        self, driver_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[Location]:
+        return await self.durable.location_history(driver_id, start_ns, end_ns, limit)
+
+    # --- writes ------------------------------------------------------------------------------
+    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        advanced = await self.durable.record_locations(locations)
+        if advanced:
+            newest: dict[str, Location] = {}
+            for location in advanced:  # ascending per driver: the last one is the newest
+                newest[location.driver_id] = location
+            await self._write_live(
+                [(driver_id, "loc", "", loc) for driver_id, loc in newest.items()]
+            )
+        return advanced
+
+    async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+        driver = await self.durable.set_status(driver_id, status, at_ns)
+        await self._write_live([(driver_id, "status", driver.status, driver)])
+        return driver
+
+    async def _write_live(
+        self, updates: Sequence[tuple[str, _Mode, str, Location | Driver]]
+    ) -> None:
+        """Merge updates into Redis in one round trip; never raises (the durable write stands)."""
+        if not await self._redis_ready():
+            self._dirty.update(driver_id for driver_id, *_ in updates)
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for driver_id, mode, status, item in updates:
+                    if isinstance(item, Driver):
+                        args = _merge_args(
+                            mode, status, item.last_seen_at_ns, item.location, self._ttl_s
+                        )
+                    else:
+                        args = _merge_args(mode, status, item.recorded_at_ns, item, self._ttl_s)
+                    await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
+                results = await pipe.execute()
+            # Keys Redis lost (restart, expiry): rebuild them from the durable store, which
+            # alone knows those drivers' status.
+            missing = [u[0] for u, res in zip(updates, results, strict=True) if res == 0]
+            if missing:
+                fills: list[tuple[str, _Mode, str, Driver]] = []
+                for driver_id in missing:
+                    driver = await self.durable.get_driver(driver_id)
+                    if driver is not None:
+                        fills.append((driver_id, "fill", driver.status, driver))
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for driver_id, mode, status, driver in fills:
+                        args = _merge_args(
+                            mode, status, driver.last_seen_at_ns, driver.location, self._ttl_s
+                        )
+                        await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
+                    await pipe.execute()
+        except RedisError as exc:
+            self._dirty.update(driver_id for driver_id, *_ in updates)
+            self._redis_failed(exc)
+
+    # --- Redis availability ------------------------------------------------------------------
+    async def _redis_ready(self) -> bool:
+        """Whether to use Redis now; first deletes keys that missed a write (they refill
+        from the durable store on the next read)."""
+        if time.monotonic() < self._down_until:
+            return False
+        if self._dirty:
+            dirty = list(self._dirty)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(dirty), 1000):
+                        pipe.delete(*(self.key(d) for d in dirty[start : start + 1000]))
+                    await pipe.execute()
+            except RedisError as exc:
+                self._redis_failed(exc)
+                return False
+            self._dirty.difference_update(dirty)
+            log.info("live state: dropped %d stale driver keys after a Redis outage", len(dirty))
+        return True
+
+    def _redis_failed(self, exc: Exception) -> None:
+        if time.monotonic() >= self._down_until:
+            log.warning("live state: Redis unavailable, using the durable store: %s", exc)
+        self._down_until = time.monotonic() + self._retry_after_s
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def ping(self) -> None:
+        """Raise unless both the durable store and Redis answer."""
+        await self.durable.ping()
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self.durable.close()
+        if self._close_client:
+            await self._redis.aclose()

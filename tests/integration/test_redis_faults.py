@@ -1,0 +1,146 @@
+"""Redis goes away and comes back: the bus says so, reconnects by itself and its watchers
+resume without resubscribing; live state falls back to the durable store meanwhile and never
+serves a location it missed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from driver_service.bus.redis import RedisBus, create_redis_client
+from driver_service.domain import Driver, Location, Status
+from driver_service.storage.live import LiveStateRepository
+from driver_service.storage.sqlite import SqliteRepository
+from tests.integration.conftest import eventually
+from tests.redis_server import RedisServer, free_port, private_redis
+
+__all__ = ["private_redis"]  # a fixture, used by name below
+
+T0 = 1_717_200_000 * 10**9
+
+
+def loc(driver_id: str, i: int) -> Location:
+    return Location(driver_id, i / 1000, -i / 1000, float(i % 30), float(i % 360), T0 + i)
+
+
+async def test_bus_survives_a_redis_restart_and_watchers_resume(
+    private_redis: RedisServer,
+) -> None:
+    watcher_bus = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5),
+        "f:",
+        reconnect_max_s=0.2,
+        close_client=True,
+    )
+    publisher = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
+    )
+    try:
+        sub = await watcher_bus.subscribe("d1")
+        assert watcher_bus.healthy
+        await watcher_bus.ping()
+        await publisher.publish([loc("d1", 1)])
+        assert await asyncio.wait_for(sub.next(), 2) == loc("d1", 1)
+        waiting = asyncio.ensure_future(sub.next())
+
+        private_redis.kill()
+        await eventually(lambda: not watcher_bus.healthy, what="bus to report unhealthy")
+        with pytest.raises(RedisError):
+            await watcher_bus.ping()
+        with pytest.raises(RedisError):
+            await publisher.publish([loc("d1", 2)])  # lost with Redis: no one acknowledged it
+        await asyncio.sleep(0.3)  # a few reconnect attempts fail meanwhile
+        assert not watcher_bus.healthy
+        assert not waiting.done(), "the watcher's subscription ended during the outage"
+
+        outage_ended = time.monotonic()
+        private_redis.start()  # same port, empty: every subscription must be made again
+        await eventually(lambda: watcher_bus.healthy, what="bus to reconnect by itself")
+        await watcher_bus.ping()
+        # A publisher keeps publishing; the same subscription receives once resubscribed.
+        i = 3
+        while not waiting.done():
+            assert time.monotonic() - outage_ended < 5, "watcher got nothing after recovery"
+            await publisher.publish([loc("d1", i)])
+            i += 1
+            await asyncio.wait([waiting], timeout=0.02)
+        assert waiting.result().driver_id == "d1"
+        assert waiting.result().recorded_at_ns >= T0 + 3
+        await publisher.publish([loc("d1", 1000)])
+        while (await asyncio.wait_for(sub.next(), 2)) != loc("d1", 1000):
+            pass
+        print(f"watcher resumed {time.monotonic() - outage_ended:.3f} s after Redis returned")
+    finally:
+        await watcher_bus.close()
+        await publisher.close()
+
+
+@pytest.fixture
+async def replica(
+    tmp_path: Path, private_redis: RedisServer
+) -> AsyncIterator[tuple[LiveStateRepository, Redis]]:
+    durable = await SqliteRepository.open(tmp_path / "drivers.db")
+    repo = LiveStateRepository(
+        durable,
+        create_redis_client(private_redis.url, timeout_s=0.5),
+        "f:",
+        retry_after_s=0.05,
+        close_client=True,
+    )
+    admin = create_redis_client(private_redis.url, timeout_s=0.5)
+    try:
+        yield repo, admin
+    finally:
+        await repo.close()
+        await admin.aclose()
+
+
+async def test_get_driver_falls_back_to_the_durable_store_while_redis_is_down(
+    replica: tuple[LiveStateRepository, Redis], private_redis: RedisServer
+) -> None:
+    repo, admin = replica
+    await repo.record_locations([loc("d1", 1)])
+    assert await admin.exists(repo.key("d1"))
+
+    private_redis.kill()
+    with pytest.raises(RedisError):
+        await repo.ping()
+    # Writes stay durable and acknowledged; reads answer from the durable store, fast.
+    assert await repo.record_locations([loc("d1", 2)]) == [loc("d1", 2)]
+    started = time.monotonic()
+    assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
+    assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
+    assert time.monotonic() - started < 1.0
+
+    private_redis.start()  # empty: the key is rebuilt from the durable store on first read
+    await asyncio.sleep(0.06)  # past retry_after_s
+    await repo.ping()
+    assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
+    assert await admin.hget(repo.key("d1"), "location_at_ns") == str(T0 + 2).encode()
+
+
+async def test_a_live_write_that_failed_is_never_served_stale(
+    replica: tuple[LiveStateRepository, Redis],
+) -> None:
+    """Redis keeps its data but refuses writes (a read-only replica, as during a failover):
+    the key it still has is behind the durable store and must not be served."""
+    repo, admin = replica
+    await repo.record_locations([loc("d1", 1)])
+    await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        assert await repo.record_locations([loc("d1", 2)]) == [loc("d1", 2)]
+        assert await admin.hget(repo.key("d1"), "location_at_ns") == str(T0 + 1).encode()
+        assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
+    finally:
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+    await asyncio.sleep(0.06)  # past retry_after_s
+
+    assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
+    # The stale key was dropped and rebuilt: other replicas read the durable state too.
+    assert await admin.hget(repo.key("d1"), "location_at_ns") == str(T0 + 2).encode()
