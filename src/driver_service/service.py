@@ -326,16 +326,24 @@ class Upload:
         return None
 
     async def finish(self) -> UploadResult:
-        """Wait for every queued update's commit; count only what was committed."""
-        persisted = 0
+        """Wait for every queued update's commit. If any commit failed, raise
+        StoreUnavailable (the caller resends; storing is idempotent) rather than acknowledge
+        a stream that was only partly stored."""
+        persisted = lost = 0
         for done, count in zip(self._commits, self._commit_counts, strict=True):
             try:
                 await done
             except StoreUnavailable:
-                continue
-            persisted += count
+                lost += count
+            else:
+                persisted += count
         self._commits.clear()
         self._commit_counts.clear()
+        if lost:
+            raise StoreUnavailable(
+                f"storage is unavailable: {lost} of {persisted + lost} valid updates were not "
+                "stored; resend the stream (updates already stored are not duplicated)"
+            )
         return UploadResult(
             min(self.received, INT32_MAX), min(persisted, INT32_MAX), self.session_id
         )

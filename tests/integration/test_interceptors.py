@@ -106,10 +106,11 @@ async def test_request_id_is_generated_when_absent_or_unsafe(env: Env) -> None:
     )
     with pytest.raises(grpc.aio.AioRpcError):
         await call
-    [sent] = [v for k, v in await call.initial_metadata() if k == "x-request-id"]
+    # A failed unary call returns the id in its trailers (headers would stop client retries).
+    [sent] = [v for k, v in await call.trailing_metadata() if k == "x-request-id"]
     assert sent != "bad id <x>"
     assert len(sent) == 32
-    [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.request_id == sent  # type: ignore[attr-defined]
     assert record.code == "NOT_FOUND"  # type: ignore[attr-defined]
 

@@ -268,7 +268,7 @@ async def test_upload_without_timestamp_uses_server_time(repo: CountingRepositor
     await tracking.writer.close()
 
 
-async def test_upload_persisted_count_excludes_failed_commits(
+async def test_upload_with_a_failed_commit_is_not_acknowledged(
     db: Path, repo: CountingRepository
 ) -> None:
     tracking = DriverTracking(repo, MemoryBus())
@@ -282,10 +282,8 @@ async def test_upload_persisted_count_excludes_failed_commits(
     await tracking.writer.flush()
     for i in range(3, 5):
         assert await upload.offer("d1", 1.0, 2.0, 0.0, 0.0, now - 10**9 + i) is None
-    result = await asyncio.wait_for(upload.finish(), 10)
-
-    assert result.received_count == 5
-    assert result.persisted_count == 2
+    with pytest.raises(StoreUnavailable, match="3 of 5 valid updates were not stored"):
+        await asyncio.wait_for(upload.finish(), 10)
     assert len(committed_history(db)) == 2
     await tracking.writer.close()
 

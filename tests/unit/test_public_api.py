@@ -14,7 +14,9 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
     driver_service: ["Driver", "DriverTracking", "Location", "ServerSettings", "Status"],
     driver_service.client: [
         "DEFAULT_TIMEOUT_S",
+        "DEFAULT_UPLOAD_CHUNK",
         "DEFAULT_UPLOAD_TIMEOUT_S",
+        "Backoff",
         "Cancelled",
         "DeadlineExceeded",
         "DriverClient",

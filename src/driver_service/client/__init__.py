@@ -1,12 +1,16 @@
 """Client library for driver.v1.DriverService: async (`DriverClient`) and blocking
-(`SyncDriverClient`), with a default deadline on every call and typed errors."""
+(`SyncDriverClient`), with a default deadline on every call and typed errors; round_robin
+over every server address, GetDriver retried on UNAVAILABLE, and (async) a `watch()` that
+reconnects and an `upload()` that resends what was not acknowledged. See docs/client.md."""
 
 from driver_service.client._async import (
     DEFAULT_TIMEOUT_S,
+    DEFAULT_UPLOAD_CHUNK,
     DEFAULT_UPLOAD_TIMEOUT_S,
     DriverClient,
     DriverSession,
 )
+from driver_service.client._retry import Backoff
 from driver_service.client._sync import SyncDriverClient
 from driver_service.client._types import DriverSnapshot, UploadReport
 from driver_service.client.errors import (
@@ -25,7 +29,9 @@ from driver_service.client.errors import (
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "DEFAULT_UPLOAD_CHUNK",
     "DEFAULT_UPLOAD_TIMEOUT_S",
+    "Backoff",
     "Cancelled",
     "DeadlineExceeded",
     "DriverClient",

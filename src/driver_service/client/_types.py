@@ -19,11 +19,17 @@ class DriverSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class UploadReport:
-    """UploadLocations' summary: `persisted_count` updates were durably stored."""
+    """What an upload achieved: `persisted_count` updates were durably stored.
+
+    `DriverClient.upload()` sums the summaries of its chunks (one UploadLocations call each,
+    `chunks` in all; `session_id` is the first chunk's); `retries` counts chunk calls that
+    failed and were sent again. Each acknowledged chunk is counted once."""
 
     received_count: int
     persisted_count: int
     session_id: str
+    chunks: int = 1
+    retries: int = 0
 
 
 def utc_from_ns(ns: int) -> datetime:

@@ -49,7 +49,12 @@ class RequestIdFilter(logging.Filter):
 
 
 class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Sets the request id for the call's task and sends it back as initial metadata."""
+    """Sets the request id for the call's task and returns it to the caller.
+
+    Unary responses carry it in the trailers, and in the headers only on success: headers
+    sent before a failure would commit the call, and gRPC clients then never retry it (a
+    GetDriver answered UNAVAILABLE while the store is down must stay retryable). Streams get
+    it in the headers at once."""
 
     async def intercept_service(
         self,
@@ -63,16 +68,19 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             return handler
         metadata = handler_call_details.invocation_metadata
 
-        async def start(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        def start() -> tuple[tuple[str, str]]:
             # Each RPC runs in its own task, so the value needs no reset afterwards.
             request_id = request_id_from(metadata)
             REQUEST_ID.set(request_id)
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+            return ((REQUEST_ID_HEADER, request_id),)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def with_id(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await start(context)
-                return await behavior(request, context)
+                header = start()
+                context.set_trailing_metadata(header)
+                response = await behavior(request, context)
+                await context.send_initial_metadata(header)
+                return response
 
             return with_id
 
@@ -80,7 +88,7 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             async def with_id(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                await start(context)
+                await context.send_initial_metadata(start())
                 async for response in behavior(request, context):
                     yield response
 
