@@ -105,7 +105,9 @@ class Supervisor:
                     continue
                 del self._workers[index]
                 if self._stopping:
-                    failed |= code != 0
+                    # A worker still starting up dies of the SIGTERM itself: nothing of it
+                    # was acknowledged yet, so that is a clean stop too.
+                    failed |= code not in (0, -signal.SIGTERM)
                     continue
                 log.error("worker %d (pid %d) exited with %d", index, proc.pid, code)
                 self._quick_exits = (
