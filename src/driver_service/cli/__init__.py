@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from driver_service.cli import certs_command, client_commands, serve_command, token_command
+from driver_service.cli import (
+    certs_command,
+    client_commands,
+    migrate_command,
+    serve_command,
+    token_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.register(commands)
     certs_command.register(commands)
     token_command.register(commands)
+    migrate_command.register(commands)
     client_commands.register(commands)
     return parser
 

@@ -1,0 +1,107 @@
+"""Versioned PostgreSQL schema: `schema_migrations` records each applied version, and migrations
+run under an advisory lock so replicas starting at once never apply one twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Append new migrations; never edit one that has shipped. Each runs in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: current state per driver, and idempotent history keyed by driver and fix time; the
+    # primary key (driver_id, recorded_at_ns) is the index for driver + time range queries.
+    """
+    CREATE TABLE drivers (
+        driver_id        text             PRIMARY KEY,
+        status           text             NOT NULL
+                         CHECK (status IN ('AVAILABLE', 'BUSY', 'OFFLINE')),
+        latitude         double precision,
+        longitude        double precision,
+        speed_mps        double precision,
+        heading_degrees  double precision,
+        location_at_ns   bigint,
+        last_seen_at_ns  bigint           NOT NULL
+    );
+    CREATE TABLE location_history (
+        driver_id        text             NOT NULL,
+        recorded_at_ns   bigint           NOT NULL,
+        latitude         double precision NOT NULL,
+        longitude        double precision NOT NULL,
+        speed_mps        double precision NOT NULL,
+        heading_degrees  double precision NOT NULL,
+        PRIMARY KEY (driver_id, recorded_at_ns)
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: pg_advisory_lock key shared by every driver-service process migrating one database
+#: (the bytes of "drvmigr1" as a signed 64-bit integer).
+MIGRATION_LOCK_KEY = int.from_bytes(b"drvmigr1", "big", signed=True)
+
+_CREATE_MIGRATIONS_TABLE = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version     integer     PRIMARY KEY,
+        applied_at  timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer release; refusing to run rather than corrupt it."""
+
+
+class SchemaNotMigrated(RuntimeError):
+    """The database lacks migrations this release needs; run `driver-service migrate`."""
+
+
+async def current_version(connection: Any) -> int:
+    """The newest applied version, 0 for an empty database."""
+    exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    version: int | None = await connection.fetchval("SELECT max(version) FROM schema_migrations")
+    return version or 0
+
+
+async def migrate(connection: Any) -> list[int]:
+    """Apply pending migrations on an asyncpg connection; return the versions applied now.
+
+    The session-level advisory lock serializes concurrent migrators (it is released at the
+    end, or by the server if this connection dies); whoever waits then finds nothing to do.
+    """
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await connection.execute(_CREATE_MIGRATIONS_TABLE)
+        current = await current_version(connection)
+        if current > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this release ({SCHEMA_VERSION})"
+            )
+        applied: list[int] = []
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            async with connection.transaction():
+                await connection.execute(MIGRATIONS[version - 1])
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                )
+            applied.append(version)
+        return applied
+    finally:
+        if not connection.is_closed():  # a lost connection has released the lock already
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def check(connection: Any) -> None:
+    """Raise unless the database is at exactly this release's schema version (used when the
+    server starts without migrating)."""
+    current = await current_version(connection)
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this release ({SCHEMA_VERSION})"
+        )
+    if current < SCHEMA_VERSION:
+        raise SchemaNotMigrated(
+            f"database schema version {current} is older than this release ({SCHEMA_VERSION});"
+            " run `driver-service migrate --store postgresql://...` first"
+        )

@@ -1,0 +1,3 @@
+"""Fixtures shared by every test tier: private PostgreSQL and Redis servers."""
+
+pytest_plugins = ["tests.servers", "tests.redis_server"]

@@ -1,0 +1,273 @@
+"""One contract for every DriverRepository adapter: SQLite on a file in tmp_path and PostgreSQL
+on the session's private server (a fresh database per test) must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from driver_service.domain import Driver, Location, Status
+from driver_service.ports import DriverRepository
+from driver_service.storage.postgres import PostgresRepository
+from driver_service.storage.sqlite import SqliteRepository
+
+T0 = 1_717_200_000 * 10**9
+END = 2**63 - 1
+
+
+def loc(driver_id: str, t: int, lat: float = 1.0) -> Location:
+    return Location(driver_id, lat, 2.0 + t % 7, 3.0, 4.0, T0 + t)
+
+
+@dataclass
+class Store:
+    """Opens the same durable store again and again (a restart of the service)."""
+
+    kind: str
+    open: Callable[[], Awaitable[DriverRepository]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "drivers.db"
+        return Store("sqlite", lambda: SqliteRepository.open(path))
+    url: str = request.getfixturevalue("postgres_url")
+    return Store("postgres", lambda: PostgresRepository.open(url, min_size=1, max_size=8))
+
+
+@pytest.fixture
+async def repository(store: Store) -> AsyncIterator[DriverRepository]:
+    repo = await store.open()
+    yield repo
+    await repo.close()
+
+
+async def history_times(repo: DriverRepository, driver_id: str) -> list[int]:
+    return [x.recorded_at_ns - T0 for x in await repo.location_history(driver_id, 0, END, 10**6)]
+
+
+class Reference:
+    """The contract as a model: current = newest fix, last_seen = newest event, and a batch
+    returns the fixes that beat the running newest, in batch order."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, Location] = {}
+        self.history: dict[tuple[str, int], Location] = {}
+
+    def record(self, batch: list[Location]) -> list[Location]:
+        advanced = []
+        for x in batch:
+            self.history.setdefault((x.driver_id, x.recorded_at_ns), x)
+            now = self.current.get(x.driver_id)
+            if now is None or x.recorded_at_ns > now.recorded_at_ns:
+                self.current[x.driver_id] = x
+                advanced.append(x)
+        return advanced
+
+
+async def test_state_and_history_survive_close_and_reopen(store: Store) -> None:
+    first = await store.open()
+    await first.record_locations([loc("a", 1), loc("a", 2), loc("b", 5)])
+    await first.set_status("a", Status.BUSY, T0 + 3)
+    await first.set_status("c", Status.OFFLINE, T0 + 4)
+    before = {d: await first.get_driver(d) for d in ("a", "b", "c")}
+    await first.close()
+    await first.close()  # closing twice is harmless
+
+    second = await store.open()
+    try:
+        assert {d: await second.get_driver(d) for d in ("a", "b", "c")} == before
+        assert before["a"] == Driver("a", Status.BUSY, loc("a", 2), T0 + 3)
+        assert before["b"] == Driver("b", Status.AVAILABLE, loc("b", 5), T0 + 5)
+        assert before["c"] == Driver("c", Status.OFFLINE, None, T0 + 4)
+        assert await second.location_history("a", 0, END, 10) == [loc("a", 1), loc("a", 2)]
+        assert await second.location_history("b", 0, END, 10) == [loc("b", 5)]
+        assert await second.get_driver("nobody") is None
+        await second.ping()
+    finally:
+        await second.close()
+
+
+async def test_out_of_order_fixes_go_to_history_but_never_move_current_back(
+    repository: DriverRepository,
+) -> None:
+    batch = [loc("a", 5), loc("b", 2), loc("a", 3), loc("a", 7), loc("b", 1), loc("a", 6)]
+
+    assert await repository.record_locations(batch) == [loc("a", 5), loc("b", 2), loc("a", 7)]
+    assert await repository.record_locations([loc("a", 4), loc("b", 0)]) == []
+    assert await repository.record_locations([loc("a", 8)]) == [loc("a", 8)]
+    assert await repository.record_locations([]) == []
+
+    assert await repository.get_driver("a") == Driver("a", Status.AVAILABLE, loc("a", 8), T0 + 8)
+    assert await repository.get_driver("b") == Driver("b", Status.AVAILABLE, loc("b", 2), T0 + 2)
+    assert await history_times(repository, "a") == [3, 4, 5, 6, 7, 8]
+    assert await history_times(repository, "b") == [0, 1, 2]
+
+
+async def test_any_arrival_order_matches_the_reference_model(
+    repository: DriverRepository,
+) -> None:
+    """Seeded random batches over three drivers, with repeats and stale fixes: every call
+    returns exactly what the model says advanced, and the end state is the model's."""
+    rng = random.Random(5)
+    model = Reference()
+    for _ in range(40):
+        batch = [loc(rng.choice("abc"), rng.randrange(60)) for _ in range(rng.randrange(9))]
+        assert await repository.record_locations(batch) == model.record(batch)
+    for driver_id in "abc":
+        newest = model.current[driver_id]
+        assert await repository.get_driver(driver_id) == Driver(
+            driver_id, Status.AVAILABLE, newest, newest.recorded_at_ns
+        )
+        assert await history_times(repository, driver_id) == sorted(
+            t - T0 for d, t in model.history if d == driver_id
+        )
+
+
+async def test_duplicate_fixes_are_idempotent_and_the_first_copy_wins(
+    repository: DriverRepository,
+) -> None:
+    await repository.record_locations([loc("a", 1, lat=10.0), loc("a", 2, lat=20.0)])
+
+    advanced = await repository.record_locations(
+        [loc("a", 2, lat=20.0), loc("a", 2, lat=99.0), loc("a", 1, lat=10.0)]
+    )
+    assert await repository.record_locations([loc("a", 3), loc("a", 3, lat=50.0)]) == [loc("a", 3)]
+
+    assert advanced == []
+    history = await repository.location_history("a", 0, END, 10)
+    assert [(x.recorded_at_ns - T0, x.latitude) for x in history] == [
+        (1, 10.0),
+        (2, 20.0),
+        (3, 1.0),
+    ]
+    driver = await repository.get_driver("a")
+    assert driver is not None
+    assert driver.location == loc("a", 3)
+
+
+async def test_set_status_upserts_and_preserves_location(store: Store) -> None:
+    repo = await store.open()
+    try:
+        created = await repo.set_status("a", Status.BUSY, T0 + 10)
+        assert created == Driver("a", Status.BUSY, None, T0 + 10)
+        assert await repo.get_driver("a") == created
+
+        assert await repo.record_locations([loc("a", 5)]) == [loc("a", 5)]  # first fix: current
+        assert await repo.get_driver("a") == Driver("a", Status.BUSY, loc("a", 5), T0 + 10)
+
+        await repo.record_locations([loc("a", 20)])
+        changed = await repo.set_status("a", Status.OFFLINE, T0 + 15)  # older than the fix
+        assert changed == Driver("a", Status.OFFLINE, loc("a", 20), T0 + 20)
+        assert await repo.get_driver("a") == changed
+
+        latest = await repo.set_status("a", Status.AVAILABLE, T0 + 30)
+        assert latest == Driver("a", Status.AVAILABLE, loc("a", 20), T0 + 30)
+        await repo.record_locations([loc("a", 25)])  # newer fix, older than last_seen
+        latest = Driver("a", Status.AVAILABLE, loc("a", 25), T0 + 30)
+        assert await repo.get_driver("a") == latest
+    finally:
+        await repo.close()
+
+    reopened = await store.open()
+    try:
+        assert await reopened.get_driver("a") == latest
+    finally:
+        await reopened.close()
+
+
+async def test_location_history_range_and_limit(repository: DriverRepository) -> None:
+    await repository.record_locations([loc("a", t) for t in (9, 3, 0, 7, 1, 5, 2, 8, 6, 4)])
+    await repository.record_locations([loc("b", t) for t in range(10)])
+
+    async def times(start_ns: int, end_ns: int, limit: int) -> list[int]:
+        history = await repository.location_history("a", start_ns, end_ns, limit)
+        assert all(x.driver_id == "a" for x in history)
+        return [x.recorded_at_ns - T0 for x in history]
+
+    assert await times(0, END, 100) == list(range(10))
+    assert await times(T0 + 2, T0 + 7, 100) == [2, 3, 4, 5, 6]
+    assert await times(T0 + 2, T0 + 7, 3) == [2, 3, 4]
+    assert await times(T0 + 7, T0 + 7, 100) == []
+    assert await times(T0 + 100, END, 100) == []
+    assert await repository.location_history("nobody", 0, END, 100) == []
+    assert await repository.location_history("a", T0 + 4, T0 + 5, 1) == [loc("a", 4)]
+
+
+async def test_concurrent_writers_lose_no_update(repository: DriverRepository) -> None:
+    """Eight tasks write overlapping drivers (new and existing) in shuffled order, while
+    statuses change: no deadlock, no lost update, and each fix is reported as advanced at most
+    once while each driver's newest fix is reported exactly once."""
+    rng = random.Random(7)
+    drivers = [f"d{i:02d}" for i in range(12)]
+    batches = [
+        [loc(rng.choice(drivers), rng.randrange(10_000)) for _ in range(rng.randrange(1, 40))]
+        for _ in range(160)
+    ]
+    statuses = [
+        (rng.choice(drivers), rng.choice(list(Status)), rng.randrange(10_000)) for _ in range(40)
+    ]
+    advanced: list[Location] = []
+
+    async def writer(mine: list[list[Location]]) -> None:
+        for batch in mine:
+            advanced.extend(await repository.record_locations(batch))
+
+    async def status_writer() -> None:
+        for driver_id, status, t in statuses:
+            await repository.set_status(driver_id, status, T0 + t)
+
+    await asyncio.wait_for(
+        asyncio.gather(*(writer(batches[i::8]) for i in range(8)), status_writer()), 60
+    )
+
+    model = Reference()
+    for batch in batches:
+        model.record(batch)
+    assert len(set(advanced)) == len(advanced)
+    for driver_id in drivers:
+        newest = model.current.get(driver_id)
+        driver = await repository.get_driver(driver_id)
+        status_times = [t for d, _, t in statuses if d == driver_id]
+        if newest is None:
+            assert driver is None or driver.location is None
+            continue
+        assert driver is not None
+        assert driver.location == newest
+        assert driver.last_seen_at_ns == max([newest.recorded_at_ns - T0, *status_times]) + T0
+        assert sum(1 for x in advanced if x == newest) == 1
+        assert await history_times(repository, driver_id) == sorted(
+            t - T0 for d, t in model.history if d == driver_id
+        )
+
+
+async def test_a_batch_of_ten_thousand_fixes_is_one_call(repository: DriverRepository) -> None:
+    await repository.record_locations([loc(f"d{i}", -1) for i in range(0, 100, 2)])
+    rng = random.Random(3)
+    batch = [loc(f"d{i % 100}", rng.randrange(1_000_000)) for i in range(10_000)]
+    model = Reference()
+    model.record([loc(f"d{i}", -1) for i in range(0, 100, 2)])
+    expected = model.record(batch)
+
+    started = time.perf_counter()
+    assert await repository.record_locations(batch) == expected
+    elapsed = time.perf_counter() - started
+
+    assert elapsed < 10, f"10,000 fixes took {elapsed:.1f} s"
+    distinct = {(x.driver_id, x.recorded_at_ns) for x in batch}
+    stored = 0
+    for i in range(100):
+        stored += len(await history_times(repository, f"d{i}"))
+        driver = await repository.get_driver(f"d{i}")
+        assert driver is not None
+        assert driver.location == model.current[f"d{i}"]
+    assert stored == len(distinct) + 50
+    # Sent again whole (a client resending after a lost ack): nothing new, nothing advanced.
+    assert await repository.record_locations(batch) == []
