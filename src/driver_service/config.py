@@ -79,6 +79,9 @@ class ServerSettings:
     auth_exempt: tuple[str, ...] = _setting(
         DEFAULT_AUTH_EXEMPT, "services callable without a token (comma-separated)"
     )
+    stale_after: float = _setting(
+        120.0, "seconds without an event after which a driver is stale (not dispatched)"
+    )
     rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
     rate_burst: float = _setting(
         20_000.0, "updates a driver may send at once above the rate (an offline backlog)"
@@ -196,6 +199,7 @@ class ServerSettings:
         errors.extend(
             f"{flag(name)} must be > 0 seconds"
             for name in (
+                "stale_after",
                 "keepalive_time",
                 "keepalive_timeout",
                 "max_connection_idle",

@@ -176,6 +176,11 @@ class ServiceMetrics:
         self.watchers = Gauge(
             "driver_service_watchers", "Live location subscriptions open.", registry=reg
         )
+        self.stale_drivers = Gauge(
+            "driver_service_stale_drivers",
+            "Known non-OFFLINE drivers with no event for stale_after (excluded from dispatch).",
+            registry=reg,
+        )
         self.commit_batch_size = Histogram(
             "driver_service_commit_batch_size",
             "Location updates per group commit (one store transaction).",
@@ -211,6 +216,10 @@ class ServiceMetrics:
         """Read the open-session gauge from `count` at scrape time (no bookkeeping per call).
         Without it, `sessions_open.inc()/.dec()` may be used instead."""
         self.sessions_open.set_function(count)
+
+    def count_stale_drivers(self, count: Callable[[], float]) -> None:
+        """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""
+        self.stale_drivers.set_function(count)
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its Content-Type."""

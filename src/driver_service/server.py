@@ -15,12 +15,24 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from driver_service._gen.driver.v1 import driver_pb2, driver_pb2_grpc
+from driver_service._gen.driver.v1 import (
+    dispatch_pb2,
+    dispatch_pb2_grpc,
+    driver_pb2,
+    driver_pb2_grpc,
+)
 from driver_service.admin import AdminServer, start_admin
 from driver_service.api import DriverServicer
-from driver_service.bootstrap import build_tracking
+from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.bootstrap import Services, build_services
 from driver_service.config import ConfigError, ServerSettings, grpc_address
-from driver_service.interceptors import AuthPolicy, ExemptServices, server_interceptors
+from driver_service.dispatch import DISPATCH_RULES, Dispatch
+from driver_service.interceptors import (
+    DEFAULT_RULES,
+    AuthPolicy,
+    ExemptServices,
+    server_interceptors,
+)
 from driver_service.interceptors.metrics import MetricsInterceptor
 from driver_service.keepalive import server_options as keepalive_options
 from driver_service.metrics import ServiceMetrics
@@ -37,6 +49,7 @@ from driver_service.workers import worker_index
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
+DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
 HEALTH_CHECK_INTERVAL_S = 2.0
 #: Metadata (headers) a caller may send; tokens and request ids fit comfortably.
 MAX_METADATA_BYTES = 16 * 1024
@@ -59,7 +72,11 @@ def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
         validator = TokenValidator.from_jwks_file(settings.token_jwks, **options)
     else:
         return None
-    return AuthPolicy(validator, exempt=ExemptServices.of(settings.auth_exempt))
+    return AuthPolicy(
+        validator,
+        rules={**DEFAULT_RULES, **DISPATCH_RULES},
+        exempt=ExemptServices.of(settings.auth_exempt),
+    )
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -86,6 +103,7 @@ class RunningServer:
     health: health_aio.HealthServicer
     reloader: CertificateReloader | None = None
     admin: AdminServer | None = None
+    dispatch: Dispatch | None = None
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def set_serving(self, serving: bool) -> None:
@@ -103,6 +121,8 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
         await self.server.stop(grace_s)
+        if self.dispatch is not None:
+            await self.dispatch.close()
         await self.tracking.close()
         if self.admin is not None:  # last: probes see NOT_SERVING while the server drains
             await self.admin.stop()
@@ -129,10 +149,15 @@ class RunningServer:
 
 async def start_server(
     settings: ServerSettings,
-    tracking: DriverTracking,
+    services: Services | DriverTracking,
     metrics: ServiceMetrics | None = None,
 ) -> RunningServer:
-    """Start serving `tracking`; with `metrics`, count every call and serve /metrics."""
+    """Start serving `services` (or the tracking service alone); with `metrics`, count every
+    call and serve /metrics."""
+    if isinstance(services, Services):
+        tracking, dispatch = services.tracking, services.dispatch
+    else:
+        tracking, dispatch = services, None
     try:
         auth = build_auth_policy(settings)
     except (OSError, ValueError) as exc:
@@ -142,12 +167,16 @@ async def start_server(
         interceptors.append(MetricsInterceptor(metrics))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
+    services_served = [SERVICE_NAME]
+    if dispatch is not None:
+        dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(dispatch), server)
+        services_served.append(DISPATCH_SERVICE_NAME)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [SERVICE_NAME, health.SERVICE_NAME]
     if settings.reflection:
-        services.append(reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(services, server)
+        reflection.enable_server_reflection(
+            [*services_served, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     address = grpc_address(settings.listen)
     reloader = None
     if settings.insecure:
@@ -162,7 +191,7 @@ async def start_server(
             raise ConfigError(f"TLS: {exc}") from exc
         bound = server.add_secure_port(address, credentials)
     await server.start()
-    running = RunningServer(server, bound, tracking, health_servicer, reloader)
+    running = RunningServer(server, bound, tracking, health_servicer, reloader, dispatch=dispatch)
     await running.set_serving(True)
     if settings.admin_listen:
         try:
@@ -182,11 +211,11 @@ async def start_server(
 async def serve(settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
     metrics = ServiceMetrics()
-    tracking = await build_tracking(settings, metrics)
+    services = await build_services(settings, metrics)
     try:
-        running = await start_server(settings, tracking, metrics)
+        running = await start_server(settings, services, metrics)
     except BaseException:
-        await tracking.close()
+        await services.close()
         raise
     if settings.insecure and not settings.listen_is_loopback():
         log.warning(

@@ -198,6 +198,11 @@ class DriverTracking:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def watcher_count(self) -> int:
+        """Open StreamLocation subscriptions on this server."""
+        return len(self._subscriptions)
+
     def has_session(self, driver_id: str) -> bool:
         return driver_id in self._sessions_by_driver
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.bootstrap import build_tracking
+from driver_service.bootstrap import build_services
 from driver_service.client import DriverClient
 from driver_service.config import ServerSettings
 from driver_service.server import RunningServer, start_server
@@ -38,8 +38,8 @@ async def server_box(tmp_path: Path) -> AsyncIterator[ServerBox]:
     settings = ServerSettings(
         listen="127.0.0.1:0", admin_listen="127.0.0.1:0", data_dir=tmp_path, insecure=True
     )
-    tracking = await build_tracking(settings)
-    running = await start_server(settings, tracking)
+    services = await build_services(settings)
+    running = await start_server(settings, services)
     box = ServerBox(running, settings)
     try:
         yield box

@@ -345,13 +345,13 @@ async def test_upload_reaches_watcher_with_low_latency(
         f"{before_ack} of them reached the watcher before the uploader had its ack"
     )
     assert p(from_send, 99) < 1000
-    await eventually(lambda: server.tracking.bus.watcher_count() == 0, what="unsubscribe")  # type: ignore[attr-defined]
+    await eventually(lambda: server.tracking.watcher_count == 0, what="unsubscribe")
 
 
 async def test_watcher_of_unknown_driver_waits_for_its_first_location(
     stub: pb_grpc.DriverServiceStub, server: RunningServer
 ) -> None:
-    bus = server.tracking.bus
+    tracking = server.tracking
     call = stub.StreamLocation(pb.StreamLocationRequest(driver_id="late-1"))
     arrivals: asyncio.Queue[pb.LocationUpdate] = asyncio.Queue()
 
@@ -361,7 +361,7 @@ async def test_watcher_of_unknown_driver_waits_for_its_first_location(
 
     reader = asyncio.create_task(read())
     try:
-        await eventually(lambda: bus.watcher_count() == 1, what="subscription")  # type: ignore[attr-defined]
+        await eventually(lambda: tracking.watcher_count == 1, what="subscription")
         await asyncio.sleep(0.2)
         assert arrivals.empty(), "an unknown driver's watcher got a location out of nothing"
         assert not reader.done(), "the watcher of an unknown driver was ended"
@@ -379,14 +379,14 @@ async def test_watcher_of_unknown_driver_waits_for_its_first_location(
 async def test_client_cancel_ends_stream_and_removes_subscription(
     stub: pb_grpc.DriverServiceStub, server: RunningServer
 ) -> None:
-    bus = server.tracking.bus
+    tracking = server.tracking
     await upload(stub, [fix("cx-1", 1.0, 1.0, BASE_NS)])
     call = stub.StreamLocation(pb.StreamLocationRequest(driver_id="cx-1"))
     await asyncio.wait_for(call.read(), 2)
-    assert bus.watcher_count() == 1  # type: ignore[attr-defined]
+    assert tracking.watcher_count == 1
     assert call.cancel()
     assert await call.code() == grpc.StatusCode.CANCELLED
-    await eventually(lambda: bus.watcher_count() == 0, what="server-side unsubscribe")  # type: ignore[attr-defined]
+    await eventually(lambda: tracking.watcher_count == 0, what="server-side unsubscribe")
     # The server still serves the driver afterwards.
     assert (await get(stub, "cx-1")).latitude == 1.0
 
@@ -394,13 +394,13 @@ async def test_client_cancel_ends_stream_and_removes_subscription(
 async def test_client_library_watch_stops_cleanly_when_caller_stops(
     stub: pb_grpc.DriverServiceStub, client: DriverClient, server: RunningServer
 ) -> None:
-    bus = server.tracking.bus
+    tracking = server.tracking
     await upload(stub, [fix("cx-2", 9.0, 9.0, BASE_NS + 11)])
     async with contextlib.aclosing(client.watch("cx-2")) as watch:
         async for loc in watch:
             assert loc == Location("cx-2", 9.0, 9.0, 5.0, 90.0, BASE_NS + 11)
             break
-    await eventually(lambda: bus.watcher_count() == 0, what="server-side unsubscribe")  # type: ignore[attr-defined]
+    await eventually(lambda: tracking.watcher_count == 0, what="server-side unsubscribe")
 
 
 async def test_open_watcher_gets_unavailable_when_server_stops(
@@ -508,7 +508,7 @@ async def test_session_locations_are_persisted_and_reach_a_watcher(
     reader = asyncio.create_task(read())
     session = stub.DriverSession()
     try:
-        await eventually(lambda: server.tracking.bus.watcher_count() == 1, what="subscription")  # type: ignore[attr-defined]
+        await eventually(lambda: server.tracking.watcher_count == 1, what="subscription")
         newest = BASE_NS + 3 * NANOS + 333
         for i, at in enumerate([BASE_NS + NANOS, BASE_NS + 2 * NANOS, newest]):
             await session.write(pb.DriverEvent(location=fix("ses-1", 10.0 + i, 20.0 + i, at)))

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from driver_service.cli import (
     certs_command,
     client_commands,
+    dispatch_commands,
     migrate_command,
     serve_command,
     token_command,
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_command.register(commands)
     migrate_command.register(commands)
     client_commands.register(commands)
+    dispatch_commands.register(commands)
     return parser
 
 

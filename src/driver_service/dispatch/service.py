@@ -1,0 +1,178 @@
+"""The dispatch application service: nearby search, commands to drivers and their outcome,
+stale drivers. Plain async code over the index port and DriverTracking; no RPC library."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from driver_service.dispatch.geo import MAX_RADIUS_M
+from driver_service.dispatch.index import DriverIndex, IndexedDriver, NearbyDriver
+from driver_service.dispatch.offers import Command, OfferBook
+from driver_service.domain import (
+    DriverNotFound,
+    InvalidInput,
+    Status,
+    parse_status,
+    validate_driver_id,
+)
+from driver_service.service import DriverTracking
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STALE_AFTER_S = 120.0
+DEFAULT_SWEEP_EVERY_S = 5.0
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+DEFAULT_TTL_S = 30.0
+MAX_TTL_S = 3600.0
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DriverView:
+    """DescribeDriver's answer."""
+
+    driver: IndexedDriver
+    stale: bool
+    connected: bool
+
+
+class Dispatch:
+    """Find drivers near a point and send them commands; see offers.py for command states."""
+
+    def __init__(
+        self,
+        tracking: DriverTracking,
+        index: DriverIndex,
+        *,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        sweep_every_s: float = DEFAULT_SWEEP_EVERY_S,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if stale_after_s <= 0:
+            raise ValueError("stale_after_s must be positive")
+        self.tracking = tracking
+        self.index = index
+        self.stale_after_ns = int(stale_after_s * _NS)
+        self._sweep_every_s = sweep_every_s
+        self._clock_ns = clock_ns
+        self.offers = OfferBook(tracking.push_command, clock_ns=clock_ns)
+        tracking.session_listeners.append(self.offers.on_session)
+        self._stale_count = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_forever(), name="dispatch-sweeper"
+            )
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self.offers.close()
+        await self.index.close()
+
+    async def sweep(self) -> int:
+        """Take stale drivers out of the search structure; return how many are stale."""
+        self._stale_count = await self.index.sweep(self._clock_ns() - self.stale_after_ns)
+        return self._stale_count
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweeping stale drivers failed")
+            await asyncio.sleep(self._sweep_every_s)
+
+    @property
+    def stale_drivers(self) -> int:
+        """Known, non-OFFLINE drivers with no event for stale_after, as of the last sweep.
+        Cheap and synchronous: register it as a gauge function."""
+        return self._stale_count
+
+    # --- FindNearbyDrivers -----------------------------------------------------------------
+    async def find_nearby(
+        self,
+        latitude: float,
+        longitude: float,
+        radius_m: float,
+        limit: int = 0,
+        statuses: Sequence[str] = (),
+        max_age_s: float | None = None,
+    ) -> list[NearbyDriver]:
+        if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):
+            raise InvalidInput("latitude must be within -90..90")
+        if not (math.isfinite(longitude) and -180.0 <= longitude <= 180.0):
+            raise InvalidInput("longitude must be within -180..180")
+        if not (math.isfinite(radius_m) and 0.0 < radius_m <= MAX_RADIUS_M):
+            raise InvalidInput(f"radius_m must be > 0 and at most {MAX_RADIUS_M:.0f}")
+        if limit < 0 or limit > MAX_LIMIT:
+            raise InvalidInput(f"limit must be within 0..{MAX_LIMIT} (0 means {DEFAULT_LIMIT})")
+        wanted = {parse_status(s) for s in statuses} or {Status.AVAILABLE}
+        if Status.OFFLINE in wanted:
+            raise InvalidInput("OFFLINE drivers are never offered; ask for AVAILABLE or BUSY")
+        max_age_ns = self.stale_after_ns
+        if max_age_s is not None:
+            if not (math.isfinite(max_age_s) and max_age_s > 0):
+                raise InvalidInput("max_age must be positive")
+            max_age_ns = min(max_age_ns, int(max_age_s * _NS))
+        return await self.index.nearby(
+            latitude,
+            longitude,
+            radius_m,
+            limit or DEFAULT_LIMIT,
+            wanted,
+            self._clock_ns() - max_age_ns,
+        )
+
+    # --- DescribeDriver --------------------------------------------------------------------
+    async def describe(self, driver_id: str) -> DriverView:
+        validate_driver_id(driver_id)
+        driver = await self.index.get(driver_id)
+        if driver is None:
+            raise DriverNotFound(driver_id)
+        stale = driver.last_seen_at_ns < self._clock_ns() - self.stale_after_ns
+        return DriverView(driver, stale, self.tracking.has_session(driver_id))
+
+    # --- SendCommand / GetCommandStatus / AnswerOffer ---------------------------------------
+    def send(
+        self,
+        driver_id: str,
+        payload: object,
+        *,
+        offer_id: str | None,
+        ttl_s: float | None = None,
+    ) -> Command:
+        """Send `payload`; `offer_id` is None for a command that is not a ride offer, and ""
+        for an offer whose id the server chooses."""
+        validate_driver_id(driver_id)
+        ttl = DEFAULT_TTL_S if ttl_s is None else ttl_s
+        if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL_S):
+            raise InvalidInput(f"ttl must be > 0 and at most {MAX_TTL_S:.0f} s")
+        command_id = offer_id or f"cmd-{uuid.uuid4().hex}"
+        if len(command_id) > 128:
+            raise InvalidInput("offer_id is longer than 128 characters")
+        return self.offers.send(driver_id, command_id, payload, offer_id is not None, ttl)
+
+    def command(self, command_id: str) -> Command:
+        return self.offers.get(command_id)
+
+    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
+        return await self.offers.wait(command_id, timeout_s)
+
+    def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
+        validate_driver_id(driver_id)
+        return self.offers.answer(offer_id, driver_id, accepted)
