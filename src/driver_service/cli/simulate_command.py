@@ -43,17 +43,19 @@ PROGRESS_EVERY_S = 0.5
 class OfferDecision(enum.Enum):
     ACCEPT = "accept"
     DECLINE = "decline"
-    UNDECIDED = "undecided"
 
 
 #: Decides what a simulated driver does with a ride offer.
 OfferPolicy = Callable[[str, pb.RideOffer], OfferDecision]
 
 
-def decide_ride_offer(driver_id: str, offer: pb.RideOffer) -> OfferDecision:
-    """The hook for answering ride offers (issue 6). The contract has no accept/decline
-    message yet, so there is nothing honest to send: offers are reported, not answered."""
-    return OfferDecision.UNDECIDED
+def accept_with_probability(rate: float, rng: random.Random) -> OfferPolicy:
+    """Drivers accept a share `rate` of their offers, at random, and decline the rest."""
+
+    def decide(driver_id: str, offer: pb.RideOffer) -> OfferDecision:
+        return OfferDecision.ACCEPT if rng.random() < rate else OfferDecision.DECLINE
+
+    return decide
 
 
 @dataclass(slots=True)
@@ -79,8 +81,9 @@ class Fleet:
     as_json: bool
     live: bool
     close_timeout_s: float
-    policy: OfferPolicy = decide_ride_offer
+    policy: OfferPolicy
     stats: Stats = field(default_factory=Stats)
+    answers: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def register(commands: Any) -> None:
@@ -102,6 +105,13 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--id-prefix", default="sim-", help="driver ids are PREFIX1..PREFIXN")
     parser.add_argument("--seed", type=int, help="random seed, for repeatable routes")
+    parser.add_argument(
+        "--accept-rate",
+        type=float,
+        default=0.8,
+        help="share of ride offers drivers accept (AnswerOffer); the rest they decline "
+        "[default 0.8]",
+    )
     parser.add_argument(
         "--centre",
         default=f"{routes.BERLIN[0]},{routes.BERLIN[1]}",
@@ -169,6 +179,9 @@ async def simulate(args: argparse.Namespace, centre: tuple[float, float]) -> int
                 as_json=args.json,
                 live=sys.stdout.isatty() and not args.json,
                 close_timeout_s=args.timeout,
+                policy=accept_with_probability(
+                    args.accept_rate, random.Random(master.getrandbits(64))
+                ),
             )
             drivers = [asyncio.create_task(drive(fleet, i)) for i in range(len(ids))]
             progress = asyncio.create_task(_progress(fleet)) if fleet.live else None
@@ -268,6 +281,14 @@ async def _show_commands(fleet: Fleet, driver_id: str, session: DriverSession) -
             _report_command(fleet, driver_id, command)
 
 
+async def _answer(fleet: Fleet, driver_id: str, offer_id: str, decision: OfferDecision) -> None:
+    """Send the simulated driver's answer, as its app would (AnswerOffer)."""
+    try:
+        await fleet.client.answer_offer(offer_id, driver_id, decision is OfferDecision.ACCEPT)
+    except DriverServiceError:
+        fleet.stats.errors += 1
+
+
 def _report_command(fleet: Fleet, driver_id: str, command: pb.ServerCommand) -> None:
     prefix = "\r\x1b[K" if fleet.live else ""
     kind = command.WhichOneof("command")
@@ -275,6 +296,11 @@ def _report_command(fleet: Fleet, driver_id: str, command: pb.ServerCommand) -> 
         offer = command.ride_offer
         fleet.stats.offers += 1
         decision = fleet.policy(driver_id, offer)
+        answer = asyncio.get_running_loop().create_task(
+            _answer(fleet, driver_id, offer.offer_id, decision)
+        )
+        fleet.answers.add(answer)
+        answer.add_done_callback(fleet.answers.discard)
         emit(
             {
                 "event": "ride_offer",

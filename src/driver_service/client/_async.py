@@ -12,6 +12,8 @@ from types import TracebackType
 
 import grpc
 
+from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
+from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import location_to_pb, pb_to_location, timestamp_to_ns
@@ -89,6 +91,7 @@ class DriverClient:
         else:
             self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
         self._stub = pb_grpc.DriverServiceStub(self._channel)
+        self._dispatch = dpb_grpc.DispatchServiceStub(self._channel)
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         self.wait_for_ready = wait_for_ready
@@ -107,6 +110,21 @@ class DriverClient:
 
     async def close(self) -> None:
         await self._channel.close(None)
+
+    async def answer_offer(
+        self, offer_id: str, driver_id: str, accepted: bool, *, timeout: float | None = None
+    ) -> str:
+        """A driver's answer to a ride offer it received on its session (needs that driver's
+        token); returns the offer's state, e.g. "ACCEPTED"."""
+        try:
+            status = await self._dispatch.AnswerOffer(
+                dpb.AnswerOfferRequest(offer_id=offer_id, driver_id=driver_id, accepted=accepted),
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return dpb.CommandState.Name(status.state).removeprefix("COMMAND_STATE_")
 
     async def get_driver(
         self,
