@@ -7,8 +7,9 @@ LISTEN ?= 127.0.0.1:50051
 DATA   ?= data
 # Unit and integration tests in parallel; e2e (subprocess servers, signals) after them.
 PYTEST_WORKERS ?= 2
+LINT_PATHS := $(wildcard src tests scripts bench)
 
-.PHONY: install run proto lint typecheck test test-fast check-proto bench clean
+.PHONY: install run proto lint typecheck test test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,8 @@ proto: install
 	$(BIN)/python scripts/gen_proto.py
 
 lint: install
-	$(BIN)/ruff check src tests scripts bench
-	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(BIN)/mypy
