@@ -127,6 +127,9 @@ class RunningServer:
         if self.admin is not None:  # last: probes see NOT_SERVING while the server drains
             await self.admin.stop()
 
+    def start_monitoring(self) -> None:
+        self._monitor = asyncio.get_running_loop().create_task(self.monitor_store())
+
     async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
         """Keep health in step with the store and the bus: NOT_SERVING while either fails,
         SERVING again once both answer."""
@@ -177,19 +180,7 @@ async def start_server(
         reflection.enable_server_reflection(
             [*services_served, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-    address = grpc_address(settings.listen)
-    reloader = None
-    if settings.insecure:
-        bound = server.add_insecure_port(address)
-    else:
-        cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
-        if cert is None or key is None or client_ca is None:
-            raise ConfigError("TLS: certificate, key and client CA are all required")
-        try:
-            credentials, reloader = server_credentials(ServerTlsFiles(cert, key, client_ca))
-        except TlsConfigError as exc:
-            raise ConfigError(f"TLS: {exc}") from exc
-        bound = server.add_secure_port(address, credentials)
+    bound, reloader = _bind(server, settings)
     await server.start()
     running = RunningServer(server, bound, tracking, health_servicer, reloader, dispatch=dispatch)
     await running.set_serving(True)
@@ -204,8 +195,25 @@ async def start_server(
         except BaseException:
             await server.stop(0)
             raise
-    running._monitor = asyncio.get_running_loop().create_task(running.monitor_store())
+    running.start_monitoring()
     return running
+
+
+def _bind(
+    server: grpc.aio.Server, settings: ServerSettings
+) -> tuple[int, CertificateReloader | None]:
+    """Bind the main port: plaintext with --insecure, else mTLS with reloadable certificates."""
+    address = grpc_address(settings.listen)
+    if settings.insecure:
+        return server.add_insecure_port(address), None
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if cert is None or key is None or client_ca is None:
+        raise ConfigError("TLS: certificate, key and client CA are all required")
+    try:
+        credentials, reloader = server_credentials(ServerTlsFiles(cert, key, client_ca))
+    except TlsConfigError as exc:
+        raise ConfigError(f"TLS: {exc}") from exc
+    return server.add_secure_port(address, credentials), reloader
 
 
 async def serve(settings: ServerSettings) -> None:
