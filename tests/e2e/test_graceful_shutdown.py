@@ -113,7 +113,9 @@ async def test_sigterm_drains_and_keeps_everything(launcher: Launcher, data_dir:
         t for t, status in health_events if status != health_pb2.HealthCheckResponse.SERVING
     ]
     assert not_serving, health_events
-    assert not_serving[0] <= watcher_ended_at
+    # The server flips health before it ends streams; the two travel on different
+    # connections, so their arrival order here may differ by a scheduling slice.
+    assert not_serving[0] <= watcher_ended_at + 0.05
     # Everything acknowledged is there after a restart.
     restarted = launcher.start(data_dir)
     async with DriverClient(restarted.target) as client:
