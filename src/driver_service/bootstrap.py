@@ -24,6 +24,9 @@ from driver_service.storage import SqliteRepository
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from driver_service.bus.redis import RedisBus
+    from driver_service.dispatch.offers import CommandRouter
+
 #: Key and channel prefix in Redis, so one Redis can serve several deployments.
 REDIS_PREFIX = "ds:"
 
@@ -52,7 +55,7 @@ async def open_store(settings: ServerSettings) -> DriverRepository:
 
 async def open_live(
     settings: ServerSettings, durable: DriverRepository
-) -> tuple[DriverRepository, LocationBus, Redis | None]:
+) -> tuple[DriverRepository, LocationBus, tuple[Redis, RedisBus] | None]:
     """The live-state layer and bus named by `--bus`: in-process, or Redis shared by every
     worker and replica (current state read from Redis, fan-out over pub/sub)."""
     if not settings.bus.startswith(REDIS_SCHEMES):
@@ -65,15 +68,15 @@ async def open_live(
     bus.start()
     # The repository closes the shared client last (DriverTracking closes the bus first).
     live = LiveStateRepository(durable, client, prefix=REDIS_PREFIX, close_client=True)
-    return live, bus, client
+    return live, bus, (client, bus)
 
 
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
-) -> tuple[DriverTracking, DriverIndex | None]:
+) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None]:
     durable = await open_store(settings)
     try:
-        repository, bus, redis_client = await open_live(settings, durable)
+        repository, bus, redis = await open_live(settings, durable)
     except BaseException:
         await durable.close()
         raise
@@ -93,8 +96,8 @@ async def _build_tracking(
         # The spatial index follows every accepted update: in memory for one process, in
         # Redis when replicas share Redis (each replica's updates land in the same index).
         index = (
-            MemoryDriverIndex() if redis_client is None
-            else RedisDriverIndex(redis_client, prefix=REDIS_PREFIX)
+            MemoryDriverIndex() if redis is None
+            else RedisDriverIndex(redis[0], prefix=REDIS_PREFIX)
         )  # fmt: skip
         repository = IndexingRepository(repository, index)
         bus = IndexingBus(bus, index, repository)
@@ -107,7 +110,7 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return tracking, index
+    return tracking, index, redis
 
 
 async def build_services(
@@ -115,9 +118,17 @@ async def build_services(
 ) -> Services:
     """Tracking and dispatch over the configured adapters, instrumented when `metrics` is
     given (the server always gives it; tests may leave it out)."""
-    tracking, index = await _build_tracking(settings, metrics, with_index=True)
+    tracking, index, redis = await _build_tracking(settings, metrics, with_index=True)
     assert index is not None
-    dispatch = Dispatch(tracking, index, stale_after_s=settings.stale_after)
+    # Commands and their state: this process's OfferBook, or Redis shared by every replica
+    # (a command reaches the driver's session on whichever replica holds it).
+    commands: CommandRouter | None = None
+    if redis is not None:
+        from driver_service.dispatch.redis_offers import RedisCommandRouter
+
+        client, redis_bus = redis
+        commands = RedisCommandRouter(client, redis_bus, tracking, prefix=REDIS_PREFIX)
+    dispatch = Dispatch(tracking, index, stale_after_s=settings.stale_after, commands=commands)
     if metrics is not None:
         metrics.count_stale_drivers(lambda: dispatch.stale_drivers)
     await dispatch.start()
@@ -129,5 +140,5 @@ async def build_tracking(
 ) -> DriverTracking:
     """Only the tracking service, without dispatch or its spatial index (for tests and
     benchmarks of the seed's service alone)."""
-    tracking, _ = await _build_tracking(settings, metrics, with_index=False)
+    tracking, _, _ = await _build_tracking(settings, metrics, with_index=False)
     return tracking

@@ -74,6 +74,9 @@ class DriverTracking:
         #: Called with a driver id when a session starts speaking for that driver (e.g. to
         #: deliver commands queued while it was offline).
         self.session_listeners: list[Callable[[str], None]] = []
+        #: Called with a driver id when a session that spoke for that driver ends (e.g. to
+        #: stop listening for the driver's commands once no session here speaks for it).
+        self.session_close_listeners: list[Callable[[str], None]] = []
         self._stopping = False
 
     async def start(self) -> None:
@@ -179,6 +182,8 @@ class DriverTracking:
                 bound.remove(inbox)
             if not bound:
                 self._sessions_by_driver.pop(inbox.driver_id, None)
+            for listener in self.session_close_listeners:
+                listener(inbox.driver_id)
 
     def bind_session(self, inbox: SessionInbox, driver_id: str) -> None:
         """Record that this session speaks for `driver_id` (its first accepted event)."""

@@ -133,7 +133,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 offer_id = command.ride_offer.offer_id
                 if not offer_id:
                     offer_id = command.ride_offer.offer_id = f"ofr-{uuid.uuid4().hex}"
-            sent = self._dispatch.send(
+            sent = await self._dispatch.send_command(
                 request.driver_id,
                 command,
                 offer_id=offer_id,
@@ -157,7 +157,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 timeout = None if remaining is None else max(0.0, remaining - 0.05)
                 command = await self._dispatch.wait(request.command_id, timeout)
             else:
-                command = self._dispatch.command(request.command_id)
+                command = await self._dispatch.get_command(request.command_id)
         except DomainError as error:
             await _abort(context, error)
         return _command_status(command)
@@ -166,7 +166,9 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
         self, request: dpb.AnswerOfferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dpb.CommandStatus:
         try:
-            command = self._dispatch.answer(request.offer_id, request.driver_id, request.accepted)
+            command = await self._dispatch.answer_offer(
+                request.offer_id, request.driver_id, request.accepted
+            )
         except DomainError as error:
             await _abort(context, error)
         return _command_status(command)

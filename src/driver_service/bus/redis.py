@@ -13,6 +13,10 @@ subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and R
 subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
 jittered backoff and resubscribes every channel.
+
+Other Redis channels (dispatch's per-driver command channels and per-command outcome
+channels) ride on the same connection through `subscribe_channel()`: a raw payload to a
+synchronous handler, the same reference counting, confirmation and resubscription.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import contextlib
 import logging
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -99,6 +103,25 @@ class _LocalFanout(MemoryBus):
             self._owner._last_watcher_left(sub.driver_id)
 
 
+class ChannelSubscription:
+    """One local handler of a raw Redis channel (`RedisBus.subscribe_channel`); the channel is
+    unsubscribed in Redis once its last handler is closed."""
+
+    __slots__ = ("_bus", "channel", "closed", "handler")
+
+    def __init__(self, bus: RedisBus, channel: bytes, handler: Callable[[bytes], None]) -> None:
+        self._bus = bus
+        self.channel = channel
+        self.handler = handler
+        self.closed = False
+
+    def close(self) -> None:
+        """Stop handling messages (idempotent, synchronous: safe in `finally` blocks)."""
+        if not self.closed:
+            self.closed = True
+            self._bus._drop_handler(self)
+
+
 class RedisBus:
     """LocationBus over Redis pub/sub, shared by every process and replica on one Redis.
 
@@ -128,11 +151,13 @@ class RedisBus:
         self._subscribe_timeout_s = subscribe_timeout_s
         self._close_client = close_client
         self._pubsub: PubSub | None = None
-        # Channels (driver ids) we asked Redis for on the current connection, and the
-        # confirmation each is waiting for; changed only under _lock, so SUBSCRIBE and
-        # UNSUBSCRIBE of one channel reach Redis in the order we decided them.
-        self._subscribed: set[str] = set()
-        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        # Channels we asked Redis for on the current connection, and the confirmation each
+        # is waiting for; changed only under _lock, so SUBSCRIBE and UNSUBSCRIBE of one
+        # channel reach Redis in the order we decided them.
+        self._subscribed: set[bytes] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        # Raw (non-location) channels and their local handlers.
+        self._handlers: dict[bytes, list[ChannelSubscription]] = {}
         self._lock = asyncio.Lock()
         self._healthy = False
         self._first_attempt = asyncio.Event()
@@ -158,17 +183,57 @@ class RedisBus:
             sub = MemorySubscription(self._local, driver_id, 1)
             sub.close()
             return sub
+        await self._started()
+        sub = await self._local.subscribe(driver_id)
+        await self._confirmed(await self._sync_channel(self._channel(driver_id)))
+        return sub
+
+    # --- raw channels ------------------------------------------------------------------------
+    async def subscribe_channel(
+        self, channel: bytes, handler: Callable[[bytes], None]
+    ) -> ChannelSubscription:
+        """Call `handler(payload)` (in the reader task: it must not block) for each message
+        published on `channel` until the returned subscription is closed.
+
+        Returns once Redis has confirmed the channel (or at once while Redis is unreachable;
+        the channel is subscribed when the connection comes back), so a message published
+        after it returns is not missed while the connection stays up.
+        """
+        if channel.startswith(self._channel_prefix):
+            raise ValueError("location channels are subscribed through subscribe()")
+        sub = ChannelSubscription(self, channel, handler)
+        if self._closed:
+            sub.closed = True
+            return sub
+        await self._started()
+        self._handlers.setdefault(channel, []).append(sub)
+        await self._confirmed(await self._sync_channel(channel))
+        return sub
+
+    def channel_count(self) -> int:
+        """Raw channels with at least one local handler (for tests and metrics)."""
+        return len(self._handlers)
+
+    def _drop_handler(self, sub: ChannelSubscription) -> None:
+        handlers = self._handlers.get(sub.channel)
+        if handlers is None or sub not in handlers:
+            return
+        handlers.remove(sub)
+        if not handlers:
+            del self._handlers[sub.channel]
+            self._schedule_sync(sub.channel)
+
+    async def _started(self) -> None:
         self.start()
         if not self._first_attempt.is_set():
             # Just started: give the first connection a moment rather than skip the SUBSCRIBE.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_attempt.wait(), self._subscribe_timeout_s)
-        sub = await self._local.subscribe(driver_id)
-        confirmed = await self._sync_channel(driver_id)
-        if confirmed is not None and self._healthy:
+
+    async def _confirmed(self, confirmation: asyncio.Future[None] | None) -> None:
+        if confirmation is not None and self._healthy:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(confirmed), self._subscribe_timeout_s)
-        return sub
+                await asyncio.wait_for(asyncio.shield(confirmation), self._subscribe_timeout_s)
 
     async def close(self) -> None:
         """End every subscription (SubscriptionClosed) and the reader; idempotent."""
@@ -247,16 +312,18 @@ class RedisBus:
             # No await between these two lines: a watcher added before this point is in the
             # snapshot; one added after it sees `healthy` and subscribes through the lock.
             self._healthy = True
-            drivers = self._local.watched_drivers()
-            self._subscribed = set(drivers)
-            self._confirmations = {d: self._new_confirmation() for d in drivers}
-            if drivers:
-                await pubsub.subscribe(*(self._channel(d) for d in drivers))
+            channels = [self._channel(d) for d in self._local.watched_drivers()]
+            channels.extend(self._handlers)
+            self._subscribed = set(channels)
+            self._confirmations = {c: self._new_confirmation() for c in channels}
+            if channels:
+                await pubsub.subscribe(*channels)
         self.connects += 1
-        log.info("redis bus connected; %d channels subscribed", len(drivers))
+        log.info("redis bus connected; %d channels subscribed", len(channels))
 
     async def _read(self, pubsub: PubSub) -> None:
-        prefix_len = len(self._channel_prefix)
+        prefix = self._channel_prefix
+        prefix_len = len(prefix)
         awaiting_pong = False
         while True:
             message: dict[str, Any] | None = await pubsub.get_message(timeout=self._idle_ping_s)
@@ -270,17 +337,28 @@ class RedisBus:
                 continue
             kind = message["type"]
             if kind == "message":
-                driver_id = message["channel"][prefix_len:].decode()
-                location = decode_location(driver_id, message["data"])
-                if location is not None:
-                    await self._local.publish((location,))
+                channel: bytes = message["channel"]
+                if channel.startswith(prefix):
+                    driver_id = channel[prefix_len:].decode()
+                    location = decode_location(driver_id, message["data"])
+                    if location is not None:
+                        await self._local.publish((location,))
+                else:
+                    self._handle_raw(channel, message["data"])
             elif kind == "pong":
                 awaiting_pong = False
             elif kind == "subscribe":
-                driver_id = message["channel"][prefix_len:].decode()
-                confirmation = self._confirmations.pop(driver_id, None)
+                confirmation = self._confirmations.pop(message["channel"], None)
                 if confirmation is not None and not confirmation.done():
                     confirmation.set_result(None)
+
+    def _handle_raw(self, channel: bytes, payload: bytes) -> None:
+        for sub in tuple(self._handlers.get(channel, ())):
+            try:
+                sub.handler(payload)
+            except Exception:
+                # One broken handler must not end the reader every other channel relies on.
+                log.exception("handler of redis channel %r failed", channel)
 
     async def _drop_connection(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -300,38 +378,46 @@ class RedisBus:
     def _new_confirmation(self) -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()
 
-    async def _sync_channel(self, driver_id: str) -> asyncio.Future[None] | None:
-        """Make Redis's subscription to this driver's channel match whether anyone here
-        watches it; return the pending confirmation of a SUBSCRIBE, if any."""
+    def _wanted(self, channel: bytes) -> bool:
+        if channel.startswith(self._channel_prefix):
+            return self._local.has_watchers(channel[len(self._channel_prefix) :].decode())
+        return channel in self._handlers
+
+    async def _sync_channel(self, channel: bytes) -> asyncio.Future[None] | None:
+        """Make Redis's subscription to this channel match whether anyone here wants it;
+        return the pending confirmation of a SUBSCRIBE, if any."""
         if not self._healthy:
-            return None  # the reader subscribes every locally watched channel on reconnect
+            return None  # the reader subscribes every wanted channel on reconnect
         async with self._lock:
-            wanted = self._local.has_watchers(driver_id)
+            wanted = self._wanted(channel)
             pubsub = self._pubsub
             if pubsub is None or not self._healthy:
                 return None
             try:
-                if wanted and driver_id not in self._subscribed:
-                    self._confirmations[driver_id] = self._new_confirmation()
-                    self._subscribed.add(driver_id)
-                    await pubsub.subscribe(self._channel(driver_id))
-                elif not wanted and driver_id in self._subscribed:
-                    self._subscribed.discard(driver_id)
-                    self._confirmations.pop(driver_id, None)
-                    await pubsub.unsubscribe(self._channel(driver_id))
+                if wanted and channel not in self._subscribed:
+                    self._confirmations[channel] = self._new_confirmation()
+                    self._subscribed.add(channel)
+                    await pubsub.subscribe(channel)
+                elif not wanted and channel in self._subscribed:
+                    self._subscribed.discard(channel)
+                    self._confirmations.pop(channel, None)
+                    await pubsub.unsubscribe(channel)
             except (RedisError, OSError) as exc:
                 # The reader sees the same failure and reconnects with the full channel set.
-                log.debug("redis bus (un)subscribe of %s failed: %s", driver_id, exc)
+                log.debug("redis bus (un)subscribe of %r failed: %s", channel, exc)
                 return None
-            return self._confirmations.get(driver_id)
+            return self._confirmations.get(channel)
 
     def _last_watcher_left(self, driver_id: str) -> None:
+        self._schedule_sync(self._channel(driver_id))
+
+    def _schedule_sync(self, channel: bytes) -> None:
+        # Re-checked under the lock: someone may want the channel again by then.
         if self._closed:
             return
-        task = asyncio.get_running_loop().create_task(self._unsubscribe_if_unwatched(driver_id))
+        task = asyncio.get_running_loop().create_task(self._unsubscribe_if_unwanted(channel))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _unsubscribe_if_unwatched(self, driver_id: str) -> None:
-        # Re-checked under the lock: a watcher may have arrived since the last one left.
-        await self._sync_channel(driver_id)
+    async def _unsubscribe_if_unwanted(self, channel: bytes) -> None:
+        await self._sync_channel(channel)

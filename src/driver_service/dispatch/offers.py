@@ -7,8 +7,9 @@
 A command for a driver without an open session waits in that driver's queue and is handed
 to its next session the moment the session speaks for the driver; once its ttl has passed it
 is EXPIRED and is never delivered. Final commands are kept for `retention_s` so callers can
-still read their outcome, then forgotten. One book per process (see the module docs of
-dispatch for commands across replicas).
+still read their outcome, then forgotten. One book per process; `CommandRouter` is the port
+Dispatch uses, with `MemoryCommandRouter` (this book) as the embedded default and
+`RedisCommandRouter` (redis_offers.py) when replicas share Redis.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from driver_service.domain import DomainError, InvalidInput, RateLimited
 
@@ -71,6 +73,57 @@ class Command:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+class SessionHost(Protocol):
+    """What a command router needs from this process's driver sessions (DriverTracking)."""
+
+    session_listeners: list[Callable[[str], None]]
+
+    def push_command(self, driver_id: str, command: object) -> bool: ...
+
+    def has_session(self, driver_id: str) -> bool: ...
+
+
+class CommandRouter(Protocol):
+    """Where commands go and where their state lives: Dispatch's port.
+
+    `on_session(driver_id)` is called (synchronously) when a session of this process starts
+    speaking for a driver, `on_session_closed(driver_id)` when one of them ends; both must
+    return at once (start background work if needed).
+    """
+
+    async def send(
+        self, driver_id: str, command_id: str, payload: object, is_offer: bool, ttl_s: float
+    ) -> Command:
+        """Deliver now to the driver's open session (wherever it is) or queue for `ttl_s`."""
+        ...
+
+    async def get(self, command_id: str) -> Command:
+        """The command as it is now; CommandNotFound if unknown or forgotten."""
+        ...
+
+    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
+        """The command once settled, or as it is when `timeout_s` runs out."""
+        ...
+
+    async def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
+        """Record the driver's answer (see OfferBook.answer for the rules)."""
+        ...
+
+    async def queued(self, driver_id: str) -> int:
+        """Commands waiting for the driver's next session."""
+        ...
+
+    async def connected(self, driver_id: str) -> bool:
+        """Whether the driver has an open session that commands can reach."""
+        ...
+
+    def on_session(self, driver_id: str) -> None: ...
+
+    def on_session_closed(self, driver_id: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class OfferBook:
@@ -205,3 +258,40 @@ class OfferBook:
                 command.timer = None
         self._commands.clear()
         self._queues.clear()
+
+
+class MemoryCommandRouter:
+    """The CommandRouter of one process: the OfferBook over this process's sessions."""
+
+    def __init__(self, book: OfferBook, sessions: SessionHost) -> None:
+        self.book = book
+        self._sessions = sessions
+
+    async def send(
+        self, driver_id: str, command_id: str, payload: object, is_offer: bool, ttl_s: float
+    ) -> Command:
+        return self.book.send(driver_id, command_id, payload, is_offer, ttl_s)
+
+    async def get(self, command_id: str) -> Command:
+        return self.book.get(command_id)
+
+    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
+        return await self.book.wait(command_id, timeout_s)
+
+    async def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
+        return self.book.answer(offer_id, driver_id, accepted)
+
+    async def queued(self, driver_id: str) -> int:
+        return self.book.queued(driver_id)
+
+    async def connected(self, driver_id: str) -> bool:
+        return self._sessions.has_session(driver_id)
+
+    def on_session(self, driver_id: str) -> None:
+        self.book.on_session(driver_id)
+
+    def on_session_closed(self, driver_id: str) -> None:
+        """Nothing to do: the book asks the sessions at each delivery."""
+
+    async def close(self) -> None:
+        self.book.close()

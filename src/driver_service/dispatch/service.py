@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from driver_service.dispatch.geo import MAX_RADIUS_M
 from driver_service.dispatch.index import DriverIndex, IndexedDriver, NearbyDriver
-from driver_service.dispatch.offers import Command, OfferBook
+from driver_service.dispatch.offers import Command, CommandRouter, MemoryCommandRouter, OfferBook
 from driver_service.domain import (
     DriverNotFound,
     InvalidInput,
@@ -55,7 +55,10 @@ class Dispatch:
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
         sweep_every_s: float = DEFAULT_SWEEP_EVERY_S,
         clock_ns: Callable[[], int] = time.time_ns,
+        commands: CommandRouter | None = None,
     ) -> None:
+        """`commands` routes commands and keeps their state: None for this process's own
+        OfferBook (one process), a RedisCommandRouter when replicas share Redis."""
         if stale_after_s <= 0:
             raise ValueError("stale_after_s must be positive")
         self.tracking = tracking
@@ -63,8 +66,20 @@ class Dispatch:
         self.stale_after_ns = int(stale_after_s * _NS)
         self._sweep_every_s = sweep_every_s
         self._clock_ns = clock_ns
-        self.offers = OfferBook(tracking.push_command, clock_ns=clock_ns)
-        tracking.session_listeners.append(self.offers.on_session)
+        #: The in-process book when commands stay in this process, else None.
+        self.offers: OfferBook | None = None
+        if commands is None:
+            self.offers = OfferBook(tracking.push_command, clock_ns=clock_ns)
+            commands = MemoryCommandRouter(self.offers, tracking)
+        self.commands: CommandRouter = commands
+        tracking.session_listeners.append(commands.on_session)
+        # DriverTracking tells about closed sessions once it has this hook (see the report of
+        # issue 5/6); until then a Redis router drops a driver's channel lazily.
+        close_listeners: list[Callable[[str], None]] | None = getattr(
+            tracking, "session_close_listeners", None
+        )
+        if close_listeners is not None:
+            close_listeners.append(commands.on_session_closed)
         self._stale_count = 0
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -81,7 +96,7 @@ class Dispatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        self.offers.close()
+        await self.commands.close()
         await self.index.close()
 
     async def sweep(self) -> int:
@@ -145,10 +160,11 @@ class Dispatch:
         if driver is None:
             raise DriverNotFound(driver_id)
         stale = driver.last_seen_at_ns < self._clock_ns() - self.stale_after_ns
-        return DriverView(driver, stale, self.tracking.has_session(driver_id))
+        connected = self.tracking.has_session(driver_id) or await self.commands.connected(driver_id)
+        return DriverView(driver, stale, connected)
 
     # --- SendCommand / GetCommandStatus / AnswerOffer ---------------------------------------
-    def send(
+    async def send_command(
         self,
         driver_id: str,
         payload: object,
@@ -158,6 +174,23 @@ class Dispatch:
     ) -> Command:
         """Send `payload`; `offer_id` is None for a command that is not a ride offer, and ""
         for an offer whose id the server chooses."""
+        driver_id, command_id, ttl = self._checked(driver_id, offer_id, ttl_s)
+        return await self.commands.send(driver_id, command_id, payload, offer_id is not None, ttl)
+
+    async def get_command(self, command_id: str) -> Command:
+        return await self.commands.get(command_id)
+
+    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
+        return await self.commands.wait(command_id, timeout_s)
+
+    async def answer_offer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
+        validate_driver_id(driver_id)
+        return await self.commands.answer(offer_id, driver_id, accepted)
+
+    @staticmethod
+    def _checked(
+        driver_id: str, offer_id: str | None, ttl_s: float | None
+    ) -> tuple[str, str, float]:
         validate_driver_id(driver_id)
         ttl = DEFAULT_TTL_S if ttl_s is None else ttl_s
         if not (math.isfinite(ttl) and 0 < ttl <= MAX_TTL_S):
@@ -165,14 +198,4 @@ class Dispatch:
         command_id = offer_id or f"cmd-{uuid.uuid4().hex}"
         if len(command_id) > 128:
             raise InvalidInput("offer_id is longer than 128 characters")
-        return self.offers.send(driver_id, command_id, payload, offer_id is not None, ttl)
-
-    def command(self, command_id: str) -> Command:
-        return self.offers.get(command_id)
-
-    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
-        return await self.offers.wait(command_id, timeout_s)
-
-    def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
-        validate_driver_id(driver_id)
-        return self.offers.answer(offer_id, driver_id, accepted)
+        return driver_id, command_id, ttl
