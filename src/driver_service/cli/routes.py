@@ -11,7 +11,8 @@ import math
 import random
 from dataclasses import dataclass
 
-EARTH_RADIUS_M = 6_371_008.8
+from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m
+
 BERLIN = (52.52, 13.405)
 MIN_SPEED_MPS = 5.0
 MAX_SPEED_MPS = 15.0
@@ -44,14 +45,6 @@ class Drive:
     intended_heading: float
     intended_speed: float
     centre: tuple[float, float]
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
