@@ -165,3 +165,15 @@ def test_parse_ttl() -> None:
         parse_ttl("soon")
     with pytest.raises(ValueError, match="positive"):
         parse_ttl("-1h")
+
+
+def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
+    validator = TokenValidator.from_secret(SECRET, leeway_s=0)
+    issuer = TokenIssuer.from_secret(SECRET)
+    token = issuer.issue_driver("d1", ttl_s=1.2)
+    assert validator.validate(token).driver_id == "d1"
+    assert validator.validate(token).driver_id == "d1"  # from the cache
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert problem(validator, forged) is TokenProblem.BAD_SIGNATURE  # never from the cache
+    time.sleep(1.3)
+    assert problem(validator, token) is TokenProblem.EXPIRED

@@ -118,6 +118,11 @@ _PYJWT_ERRORS: tuple[tuple[type[Exception], TokenProblem], ...] = (
 )
 
 
+#: Verified tokens remembered (per process), and for how long at most.
+CACHE_ENTRIES = 10_000
+CACHE_SECONDS = 300.0
+
+
 class TokenValidator:
     """Checks signature, `exp`, `nbf`, `iss`, `aud` (with a small clock skew) and turns the
     claims into a Principal. Build it once at start; `validate` is cheap and thread-safe."""
@@ -136,6 +141,9 @@ class TokenValidator:
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
+        # Verified tokens -> (principal, usable until, wall clock): a client sends the same
+        # token on every call, and a signature check costs more than the RPC itself.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     @classmethod
     def from_secret(cls, secret: bytes, **options: Any) -> TokenValidator:
@@ -179,6 +187,24 @@ class TokenValidator:
         return self.validate(token.strip())
 
     def validate(self, token: str) -> Principal:
+        """The token's principal. A token verified before is answered from a bounded cache
+        until its `exp` (plus leeway) or for at most CACHE_SECONDS; nothing else is cached."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, usable_until = cached
+            if time.time() < usable_until:
+                return principal
+            del self._verified[token]
+        principal, expires_at = self._verify(token)
+        if len(self._verified) >= CACHE_ENTRIES:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (
+            principal,
+            min(expires_at + self.leeway_s, time.time() + CACHE_SECONDS),
+        )
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         if not token:
             raise InvalidToken(TokenProblem.MISSING)
         if len(token) > MAX_TOKEN_LENGTH:
@@ -201,7 +227,7 @@ class TokenValidator:
             raise InvalidToken(TokenProblem.MISSING_CLAIM, exc.claim) from None
         except jwt.InvalidTokenError as exc:
             raise InvalidToken(_problem_of(exc)) from None
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), float(claims["exp"])
 
 
 def _problem_of(exc: jwt.InvalidTokenError) -> TokenProblem:
