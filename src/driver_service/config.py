@@ -31,6 +31,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
+ACCESS_LOGS = ("all", "errors", "off")
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,9 @@ class ServerSettings:
     max_concurrent_streams: int = _setting(1000, "concurrent RPCs per HTTP/2 connection")
     shutdown_grace: float = _setting(10.0, "seconds calls in flight may take on shutdown")
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    access_log: str = _setting(
+        "all", "per-call log lines: all, errors (calls not ending OK) or off"
+    )
     log_format: str = _setting("auto", "json, text, or auto (text on a terminal, else json)")
     reflection: bool = _setting(True, "serve gRPC server reflection")
     keepalive_time: float = _setting(300.0, "server pings an idle connection after, seconds")
@@ -217,6 +221,8 @@ class ServerSettings:
             errors.append("--max-concurrent-streams must be >= 1")
         if self.log_level not in LOG_LEVELS:
             errors.append(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if self.access_log not in ACCESS_LOGS:
+            errors.append(f"--access-log must be one of {', '.join(ACCESS_LOGS)}")
         if self.log_format not in LOG_FORMATS:
             errors.append(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         return errors

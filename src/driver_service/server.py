@@ -23,6 +23,8 @@ from driver_service._gen.driver.v1 import (
 )
 from driver_service.admin import AdminServer, start_admin
 from driver_service.api import DriverServicer
+from driver_service.api.batch_servicer import BATCH_RULES, add_batch_service
+from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.bootstrap import Services, build_services
 from driver_service.config import ConfigError, ServerSettings, grpc_address
@@ -74,7 +76,7 @@ def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
         return None
     return AuthPolicy(
         validator,
-        rules={**DEFAULT_RULES, **DISPATCH_RULES},
+        rules={**DEFAULT_RULES, **DISPATCH_RULES, **BATCH_RULES},
         exempt=ExemptServices.of(settings.auth_exempt),
     )
 
@@ -165,12 +167,13 @@ async def start_server(
         auth = build_auth_policy(settings)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"token key: {exc}") from exc
-    interceptors = server_interceptors(auth)
+    interceptors = server_interceptors(auth, access_log=settings.access_log)
     if metrics is not None:
         interceptors.append(MetricsInterceptor(metrics))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
-    services_served = [SERVICE_NAME]
+    add_batch_service(server, tracking)
+    services_served = [SERVICE_NAME, BATCH_SERVICE_NAME]
     if dispatch is not None:
         dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(dispatch), server)
         services_served.append(DISPATCH_SERVICE_NAME)

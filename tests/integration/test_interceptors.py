@@ -53,8 +53,8 @@ class Env:
     token: str
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@pytest.fixture(params=["all"])
+async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     logger = logging.getLogger(f"test.rpc.{tmp_path.name}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -64,7 +64,8 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
     policy = AuthPolicy(TokenValidator.from_secret(SECRET))
-    server = grpc.aio.server(interceptors=server_interceptors(policy, logger))
+    chain = server_interceptors(policy, logger, access_log=request.param)
+    server = grpc.aio.server(interceptors=chain)
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -95,8 +96,9 @@ def update(driver_id: str, latitude: float) -> pb.LocationUpdate:
 async def test_request_id_is_echoed_and_logged(env: Env) -> None:
     call = env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env, "abc-123"))
     await call
-    assert ("x-request-id", "abc-123") in tuple(await call.initial_metadata())
-    [record] = env.records.calls("/driver.v1.DriverService/UploadLocations")
+    # Unary responses (UploadLocations returns one message) carry it in the trailers.
+    assert ("x-request-id", "abc-123") in tuple(await call.trailing_metadata())
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/UploadLocations")
     assert record.request_id == "abc-123"  # type: ignore[attr-defined]
 
 
@@ -166,3 +168,22 @@ async def test_refused_calls_are_logged_with_their_code(env: Env) -> None:
     [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.code == "UNAUTHENTICATED"  # type: ignore[attr-defined]
     assert "nope" not in str(record.__dict__)
+
+
+async def test_streams_return_the_request_id_in_their_headers(env: Env) -> None:
+    call = env.stub.StreamLocation(
+        pb.StreamLocationRequest(driver_id="d1"), metadata=meta(env, "stream-7")
+    )
+    assert ("x-request-id", "stream-7") in tuple(await call.initial_metadata())
+    call.cancel()
+
+
+@pytest.mark.parametrize("env", ["errors"], indirect=True)
+async def test_access_log_errors_keeps_only_calls_that_failed(env: Env) -> None:
+    await env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env))
+    await env.stub.GetDriver(pb.GetDriverRequest(driver_id="d1"), metadata=meta(env))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await env.stub.GetDriver(pb.GetDriverRequest(driver_id="nobody"), metadata=meta(env))
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
+    assert record.code == "NOT_FOUND"  # type: ignore[attr-defined]
+    assert env.records.calls("/driver.v1.DriverService/UploadLocations") == []

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from driver_service.cli import (
+    bench_command,
     certs_command,
     client_commands,
     dispatch_commands,
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs_command.register(commands)
     token_command.register(commands)
     migrate_command.register(commands)
+    bench_command.register(commands)
     client_commands.register(commands)
     dispatch_commands.register(commands)
     return parser

@@ -33,10 +33,13 @@ class _Call:
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Logs each call once at its end (INFO; WARNING for INTERNAL/UNKNOWN/DATA_LOSS)."""
+    """Logs each call once at its end (INFO; WARNING for INTERNAL/UNKNOWN/DATA_LOSS).
+    With `errors_only`, calls that end OK are not logged: a log line costs about as much CPU
+    as a whole GetDriver, so high-volume deployments may keep only the failures."""
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(self, logger: logging.Logger | None = None, *, errors_only: bool = False) -> None:
         self._log = logger or logging.getLogger("driver_service.rpc")
+        self._errors_only = errors_only
 
     async def intercept_service(
         self,
@@ -110,6 +113,8 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         streaming_in: bool,
         streaming_out: bool,
     ) -> None:
+        if self._errors_only and code is grpc.StatusCode.OK:
+            return
         duration_ms = round((time.perf_counter() - call.started) * 1000, 3)
         try:
             peer = context.peer()

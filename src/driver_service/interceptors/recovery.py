@@ -15,6 +15,17 @@ log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal server error"
 
 
+async def _recover(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    """Answer INTERNAL for an unexpected error, unless the call is already over (the peer
+    went away, or the handler's own abort failed on a dead connection): then there is no
+    one to answer, and aborting again would only raise "abort already called"."""
+    if context.done() or context.cancelled():
+        log.debug("error in %s after the call ended", method, exc_info=True)
+        return
+    log.exception("unhandled error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
 class RecoveryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Outermost interceptor: callers get "internal server error"; the log gets the stack."""
 
@@ -36,9 +47,8 @@ class RecoveryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     return await behavior(request, context)
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    log.exception("unhandled error in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+                except Exception:  # noqa: BLE001 - logged and answered by _recover
+                    await _recover(context, method)
 
             return recovered
 
@@ -51,9 +61,8 @@ class RecoveryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         yield response
                 except grpc.aio.AbortError:
                     raise
-                except Exception:
-                    log.exception("unhandled error in %s", method)
-                    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+                except Exception:  # noqa: BLE001 - logged and answered by _recover
+                    await _recover(context, method)
 
             return recovered
 

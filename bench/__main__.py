@@ -1,0 +1,125 @@
+"""`python -m bench [PART ...]`: run the suite (all parts by default) and write
+bench/results/<part>.json, bench/results/unary.png and bench/results/machine.json."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+PARTS = ("unary", "batch", "profile", "ingest", "fanout", "sessions", "nearby", "workers")
+
+
+def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
+    """A private PostgreSQL for the ingest part, if its adapter has landed; else why not."""
+    if not (common.ROOT / "src/driver_service/storage/postgres.py").exists():
+        return (), "storage/postgres.py not present"
+    try:
+        from tests.servers import PostgresServer, create_database, find_postgres_binaries
+    except ImportError as exc:
+        return (), f"tests.servers unavailable: {exc}"
+    if find_postgres_binaries() is None:
+        return (), "PostgreSQL binaries missing (Debian: postgresql)"
+    pg = PostgresServer.create()
+    stack.callback(pg.destroy)
+    pg.start()
+    return (common.run_async(create_database(pg)),), ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("parts", nargs="*", choices=[*PARTS, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="1 repeat, short points (checks)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per unary point")
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    args = parser.parse_args(argv)
+    if shutil.which("h2load") is None:
+        print(
+            f"bench: {common.H2LOAD_MISSING} (apt-get install -y nghttp2-client)", file=sys.stderr
+        )
+        return 1
+    parts = args.parts or list(PARTS)
+    repeats = 1 if args.quick else args.repeats
+    duration = 1.0 if args.quick else args.duration
+    common.RESULTS = args.results
+    # This process is a client (fan-out watchers, sessions): keep it off the server's core.
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {int(common.CLIENT_CORE)})
+    info = common.machine()
+    print(f"bench: {info['cpu']}, {info['cores']} cores, load {info['loadavg_before']}")
+    started = time.monotonic()
+    summary: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        for part in parts:
+            t0 = time.monotonic()
+            print(f"[{part}]")
+            result: dict[str, Any]
+            if part == "unary":
+                from bench import chart, unary
+
+                result = unary.run(work, repeats=repeats, duration_s=duration)
+                chart.draw(result, args.results / "unary.png")
+            elif part == "batch":
+                from bench import unary
+
+                result = unary.batch_lookups(work, repeats=repeats, duration_s=duration)
+            elif part == "profile":
+                from bench import profile
+
+                result = profile.run(work, repeats=repeats, duration_s=duration, spy=not args.quick)
+            elif part == "ingest":
+                from bench import ingest
+
+                stores, why = postgres_stores(stack) if not args.quick else ((), "quick run")
+                total = 20_000 if args.quick else 100_000
+                result = ingest.run(work, repeats=repeats, total=total, stores=stores)
+                result["postgres"] = "measured" if stores else f"skipped: {why}"
+            elif part == "fanout":
+                from bench import fanout
+
+                result = fanout.run(work, repeats=repeats, rounds=10 if args.quick else 30)
+            elif part == "sessions":
+                from bench import sessions
+
+                result = sessions.run(
+                    work, repeats=repeats, max_sessions=2_000 if args.quick else 10_000
+                )
+            elif part == "nearby":
+                from bench import bench_nearby
+
+                queries = 200 if args.quick else 2_000
+                code = bench_nearby.main(["--queries", str(queries)])
+                result = {"meets_p99_target": code == 0}
+            else:
+                result = {
+                    "skipped": (
+                        "`serve --workers` exists, but this machine has 2 cores: 2 workers plus a "
+                        "load generator cannot each have a core, so a 2-worker figure here would "
+                        "measure contention, not scaling. Run this part "
+                        "on a machine with >= 3 cores."
+                    )
+                }
+                print(f"  skipped: {result['skipped']}")
+            result["seconds"] = time.monotonic() - t0
+            common.write_result(part, result)
+            summary[part] = result["seconds"]
+    info["loadavg_after"] = os.getloadavg()
+    info["seconds"] = time.monotonic() - started
+    info["argv"] = sys.argv
+    common.write_result("machine", info)
+    print(f"bench: done in {info['seconds']:.0f} s; results in {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Our chain against the bare floor at 100 clients: what each interceptor costs (servers built
+with growing prefixes of the production chain) and where the CPU goes (py-spy)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from bench.common import CLIENT_CORE, LoadResult, h2load, pinned, server, summarize
+from bench.servers import BENCH_SECRET, preload
+from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
+
+CLIENTS = 100
+#: Growing prefixes of the production order; "full" is server.start_server itself.
+STEPS: list[tuple[str, str, str]] = [
+    ("bare floor (dict, no interceptors)", "bare", ""),
+    ("our servicer, no interceptors", "chain", ""),
+    ("+ recovery", "chain", "recovery"),
+    ("+ decoding", "chain", "recovery,decoding"),
+    ("+ request_id", "chain", "recovery,decoding,request_id"),
+    ("+ logging", "chain", "recovery,decoding,request_id,logging"),
+    (
+        "+ metrics (= production chain, auth off)",
+        "chain",
+        "recovery,decoding,request_id,logging,metrics",
+    ),
+    (
+        "+ auth (service token on every call)",
+        "chain",
+        "recovery,decoding,request_id,logging,auth,metrics",
+    ),
+    ("full: server.start_server (production)", "full", ""),
+    (
+        "production chain, log level WARNING",
+        "chain-warn",
+        "recovery,decoding,request_id,logging,metrics",
+    ),
+]
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
+
+
+def auth_header() -> str:
+    from driver_service.security import TokenIssuer
+
+    token = TokenIssuer.from_secret(BENCH_SECRET).issue_service(["drivers:read"])
+    return f"authorization: Bearer {token}"
+
+
+def server_args(kind: str, chain: str, data: Path) -> tuple[str, list[str]]:
+    if kind == "bare":
+        return "bare", []
+    if kind == "full":
+        return "full", ["--data-dir", str(data)]
+    args = ["--data-dir", str(data), "--interceptors", chain]
+    if kind == "chain-warn":
+        args += ["--log-level", "WARNING"]
+    return "chain", args
+
+
+def costs(workdir: Path, data: Path, *, repeats: int, duration_s: float) -> list[dict[str, Any]]:
+    body = get_driver_body()
+    rows = []
+    for label, kind, chain in STEPS:
+        real_kind, args = server_args(kind, chain, data)
+        headers = (*GRPC_HEADERS, auth_header()) if "auth" in chain.split(",") else GRPC_HEADERS
+        with server(real_kind, *args, workdir=workdir) as srv:
+            url = f"http://127.0.0.1:{srv.port}{GET_DRIVER}"
+            h2load(
+                url, clients=CLIENTS, duration_s=1, server_pid=srv.pid, body=body, headers=headers
+            )
+            runs: list[LoadResult] = [
+                h2load(
+                    url,
+                    clients=CLIENTS,
+                    duration_s=duration_s,
+                    server_pid=srv.pid,
+                    body=body,
+                    headers=headers,
+                )
+                for _ in range(repeats)
+            ]
+        point = summarize(runs)
+        rows.append({"step": label, "interceptors": chain, **point})
+        print(
+            f"  {label}: {point['rps']:.0f} rps, {point['cpu_us_per_call']:.0f} us/call, "
+            f"errors {point['errors']}"
+        )
+    floor = rows[0]["rps"]
+    for row in rows:
+        row["vs_floor_pct"] = 100 * (row["rps"] / floor - 1)
+    return rows
+
+
+def py_spy(kind: str, args: list[str], workdir: Path, seconds: int = 6) -> dict[str, Any]:
+    """Sample the server under 100-client load; return the hottest functions and files."""
+    if shutil.which("py-spy") is None and not Path(shutil.which("python") or "").exists():
+        return {"error": "py-spy missing"}
+    spy = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "py-spy")
+    spy = spy if Path(spy).exists() else (shutil.which("py-spy") or "py-spy")
+    body = get_driver_body()
+    out = workdir / f"pyspy-{kind}.txt"
+    with server(kind, *args, workdir=workdir) as srv:
+        url = f"http://127.0.0.1:{srv.port}{GET_DRIVER}"
+        load = threading.Thread(
+            target=h2load,
+            kwargs={
+                "url": url,
+                "clients": CLIENTS,
+                "duration_s": seconds + 2,
+                "server_pid": srv.pid,
+                "body": body,
+                "headers": GRPC_HEADERS,
+            },
+        )
+        load.start()
+        proc = subprocess.run(
+            pinned(
+                CLIENT_CORE,
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(srv.pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(out),
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        load.join()
+    if proc.returncode != 0 or not out.exists():
+        return {"error": proc.stderr[-500:]}
+    return summarize_profile(out.read_text())
+
+
+def summarize_profile(raw: str, top: int = 25) -> dict[str, Any]:
+    """Inclusive and self sample shares per function, and inclusive shares per source file
+    of ours (driver_service/...), from py-spy's collapsed stacks."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    self_: collections.Counter[str] = collections.Counter()
+    files: collections.Counter[str] = collections.Counter()
+    innermost: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        names, ours = set(), set()
+        label = ""
+        ours_label = "(grpc/asyncio, outside our code)"
+        for frame in frames:
+            m = _FRAME.match(frame.strip())
+            func, file = (m.group("func"), m.group("file")) if m else (frame, "")
+            short = file.split("site-packages/")[-1].split("src/")[-1]
+            label = f"{func} ({short})"
+            names.add(label)
+            if "driver_service/" in file:
+                ours.add(short)
+                if "cli/serve_command" not in file:
+                    ours_label = label
+        for name in names:
+            inclusive[name] += count
+        self_[label] += count
+        innermost[ours_label] += count
+        for name in ours:
+            files[name] += count
+    pct = lambda n: round(100 * n / max(total, 1), 1)  # noqa: E731
+    return {
+        "samples": total,
+        "top_inclusive": [(k, pct(v)) for k, v in inclusive.most_common(top)],
+        "top_self": [(k, pct(v)) for k, v in self_.most_common(top)],
+        "our_files_inclusive": [(k, pct(v)) for k, v in files.most_common(top)],
+        # Each sample charged to the innermost function of ours on its stack (with whatever
+        # library code it called): where our own per-call work goes.
+        "charged_to_our_functions": [(k, pct(v)) for k, v in innermost.most_common(top)],
+    }
+
+
+def run(
+    workdir: Path, *, repeats: int = 3, duration_s: float = 3.0, spy: bool = True
+) -> dict[str, Any]:
+    data = workdir / "profile-data"
+    data.mkdir(parents=True, exist_ok=True)
+    asyncio.run(preload(data))
+    result: dict[str, Any] = {
+        "clients": CLIENTS,
+        "steps": costs(workdir, data, repeats=repeats, duration_s=duration_s),
+    }
+    if spy:
+        result["py_spy"] = {
+            "bare": py_spy("bare", [], workdir),
+            "full": py_spy("full", ["--data-dir", str(data)], workdir),
+        }
+    return result

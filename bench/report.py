@@ -1,0 +1,137 @@
+"""`python -m bench.report`: Markdown tables from bench/results/*.json (for BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS
+
+
+def _load(name: str, results: Path) -> dict[str, Any] | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def unary_table(u: dict[str, Any]) -> list[str]:
+    lines = [
+        "| server | clients | RPS (median) | RPS spread | p50 ms | p90 ms | p99 ms | p99.9 ms "
+        "| errors | server CPU | CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, variant in u["variants"].items():
+        for c, p in variant["points"].items():
+            lines.append(
+                f"| {name} | {c} | {p['rps']:,.0f} | {p['rps_min']:,.0f}-{p['rps_max']:,.0f} "
+                f"| {p['p50_ms']:.2f} | {p['p90_ms']:.2f} | {p['p99_ms']:.2f} | {p['p999_ms']:.2f} "
+                f"| {p['errors']} | {p['server_cpu_pct']:.0f} % | {p['cpu_us_per_call']:.0f} |"
+            )
+    return lines
+
+
+def wire_table(u: dict[str, Any]) -> list[str]:
+    lines = ["| server | body bytes/response | header bytes/response (h2load) |", "|---|---:|---:|"]
+    for name, variant in u["variants"].items():
+        p = variant["points"][str(u["concurrency"][0])]
+        lines.append(
+            f"| {name} | {variant['verified']['wire_bytes']} "
+            f"| {p.get('header_bytes_per_response', 0):.0f} |"
+        )
+    return lines
+
+
+def batch_table(b: dict[str, Any]) -> list[str]:
+    lines = [
+        "| ids per GetDrivers | calls/s | lookups/s | lookups per CPU-second | p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, p in b.items():
+        if not isinstance(p, dict):
+            continue
+        lines.append(
+            f"| {size} | {p['rps']:,.0f} | {p['lookups_per_s']:,.0f} "
+            f"| {p['lookups_per_cpu_s']:,.0f} | {p['p99_ms']:.2f} | {p['errors']} |"
+        )
+    return lines
+
+
+def profile_table(pr: dict[str, Any]) -> list[str]:
+    lines = [
+        "| server at 100 clients | RPS (median) | spread | CPU µs/call | vs floor |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {row['step']} | {row['rps']:,.0f} | {row['spread_pct']:.0f} % "
+        f"| {row['cpu_us_per_call']:.0f} | {row['vs_floor_pct']:+.0f} % |"
+        for row in pr["steps"]
+    ]
+    return lines
+
+
+def ingest_table(i: dict[str, Any]) -> list[str]:
+    lines = [
+        "| store / path | updates/s stored (median) | min-max | per CPU-second | server CPU "
+        "| all stored |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for key, c in i["cases"].items():
+        lines.append(
+            f"| {key} | {c['updates_per_s']:,.0f} | {c['min']:,.0f}-{c['max']:,.0f} "
+            f"| {c['updates_per_cpu_s']:,.0f} | {c['server_cpu_pct']:.0f} % | {c['all_stored']} |"
+        )
+    return lines
+
+
+def fanout_table(f: dict[str, Any]) -> list[str]:
+    lines = [
+        "| watchers | ack→received p50 | ack→received p99 | send→received p50 "
+        "| send→received p99 | server CPU µs per delivery |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for w, c in f["cases"].items():
+        lines.append(
+            f"| {w} | {c['ack_to_received_p50_ms']:.2f} ms | {c['ack_to_received_p99_ms']:.2f} ms "
+            f"| {c['send_to_received_p50_ms']:.2f} ms | {c['send_to_received_p99_ms']:.2f} ms "
+            f"| {c['server_cpu_us_per_delivery']:.0f} |"
+        )
+    return lines
+
+
+def sessions_table(s: dict[str, Any]) -> list[str]:
+    return [
+        "| sessions | heartbeat RTT p50 | p99 | KiB per idle session | tried | held "
+        "| answered after | RSS at max |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {s['sessions']:.0f} | {s['heartbeat_rtt_p50_ms']:.1f} ms "
+        f"| {s['heartbeat_rtt_p99_ms']:.1f} ms | {s['bytes_per_idle_session'] / 1024:.1f} "
+        f"| {s['tried']:.0f} | {s['held']:.0f} | {s['answered_after']:.0f} "
+        f"| {s['server_rss_mb_at_max']:.0f} MiB |",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    results = Path(argv[0]) if argv else RESULTS
+    out: list[str] = []
+    for name, render in (
+        ("unary", unary_table),
+        ("unary", wire_table),
+        ("batch", batch_table),
+        ("profile", profile_table),
+        ("ingest", ingest_table),
+        ("fanout", fanout_table),
+        ("sessions", sessions_table),
+    ):
+        data = _load(name, results)
+        if data is not None:
+            out += [f"### {name}", "", *render(data), ""]
+    machine = _load("machine", results)
+    if machine is not None:
+        out += ["```", json.dumps(machine, indent=1), "```"]
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,253 @@
+"""Servers under test, one per subprocess: `python -m bench.servers KIND --port P ...`.
+
+full     exactly what `driver-service serve --insecure` runs (server.start_server with
+         metrics, logging at INFO as JSON, uvloop), plus nothing
+chain    the same service and options with a chosen subset of the interceptor chain,
+         optionally with server-authenticated TLS, and the batch service
+bare     the floor: a grpc.aio servicer that returns a prebuilt response from a dict
+fastapi  GET /v1/drivers/{id} on FastAPI + uvicorn over the same DriverTracking
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import DRIVERS, driver_id
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.api.convert import driver_to_pb
+from driver_service.config import ServerSettings
+from driver_service.domain import Location
+
+INTERCEPTORS = ("recovery", "decoding", "request_id", "logging", "auth", "metrics")
+BENCH_SECRET = b"bench-secret-not-for-production-32-bytes"
+
+
+def preload_locations(now_ns: int | None = None) -> list[Location]:
+    """10,000 drivers spread over Berlin, each with one location a minute old."""
+    at = (now_ns or time.time_ns()) - 60_000_000_000
+    return [
+        Location(driver_id(n), 52.3 + (n % 100) / 500, 13.2 + (n // 100) / 500, 8.5, 90.0, at)
+        for n in range(DRIVERS)
+    ]
+
+
+async def preload(data_dir: Path) -> None:
+    """Write the drivers into the SQLite store the server will open."""
+    from driver_service.storage import SqliteRepository
+
+    settings = ServerSettings(data_dir=data_dir)
+    repository = await SqliteRepository.open(settings.sqlite_path())
+    try:
+        await repository.record_locations(preload_locations())
+    finally:
+        await repository.close()
+
+
+def settings_for(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        listen=f"127.0.0.1:{args.port}",
+        admin_listen="127.0.0.1:0" if args.kind == "full" else "",
+        data_dir=Path(args.data_dir),
+        store=args.store or None,
+        insecure=True,
+        rate_limit=args.rate_limit,
+        log_level=args.log_level,
+        log_format="json",
+        keepalive_timeout=args.keepalive_timeout,
+    )
+
+
+async def until_terminated() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def run_full(args: argparse.Namespace) -> None:
+    from driver_service.bootstrap import build_tracking
+    from driver_service.metrics import ServiceMetrics
+    from driver_service.server import start_server
+
+    settings = settings_for(args)
+    metrics = ServiceMetrics()
+    tracking = await build_tracking(settings, metrics)
+    running = await start_server(settings, tracking, metrics)
+    await until_terminated()
+    await running.stop(0)
+
+
+def chain_interceptors(names: list[str], metrics: Any) -> list[Any]:
+    """The production chain's interceptors, in production order, restricted to `names`."""
+    from driver_service.interceptors import (
+        DEFAULT_RULES,
+        AuthInterceptor,
+        AuthPolicy,
+        LoggingInterceptor,
+        RecoveryInterceptor,
+        RequestIdInterceptor,
+    )
+    from driver_service.interceptors.decoding import DecodingInterceptor
+    from driver_service.interceptors.metrics import MetricsInterceptor
+    from driver_service.security import TokenValidator
+
+    def auth() -> Any:
+        from driver_service.api.batch_servicer import BATCH_RULES
+
+        rules = {**DEFAULT_RULES, **BATCH_RULES}
+        return AuthInterceptor(AuthPolicy(TokenValidator.from_secret(BENCH_SECRET), rules=rules))
+
+    make = {
+        "recovery": RecoveryInterceptor,
+        "decoding": DecodingInterceptor,
+        "request_id": RequestIdInterceptor,
+        "logging": LoggingInterceptor,
+        "auth": auth,
+        "metrics": lambda: MetricsInterceptor(metrics),
+    }
+    unknown = set(names) - set(INTERCEPTORS)
+    if unknown:
+        raise SystemExit(f"unknown interceptors: {sorted(unknown)}")
+    return [make[name]() for name in INTERCEPTORS if name in names]
+
+
+async def run_chain(args: argparse.Namespace) -> None:
+    from grpc_health.v1 import _async as health_aio
+    from grpc_health.v1 import health_pb2_grpc
+
+    from driver_service.api import DriverServicer
+    from driver_service.api.batch_servicer import add_batch_service
+    from driver_service.bootstrap import build_tracking
+    from driver_service.metrics import ServiceMetrics
+    from driver_service.server import server_options
+
+    settings = settings_for(args)
+    metrics = ServiceMetrics()
+    tracking = await build_tracking(settings, metrics)
+    names = [n for n in args.interceptors.split(",") if n]
+    server = grpc.aio.server(
+        interceptors=chain_interceptors(names, metrics), options=server_options(settings)
+    )
+    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
+    add_batch_service(server, tracking)
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+    if args.tls:
+        tls = Path(args.tls)
+        creds = grpc.ssl_server_credentials(
+            [((tls / "server.key").read_bytes(), (tls / "server.crt").read_bytes())]
+        )
+        server.add_secure_port(settings.listen, creds)
+    else:
+        server.add_insecure_port(settings.listen)
+    await server.start()
+    await until_terminated()
+    await server.stop(0)
+    await tracking.close()
+
+
+class BareServicer(pb_grpc.DriverServiceServicer):
+    """The floor: no interceptors, no service layer, a dict of prebuilt responses."""
+
+    def __init__(self) -> None:
+        from driver_service.domain import Driver, Status
+
+        self.table = {
+            loc.driver_id: driver_to_pb(
+                Driver(loc.driver_id, Status.AVAILABLE, loc, loc.recorded_at_ns)
+            )
+            for loc in preload_locations()
+        }
+
+    async def GetDriver(self, request: pb.GetDriverRequest, context: Any) -> pb.GetDriverResponse:  # noqa: N802
+        return self.table[request.driver_id]
+
+
+async def run_bare(args: argparse.Namespace) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_DriverServiceServicer_to_server(BareServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    await server.start()
+    await until_terminated()
+    await server.stop(0)
+
+
+def run_fastapi(args: argparse.Namespace) -> None:
+    import uvicorn
+    from fastapi import FastAPI, HTTPException
+
+    from driver_service.bootstrap import build_tracking
+    from driver_service.domain import DriverNotFound, InvalidInput
+
+    app = FastAPI()
+    state: dict[str, Any] = {}
+
+    @app.get("/v1/drivers/{driver_id}")
+    async def get_driver(driver_id: str) -> dict[str, Any]:
+        try:
+            driver = await state["tracking"].get_driver(driver_id)
+        except DriverNotFound:
+            raise HTTPException(404, "driver not found") from None
+        except InvalidInput as exc:
+            raise HTTPException(400, str(exc)) from None
+        loc = driver.location
+        seconds, nanos = divmod(driver.last_seen_at_ns, 1_000_000_000)
+        return {
+            "driver_id": driver.driver_id,
+            "status": driver.status.value,
+            "latitude": loc.latitude if loc else 0.0,
+            "longitude": loc.longitude if loc else 0.0,
+            "last_seen_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{nanos:09d}Z",
+        }
+
+    async def main() -> None:
+        state["tracking"] = await build_tracking(settings_for(args))
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            loop="none",
+            access_log=False,
+            log_level="warning",
+        )
+        await uvicorn.Server(config).serve()
+
+    from driver_service.cli.serve_command import run_loop
+
+    run_loop(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=["full", "chain", "bare", "fastapi"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", default=".")
+    parser.add_argument("--interceptors", default=",".join(INTERCEPTORS))
+    parser.add_argument("--store", default="", help="store URL (default: SQLite in data dir)")
+    parser.add_argument("--tls", default="", help="directory with server.crt / server.key")
+    parser.add_argument("--rate-limit", type=float, default=0.0)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--keepalive-timeout", type=float, default=1.0)
+    args = parser.parse_args()
+    if args.kind == "fastapi":
+        run_fastapi(args)
+        return
+    from driver_service.cli.serve_command import run_loop
+    from driver_service.logs import configure_logging
+
+    configure_logging(args.log_level, "json")
+    run = {"full": run_full, "chain": run_chain, "bare": run_bare}[args.kind]
+    run_loop(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""4. DriverSession: heartbeat round trip with 1,000 concurrent sessions, server memory per
+idle session (RSS delta / sessions), and how many sessions one server process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import percentile, rss_bytes, run_async, server
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+
+#: Channels to one target share a connection unless told not to; each needs its own, since
+#: the server allows 1,000 concurrent streams per connection.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
+STREAMS_PER_CHANNEL = 500  # under the server's max_concurrent_streams (1000)
+
+
+class Session:
+    """One open DriverSession: send a heartbeat, await its pong."""
+
+    def __init__(self, stub: pb_grpc.DriverServiceStub) -> None:
+        self._out: asyncio.Queue[pb.DriverEvent | None] = asyncio.Queue()
+        self.call = stub.DriverSession(self._events())
+
+    async def _events(self) -> Any:
+        while (event := await self._out.get()) is not None:
+            yield event
+
+    async def ping(self) -> float:
+        started = time.perf_counter()
+        await self._out.put(pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=1)))
+        reply = await self.call.read()
+        if reply is grpc.aio.EOF or not reply.HasField("pong"):
+            raise RuntimeError(f"no pong: {reply}")
+        return (time.perf_counter() - started) * 1000
+
+    async def close(self) -> None:
+        await self._out.put(None)
+        self.call.cancel()
+
+
+async def open_sessions(
+    target: str, count: int, channels: list[grpc.aio.Channel]
+) -> tuple[list[Session], int]:
+    """Open `count` sessions (each proven by one heartbeat); return those that answered."""
+    need = count // STREAMS_PER_CHANNEL + 1
+    channels += [
+        grpc.aio.insecure_channel(target, options=OWN_CONNECTION)
+        for _ in range(need - len(channels))
+    ]
+    sessions: list[Session] = []
+    failed = 0
+    batch = 250
+    for start in range(0, count, batch):
+        opened = [
+            Session(pb_grpc.DriverServiceStub(channels[(start + i) // STREAMS_PER_CHANNEL]))
+            for i in range(min(batch, count - start))
+        ]
+        results = await asyncio.gather(*(s.ping() for s in opened), return_exceptions=True)
+        for s, r in zip(opened, results, strict=True):
+            if isinstance(r, BaseException):
+                failed += 1
+            else:
+                sessions.append(s)
+    return sessions, failed
+
+
+async def measure(
+    port: int, pid: int, sessions_n: int, rounds: int, max_sessions: int
+) -> dict[str, Any]:
+    target = f"127.0.0.1:{port}"
+    channels: list[grpc.aio.Channel] = []
+    warm, _ = await open_sessions(target, 50, channels)  # connections and code paths warm
+    for s in warm:
+        await s.close()
+    await asyncio.sleep(0.5)
+    gc.collect()
+    rss0 = rss_bytes(pid)
+    sessions, failed = await open_sessions(target, sessions_n, channels)
+    await asyncio.sleep(1.0)
+    rss1 = rss_bytes(pid)
+    rtts: list[float] = []
+    for _ in range(rounds):
+        rtts += await asyncio.gather(*(s.ping() for s in sessions))
+    rtts.sort()
+    result: dict[str, Any] = {
+        "sessions": len(sessions),
+        "failed": failed,
+        "heartbeat_rtt_p50_ms": percentile(rtts, 50),
+        "heartbeat_rtt_p99_ms": percentile(rtts, 99),
+        "heartbeat_rtt_max_ms": rtts[-1],
+        "rounds": rounds,
+        "bytes_per_idle_session": (rss1 - rss0) / max(1, len(sessions)),
+    }
+    more, failed_more = await open_sessions(target, max_sessions - len(sessions), channels)
+    held = len(sessions) + len(more)
+    await asyncio.sleep(1.0)
+    rss2 = rss_bytes(pid)
+    # All of them still answer: the server holds them, not just accepted them.
+    alive = await asyncio.gather(*(s.ping() for s in sessions + more), return_exceptions=True)
+    result.update(
+        tried=max_sessions,
+        held=held,
+        failed_to_open=failed_more + failed,
+        answered_after=sum(not isinstance(a, BaseException) for a in alive),
+        server_rss_mb_at_max=rss2 / 2**20,
+        bytes_per_session_at_max=(rss2 - rss0) / max(1, held),
+    )
+    for s in sessions + more:
+        await s.close()
+    for ch in channels:
+        await ch.close()
+    return result
+
+
+def run(
+    workdir: Path,
+    *,
+    repeats: int = 3,
+    sessions: int = 1000,
+    rounds: int = 5,
+    max_sessions: int = 10_000,
+) -> dict[str, Any]:
+    data = workdir / "sessions-data"
+    data.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for _ in range(repeats):  # a fresh server each time: RSS deltas from the same start
+        args = ["--data-dir", str(data)]
+        with server("full", *args, workdir=workdir) as srv:
+            runs.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    summary = {k: statistics.median(r[k] for r in runs) for k in keys}
+    print(
+        f"  {sessions} sessions: rtt p50 {summary['heartbeat_rtt_p50_ms']:.1f} ms p99 "
+        f"{summary['heartbeat_rtt_p99_ms']:.1f} ms; "
+        f"{summary['bytes_per_idle_session'] / 1024:.1f} KiB/idle session; "
+        f"held {summary['held']:.0f} of {max_sessions}"
+    )
+    return {**summary, "runs": runs}
