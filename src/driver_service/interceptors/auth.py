@@ -31,6 +31,8 @@ from typing import Any
 import grpc
 
 from driver_service.interceptors._handlers import (
+    HandlerCache,
+    MessageCheck,
     StreamBehavior,
     UnaryBehavior,
     checked_read_context,
@@ -114,6 +116,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, policy: AuthPolicy) -> None:
         self._policy = policy
+        self._cache = HandlerCache()
 
     async def intercept_service(
         self,
@@ -126,20 +129,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or self._policy.exempt.exempt(method):
             return handler
-        principal, refusal = self._authenticate(handler_call_details.invocation_metadata)
-        rule = self._policy.rules.get(method)
-        if refusal is None and principal is not None:
-            refusal = _admission(principal, rule, method)
-        check = _message_check(principal, rule)
+        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
 
-        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        rule = self._policy.rules.get(method)
+
+        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> MessageCheck | None:
+            """Authenticate and admit this call; return its per-message check, if any."""
+            principal, refusal = self._authenticate(context.invocation_metadata())
+            if refusal is None and principal is not None:
+                refusal = _admission(principal, rule, method)
             if refusal is not None:
                 await context.abort(*refusal)
             PRINCIPAL.set(principal)
+            return _message_check(principal, rule)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                await admit(context)
+                check = await admit(context)
                 if check is None:
                     return await behavior(request, context)
                 if handler.request_streaming:
@@ -154,7 +163,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             async def authorized(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                await admit(context)
+                check = await admit(context)
                 if check is None:
                     responses = behavior(request, context)
                 elif handler.request_streaming:

@@ -12,7 +12,12 @@ from typing import Any
 
 import grpc
 
-from driver_service.interceptors._handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from driver_service.interceptors._handlers import (
+    HandlerCache,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
 
 
 class Undecodable:
@@ -37,6 +42,9 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Second in the chain, so inner interceptors (auth) only ever see decoded messages."""
 
+    def __init__(self) -> None:
+        self._cache = HandlerCache()
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -47,9 +55,15 @@ class DecodingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        method = handler_call_details.method
+        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        assert handler.request_deserializer is not None
         message = (
-            f"the request to {handler_call_details.method} is not a valid protobuf message "
-            "of the method's request type"
+            f"the request to {method} is not a valid protobuf message of the method's request type"
         )
         streaming = handler.request_streaming
 

@@ -11,7 +11,12 @@ from typing import Any
 
 import grpc
 
-from driver_service.interceptors._handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from driver_service.interceptors._handlers import (
+    HandlerCache,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
 from driver_service.interceptors._status import code_of_exception, status_code
 from driver_service.interceptors.request_id import REQUEST_ID
 
@@ -40,6 +45,7 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger | None = None, *, errors_only: bool = False) -> None:
         self._log = logger or logging.getLogger("driver_service.rpc")
         self._errors_only = errors_only
+        self._cache = HandlerCache()
 
     async def intercept_service(
         self,
@@ -52,6 +58,11 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = handler_call_details.method
+        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         streaming_in = bool(handler.request_streaming)
         streaming_out = bool(handler.response_streaming)
 

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from driver_service.interceptors._handlers import (
+    HandlerCache,
     StreamBehavior,
     UnaryBehavior,
     counted_requests,
@@ -27,6 +28,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
+        self._cache = HandlerCache()
 
     async def intercept_service(
         self,
@@ -38,10 +40,14 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        method = handler_call_details.method
+        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         streaming_in = bool(handler.request_streaming)
-        m = self._metrics.method(
-            handler_call_details.method, grpc_type(streaming_in, bool(handler.response_streaming))
-        )
+        m = self._metrics.method(method, grpc_type(streaming_in, bool(handler.response_streaming)))
         return wrap_handler(handler, _unary(m, streaming_in), _stream(m, streaming_in))
 
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import grpc
 
-from driver_service.interceptors._handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from driver_service.interceptors._handlers import (
+    HandlerCache,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,9 @@ async def _recover(context: grpc.aio.ServicerContext[Any, Any], method: str) -> 
 class RecoveryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Outermost interceptor: callers get "internal server error"; the log gets the stack."""
 
+    def __init__(self) -> None:
+        self._cache = HandlerCache()
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -40,7 +48,11 @@ class RecoveryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         method = handler_call_details.method
+        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
 
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def recovered(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 try:

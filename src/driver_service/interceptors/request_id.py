@@ -12,7 +12,12 @@ from typing import Any
 
 import grpc
 
-from driver_service.interceptors._handlers import StreamBehavior, UnaryBehavior, wrap_handler
+from driver_service.interceptors._handlers import (
+    HandlerCache,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
@@ -56,6 +61,9 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
     the store is down must stay retryable), and sending headers separately costs a round of
     gRPC core work per call (~50 µs, measured). Streams get it in the headers at once."""
 
+    def __init__(self) -> None:
+        self._cache = HandlerCache()
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -66,17 +74,18 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        metadata = handler_call_details.invocation_metadata
+        return self._cache.wrap(handler, self._wrap)
 
-        def start() -> tuple[tuple[str, str]]:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        def start(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[tuple[str, str]]:
             # Each RPC runs in its own task, so the value needs no reset afterwards.
-            request_id = request_id_from(metadata)
+            request_id = request_id_from(context.invocation_metadata())
             REQUEST_ID.set(request_id)
             return ((REQUEST_ID_HEADER, request_id),)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def with_id(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                context.set_trailing_metadata(start())
+                context.set_trailing_metadata(start(context))
                 return await behavior(request, context)
 
             return with_id
@@ -85,7 +94,7 @@ class RequestIdInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             async def with_id(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                await context.send_initial_metadata(start())
+                await context.send_initial_metadata(start(context))
                 async for response in behavior(request, context):
                     yield response
 
