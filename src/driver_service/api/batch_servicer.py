@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import NANOS, timestamp_to_ns
-from driver_service.api.errors import status_for
+from driver_service.api.convert import NANOS
+from driver_service.api.errors import abort_with
+from driver_service.api.servicer import offer_update
 from driver_service.domain import DomainError, DriverNotFound
 from driver_service.interceptors.auth import MethodRule
 from driver_service.security.tokens import SCOPE_READ, SCOPE_WRITE
@@ -63,11 +64,6 @@ BATCH_RULES: Mapping[str, MethodRule] = {
 }
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    await context.abort(status_for(error), str(error))
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-
 class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
     """Batch lookups and batched uploads over the same DriverTracking as DriverServicer."""
 
@@ -105,7 +101,7 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
         try:
             return await self._lookup(request)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     async def LookupDrivers(  # noqa: N802
         self,
@@ -116,7 +112,7 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
             async for request in request_iterator:
                 yield await self._lookup(request)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     async def UploadLocationBatches(  # noqa: N802
         self,
@@ -128,20 +124,12 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
         only after their commit."""
         try:
             upload = self._tracking.new_upload()
-            offer = upload.offer
             async for batch in request_iterator:
                 for msg in batch.updates:
-                    await offer(
-                        msg.driver_id,
-                        msg.latitude,
-                        msg.longitude,
-                        msg.speed_mps,
-                        msg.heading_degrees,
-                        timestamp_to_ns(msg.timestamp) if msg.HasField("timestamp") else None,
-                    )
+                    await offer_update(upload, msg)
             result = await upload.finish()
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.UploadSummary(
             received_count=result.received_count,
             persisted_count=result.persisted_count,

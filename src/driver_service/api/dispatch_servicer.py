@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -12,29 +12,10 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.convert import ns_to_timestamp
-from driver_service.api.errors import status_for
-from driver_service.dispatch.offers import (
-    Command,
-    CommandNotFound,
-    CommandState,
-    NotOfferRecipient,
-    OfferNotOpen,
-)
+from driver_service.api.errors import abort_with
+from driver_service.dispatch.offers import Command, CommandState
 from driver_service.dispatch.service import Dispatch
 from driver_service.domain import DomainError, InvalidInput
-
-_DISPATCH_CODES: dict[type[DomainError], grpc.StatusCode] = {
-    CommandNotFound: grpc.StatusCode.NOT_FOUND,
-    NotOfferRecipient: grpc.StatusCode.PERMISSION_DENIED,
-    OfferNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    code = _DISPATCH_CODES.get(type(error)) or status_for(error)
-    await context.abort(code, str(error))
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
 
 #: The proto enum's value for each command state.
 _STATE: dict[CommandState, dpb.CommandState.ValueType] = {
@@ -86,7 +67,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 _seconds(request.max_age) if request.HasField("max_age") else None,
             )
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return dpb.FindNearbyDriversResponse(
             drivers=[
                 dpb.NearbyDriver(
@@ -107,7 +88,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
         try:
             view = await self._dispatch.describe(request.driver_id)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         d = view.driver
         return dpb.DispatchDriver(
             driver_id=d.driver_id,
@@ -140,7 +121,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 ttl_s=_seconds(request.ttl) if request.HasField("ttl") else None,
             )
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return dpb.SendCommandResponse(
             command_id=sent.command_id,
             state=_STATE[sent.state],
@@ -159,7 +140,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
             else:
                 command = await self._dispatch.get_command(request.command_id)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return _command_status(command)
 
     async def AnswerOffer(  # noqa: N802
@@ -170,5 +151,5 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 request.offer_id, request.driver_id, request.accepted
             )
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return _command_status(command)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 import grpc
 
+from driver_service.dispatch.offers import CommandNotFound, NotOfferRecipient, OfferNotOpen
 from driver_service.domain import (
     DomainError,
     DriverNotFound,
@@ -14,6 +17,9 @@ from driver_service.domain import (
 )
 
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
+    CommandNotFound: grpc.StatusCode.NOT_FOUND,
+    NotOfferRecipient: grpc.StatusCode.PERMISSION_DENIED,
+    OfferNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     DriverNotFound: grpc.StatusCode.NOT_FOUND,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -28,3 +34,9 @@ def status_for(error: DomainError) -> grpc.StatusCode:
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
+    """End the call with the status code for `error` and its message (never internals)."""
+    await context.abort(status_for(error), str(error))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover

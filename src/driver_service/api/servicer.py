@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, NoReturn
 
 import grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import driver_to_pb, location_to_pb, timestamp_to_ns
-from driver_service.api.errors import status_for
+from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, InvalidInput
 from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
 
@@ -23,12 +22,8 @@ _EMPTY_EVENT = (
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> NoReturn:
-    await context.abort(status_for(error), str(error))
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
-
-async def _offer(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
+async def offer_update(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
+    """Offer one wire update to an upload (validation, rate limit, group commit)."""
     return await ingest.offer(
         msg.driver_id,
         msg.latitude,
@@ -53,7 +48,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         try:
             driver = await self._tracking.get_driver(request.driver_id)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return driver_to_pb(driver)
 
     async def StreamLocation(  # noqa: N802
@@ -65,7 +60,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             async for location in self._tracking.watch(request.driver_id):
                 yield location_to_pb(location)
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     async def UploadLocations(  # noqa: N802
         self,
@@ -75,10 +70,10 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         try:
             upload = self._tracking.new_upload()
             async for msg in request_iterator:
-                await _offer(upload, msg)
+                await offer_update(upload, msg)
             result = await upload.finish()
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         return pb.UploadSummary(
             received_count=result.received_count,
             persisted_count=result.persisted_count,
@@ -95,7 +90,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             ingest = tracking.new_upload()
             inbox = tracking.open_session()
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         # Events are read by a pump task into the session's inbox, so that shutdown (and
         # later, server-pushed commands) can reach a session that is waiting for the client.
         pump = asyncio.get_running_loop().create_task(_pump(request_iterator, inbox))
@@ -110,7 +105,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                 assert isinstance(event, pb.DriverEvent)
                 kind = event.WhichOneof("event")
                 if kind == "location":
-                    rejected = await _offer(ingest, event.location)
+                    rejected = await offer_update(ingest, event.location)
                     if rejected is not None:
                         log.info("session dropped an invalid location: %s", rejected)
                     elif inbox.driver_id is None:
@@ -127,7 +122,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                     raise InvalidInput(_EMPTY_EVENT)
             await ingest.finish()
         except DomainError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
         finally:
             pump.cancel()
             tracking.close_session(inbox)
