@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import sqlite3
 import time
@@ -42,13 +41,9 @@ BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS
 GET_DRIVER = "GetDriver"
 STREAM_LOCATION = "StreamLocation"
 UPLOAD_LOCATIONS = "UploadLocations"
-#: No admin or metrics listener: their default ports would clash between replicas and with
-#: tests running in parallel (metrics has its own listener only in some settings versions).
-NO_SIDE_LISTENERS = {
-    name: ""
-    for name in ("admin_listen", "metrics_listen")
-    if name in {f.name for f in dataclasses.fields(ServerSettings)}
-}
+#: No admin listener: its default port would clash between replicas and with tests running
+#: in parallel.
+NO_SIDE_LISTENERS = {"admin_listen": ""}
 
 
 class CallLog:
