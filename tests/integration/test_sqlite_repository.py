@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from driver_service.domain import Driver, Location, Status
 from driver_service.storage.sqlite import SqliteRepository, StoreLocked
 from driver_service.storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNew, migrate
+from tests.sqlite_history import committed_history
 
 T0 = 1_717_200_000 * 10**9
 END = 2**63 - 1
@@ -22,17 +23,6 @@ END = 2**63 - 1
 
 def loc(driver_id: str, t: int, lat: float = 1.0) -> Location:
     return Location(driver_id, lat, 2.0 + t % 7, 3.0, 4.0, T0 + t)
-
-
-def history_rows(db: Path) -> list[tuple[str, int]]:
-    """Committed history as another connection sees it."""
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(
-            "SELECT driver_id, recorded_at_ns FROM location_history ORDER BY 1, 2"
-        ).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture
@@ -160,7 +150,7 @@ async def test_duplicate_fixes_are_idempotent(db: Path, repo: SqliteRepository) 
     assert await repo.record_locations([loc("a", 3), loc("a", 3)]) == [loc("a", 3)]
 
     assert advanced == []
-    assert history_rows(db) == [("a", T0 + 1), ("a", T0 + 2), ("a", T0 + 3)]
+    assert committed_history(db) == [("a", T0 + 1), ("a", T0 + 2), ("a", T0 + 3)]
     history = await repo.location_history("a", 0, END, 10)
     assert [x.latitude for x in history] == [10.0, 20.0, 1.0]
 
@@ -233,12 +223,12 @@ async def test_a_batch_that_fails_midway_leaves_no_trace(db: Path, repo: SqliteR
     await repo._run(lambda: repo._connection.set_progress_handler(None, 0))
 
     assert calls > 5
-    assert history_rows(db) == [("a", T0)]
+    assert committed_history(db) == [("a", T0)]
     driver = await repo.get_driver("a")
     assert driver is not None
     assert driver.location == loc("a", 0)
     assert await repo.record_locations([loc("a", 1)]) == [loc("a", 1)]
-    assert len(history_rows(db)) == 2
+    assert len(committed_history(db)) == 2
 
 
 async def test_wal_and_synchronous_full_are_set(db: Path, repo: SqliteRepository) -> None:

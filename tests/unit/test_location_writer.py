@@ -19,6 +19,7 @@ from driver_service.domain import Driver, Location, Status, StoreUnavailable
 from driver_service.ingest import LocationWriter
 from driver_service.service import DriverTracking
 from driver_service.storage.sqlite import SqliteRepository
+from tests.sqlite_history import committed_history
 
 
 class CountingRepository:
@@ -64,17 +65,6 @@ class CountingRepository:
 def make_loc(driver_id: str, i: int, base_ns: int | None = None) -> Location:
     base = time.time_ns() - 10**12 if base_ns is None else base_ns
     return Location(driver_id, (i % 180) - 89.5, (i % 360) - 179.5, 10.0, 90.0, base + i)
-
-
-def committed_history(db: Path) -> list[tuple[str, int]]:
-    """What another connection sees on disk right now: only committed rows."""
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(
-            "SELECT driver_id, recorded_at_ns FROM location_history ORDER BY 1, 2"
-        ).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture
