@@ -29,7 +29,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 
 UPLOAD = "/driver.v1.DriverService/UploadLocations"
 UPLOAD_BATCHES = "/driver.v1.DriverBatchService/UploadLocationBatches"
-PRODUCTION_INSECURE = "recovery,decoding,request_id,logging,metrics"
+PRODUCTION_INSECURE = "pipeline,request_id,logging,metrics"
 BATCH_SIZE = 500  # ~28 KB per LocationBatch: under the 64 KiB message limit
 
 

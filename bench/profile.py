@@ -17,29 +17,25 @@ from bench.servers import BENCH_SECRET, preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
 CLIENTS = 100
-#: Growing prefixes of the production order; "full" is server.start_server itself.
+#: The production pipeline with its concerns added one at a time; "full" is
+#: server.start_server itself.
 STEPS: list[tuple[str, str, str]] = [
     ("bare floor (dict, no interceptors)", "bare", ""),
     ("our servicer, no interceptors", "chain", ""),
-    ("+ recovery", "chain", "recovery"),
-    ("+ decoding", "chain", "recovery,decoding"),
-    ("+ request_id", "chain", "recovery,decoding,request_id"),
-    ("+ logging", "chain", "recovery,decoding,request_id,logging"),
-    (
-        "+ metrics (= production chain, auth off)",
-        "chain",
-        "recovery,decoding,request_id,logging,metrics",
-    ),
+    ("+ pipeline (recovery, decoding)", "chain", "pipeline"),
+    ("+ request_id", "chain", "pipeline,request_id"),
+    ("+ access log", "chain", "pipeline,request_id,logging"),
+    ("+ metrics (= production chain, auth off)", "chain", "pipeline,request_id,logging,metrics"),
     (
         "+ auth (service token on every call)",
         "chain",
-        "recovery,decoding,request_id,logging,auth,metrics",
+        "pipeline,request_id,logging,auth,metrics",
     ),
     ("full: server.start_server (production)", "full", ""),
     (
         "production chain, log level WARNING",
         "chain-warn",
-        "recovery,decoding,request_id,logging,metrics",
+        "pipeline,request_id,logging,metrics",
     ),
 ]
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")

@@ -26,7 +26,7 @@ from driver_service.api.convert import driver_to_pb
 from driver_service.config import ServerSettings
 from driver_service.domain import Location
 
-INTERCEPTORS = ("recovery", "decoding", "request_id", "logging", "auth", "metrics")
+INTERCEPTORS = ("pipeline", "request_id", "logging", "auth", "metrics")
 BENCH_SECRET = b"bench-secret-not-for-production-32-bytes"
 
 
@@ -87,37 +87,28 @@ async def run_full(args: argparse.Namespace) -> None:
 
 
 def chain_interceptors(names: list[str], metrics: Any) -> list[Any]:
-    """The production chain's interceptors, in production order, restricted to `names`."""
-    from driver_service.interceptors import (
-        DEFAULT_RULES,
-        AuthInterceptor,
-        AuthPolicy,
-        LoggingInterceptor,
-        RecoveryInterceptor,
-        RequestIdInterceptor,
-    )
-    from driver_service.interceptors.decoding import DecodingInterceptor
-    from driver_service.interceptors.metrics import MetricsInterceptor
+    """The production CallPipeline with only the concerns in `names` (recovery and decoding
+    are always part of it: "pipeline" alone is just those); no names, no interceptor."""
+    from driver_service.api.batch_servicer import BATCH_RULES
+    from driver_service.interceptors import DEFAULT_RULES, AccessLog, AuthPolicy, CallPipeline
     from driver_service.security import TokenValidator
 
-    def auth() -> Any:
-        from driver_service.api.batch_servicer import BATCH_RULES
-
-        rules = {**DEFAULT_RULES, **BATCH_RULES}
-        return AuthInterceptor(AuthPolicy(TokenValidator.from_secret(BENCH_SECRET), rules=rules))
-
-    make = {
-        "recovery": RecoveryInterceptor,
-        "decoding": DecodingInterceptor,
-        "request_id": RequestIdInterceptor,
-        "logging": LoggingInterceptor,
-        "auth": auth,
-        "metrics": lambda: MetricsInterceptor(metrics),
-    }
     unknown = set(names) - set(INTERCEPTORS)
     if unknown:
         raise SystemExit(f"unknown interceptors: {sorted(unknown)}")
-    return [make[name]() for name in INTERCEPTORS if name in names]
+    if not names:
+        return []
+    auth = AuthPolicy(
+        TokenValidator.from_secret(BENCH_SECRET), rules={**DEFAULT_RULES, **BATCH_RULES}
+    )
+    return [
+        CallPipeline(
+            auth=auth if "auth" in names else None,
+            access_log=AccessLog() if "logging" in names else None,
+            metrics=metrics if "metrics" in names else None,
+            request_ids="request_id" in names,
+        )
+    ]
 
 
 async def run_chain(args: argparse.Namespace) -> None:

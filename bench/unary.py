@@ -21,7 +21,7 @@ GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 PROBE_ID = driver_id(4242)
 GET_DRIVER = "/driver.v1.DriverService/GetDriver"
 #: What the chain variant uses for "the production chain": all but auth (insecure, auth off).
-PRODUCTION_INSECURE = "recovery,decoding,request_id,logging,metrics"
+PRODUCTION_INSECURE = "pipeline,request_id,logging,metrics"
 
 
 def get_driver_body(ident: str = PROBE_ID) -> bytes:

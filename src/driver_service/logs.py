@@ -1,31 +1,78 @@
-"""Logging setup: JSON lines for machines (default off a terminal), readable text on one."""
+"""Logging setup: JSON lines for machines (default off a terminal), readable text on one.
+
+The JSON handler can also write a line from a dict of fields without building a LogRecord:
+the access log writes one line per call, and the logging module's generic path (LogRecord,
+filters, formatter) costs about as much CPU as a whole GetDriver.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
-from driver_service.interceptors import RequestIdFilter
+from driver_service.interceptors.request_id import REQUEST_ID, RequestIdFilter
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+#: Strings that need no JSON escaping: printable ASCII without quote or backslash.
+_PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
+
+
+class _SecondCache:
+    """ISO-8601 UTC timestamps with milliseconds; the part down to the second is formatted
+    once per second (strftime is the slow part)."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def iso(self, created: float) -> str:
+        second = int(created)
+        if second != self.second:
+            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self.second = second
+        return f"{self.prefix}.{int((created - second) * 1000):03d}+00:00"
+
+
+_clock = _SecondCache()
+
+
+def iso_millis(created: float) -> str:
+    """`created` (seconds since the epoch) as 2026-11-26T04:40:00.123+00:00."""
+    return _clock.iso(created)
+
+
+def json_string(value: str) -> str:
+    """`value` as a JSON string literal; plain ASCII skips the encoder."""
+    if _PLAIN.match(value):
+        return f'"{value}"'
+    return json.dumps(value)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, and any `extra`."""
 
+    def __init__(self, static: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": iso_millis(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None)
-        if request_id:
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id != "-":
             out["request_id"] = request_id
+        out.update(self.static)
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in out:
                 out[key] = value
@@ -34,29 +81,71 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class WorkerFilter(logging.Filter):
-    """Tags every record with the worker number, so logs show which process served a call."""
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes JsonFormatter lines; `write_fields` writes the same shape of line straight from
+    a dict, for records whose fields are all plain values (the access log's fast path)."""
 
-    def __init__(self, worker: int) -> None:
-        super().__init__()
-        self.worker = worker
+    def __init__(self, stream: TextIO, static: dict[str, Any] | None = None) -> None:
+        super().__init__(stream)
+        self.setFormatter(JsonFormatter(static))
+        self._static = "".join(
+            f",{json_string(k)}:{json.dumps(v, default=str)}" for k, v in (static or {}).items()
+        )
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.worker = self.worker
-        return True
+    def write_fields(
+        self, level: int, logger: str, message: str, fields: dict[str, str | int | float]
+    ) -> None:
+        """One line with time, level, logger, message, `fields` and the handler's static
+        fields (worker). Keys are the caller's identifiers; string values are escaped."""
+        parts = [
+            f'{{"time":"{iso_millis(time.time())}","level":"{logging.getLevelName(level)}",'
+            f'"logger":{json_string(logger)},"message":{json_string(message)}'
+        ]
+        for key, value in fields.items():
+            parts.append(
+                f',"{key}":{json_string(value)}' if isinstance(value, str) else f',"{key}":{value}'
+            )
+        parts.append(self._static)
+        parts.append("}\n")
+        line = "".join(parts)
+        with self.lock:  # type: ignore[union-attr]
+            self.stream.write(line)
+            self.flush()
+
+
+def fast_json_sink(logger: logging.Logger, level: int) -> JsonLinesHandler | None:
+    """The one handler a record of `level` from `logger` would reach, if that is a plain
+    JsonLinesHandler and no filter is in the way; else None (use the logging module)."""
+    if logger.filters or logger.disabled:
+        return None
+    found: JsonLinesHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or not isinstance(handler, JsonLinesHandler):
+                return None
+            if handler.filters or level < handler.level:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
 
 
 def configure_logging(level: str, fmt: str = "auto", worker: int | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
-    if worker is not None:
-        handler.addFilter(WorkerFilter(worker))
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler: logging.Handler
     if as_json:
-        handler.setFormatter(JsonFormatter())
+        handler = JsonLinesHandler(sys.stderr, {"worker": worker} if worker is not None else {})
     else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(RequestIdFilter())
+        worker_part = f"[w{worker}] " if worker is not None else ""
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+            logging.Formatter(
+                f"%(asctime)s %(levelname)-7s {worker_part}%(name)s [%(request_id)s] %(message)s"
+            )
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -10,7 +10,7 @@ Example::
     metrics = ServiceMetrics()
     repository = InstrumentedRepository(await SqliteRepository.open(path), metrics)
     bus = InstrumentedBus(MemoryBus(), metrics)
-    server = grpc.aio.server(interceptors=[..., MetricsInterceptor(metrics)])
+    server = grpc.aio.server(interceptors=server_interceptors(auth, metrics=metrics))
     body, content_type = metrics.render()
 """
 

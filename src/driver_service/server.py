@@ -35,7 +35,6 @@ from driver_service.interceptors import (
     ExemptServices,
     server_interceptors,
 )
-from driver_service.interceptors.metrics import MetricsInterceptor
 from driver_service.keepalive import server_options as keepalive_options
 from driver_service.metrics import ServiceMetrics
 from driver_service.security import (
@@ -167,9 +166,7 @@ async def start_server(
         auth = build_auth_policy(settings)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"token key: {exc}") from exc
-    interceptors = server_interceptors(auth, access_log=settings.access_log)
-    if metrics is not None:
-        interceptors.append(MetricsInterceptor(metrics))
+    interceptors = server_interceptors(auth, access_log=settings.access_log, metrics=metrics)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     add_batch_service(server, tracking)

@@ -18,6 +18,7 @@ from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
 from driver_service.bus import MemoryBus
 from driver_service.interceptors import AuthPolicy, server_interceptors
+from driver_service.metrics import ServiceMetrics
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
@@ -51,6 +52,20 @@ class Env:
     stub: pb_grpc.DriverServiceStub
     records: Records
     token: str
+    metrics: ServiceMetrics
+    target: str
+
+    def handled(self, method: str, code: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "grpc_server_handled_total",
+            {
+                "grpc_service": "driver.v1.DriverService",
+                "grpc_method": method,
+                "grpc_type": "unary",
+                "grpc_code": code,
+            },
+        )
+        return value or 0.0
 
 
 @pytest.fixture(params=["all"])
@@ -64,7 +79,8 @@ async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
     policy = AuthPolicy(TokenValidator.from_secret(SECRET))
-    chain = server_interceptors(policy, logger, access_log=request.param)
+    metrics = ServiceMetrics()
+    chain = server_interceptors(policy, logger, access_log=request.param, metrics=metrics)
     server = grpc.aio.server(interceptors=chain)
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -72,7 +88,7 @@ async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     token = TokenIssuer.from_secret(SECRET).issue_service(["drivers:read", "drivers:write"])
     try:
-        yield Env(pb_grpc.DriverServiceStub(channel), records, token)
+        yield Env(pb_grpc.DriverServiceStub(channel), records, token, metrics, f"127.0.0.1:{port}")
     finally:
         await channel.close()
         await server.stop(0)
@@ -121,7 +137,7 @@ async def test_unary_record_has_every_field_and_no_token(env: Env) -> None:
     await env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env))
     await env.stub.GetDriver(pb.GetDriverRequest(driver_id="d1"), metadata=meta(env))
     [record] = env.records.calls("/driver.v1.DriverService/GetDriver")
-    fields = record.rpc  # type: ignore[attr-defined]
+    fields = vars(record)
     assert set(fields) >= {"method", "peer", "duration_ms", "code", "request_id"}
     assert fields["code"] == "OK"
     assert fields["duration_ms"] >= 0
@@ -168,6 +184,24 @@ async def test_refused_calls_are_logged_with_their_code(env: Env) -> None:
     [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.code == "UNAUTHENTICATED"  # type: ignore[attr-defined]
     assert "nope" not in str(record.__dict__)
+    # Refusals are counted too (an alert on a wave of bad tokens needs them).
+    assert env.handled("GetDriver", "Unauthenticated") == 1
+    assert env.handled("GetDriver", "OK") == 0
+
+
+async def test_undecodable_request_is_invalid_argument_logged_and_counted(env: Env) -> None:
+    channel = grpc.aio.insecure_channel(env.target)
+    try:
+        raw = channel.unary_unary("/driver.v1.DriverService/GetDriver")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(b"\xff\xff\xff", metadata=meta(env, "undecodable-1"))
+    finally:
+        await channel.close()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in (info.value.details() or "")
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
+    assert (record.code, record.request_id) == ("INVALID_ARGUMENT", "undecodable-1")  # type: ignore[attr-defined]
+    assert env.handled("GetDriver", "InvalidArgument") == 1
 
 
 async def test_streams_return_the_request_id_in_their_headers(env: Env) -> None:

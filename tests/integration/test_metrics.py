@@ -1,5 +1,5 @@
-"""MetricsInterceptor and the instrumented store and bus on a real server: counters per method
-and code, message counts for every stream kind, open streams back to 0 afterwards."""
+"""The call pipeline's metrics and the instrumented store and bus on a real server: counters
+per method and code, message counts for every stream kind, open streams back to 0 afterwards."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
 from driver_service.bus import MemoryBus
-from driver_service.interceptors import RecoveryInterceptor
-from driver_service.interceptors.metrics import MetricsInterceptor
+from driver_service.interceptors import server_interceptors
 from driver_service.metrics import InstrumentedBus, InstrumentedRepository, ServiceMetrics
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
@@ -45,7 +44,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     )
     tracking = DriverTracking(repository, InstrumentedBus(MemoryBus(), metrics))
     await tracking.start()
-    server = grpc.aio.server(interceptors=[RecoveryInterceptor(), MetricsInterceptor(metrics)])
+    server = grpc.aio.server(
+        interceptors=server_interceptors(None, access_log="off", metrics=metrics)
+    )
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

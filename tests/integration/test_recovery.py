@@ -1,4 +1,4 @@
-"""RecoveryInterceptor on a real grpc.aio server: a bug in any kind of handler reaches the
+"""The call pipeline's recovery on a real grpc.aio server: a bug in any kind of handler reaches the
 caller as INTERNAL "internal server error" with no internals, and deliberate aborts keep
 their status code."""
 
@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from driver_service.interceptors import RecoveryInterceptor
+from driver_service.interceptors import server_interceptors
 
 SECRET = "secret detail"
 SERVICE = "test.Recovery"
@@ -84,7 +84,7 @@ HANDLERS = {
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[RecoveryInterceptor()])
+    server = grpc.aio.server(interceptors=server_interceptors(None, access_log="off"))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, HANDLERS),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -1,19 +1,18 @@
-"""Server interceptors, one concern per module, applying to all four RPC kinds."""
+"""The server's per-call concerns (request ids, auth, decoding, metrics, recovery, access
+log), applied to all four RPC kinds by one CallPipeline interceptor."""
 
+from driver_service.interceptors.access_log import AccessLog
 from driver_service.interceptors.auth import (
     DEFAULT_RULES,
-    AuthInterceptor,
     AuthPolicy,
     MethodRule,
     current_principal,
 )
 from driver_service.interceptors.chain import server_interceptors
-from driver_service.interceptors.logging import LoggingInterceptor
-from driver_service.interceptors.recovery import RecoveryInterceptor
+from driver_service.interceptors.pipeline import CallPipeline
 from driver_service.interceptors.request_id import (
     REQUEST_ID_HEADER,
     RequestIdFilter,
-    RequestIdInterceptor,
     current_request_id,
 )
 from driver_service.interceptors.selector import DEFAULT_EXEMPT, ExemptServices
@@ -22,14 +21,12 @@ __all__ = [
     "DEFAULT_EXEMPT",
     "DEFAULT_RULES",
     "REQUEST_ID_HEADER",
-    "AuthInterceptor",
+    "AccessLog",
     "AuthPolicy",
+    "CallPipeline",
     "ExemptServices",
-    "LoggingInterceptor",
     "MethodRule",
-    "RecoveryInterceptor",
     "RequestIdFilter",
-    "RequestIdInterceptor",
     "current_principal",
     "current_request_id",
     "server_interceptors",

@@ -2,7 +2,7 @@
 
 grpc.aio interceptors only see the handler; to act around the call (and around each
 message of a stream) an interceptor must replace the behaviour function and keep the
-(de)serializers. This module does that once for every interceptor.
+(de)serializers.
 """
 
 from __future__ import annotations
@@ -66,27 +66,8 @@ def _as_stream(behavior: Callable[..., Any]) -> StreamBehavior:
 
 _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from grpc-stubs
 
-#: Called with each incoming message of a stream before the handler sees it; it may abort.
-MessageCheck = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
-
-
-async def checked_requests(
-    requests: AsyncIterator[Any],
-    context: grpc.aio.ServicerContext[Any, Any],
-    check: MessageCheck,
-) -> AsyncIterator[Any]:
-    """Yield `requests`, running `check` on each message first; a check that aborts ends the
-    call there, so that message and every later one never reach the handler."""
-    async for message in requests:
-        await check(message, context)
-        yield message
-
-
-def checked_read_context(
-    context: grpc.aio.ServicerContext[Any, Any], check: MessageCheck
-) -> grpc.aio.ServicerContext[Any, Any]:
-    """`context` with `read()` checked, typed as the context handlers expect."""
-    return cast("grpc.aio.ServicerContext[Any, Any]", CheckedReadContext(context, check))
+#: Returns why a message is refused (status code and message), or None to let it through.
+ReadCheck = Callable[[Any], "tuple[grpc.StatusCode, str] | None"]
 
 
 class CheckedReadContext:
@@ -94,58 +75,22 @@ class CheckedReadContext:
     `context.read()` instead of iterating cannot bypass per-message checks. Everything
     else is the real context."""
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], check: MessageCheck) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], check: ReadCheck) -> None:
         self._context = context
         self._check = check
 
+    @classmethod
+    def of(
+        cls, context: grpc.aio.ServicerContext[Any, Any], check: ReadCheck
+    ) -> grpc.aio.ServicerContext[Any, Any]:
+        """`context` with `read()` checked, typed as the context handlers expect."""
+        return cast("grpc.aio.ServicerContext[Any, Any]", cls(context, check))
+
     async def read(self) -> Any:
         message = await self._context.read()
-        if message is not _EOF:
-            await self._check(message, self._context)
+        if message is not _EOF and (refusal := self._check(message)) is not None:
+            await self._context.abort(*refusal)
         return message
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
-
-
-async def counted_requests(
-    requests: AsyncIterator[Any], count: Callable[[], None]
-) -> AsyncIterator[Any]:
-    """Yield `requests`, calling `count` (synchronously: no await per message) for each."""
-    async for message in requests:
-        count()
-        yield message
-
-
-class HandlerCache:
-    """Wrapped handlers, built once per inner handler instead of once per call.
-
-    grpc's generic handlers return the same handler object for a method on every call, and
-    every interceptor of ours wraps it the same way each time (per-call data comes from the
-    context), so the wrapped handler can be reused: with six interceptors this saves
-    rebuilding six handlers and their closures on every RPC. Bounded, in case an inner
-    handler is ever rebuilt per call.
-    """
-
-    __slots__ = ("_entries",)
-
-    MAX_ENTRIES = 4096
-
-    def __init__(self) -> None:
-        self._entries: dict[
-            int, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
-
-    def wrap(
-        self,
-        handler: grpc.RpcMethodHandler[Any, Any],
-        build: Callable[[grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        entry = self._entries.get(id(handler))
-        if entry is not None and entry[0] is handler:
-            return entry[1]
-        wrapped = build(handler)
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[id(handler)] = (handler, wrapped)
-        return wrapped

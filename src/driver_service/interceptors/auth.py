@@ -1,6 +1,6 @@
-"""Interceptor that authenticates every call (unary and streaming) with a bearer JWT and
-authorizes it per method, checking each incoming message of a stream before the handler
-sees it.
+"""Who may call what: every call (unary and streaming) is authenticated with a bearer JWT
+and authorized per method, and each incoming message of a stream is checked before the
+handler sees it (the call pipeline applies these decisions; this module makes them).
 
 Policy for driver.v1.DriverService:
 
@@ -23,22 +23,13 @@ and may be persisted; they were legitimate, the caller's own driver id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from driver_service.interceptors._handlers import (
-    HandlerCache,
-    MessageCheck,
-    StreamBehavior,
-    UnaryBehavior,
-    checked_read_context,
-    checked_requests,
-    wrap_handler,
-)
 from driver_service.interceptors.selector import ExemptServices
 from driver_service.security.tokens import (
     SCOPE_READ,
@@ -50,6 +41,15 @@ from driver_service.security.tokens import (
 
 AUTHORIZATION_HEADER = "authorization"
 _DRIVER_SERVICE = "/driver.v1.DriverService/"
+
+#: Why a call or a message is refused: the status code and a message the caller can act on.
+Refusal = tuple[grpc.StatusCode, str]
+#: Checks one incoming message of a stream; a refusal ends the call at that message.
+MessageCheck = Callable[[Any], Refusal | None]
+FOREIGN_DRIVER: Refusal = (
+    grpc.StatusCode.PERMISSION_DENIED,
+    "a driver token may act only for its own driver id",
+)
 
 #: The authenticated caller of the current call (None outside a call or on exempt services).
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("principal", default=None)
@@ -102,98 +102,19 @@ class AuthPolicy:
     exempt: ExemptServices = field(default_factory=ExemptServices.of)
 
 
-def _authorization(metadata: Any) -> tuple[str | None, int]:
-    values = [v for k, v in metadata or () if k == AUTHORIZATION_HEADER]
-    if not values:
-        return None, 0
-    value = values[0]
-    return (value if isinstance(value, str) else None), len(values)
+def authenticate(
+    policy: AuthPolicy, authorization: str | None, count: int
+) -> tuple[Principal | None, Refusal | None]:
+    """The caller's principal from its `authorization` header values (`count` of them)."""
+    if count > 1:
+        return None, (grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
+    try:
+        return policy.validator.validate_authorization(authorization), None
+    except InvalidToken as exc:
+        return None, (grpc.StatusCode.UNAUTHENTICATED, str(exc))
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """UNAUTHENTICATED when the token is missing or invalid (the message says which check
-    failed); PERMISSION_DENIED when the caller may not do this."""
-
-    def __init__(self, policy: AuthPolicy) -> None:
-        self._policy = policy
-        self._cache = HandlerCache()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or self._policy.exempt.exempt(method):
-            return handler
-        return self._cache.wrap(handler, lambda h: self._wrap(h, method))
-
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        rule = self._policy.rules.get(method)
-
-        async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> MessageCheck | None:
-            """Authenticate and admit this call; return its per-message check, if any."""
-            principal, refusal = self._authenticate(context.invocation_metadata())
-            if refusal is None and principal is not None:
-                refusal = _admission(principal, rule, method)
-            if refusal is not None:
-                await context.abort(*refusal)
-            PRINCIPAL.set(principal)
-            return _message_check(principal, rule)
-
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                check = await admit(context)
-                if check is None:
-                    return await behavior(request, context)
-                if handler.request_streaming:
-                    guarded = checked_read_context(context, check)
-                    return await behavior(checked_requests(request, context, check), guarded)
-                await check(request, context)
-                return await behavior(request, context)
-
-            return authorized
-
-        def stream(behavior: StreamBehavior) -> StreamBehavior:
-            async def authorized(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                check = await admit(context)
-                if check is None:
-                    responses = behavior(request, context)
-                elif handler.request_streaming:
-                    guarded = checked_read_context(context, check)
-                    responses = behavior(checked_requests(request, context, check), guarded)
-                else:
-                    await check(request, context)
-                    responses = behavior(request, context)
-                async for response in responses:
-                    yield response
-
-            return authorized
-
-        return wrap_handler(handler, unary, stream)
-
-    def _authenticate(
-        self, metadata: Any
-    ) -> tuple[Principal | None, tuple[grpc.StatusCode, str] | None]:
-        value, count = _authorization(metadata)
-        if count > 1:
-            return None, (grpc.StatusCode.UNAUTHENTICATED, "more than one authorization header")
-        try:
-            return self._policy.validator.validate_authorization(value), None
-        except InvalidToken as exc:
-            return None, (grpc.StatusCode.UNAUTHENTICATED, str(exc))
-
-
-def _admission(
-    principal: Principal, rule: MethodRule | None, method: str
-) -> tuple[grpc.StatusCode, str] | None:
+def admission(principal: Principal, rule: MethodRule | None, method: str) -> Refusal | None:
     """Method-level decision, before any message is read."""
     if rule is None:
         return grpc.StatusCode.PERMISSION_DENIED, f"{method} is not allowed"
@@ -206,9 +127,7 @@ def _admission(
     return None
 
 
-def _message_check(
-    principal: Principal | None, rule: MethodRule | None
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]] | None:
+def message_check(principal: Principal | None, rule: MethodRule | None) -> MessageCheck | None:
     """For driver tokens, a check that each message names the token's own driver id."""
     if principal is None or principal.kind != "driver" or rule is None:
         return None
@@ -217,12 +136,10 @@ def _message_check(
         return None
     own = principal.subject
 
-    async def check(message: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def check(message: Any) -> Refusal | None:
         named = driver_id_of(message)
         if named is not None and named != own:
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "a driver token may act only for its own driver id",
-            )
+            return FOREIGN_DRIVER
+        return None
 
     return check

@@ -1,4 +1,4 @@
-"""The server's interceptor chain, in the one order that makes each concern see the others."""
+"""The server's call pipeline as grpc.aio interceptors, built from the service's settings."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import logging
 
 import grpc
 
-from driver_service.interceptors.auth import AuthInterceptor, AuthPolicy
-from driver_service.interceptors.decoding import DecodingInterceptor
-from driver_service.interceptors.logging import LoggingInterceptor
-from driver_service.interceptors.recovery import RecoveryInterceptor
-from driver_service.interceptors.request_id import RequestIdInterceptor
+from driver_service.interceptors.access_log import ACCESS_LOG_ERRORS, ACCESS_LOG_OFF, AccessLog
+from driver_service.interceptors.auth import AuthPolicy
+from driver_service.interceptors.pipeline import CallPipeline
+from driver_service.metrics import ServiceMetrics
 
 
 def server_interceptors(
@@ -18,22 +17,17 @@ def server_interceptors(
     logger: logging.Logger | None = None,
     *,
     access_log: str = "all",
+    metrics: ServiceMetrics | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    """recovery → decoding → request id → logging → auth (→ metrics, appended by the caller).
+    """The interceptors for `grpc.aio.server(interceptors=...)`: one CallPipeline.
 
-    Recovery is outermost so nothing escapes as a raw exception; the request id is set before
-    logging reads it; logging sees auth refusals with their codes. `auth=None` (only for
-    `--insecure` development) skips authentication entirely. `access_log` is "all" (a line
-    per call), "errors" (calls that did not end OK) or "off".
+    `auth=None` (only for `--insecure` development) skips authentication entirely.
+    `access_log` is "all" (a line per call), "errors" (calls that did not end OK) or "off";
+    `metrics`, when given, receives go-grpc-prometheus series for every call.
     """
-    chain: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        RecoveryInterceptor(),
-        DecodingInterceptor(),
-        RequestIdInterceptor(),
-    ]
-    if access_log != "off":
-        chain.append(LoggingInterceptor(logger, errors_only=access_log == "errors"))
-    if auth is not None:
-        chain.append(AuthInterceptor(auth))
-    # Metrics hook slot: the metrics interceptor is appended here (innermost) by the lead.
-    return chain
+    log = (
+        None
+        if access_log == ACCESS_LOG_OFF
+        else AccessLog(logger, errors_only=access_log == ACCESS_LOG_ERRORS)
+    )
+    return [CallPipeline(auth=auth, access_log=log, metrics=metrics)]

@@ -1,0 +1,361 @@
+"""Every per-call concern of the server in one wrapper per method, for all four RPC kinds.
+
+In order, for each call: a request id (the caller's `x-request-id` if sane, else a new one)
+returned to the caller; authentication and per-method authorization; undecodable requests
+answered INVALID_ARGUMENT; each incoming stream message checked (decodable, and naming the
+token's own driver) before the handler sees it; go-grpc-prometheus metrics; an escaping
+exception answered INTERNAL without details; one access-log line at the end.
+
+One wrapper instead of a chain of interceptors because in grpc.aio each interceptor layer is
+an extra coroutine per call and an extra async generator per stream message, and the
+CPU per call is the service's throughput limit (BENCHMARKS.md: the six-interceptor chain cost
+48 % of the bare server's throughput). The wrapped handler is built once per method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+from driver_service.interceptors._handlers import (
+    CheckedReadContext,
+    StreamBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
+from driver_service.interceptors._status import code_of_exception, status_code
+from driver_service.interceptors.access_log import AccessLog
+from driver_service.interceptors.auth import (
+    AUTHORIZATION_HEADER,
+    PRINCIPAL,
+    AuthPolicy,
+    MessageCheck,
+    Refusal,
+    admission,
+    authenticate,
+    message_check,
+)
+from driver_service.interceptors.decoding import UNDECODABLE, tolerant, undecodable_message
+from driver_service.interceptors.recovery import recover
+from driver_service.interceptors.request_id import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    is_safe_request_id,
+    new_request_id,
+)
+from driver_service.metrics import MethodMetrics, ServiceMetrics, grpc_type
+
+_OK = grpc.StatusCode.OK
+_INTERNAL = grpc.StatusCode.INTERNAL
+if TYPE_CHECKING:
+    _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+
+
+class _Counts:
+    """Messages of one call, for the access log."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+
+
+class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The server's one interceptor. `auth=None` (only for `--insecure` development) skips
+    authentication; `access_log=None` writes no access log; `metrics=None` counts nothing;
+    `request_ids=False` neither reads nor returns request ids (benchmarks of the parts)."""
+
+    MAX_METHODS = 4096
+
+    def __init__(
+        self,
+        *,
+        auth: AuthPolicy | None = None,
+        access_log: AccessLog | None = None,
+        metrics: ServiceMetrics | None = None,
+        request_ids: bool = True,
+    ) -> None:
+        self._auth = auth
+        self._access_log = access_log
+        self._metrics = metrics
+        self._request_ids = request_ids
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return self.wrap(handler_call_details.method, handler)
+
+    def wrap(self, method: str, handler: _Handler) -> _Handler:
+        """`handler` of `method` with the pipeline around it, built on the method's first call
+        (grpc hands out the same handler object for a method on every call)."""
+        entry = self._wrapped.get(method)
+        if entry is not None and entry[0] is handler:
+            return entry[1]
+        wrapped = self._build(method, handler)
+        if len(self._wrapped) >= self.MAX_METHODS:  # only if handlers are rebuilt per call
+            self._wrapped.clear()
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _build(self, method: str, handler: _Handler) -> _Handler:
+        call = _MethodCalls(
+            method,
+            handler,
+            auth=self._auth,
+            access_log=self._access_log,
+            metrics=self._metrics,
+            request_ids=self._request_ids,
+        )
+        deserializer = handler.request_deserializer
+        return wrap_handler(
+            handler,
+            call.unary,
+            call.stream,
+            tolerant(deserializer) if deserializer is not None else None,
+        )
+
+
+class _MethodCalls:
+    """What the pipeline does around the calls of one method; everything that does not
+    change per call is resolved here, once."""
+
+    __slots__ = (
+        "access_log",
+        "auth",
+        "bad_request",
+        "method",
+        "metrics",
+        "request_ids",
+        "rule",
+        "streaming_in",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        handler: _Handler,
+        *,
+        auth: AuthPolicy | None,
+        access_log: AccessLog | None,
+        metrics: ServiceMetrics | None,
+        request_ids: bool,
+    ) -> None:
+        self.method = method
+        self.streaming_in = bool(handler.request_streaming)
+        streaming_out = bool(handler.response_streaming)
+        self.metrics: MethodMetrics | None = (
+            metrics.method(method, grpc_type(self.streaming_in, streaming_out))
+            if metrics is not None
+            else None
+        )
+        self.auth = auth if auth is not None and not auth.exempt.exempt(method) else None
+        self.rule = self.auth.rules.get(method) if self.auth is not None else None
+        self.access_log = access_log
+        self.request_ids = request_ids
+        self.bad_request: Refusal = (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            undecodable_message(method),
+        )
+
+    def begin(self, context: _Context) -> tuple[str, MessageCheck | None, Refusal | None]:
+        """The call's request id (set for its log lines), its per-message check, and why it
+        is refused, if it is; one pass over the metadata."""
+        request_id = ""
+        authorization: str | None = None
+        auth_headers = 0
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTHORIZATION_HEADER:
+                auth_headers += 1
+                if auth_headers == 1 and isinstance(value, str):
+                    authorization = value
+            elif key == REQUEST_ID_HEADER and not request_id and is_safe_request_id(value):
+                request_id = value
+        if self.request_ids:
+            request_id = request_id or new_request_id()
+            REQUEST_ID.set(request_id)  # each call runs in its own task: no reset needed
+        else:
+            request_id = "-"
+        if self.auth is None:
+            return request_id, None, None
+        principal, refusal = authenticate(self.auth, authorization, auth_headers)
+        if principal is None or refusal is not None:
+            return request_id, None, refusal
+        refusal = admission(principal, self.rule, self.method)
+        PRINCIPAL.set(principal)
+        return request_id, message_check(principal, self.rule), refusal
+
+    def check_of(self, check: MessageCheck | None) -> MessageCheck:
+        """Every incoming message of a stream: decodable, then `check` (the token's own)."""
+        bad_request = self.bad_request
+
+        def checked(message: Any) -> Refusal | None:
+            if message is UNDECODABLE:
+                return bad_request
+            return check(message) if check is not None else None
+
+        return checked
+
+    async def incoming(
+        self,
+        requests: AsyncIterator[Any],
+        context: _Context,
+        check: MessageCheck | None,
+        counts: _Counts,
+    ) -> AsyncIterator[Any]:
+        """`requests`, each counted and checked before the handler sees it; a refused
+        message ends the call there, so it and every later one never reach the handler."""
+        received = self.metrics.msg_received if self.metrics is not None else None
+        bad_request = self.bad_request
+        async for message in requests:
+            counts.received += 1
+            if received is not None:
+                received.inc()
+            if message is UNDECODABLE:
+                await context.abort(*bad_request)
+            if check is not None and (refusal := check(message)) is not None:
+                await context.abort(*refusal)
+            yield message
+
+    async def admit_request(
+        self, request: Any, context: _Context, check: MessageCheck | None, counts: _Counts
+    ) -> tuple[Any, _Context]:
+        """What the handler reads: the checked stream, or the checked single request."""
+        if self.streaming_in:
+            if check is not None:  # a handler reading with context.read() is checked too
+                context = CheckedReadContext.of(context, self.check_of(check))
+            return self.incoming(request, context, check, counts), context
+        counts.received = 1
+        if self.metrics is not None:
+            self.metrics.msg_received.inc()
+        if request is UNDECODABLE:
+            await context.abort(*self.bad_request)
+        if check is not None and (refusal := check(request)) is not None:
+            await context.abort(*refusal)
+        return request, context
+
+    def started(self) -> float:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.started.inc()
+            if metrics.open_streams is not None:
+                metrics.open_streams.inc()
+        return time.perf_counter()
+
+    def finish(
+        self,
+        context: _Context,
+        started: float,
+        code: grpc.StatusCode,
+        request_id: str,
+        counts: _Counts,
+        streaming: bool,
+    ) -> None:
+        duration = time.perf_counter() - started
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.handling.observe(duration)
+            metrics.handled[code].inc()
+            if metrics.open_streams is not None:
+                metrics.open_streams.dec()
+        if self.access_log is not None:
+            try:
+                peer = context.peer()
+            except Exception:  # noqa: BLE001 - the call may already be torn down
+                peer = "unknown"
+            self.access_log.record(
+                self.method,
+                peer,
+                duration,
+                code,
+                request_id,
+                counts.received,
+                counts.sent,
+                streaming,
+            )
+
+    def unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
+        """Unary and client-streaming calls: one response."""
+
+        async def call(request: Any, context: _Context) -> Any:
+            started = self.started()
+            counts = _Counts()
+            request_id = "-"
+            code = _OK
+            try:
+                request_id, check, refusal = self.begin(context)
+                if self.request_ids:
+                    # Trailers, not headers: headers sent before a failure commit the call
+                    # and clients never retry it, and a separate send costs ~50 µs.
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                if refusal is not None:
+                    await context.abort(*refusal)
+                request, context = await self.admit_request(request, context, check, counts)
+                response = await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = status_code(context.code())
+                raise
+            except Exception:  # noqa: BLE001 - logged and answered INTERNAL by recover()
+                code = _INTERNAL
+                await recover(context, self.method)
+                return None
+            except BaseException as exc:
+                code = code_of_exception(exc, context)
+                raise
+            else:
+                code = status_code(context.code())
+                if code is _OK:
+                    counts.sent = 1
+                    if self.metrics is not None:
+                        self.metrics.msg_sent.inc()
+                return response
+            finally:
+                self.finish(context, started, code, request_id, counts, self.streaming_in)
+
+        return call
+
+    def stream(self, behavior: StreamBehavior) -> StreamBehavior:
+        """Server-streaming and bidirectional calls."""
+
+        async def call(request: Any, context: _Context) -> AsyncIterator[Any]:
+            started = self.started()
+            counts = _Counts()
+            request_id = "-"
+            code = _OK
+            sent = self.metrics.msg_sent if self.metrics is not None else None
+            try:
+                request_id, check, refusal = self.begin(context)
+                if self.request_ids:
+                    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                if refusal is not None:
+                    await context.abort(*refusal)
+                request, context = await self.admit_request(request, context, check, counts)
+                async for response in behavior(request, context):
+                    counts.sent += 1
+                    if sent is not None:
+                        sent.inc()
+                    yield response
+                code = status_code(context.code())
+            except grpc.aio.AbortError:
+                code = status_code(context.code())
+                raise
+            except Exception:  # noqa: BLE001 - logged and answered INTERNAL by recover()
+                code = _INTERNAL
+                await recover(context, self.method)
+            except BaseException as exc:
+                code = code_of_exception(exc, context)
+                raise
+            finally:
+                self.finish(context, started, code, request_id, counts, True)
+
+        return call

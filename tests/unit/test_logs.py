@@ -1,0 +1,132 @@
+"""JSON log lines: the access log's fast path writes the same line the logging module would,
+valid JSON whatever the strings hold, and steps aside for any other logging setup."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from driver_service.interceptors import AccessLog
+from driver_service.interceptors.request_id import REQUEST_ID
+from driver_service.logs import (
+    JsonFormatter,
+    JsonLinesHandler,
+    configure_logging,
+    fast_json_sink,
+    iso_millis,
+)
+
+HOSTILE = 'peer "quoted" \\ back\nnew line \x00 nul \u00e9t\u00e9 \U0001f697'
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    log = logging.getLogger("test.logs.fast")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    yield log
+    log.handlers.clear()
+    log.filters.clear()
+    log.propagate = True
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_fast_line_matches_the_formatter_line(logger: logging.Logger) -> None:
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, {"worker": 3})
+    logger.addHandler(handler)
+    fields: dict[str, str | int | float] = {
+        "request_id": "abc",
+        "method": "/driver.v1.DriverService/GetDriver",
+        "peer": HOSTILE,
+        "duration_ms": 0.125,
+        "messages_in": 1,
+    }
+    handler.write_fields(logging.WARNING, logger.name, f"rpc to {HOSTILE}", fields)
+    logger.warning("rpc to %s", HOSTILE, extra=fields)
+    fast, slow = lines(stream)
+    assert fast.pop("time")
+    assert slow.pop("time")
+    assert fast == slow
+    assert fast["peer"] == HOSTILE
+    assert fast["worker"] == 3
+    assert fast["level"] == "WARNING"
+
+
+def test_timestamps_are_iso_utc_with_milliseconds() -> None:
+    for created in (0.0, 1_764_000_000.0, 1_764_000_000.999, 1_764_000_001.0005):
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert iso_millis(created) == expected
+
+
+def test_fast_sink_only_for_a_lone_unfiltered_json_handler(logger: logging.Logger) -> None:
+    logger.handlers.clear()  # pytest's capture handlers, if it put any here
+    assert fast_json_sink(logger, logging.INFO) is None  # no handler at all
+    handler = JsonLinesHandler(io.StringIO())
+    logger.addHandler(handler)
+    assert fast_json_sink(logger, logging.INFO) is handler
+    handler.setLevel(logging.WARNING)
+    assert fast_json_sink(logger, logging.INFO) is None
+    assert fast_json_sink(logger, logging.WARNING) is handler
+    handler.setLevel(logging.NOTSET)
+    logger.addFilter(logging.Filter("other"))
+    assert fast_json_sink(logger, logging.INFO) is None
+    logger.filters.clear()
+    logger.addHandler(logging.StreamHandler(io.StringIO()))
+    assert fast_json_sink(logger, logging.INFO) is None
+
+
+def test_access_log_through_the_service_logging_setup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("INFO", "json", worker=1)
+        access = AccessLog()
+        access.record("/svc/M", HOSTILE, 0.0015, grpc.StatusCode.OK, "rid-1", 3, 1, True)
+        access.record("/svc/M", "p", 0.1, grpc.StatusCode.INTERNAL, "rid-2", 1, 0, False)
+        token = REQUEST_ID.set("outer")
+        logging.getLogger("driver_service.other").info("plain %d", 7)
+        REQUEST_ID.reset(token)
+        configure_logging("WARNING", "json")
+        AccessLog().record("/svc/M", "p", 0.1, grpc.StatusCode.OK, "rid-3", 1, 1, False)
+    finally:
+        root.handlers[:], root.level = saved
+    ok, fault, plain = lines(stream)
+    assert ok["logger"] == "driver_service.rpc"
+    assert (ok["level"], ok["code"], ok["peer"], ok["request_id"]) == (
+        "INFO",
+        "OK",
+        HOSTILE,
+        "rid-1",
+    )
+    assert (ok["messages_in"], ok["messages_out"], ok["duration_ms"]) == (3, 1, 1.5)
+    assert ok["worker"] == 1
+    assert "in=3 out=1" in str(ok["message"])
+    assert (fault["level"], fault["code"]) == ("WARNING", "INTERNAL")
+    assert (plain["message"], plain["request_id"], plain["worker"]) == ("plain 7", "outer", 1)
+
+
+def test_formatter_keeps_exceptions_and_extra_fields() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("x").makeRecord(
+            "x", logging.ERROR, "f.py", 1, "failed", (), sys.exc_info(), extra={"driver": "d1"}
+        )
+    out = json.loads(JsonFormatter().format(record))
+    assert out["driver"] == "d1"
+    assert "ValueError: boom" in out["exception"]
