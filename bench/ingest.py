@@ -94,14 +94,17 @@ def one_point(
     streams: int,
     batched: bool,
     workdir: Path,
+    stores: bool = True,
 ) -> dict[str, Any]:
+    """One ingest measurement; with `stores=False` (the bare floor) nothing is stored and
+    every update of a stream that succeeded counts."""
     base_ns = time.time_ns() - 3_600_000_000_000 + int(time.monotonic_ns() % 10**12)
     files = []
     for s, body in enumerate(bodies(total, streams, batched, base_ns)):
         f = workdir / f"ingest-body-{s}.bin"
         f.write_bytes(body)
         files.append(f)
-    before = stored_rows(data, store)
+    before = stored_rows(data, store) if stores else 0
     path = UPLOAD_BATCHES if batched else UPLOAD
     url = f"http://127.0.0.1:{port}{path}"
     cpu0 = cpu_seconds(pid)
@@ -134,8 +137,10 @@ def one_point(
     outputs = [p.communicate()[0] for p in procs]
     wall = time.monotonic() - t0
     cpu = cpu_seconds(pid) - cpu0
-    stored = stored_rows(data, store) - before
     failed = sum("1 succeeded" not in o for o in outputs)
+    stored = (
+        stored_rows(data, store) - before if stores else total * (len(files) - failed) // len(files)
+    )
     for f in files:
         f.unlink()
     return {
@@ -161,14 +166,23 @@ def run(
         ("batches_1_stream", 1, True),
         ("batches_50_streams", 50, True),
     ]
-    for store_name, store in [("sqlite", ""), *[("postgres", s) for s in stores]]:
+    setups = [
+        # The floor: grpc.aio reading the seed's stream and nothing else.
+        ("bare", "", "bare", [], cases[:2]),
+        # Our servicer and store without the call pipeline: what the pipeline costs.
+        ("sqlite-no-pipeline", "", "chain", ["--interceptors", ""], cases[:2]),
+        ("sqlite", "", "chain", ["--interceptors", PRODUCTION_INSECURE], cases),
+        *[
+            ("postgres", s, "chain", ["--interceptors", PRODUCTION_INSECURE, "--store", s], cases)
+            for s in stores
+        ],
+    ]
+    for store_name, store, kind, extra, store_cases in setups:
         data = workdir / f"ingest-{store_name}"
         data.mkdir(parents=True, exist_ok=True)
-        args = ["--data-dir", str(data), "--interceptors", PRODUCTION_INSECURE]
-        if store:
-            args += ["--store", store]
-        with server("chain", *args, workdir=workdir) as srv:
-            for name, streams, batched in cases:
+        args = [] if kind == "bare" else ["--data-dir", str(data), *extra]
+        with server(kind, *args, workdir=workdir) as srv:
+            for name, streams, batched in store_cases:
                 n = total * (4 if batched else 1)
                 runs = [
                     one_point(
@@ -180,6 +194,7 @@ def run(
                         streams=streams,
                         batched=batched,
                         workdir=workdir,
+                        stores=kind != "bare",
                     )
                     for _ in range(repeats)
                 ]

@@ -4,7 +4,8 @@ full     exactly what `driver-service serve --insecure` runs (server.start_serve
          metrics, logging at INFO as JSON, uvloop), plus nothing
 chain    the same service and options with a chosen subset of the interceptor chain,
          optionally with server-authenticated TLS, and the batch service
-bare     the floor: a grpc.aio servicer that returns a prebuilt response from a dict
+bare     the floor: a grpc.aio servicer that returns a prebuilt response from a dict, and
+         reads an UploadLocations stream without storing it
 fastapi  GET /v1/drivers/{id} on FastAPI + uvicorn over the same DriverTracking
 """
 
@@ -86,7 +87,7 @@ async def run_full(args: argparse.Namespace) -> None:
     await running.stop(0)
 
 
-def chain_interceptors(names: list[str], metrics: Any) -> list[Any]:
+def chain_pipeline(names: list[str], metrics: Any) -> Any:
     """The production CallPipeline with only the concerns in `names` (recovery and decoding
     are always part of it: "pipeline" alone is just those); no names, no interceptor."""
     from driver_service.api.batch_servicer import BATCH_RULES
@@ -97,18 +98,16 @@ def chain_interceptors(names: list[str], metrics: Any) -> list[Any]:
     if unknown:
         raise SystemExit(f"unknown interceptors: {sorted(unknown)}")
     if not names:
-        return []
+        return None
     auth = AuthPolicy(
         TokenValidator.from_secret(BENCH_SECRET), rules={**DEFAULT_RULES, **BATCH_RULES}
     )
-    return [
-        CallPipeline(
-            auth=auth if "auth" in names else None,
-            access_log=AccessLog() if "logging" in names else None,
-            metrics=metrics if "metrics" in names else None,
-            request_ids="request_id" in names,
-        )
-    ]
+    return CallPipeline(
+        auth=auth if "auth" in names else None,
+        access_log=AccessLog() if "logging" in names else None,
+        metrics=metrics if "metrics" in names else None,
+        request_ids="request_id" in names,
+    )
 
 
 async def run_chain(args: argparse.Namespace) -> None:
@@ -125,12 +124,12 @@ async def run_chain(args: argparse.Namespace) -> None:
     metrics = ServiceMetrics()
     tracking = await build_tracking(settings, metrics)
     names = [n for n in args.interceptors.split(",") if n]
-    server = grpc.aio.server(
-        interceptors=chain_interceptors(names, metrics), options=server_options(settings)
-    )
-    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
-    add_batch_service(server, tracking)
-    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+    server = grpc.aio.server(options=server_options(settings))
+    pipeline = chain_pipeline(names, metrics)
+    services = server if pipeline is None else pipeline.around(server)  # as server.py does
+    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), services)
+    add_batch_service(services, tracking)
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), services)
     if args.tls:
         tls = Path(args.tls)
         creds = grpc.ssl_server_credentials(
@@ -160,6 +159,15 @@ class BareServicer(pb_grpc.DriverServiceServicer):
 
     async def GetDriver(self, request: pb.GetDriverRequest, context: Any) -> pb.GetDriverResponse:  # noqa: N802
         return self.table[request.driver_id]
+
+    async def UploadLocations(  # noqa: N802
+        self, request_iterator: Any, context: Any
+    ) -> pb.UploadSummary:
+        """The ingest floor: read and count every message, store nothing."""
+        received = 0
+        async for _ in request_iterator:
+            received += 1
+        return pb.UploadSummary(received_count=received, persisted_count=received)
 
 
 async def run_bare(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ from driver_service.interceptors import (
     DEFAULT_RULES,
     AuthPolicy,
     ExemptServices,
-    server_interceptors,
+    call_pipeline,
 )
 from driver_service.keepalive import server_options as keepalive_options
 from driver_service.metrics import ServiceMetrics
@@ -166,19 +166,23 @@ async def start_server(
         auth = build_auth_policy(settings)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"token key: {exc}") from exc
-    interceptors = server_interceptors(auth, access_log=settings.access_log, metrics=metrics)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
-    driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
-    add_batch_service(server, tracking)
+    pipeline = call_pipeline(auth, access_log=settings.access_log, metrics=metrics)
+    server = grpc.aio.server(options=server_options(settings))
+    # Every service is registered through the pipeline: all of them get its checks.
+    services_server = pipeline.around(server)
+    driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), services_server)
+    add_batch_service(services_server, tracking)
     services_served = [SERVICE_NAME, BATCH_SERVICE_NAME]
     if dispatch is not None:
-        dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(dispatch), server)
+        dispatch_pb2_grpc.add_DispatchServiceServicer_to_server(
+            DispatchServicer(dispatch), services_server
+        )
         services_served.append(DISPATCH_SERVICE_NAME)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services_server)
     if settings.reflection:
         reflection.enable_server_reflection(
-            [*services_served, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [*services_served, health.SERVICE_NAME, reflection.SERVICE_NAME], services_server
         )
     bound, reloader = _bind(server, settings)
     await server.start()

@@ -31,6 +31,9 @@ STREAMS = 20
 PER_STREAM = 2_000
 CHUNK = 200
 KILL_AFTER_ACKS = 6
+#: Streams from this one on hold their last chunk until the kill: however fast or slow the
+#: server is, they are mid-send when it dies.
+HELD_FROM = 10
 ALL_TIME = (0, 2**63 - 1)
 
 
@@ -70,12 +73,16 @@ async def test_acknowledged_uploads_survive_sigkill(launcher: Launcher, data_dir
     acked: dict[int, pb.UploadSummary] = {}
     failed: dict[int, tuple[grpc.StatusCode, str]] = {}
     read_back: dict[int, pb.GetDriverResponse] = {}
+    killed = asyncio.Event()
 
     async def paced(stream: int) -> AsyncIterator[pb.LocationUpdate]:
         """Send in chunks, later streams slower, so streams finish one after another and
-        most are mid-send when the first few are acknowledged."""
+        most are mid-send when the first few are acknowledged; held streams wait for the
+        kill before their last chunk."""
         messages = payloads[stream]
         for start in range(0, PER_STREAM, CHUNK):
+            if stream >= HELD_FROM and start + CHUNK >= PER_STREAM:
+                await asyncio.wait_for(killed.wait(), 60)
             for msg in messages[start : start + CHUNK]:
                 yield msg
             await asyncio.sleep(0.005 * (1 + stream))
@@ -104,6 +111,7 @@ async def test_acknowledged_uploads_survive_sigkill(launcher: Launcher, data_dir
             read_back[stream] = got
             if len(read_back) == KILL_AFTER_ACKS:
                 server.kill()  # in the middle: the other streams are mid-send right now
+                killed.set()
 
         await asyncio.gather(*(run(i) for i in range(STREAMS)))
 

@@ -8,7 +8,7 @@ from driver_service.interceptors.auth import (
     MethodRule,
     current_principal,
 )
-from driver_service.interceptors.chain import server_interceptors
+from driver_service.interceptors.chain import call_pipeline, server_interceptors
 from driver_service.interceptors.pipeline import CallPipeline
 from driver_service.interceptors.request_id import (
     REQUEST_ID_HEADER,
@@ -27,6 +27,7 @@ __all__ = [
     "ExemptServices",
     "MethodRule",
     "RequestIdFilter",
+    "call_pipeline",
     "current_principal",
     "current_request_id",
     "server_interceptors",

@@ -15,8 +15,8 @@ CPU per call is the service's throughput limit (BENCHMARKS.md: the six-intercept
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 
@@ -108,6 +108,12 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    def around(self, server: grpc.aio.Server) -> grpc.aio.Server:
+        """`server` for the generated `add_*_to_server` functions, wrapping every handler
+        they register in the pipeline: the same calls as `interceptors=[pipeline]`, without
+        grpc.aio's interceptor hop (a coroutine and a lookup on every call)."""
+        return cast("grpc.aio.Server", _PipelinedServer(server, self))
+
     def _build(self, method: str, handler: _Handler) -> _Handler:
         call = _MethodCalls(
             method,
@@ -124,6 +130,56 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             call.stream,
             tolerant(deserializer) if deserializer is not None else None,
         )
+
+
+class _PipelinedHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A registered service's handlers, each handed out wrapped in the pipeline."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], pipeline: CallPipeline) -> None:
+        self._inner = inner
+        self._pipeline = pipeline
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._pipeline.wrap(handler_call_details.method, handler)
+
+
+class _PipelinedServer:
+    """Stands in for the server where services are registered; everything else is the
+    real server's."""
+
+    def __init__(self, server: grpc.aio.Server, pipeline: CallPipeline) -> None:
+        self._server = server
+        self._pipeline = pipeline
+
+    def add_generic_rpc_handlers(
+        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_PipelinedHandlers(handler, self._pipeline) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, _Handler]
+    ) -> None:
+        wrap = self._pipeline.wrap
+        register = getattr(self._server, "add_registered_method_handlers")  # noqa: B009 - not in grpc-stubs
+        register(
+            service_name,
+            {
+                name: wrap(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+# Registration helpers such as grpc_reflection's pick their asyncio servicer by isinstance.
+grpc.aio.Server.register(_PipelinedServer)  # type: ignore[attr-defined]
 
 
 class _MethodCalls:
