@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
@@ -154,3 +155,24 @@ async def test_two_servers_in_one_process_keep_separate_registries() -> None:
     body, content_type = first.render()
     assert content_type.startswith("text/plain")
     assert b'driver_service_updates_rejected_total{reason="invalid"} 1.0' in body
+
+
+async def test_rendered_text_parses_with_consistent_histograms(env: Env) -> None:
+    await env.stub.UploadLocations(iter([update("r1")]))
+    for _ in range(3):
+        await env.stub.GetDriver(pb.GetDriverRequest(driver_id="r1"))
+    body, _ = env.metrics.render()
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert not [s for f in families.values() for s in f.samples if s.name.endswith("_created")]
+    handling = families["grpc_server_handling_seconds"].samples
+    get = {"grpc_service": SERVICE, "grpc_method": "GetDriver", "grpc_type": "unary"}
+    buckets = [
+        s.value for s in handling if s.name.endswith("_bucket") and get.items() <= s.labels.items()
+    ]
+    assert buckets == sorted(buckets)
+    assert (
+        buckets[-1]
+        == env.rpc("grpc_server_handling_seconds_count", "GetDriver", grpc_type="unary")
+        == 3
+    )
+    assert env.rpc("grpc_server_handling_seconds_sum", "GetDriver", grpc_type="unary") > 0
