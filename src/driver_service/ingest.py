@@ -62,6 +62,22 @@ class LocationWriter:
             self._room.clear()
         return done
 
+    def submit_many(self, locations: Sequence[Location]) -> asyncio.Future[None]:
+        """Queue many updates at once (one batched message); like submit, the future
+        resolves once all of them are durably committed. The batch may pass max_pending by
+        one message's worth: callers wait for room before each message, not each update."""
+        if self._closed:
+            raise StoreUnavailable("the server is shutting down and no longer accepts updates")
+        done = self._batch_done
+        if done is None:
+            done = self._batch_done = asyncio.get_running_loop().create_future()
+        self._batch.extend(locations)
+        self._idle.clear()
+        self._work.set()
+        if len(self._batch) >= self._max_pending:
+            self._room.clear()
+        return done
+
     async def wait_for_room(self) -> None:
         """Backpressure: wait while the pending batch is full."""
         if not self._room.is_set():

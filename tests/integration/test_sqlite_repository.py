@@ -334,3 +334,57 @@ async def test_location_history_range_and_limit(repo: SqliteRepository) -> None:
 
 async def test_ping_succeeds_on_an_open_store(repo: SqliteRepository) -> None:
     await repo.ping()
+
+
+async def test_batches_across_statement_boundaries_store_every_row_once(
+    repo: SqliteRepository, db: Path
+) -> None:
+    """Rows go in as multi-row statements of ROWS_PER_STATEMENT; sizes around that edge
+    (and a resend of the same batch) must store each (driver, time) exactly once."""
+    from driver_service.storage.sqlite import ROWS_PER_STATEMENT
+
+    sizes = [1, ROWS_PER_STATEMENT - 1, ROWS_PER_STATEMENT, ROWS_PER_STATEMENT + 1, 3 * 64 + 5]
+    start = 0
+    for size in sizes:
+        batch = [loc(f"d{t % 7}", t) for t in range(start, start + size)]
+        await repo.record_locations(batch)
+        await repo.record_locations(batch)  # resent: idempotent
+        start += size
+    assert len(committed_history(db)) == start
+    newest = await repo.get_driver("d0")
+    assert newest is not None
+    assert newest.location is not None
+    assert newest.location.recorded_at_ns == T0 + max(t for t in range(start) if t % 7 == 0)
+
+
+async def test_migration_2_keeps_every_row_of_a_version_1_file(db: Path) -> None:
+    from driver_service.storage.sqlite_schema import MIGRATIONS
+
+    db.parent.mkdir(parents=True)
+    con = sqlite3.connect(db, isolation_level=None)
+    try:
+        con.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+        con.executemany(
+            "INSERT INTO location_history VALUES (?, ?, 1.0, 2.0, 3.0, 4.0)",
+            [("b", T0 + 2), ("a", T0 + 1), ("a", T0 + 3)],
+        )
+        con.execute(
+            "INSERT INTO drivers VALUES ('a', 'BUSY', 1.0, 2.0, 3.0, 4.0, ?, ?)", (T0 + 3, T0 + 3)
+        )
+    finally:
+        con.close()
+
+    repository = await SqliteRepository.open(db)
+    try:
+        assert committed_history(db) == [("a", T0 + 1), ("a", T0 + 3), ("b", T0 + 2)]
+        assert [x.recorded_at_ns for x in await repository.location_history("a", 0, END, 9)] == [
+            T0 + 1,
+            T0 + 3,
+        ]
+        driver = await repository.get_driver("a")
+        assert driver is not None
+        assert driver.status is Status.BUSY
+        await repository.record_locations([Location("a", 1.0, 2.0, 3.0, 4.0, T0 + 1)])
+        assert len(committed_history(db)) == 3  # still idempotent on (driver, time)
+    finally:
+        await repository.close()

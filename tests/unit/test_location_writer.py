@@ -303,3 +303,21 @@ async def test_upload_waits_for_room_instead_of_growing_the_batch(
     assert max(repo.calls) <= 5
     assert len(committed_history(db)) == 20
     await tracking.writer.close()
+
+
+async def test_submit_many_shares_one_commit_and_stores_all(
+    db: Path, repo: CountingRepository
+) -> None:
+    writer = LocationWriter(repo, MemoryBus())
+    writer.start()
+    base = time.time_ns() - 10**12
+    first = writer.submit_many([make_loc(f"d{i}", i, base) for i in range(150)])
+    second = writer.submit_many([make_loc("d0", 1000, base)])
+    assert first is second  # same open batch, one commit
+    await asyncio.wait_for(first, 5)
+    await writer.close()
+
+    assert len(committed_history(db)) == 151
+    driver = await repo.get_driver("d0")
+    assert driver is not None
+    assert driver.location == make_loc("d0", 1000, base)

@@ -20,7 +20,7 @@ from driver_service.domain import (
     validate_driver_id,
     validate_location,
 )
-from driver_service.domain.validation import EARLIEST_TIMESTAMP_NS
+from driver_service.domain.validation import EARLIEST_TIMESTAMP_NS, validate_locations
 from tests.unit import strategies as ds
 
 
@@ -150,3 +150,50 @@ def test_parse_status_truncates_a_huge_value_in_the_message() -> None:
     assert "X" * 32 + "…" in message
     assert "X" * 33 not in message
     assert message.startswith("status_change.new_status ")
+
+
+_FIELDS = ("driver_id", "latitude", "longitude", "speed_mps", "heading_degrees", "recorded_at_ns")
+
+
+def _one_by_one(fix: tuple[Any, ...]) -> Location | str:
+    try:
+        return validate_location(*fix, now_ns=ds.NOW_NS)
+    except InvalidInput as error:
+        return str(error)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            ds.valid_location_kwargs(),
+            st.builds(
+                lambda kwargs, bad: {**kwargs, bad[0]: bad[1]},
+                ds.valid_location_kwargs(),
+                st.one_of(
+                    st.tuples(st.sampled_from(_FIELDS[1:5]), ds.non_finite() | st.just(-400.0)),
+                    st.tuples(st.just("driver_id"), st.sampled_from(["", "-x", "a" * 129])),
+                    st.tuples(st.just("recorded_at_ns"), st.sampled_from([0, 2**62])),
+                ),
+            ),
+        ),
+        max_size=20,
+    )
+)
+def test_validate_locations_decides_each_fix_as_validate_location_does(
+    fixes: list[dict[str, Any]],
+) -> None:
+    """The batch path inlines the checks; it must accept and refuse exactly the same fixes,
+    with the same messages, in order."""
+    rows = [tuple(fix[name] for name in _FIELDS) for fix in fixes]
+    valid, rejected = validate_locations(rows, ds.NOW_NS)
+
+    expected = [_one_by_one(row) for row in rows]
+    assert valid == [x for x in expected if isinstance(x, Location)]
+    assert [str(e) for e in rejected] == [x for x in expected if isinstance(x, str)]
+
+
+def test_validate_locations_reads_a_missing_timestamp_as_now() -> None:
+    valid, rejected = validate_locations([("d1", 1.0, 2.0, 3.0, 4.0, None)], ds.NOW_NS)
+
+    assert rejected == []
+    assert valid == [Location("d1", 1.0, 2.0, 3.0, 4.0, ds.NOW_NS)]

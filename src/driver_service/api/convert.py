@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.domain import Driver, Location
+from driver_service.domain.validation import Fix
 
 NANOS = 1_000_000_000
 
@@ -50,3 +53,20 @@ def pb_to_location(msg: pb.LocationUpdate) -> Location:
         msg.heading_degrees,
         timestamp_to_ns(msg.timestamp),
     )
+
+
+def update_fixes(updates: Iterable[pb.LocationUpdate]) -> Iterator[Fix]:
+    """Each wire update as a plain tuple for validate_locations; an unset timestamp is None
+    ("now"). HasField is asked only when seconds and nanos are both 0, which is rare."""
+    for msg in updates:
+        ts = msg.timestamp
+        seconds = ts.seconds
+        nanos = ts.nanos
+        yield (
+            msg.driver_id,
+            msg.latitude,
+            msg.longitude,
+            msg.speed_mps,
+            msg.heading_degrees,
+            seconds * NANOS + nanos if seconds or nanos or msg.HasField("timestamp") else None,
+        )

