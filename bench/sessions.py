@@ -1,18 +1,39 @@
 """4. DriverSession: heartbeat round trip with 1,000 concurrent sessions, server memory per
-idle session (RSS delta / sessions), and how many sessions one server process holds."""
+idle session (RSS delta / sessions), and how many sessions one server process holds.
+
+The same is measured against the floor: a bare grpc.aio server whose DriverSession only
+answers heartbeats (`python -m bench.sessions floor --port P`), so the per-session bytes that
+are grpc's own and those that are ours are told apart in one run.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import gc
 import statistics
+import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.common import percentile, rss_bytes, run_async, server
+from bench.common import (
+    PYTHON,
+    ROOT,
+    SERVER_CORE,
+    Server,
+    free_port,
+    percentile,
+    pinned,
+    rss_bytes,
+    run_async,
+    server,
+    wait_for_port,
+)
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 
@@ -120,6 +141,24 @@ async def measure(
     return result
 
 
+@contextlib.contextmanager
+def floor_server(workdir: Path) -> Iterator[Server]:
+    """The bare grpc.aio session server below, pinned like the servers under test."""
+    port = free_port()
+    log = workdir / f"server-session-floor-{port}.log"
+    argv = [PYTHON, "-m", "bench.sessions", "floor", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            pinned(SERVER_CORE, argv), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    running = Server(proc, port, log)
+    try:
+        wait_for_port(port, proc)
+        yield running
+    finally:
+        running.stop()
+
+
 def run(
     workdir: Path,
     *,
@@ -130,17 +169,63 @@ def run(
 ) -> dict[str, Any]:
     data = workdir / "sessions-data"
     data.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs, floors = [], []
     for _ in range(repeats):  # a fresh server each time: RSS deltas from the same start
         args = ["--data-dir", str(data)]
         with server("full", *args, workdir=workdir) as srv:
             runs.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
+        with floor_server(workdir) as srv:
+            floors.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}
+    for key in ("bytes_per_idle_session", "bytes_per_session_at_max"):
+        summary[f"floor_{key}"] = statistics.median(r[key] for r in floors)
     print(
         f"  {sessions} sessions: rtt p50 {summary['heartbeat_rtt_p50_ms']:.1f} ms p99 "
         f"{summary['heartbeat_rtt_p99_ms']:.1f} ms; "
-        f"{summary['bytes_per_idle_session'] / 1024:.1f} KiB/idle session; "
+        f"{summary['bytes_per_idle_session'] / 1024:.1f} KiB/idle session "
+        f"(bare grpc.aio: {summary['floor_bytes_per_idle_session'] / 1024:.1f} KiB); "
         f"held {summary['held']:.0f} of {max_sessions}"
     )
-    return {**summary, "runs": runs}
+    return {**summary, "runs": runs, "floor_runs": floors}
+
+
+class FloorServicer(pb_grpc.DriverServiceServicer):
+    """The floor of a session: grpc.aio's own cost of an idle bidi stream whose handler is
+    an async generator (as ours is), answering heartbeats and nothing else."""
+
+    async def DriverSession(  # noqa: N802 - generated method name
+        self, request_iterator: AsyncIterator[pb.DriverEvent], context: Any
+    ) -> AsyncIterator[pb.ServerCommand]:
+        async for event in request_iterator:
+            if event.WhichOneof("event") == "heartbeat":
+                yield pb.ServerCommand(pong=pb.PingResponse(server_ts_ms=time.time_ns() // 10**6))
+
+
+async def serve_floor(port: int) -> None:
+    from driver_service.config import ServerSettings
+    from driver_service.server import server_options
+
+    settings = ServerSettings(listen=f"127.0.0.1:{port}", insecure=True)
+    srv = grpc.aio.server(options=server_options(settings))  # the same limits as ours
+    pb_grpc.add_DriverServiceServicer_to_server(FloorServicer(), srv)
+    srv.add_insecure_port(settings.listen)
+    await srv.start()
+    from bench.servers import until_terminated
+
+    await until_terminated()
+    await srv.stop(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the bare grpc.aio DriverSession server")
+    parser.add_argument("kind", choices=["floor"])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    from driver_service.cli.serve_command import run_loop
+
+    run_loop(serve_floor(args.port))
+
+
+if __name__ == "__main__":
+    main()

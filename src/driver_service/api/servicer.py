@@ -87,12 +87,13 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
     ) -> AsyncIterator[pb.ServerCommand]:
         tracking = self._tracking
         try:
-            ingest = tracking.new_upload()
             inbox = tracking.open_session()
         except DomainError as error:
             await abort_with(context, error)
-        # Events are read by a pump task into the session's inbox, so that shutdown (and
-        # later, server-pushed commands) can reach a session that is waiting for the client.
+        # Made by the first location: most sessions idle between heartbeats for hours.
+        ingest: Upload | None = None
+        # Events are read by a pump task into the session's inbox, so that shutdown and
+        # server-pushed commands reach a session that is waiting for the client.
         pump = asyncio.get_running_loop().create_task(_pump(request_iterator, inbox))
         try:
             while (event := await inbox.get()) is not _END_OF_INPUT:
@@ -105,11 +106,8 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                 assert isinstance(event, pb.DriverEvent)
                 kind = event.WhichOneof("event")
                 if kind == "location":
-                    rejected = await offer_update(ingest, event.location)
-                    if rejected is not None:
-                        log.info("session dropped an invalid location: %s", rejected)
-                    elif inbox.driver_id is None:
-                        tracking.bind_session(inbox, event.location.driver_id)
+                    ingest = ingest or tracking.new_upload()
+                    await _session_location(tracking, inbox, ingest, event.location)
                 elif kind == "heartbeat":
                     yield pb.ServerCommand(
                         pong=pb.PingResponse(server_ts_ms=tracking.server_time_ms())
@@ -120,7 +118,8 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                     tracking.bind_session(inbox, change.driver_id)
                 else:
                     raise InvalidInput(_EMPTY_EVENT)
-            await ingest.finish()
+            if ingest is not None:
+                await ingest.finish()
         except DomainError as error:
             await abort_with(context, error)
         finally:
@@ -129,6 +128,18 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
 
 
 _END_OF_INPUT = object()
+
+
+async def _session_location(
+    tracking: DriverTracking, inbox: SessionInbox, ingest: Upload, msg: pb.LocationUpdate
+) -> None:
+    """A session's location goes the upload path; invalid ones are dropped (no per-event
+    error on this stream), the first accepted one binds the session to its driver."""
+    rejected = await offer_update(ingest, msg)
+    if rejected is not None:
+        log.info("session dropped an invalid location: %s", rejected)
+    elif inbox.driver_id is None:
+        tracking.bind_session(inbox, msg.driver_id)
 
 
 async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox) -> None:
