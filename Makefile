@@ -40,6 +40,8 @@ test-fast: install
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
 
 bench: install
+	@command -v h2load >/dev/null || apt-get install -y nghttp2-client \
+		|| { echo "bench: h2load missing; install Debian's nghttp2-client"; exit 1; }
 	$(BIN)/python -m bench
 
 clean:

@@ -7,6 +7,7 @@ filters, formatter) costs about as much CPU as a whole GetDriver.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -24,20 +25,28 @@ _PLAIN = re.compile(r"[ !#-\[\]-~]*\Z")
 
 class _SecondCache:
     """ISO-8601 UTC timestamps with milliseconds; the part down to the second is formatted
-    once per second (strftime is the slow part)."""
+    once per second (strftime is the slow part), the whole string once per millisecond (a
+    busy server logs several lines in each)."""
 
-    __slots__ = ("prefix", "second")
+    __slots__ = ("millisecond", "prefix", "second", "text")
 
     def __init__(self) -> None:
         self.second = -1
         self.prefix = ""
+        self.millisecond = -1
+        self.text = ""
 
     def iso(self, created: float) -> str:
-        second = int(created)
+        millisecond = int(created * 1000)
+        if millisecond == self.millisecond:
+            return self.text
+        second, fraction = divmod(millisecond, 1000)
         if second != self.second:
             self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self.second = second
-        return f"{self.prefix}.{int((created - second) * 1000):03d}+00:00"
+        self.millisecond = millisecond
+        self.text = f"{self.prefix}.{fraction:03d}+00:00"
+        return self.text
 
 
 _clock = _SecondCache()
@@ -82,21 +91,36 @@ class JsonFormatter(logging.Formatter):
 
 
 class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes JsonFormatter lines; `write_fields` writes the same shape of line straight from
-    a dict, for records whose fields are all plain values (the access log's fast path)."""
+    """Writes JsonFormatter lines. `write_line` takes a line already built in that shape (the
+    access log's fast path); lines queued during one event-loop iteration go out in one write
+    at its end, instead of a write system call per call served. Records from `emit` flush the
+    queue first, so lines keep their order."""
 
     def __init__(self, stream: TextIO, static: dict[str, Any] | None = None) -> None:
         super().__init__(stream)
         self.setFormatter(JsonFormatter(static))
-        self._static = "".join(
+        #: The static fields (worker) as the tail of a JSON object: `,"worker":1`.
+        self.static_json = "".join(
             f",{json_string(k)}:{json.dumps(v, default=str)}" for k, v in (static or {}).items()
         )
+        self._pending: list[str] = []
+
+    def write_line(self, line: str) -> None:
+        """Queue `line` (one JSON object and its newline) for the end of this loop iteration;
+        outside an event loop, write it at once."""
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            if len(self._pending) > 1:
+                return  # a flush is scheduled already
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self.flush()
 
     def write_fields(
         self, level: int, logger: str, message: str, fields: dict[str, str | int | float]
     ) -> None:
-        """One line with time, level, logger, message, `fields` and the handler's static
-        fields (worker). Keys are the caller's identifiers; string values are escaped."""
+        """One line with time, level, logger, message, `fields` and the static fields."""
         parts = [
             f'{{"time":"{iso_millis(time.time())}","level":"{logging.getLevelName(level)}",'
             f'"logger":{json_string(logger)},"message":{json_string(message)}'
@@ -105,12 +129,21 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             parts.append(
                 f',"{key}":{json_string(value)}' if isinstance(value, str) else f',"{key}":{value}'
             )
-        parts.append(self._static)
+        parts.append(self.static_json)
         parts.append("}\n")
-        line = "".join(parts)
+        self.write_line("".join(parts))
+
+    def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            self.stream.write(line)
+            if self._pending:
+                lines, self._pending = self._pending, []
+                self.stream.write("".join(lines))
+            super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
             self.flush()
+        super().emit(record)
 
 
 def fast_json_sink(logger: logging.Logger, level: int) -> JsonLinesHandler | None:

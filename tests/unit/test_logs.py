@@ -3,6 +3,7 @@ valid JSON whatever the strings hold, and steps aside for any other logging setu
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -115,7 +116,7 @@ def test_access_log_through_the_service_logging_setup(
     )
     assert (ok["messages_in"], ok["messages_out"], ok["duration_ms"]) == (3, 1, 1.5)
     assert ok["worker"] == 1
-    assert "in=3 out=1" in str(ok["message"])
+    assert ok["message"] == "rpc /svc/M OK"
     assert (fault["level"], fault["code"]) == ("WARNING", "INTERNAL")
     assert (plain["message"], plain["request_id"], plain["worker"]) == ("plain 7", "outer", 1)
 
@@ -130,3 +131,22 @@ def test_formatter_keeps_exceptions_and_extra_fields() -> None:
     out = json.loads(JsonFormatter().format(record))
     assert out["driver"] == "d1"
     assert "ValueError: boom" in out["exception"]
+
+
+async def test_lines_queued_in_a_loop_iteration_go_out_together_and_in_order(
+    logger: logging.Logger,
+) -> None:
+    logger.handlers.clear()
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream)
+    logger.addHandler(handler)
+    access = AccessLog(logger)
+    for n in range(3):
+        access.record("/svc/M", "p", 0.001, grpc.StatusCode.OK, f"rid-{n}", 1, 1, False)
+    assert stream.getvalue() == ""  # queued until the end of this loop iteration
+    logger.info("between")  # a regular record flushes the queue first: order is kept
+    access.record("/svc/M", "p", 0.001, grpc.StatusCode.OK, "rid-3", 1, 1, False)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    found = [line.get("request_id", line["message"]) for line in lines(stream)]
+    assert found == ["rid-0", "rid-1", "rid-2", "between", "rid-3"]

@@ -3,14 +3,17 @@ messages in and out. Metadata is never logged, so the authorization header canno
 
 Calls that end OK are logged at INFO, server faults (INTERNAL, UNKNOWN, DATA_LOSS) at
 WARNING, the rest (the caller's business) at INFO. When the record would reach only the
-service's JSON handler, the line is written straight from its fields (a few µs); any other
-logging setup (a test's handler, a user's filters) gets an ordinary LogRecord with the same
+service's JSON handler, the line is built in one f-string and queued on the handler (~3 µs
+instead of ~35 µs through a LogRecord and the formatter), its message short because the
+fields carry everything; any other logging setup (text logs on a terminal, a test's
+handler, a user's filters) gets an ordinary LogRecord with a readable message and the same
 fields as attributes.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 
 import grpc
@@ -22,6 +25,10 @@ _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 )
 _OK = grpc.StatusCode.OK
+#: StatusCode.name goes through enum's descriptor (~0.3 µs); a dict lookup does not.
+_NAMES = {code: code.name for code in grpc.StatusCode}
+#: Escaped forms of methods and peers, which repeat (bounded: peers come and go).
+_ESCAPED_MAX = 10_000
 
 #: --access-log values.
 ACCESS_LOG_ALL: Final = "all"
@@ -33,11 +40,22 @@ class AccessLog:
     """Writes the access-log line of each call; with `errors_only`, calls that ended OK are
     skipped (a deployment that wants volume without a line per call)."""
 
-    __slots__ = ("_errors_only", "_log")
+    __slots__ = ("_errors_only", "_escaped", "_log", "_name")
 
     def __init__(self, logger: logging.Logger | None = None, *, errors_only: bool = False) -> None:
         self._log = logger or logging.getLogger("driver_service.rpc")
+        self._name = logs.json_string(self._log.name)[1:-1]
         self._errors_only = errors_only
+        self._escaped: dict[str, str] = {}
+
+    def _json(self, text: str) -> str:
+        """`text` as a JSON string literal, remembered."""
+        found = self._escaped.get(text)
+        if found is None:
+            if len(self._escaped) >= _ESCAPED_MAX:
+                self._escaped.clear()
+            found = self._escaped[text] = logs.json_string(text)
+        return found
 
     def record(
         self,
@@ -56,6 +74,22 @@ class AccessLog:
         log = self._log
         if not log.isEnabledFor(level):
             return
+        sink = logs.fast_json_sink(log, level)
+        if sink is not None:
+            # The line JsonFormatter would write for the record below, built in one step.
+            # Request ids are JSON-safe by construction (validated or generated).
+            method_json = self._json(method)
+            name = _NAMES[code]
+            sink.write_line(
+                f'{{"time":"{logs.iso_millis(time.time())}",'
+                f'"level":"{logging.getLevelName(level)}","logger":"{self._name}",'
+                f'"message":"rpc {method_json[1:-1]} {name}","request_id":"{request_id}",'
+                f'"method":{method_json},"peer":{self._json(peer)},'
+                f'"duration_ms":{duration_s * 1000:.3f},"code":"{name}",'
+                f'"messages_in":{messages_in},"messages_out":{messages_out}'
+                f"{sink.static_json}}}\n"
+            )
+            return
         duration_ms = round(duration_s * 1000, 3)
         message = (
             f"rpc {method} code={code.name} duration_ms={duration_ms:.3f} peer={peer} "
@@ -72,8 +106,4 @@ class AccessLog:
             "messages_in": messages_in,
             "messages_out": messages_out,
         }
-        sink = logs.fast_json_sink(log, level)
-        if sink is not None:
-            sink.write_fields(level, log.name, message, fields)
-        else:
-            log.log(level, "%s", message, extra=fields)
+        log.log(level, "%s", message, extra=fields)

@@ -283,22 +283,23 @@ class _MethodCalls:
                 await context.abort(*refusal)
             yield message
 
-    async def admit_request(
+    def admit_request(
         self, request: Any, context: _Context, check: MessageCheck | None, counts: _Counts
-    ) -> tuple[Any, _Context]:
-        """What the handler reads: the checked stream, or the checked single request."""
+    ) -> tuple[Any, _Context, Refusal | None]:
+        """What the handler reads (the checked stream, or the single request) and why the
+        single request is refused, if it is (the caller aborts: no coroutine per call)."""
         if self.streaming_in:
             if check is not None:  # a handler reading with context.read() is checked too
                 context = CheckedReadContext.of(context, self.check_of(check))
-            return self.incoming(request, context, check, counts), context
+            return self.incoming(request, context, check, counts), context, None
         counts.received = 1
         if self.metrics is not None:
             self.metrics.msg_received.inc()
         if request is UNDECODABLE:
-            await context.abort(*self.bad_request)
-        if check is not None and (refusal := check(request)) is not None:
-            await context.abort(*refusal)
-        return request, context
+            return request, context, self.bad_request
+        if check is not None:
+            return request, context, check(request)
+        return request, context, None
 
     def started(self) -> float:
         metrics = self.metrics
@@ -354,9 +355,10 @@ class _MethodCalls:
                     # Trailers, not headers: headers sent before a failure commit the call
                     # and clients never retry it, and a separate send costs ~50 µs.
                     context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                if refusal is None:
+                    request, context, refusal = self.admit_request(request, context, check, counts)
                 if refusal is not None:
                     await context.abort(*refusal)
-                request, context = await self.admit_request(request, context, check, counts)
                 response = await behavior(request, context)
             except grpc.aio.AbortError:
                 code = status_code(context.code())
@@ -393,9 +395,10 @@ class _MethodCalls:
                 request_id, check, refusal = self.begin(context)
                 if self.request_ids:
                     await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+                if refusal is None:
+                    request, context, refusal = self.admit_request(request, context, check, counts)
                 if refusal is not None:
                     await context.abort(*refusal)
-                request, context = await self.admit_request(request, context, check, counts)
                 async for response in behavior(request, context):
                     counts.sent += 1
                     if sent is not None:
