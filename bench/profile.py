@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import shutil
 import subprocess
@@ -91,6 +92,76 @@ def costs(workdir: Path, data: Path, *, repeats: int, duration_s: float) -> list
     for row in rows:
         row["vs_floor_pct"] = 100 * (row["rps"] / floor - 1)
     return rows
+
+
+#: The servers of the paired comparison: the floor, and production as `serve` runs it.
+PAIRED: list[tuple[str, str, list[str]]] = [
+    ("bare", "bare", []),
+    ("full", "full", []),
+    ("full, --access-log errors", "full", ["--access-log", "errors"]),
+]
+
+
+def paired(workdir: Path, data: Path, *, rounds: int, duration_s: float) -> dict[str, Any]:
+    """Production against the floor, measured in turns: every server runs at once (idle
+    but for its turn, all on the server core), and each round loads each in turn, so slow
+    drifts of this shared machine hit all alike. Reports each server's median RPS and CPU
+    per call, and the median over rounds of each round's ratio to the floor."""
+    body = get_driver_body()
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for n, (label, kind, extra) in enumerate(PAIRED):
+            args: list[str] = []
+            if kind != "bare":  # each server its own copy of the data (the store is locked)
+                own = workdir / f"paired-data-{n}"
+                shutil.rmtree(own, ignore_errors=True)
+                shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
+                args = [*extra, "--data-dir", str(own)]
+            servers.append((label, stack.enter_context(server(kind, *args, workdir=workdir))))
+        urls = {label: f"http://127.0.0.1:{srv.port}{GET_DRIVER}" for label, srv in servers}
+        for label, srv in servers:  # warm-up
+            h2load(
+                urls[label],
+                clients=CLIENTS,
+                duration_s=1,
+                server_pid=srv.pid,
+                body=body,
+                headers=GRPC_HEADERS,
+            )
+        runs: dict[str, list[LoadResult]] = {label: [] for label, _ in servers}
+        for _ in range(rounds):
+            for label, srv in servers:
+                runs[label].append(
+                    h2load(
+                        urls[label],
+                        clients=CLIENTS,
+                        duration_s=duration_s,
+                        server_pid=srv.pid,
+                        body=body,
+                        headers=GRPC_HEADERS,
+                    )
+                )
+    floor = runs["bare"]
+    result: dict[str, Any] = {"clients": CLIENTS, "rounds": rounds, "servers": {}}
+    for label, got in runs.items():
+        ratios = sorted(r.rps / f.rps for r, f in zip(got, floor, strict=True))
+        cpu_ratios = sorted(
+            r.cpu_us_per_call / f.cpu_us_per_call for r, f in zip(got, floor, strict=True)
+        )
+        point = summarize(got)
+        result["servers"][label] = {
+            **point,
+            "rps_vs_floor_median": ratios[len(ratios) // 2],
+            "rps_vs_floor_range": (ratios[0], ratios[-1]),
+            "cpu_per_call_vs_floor_median": cpu_ratios[len(cpu_ratios) // 2],
+            "rounds_rps": [r.rps for r in got],
+        }
+        print(
+            f"  paired {label}: {point['rps']:.0f} rps, {point['cpu_us_per_call']:.0f} us/call, "
+            f"{100 * (ratios[len(ratios) // 2] - 1):+.1f} % vs floor "
+            f"(rounds {100 * (ratios[0] - 1):+.1f}..{100 * (ratios[-1] - 1):+.1f})"
+        )
+    return result
 
 
 def py_spy(kind: str, args: list[str], workdir: Path, seconds: int = 6) -> dict[str, Any]:
@@ -198,6 +269,7 @@ def run(
     asyncio.run(preload(data))
     result: dict[str, Any] = {
         "clients": CLIENTS,
+        "paired": paired(workdir, data, rounds=max(3, 2 * repeats + 1), duration_s=duration_s),
         "steps": costs(workdir, data, repeats=repeats, duration_s=duration_s),
     }
     if spy:

@@ -63,6 +63,7 @@ def settings_for(args: argparse.Namespace) -> ServerSettings:
         log_level=args.log_level,
         log_format="json",
         keepalive_timeout=args.keepalive_timeout,
+        access_log=args.access_log,
     )
 
 
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=float, default=0.0)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keepalive-timeout", type=float, default=1.0)
+    parser.add_argument("--access-log", default="all", choices=["all", "errors", "off"])
     args = parser.parse_args()
     if args.kind == "fastapi":
         run_fastapi(args)

@@ -33,6 +33,28 @@ def driver_to_pb(driver: Driver) -> pb.GetDriverResponse:
     )
 
 
+class DriverResponses:
+    """GetDriver responses, built once per state of a driver: drivers are read far more often
+    than they move, and a Driver is immutable, so its response is reused until the store
+    hands out a new Driver. Bounded; the messages are only ever serialized, never changed."""
+
+    __slots__ = ("_built", "_max")
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._built: dict[str, tuple[Driver, pb.GetDriverResponse]] = {}
+        self._max = max_entries
+
+    def of(self, driver: Driver) -> pb.GetDriverResponse:
+        entry = self._built.get(driver.driver_id)
+        if entry is not None and entry[0] is driver:
+            return entry[1]
+        response = driver_to_pb(driver)
+        if entry is None and len(self._built) >= self._max:
+            self._built.clear()
+        self._built[driver.driver_id] = (driver, response)
+        return response
+
+
 def location_to_pb(location: Location) -> pb.LocationUpdate:
     return pb.LocationUpdate(
         driver_id=location.driver_id,

@@ -10,7 +10,7 @@ import grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import driver_to_pb, location_to_pb, timestamp_to_ns
+from driver_service.api.convert import DriverResponses, location_to_pb, timestamp_to_ns
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, InvalidInput
 from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
@@ -39,6 +39,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
 
     def __init__(self, tracking: DriverTracking) -> None:
         self._tracking = tracking
+        self._responses = DriverResponses()
 
     async def GetDriver(  # noqa: N802 - generated method name
         self,
@@ -49,7 +50,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             driver = await self._tracking.get_driver(request.driver_id)
         except DomainError as error:
             await abort_with(context, error)
-        return driver_to_pb(driver)
+        return self._responses.of(driver)
 
     async def StreamLocation(  # noqa: N802
         self,
