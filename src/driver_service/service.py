@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from driver_service.domain import (
@@ -28,6 +28,7 @@ from driver_service.domain import (
     validate_driver_id,
     validate_location,
 )
+from driver_service.domain.validation import Fix, validate_locations
 from driver_service.ingest import LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
 from driver_service.ratelimit import RateLimiter
@@ -380,12 +381,40 @@ class Upload:
             if count is not None:
                 count("invalid" if isinstance(exc, InvalidInput) else "rate_limited")
             return exc
+        self._track(done, 1)
+        return None
+
+    async def offer_many(self, fixes: Sequence[Fix]) -> None:
+        """`offer` for many updates at once (a batch message): the same validation, rate
+        limit, counting and acknowledgement, in one validation loop and one queueing call."""
+        self.received += len(fixes)
+        service = self._service
+        writer = service.writer
+        if writer.full:
+            await writer.wait_for_room()
+        valid, invalid = validate_locations(fixes, time.time_ns(), service.rules)
+        count = service.count_rejection
+        if count is not None:
+            for _ in invalid:
+                count("invalid")
+        limiter = service.rate_limiter
+        if limiter is not None:
+            allow = limiter.allow
+            allowed = [location for location in valid if allow(location.driver_id)]
+            if count is not None:
+                for _ in range(len(valid) - len(allowed)):
+                    count("rate_limited")
+            valid = allowed
+        if valid:
+            self._track(writer.submit_many(valid), len(valid))
+
+    def _track(self, done: asyncio.Future[None], count: int) -> None:
+        """Remember that `count` of this stream's updates go into the commit `done`."""
         if self._commits and self._commits[-1] is done:
-            self._commit_counts[-1] += 1
+            self._commit_counts[-1] += count
         else:
             self._commits.append(done)
-            self._commit_counts.append(1)
-        return None
+            self._commit_counts.append(count)
 
     async def finish(self) -> UploadResult:
         """Wait for every queued update's commit. If any commit failed, raise

@@ -4,15 +4,13 @@ The per-call cost of grpc.aio (~200-300 µs of CPU) is paid once per message her
 per driver, so callers with volume get tens of thousands of lookups or updates per second per
 core. Lookups go through DriverTracking's `get_driver`; updates get UploadLocations' rules
 (same validation, rate limit, group commit, and an acknowledgement that counts only what was
-durably stored) a message at a time rather than an update at a time (`_BatchIngest`).
+durably stored) a message at a time rather than an update at a time (`Upload.offer_many`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -22,11 +20,10 @@ from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.convert import NANOS, update_fixes
 from driver_service.api.errors import abort_with
-from driver_service.domain import DomainError, DriverNotFound, StoreUnavailable
-from driver_service.domain.validation import validate_locations
+from driver_service.domain import DomainError, DriverNotFound
 from driver_service.interceptors.auth import MethodRule
 from driver_service.security.tokens import SCOPE_READ, SCOPE_WRITE
-from driver_service.service import INT32_MAX, DriverTracking, UploadResult
+from driver_service.service import DriverTracking
 
 SERVICE_NAME = bpb.DESCRIPTOR.services_by_name["DriverBatchService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"
@@ -132,80 +129,16 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
         as received and dropped if refused, acknowledged only after its commit), but a
         message's updates are validated in one loop and queued with one call."""
         try:
-            ingest = _BatchIngest(self._tracking)
+            upload = self._tracking.new_upload()
             async for batch in request_iterator:
-                await ingest.offer(batch.updates)
-            result = await ingest.finish()
+                await upload.offer_many(list(update_fixes(batch.updates)))
+            result = await upload.finish()
         except DomainError as error:
             await abort_with(context, error)
         return pb.UploadSummary(
             received_count=result.received_count,
             persisted_count=result.persisted_count,
             session_id=result.session_id,
-        )
-
-
-class _BatchIngest:
-    """One UploadLocationBatches stream: Upload's bookkeeping, a message at a time.
-
-    Upload (service.py) offers one update per call; here a message of hundreds costs one
-    validation loop, one rate-limit pass and one submit_many, and the stream keeps one
-    commit future per message instead of one check per update.
-    """
-
-    __slots__ = ("_commits", "_tracking", "_upload")
-
-    def __init__(self, tracking: DriverTracking) -> None:
-        self._tracking = tracking
-        self._upload = tracking.new_upload()  # refuses a stream once shutdown has begun
-        self._commits: list[tuple[asyncio.Future[None], int]] = []
-
-    async def offer(self, updates: Sequence[pb.LocationUpdate]) -> None:
-        tracking = self._tracking
-        self._upload.received += len(updates)
-        writer = tracking.writer
-        if writer.full:
-            await writer.wait_for_room()
-        valid, invalid = validate_locations(update_fixes(updates), time.time_ns(), tracking.rules)
-        count = tracking.count_rejection
-        if invalid and count is not None:
-            for _ in invalid:
-                count("invalid")
-        limiter = tracking.rate_limiter
-        if limiter is not None:
-            allow = limiter.allow
-            allowed = [loc for loc in valid if allow(loc.driver_id)]
-            if count is not None:
-                for _ in range(len(valid) - len(allowed)):
-                    count("rate_limited")
-            valid = allowed
-        if valid:
-            done = writer.submit_many(valid)
-            commits = self._commits
-            if commits and commits[-1][0] is done:
-                commits[-1] = (done, commits[-1][1] + len(valid))
-            else:
-                commits.append((done, len(valid)))
-
-    async def finish(self) -> UploadResult:
-        """As Upload.finish: every commit awaited; StoreUnavailable if any failed."""
-        persisted = lost = 0
-        for done, count in self._commits:
-            try:
-                await done
-            except StoreUnavailable:
-                lost += count
-            else:
-                persisted += count
-        self._commits.clear()
-        if lost:
-            raise StoreUnavailable(
-                f"storage is unavailable: {lost} of {persisted + lost} valid updates were not "
-                "stored; resend the stream (updates already stored are not duplicated)"
-            )
-        upload = self._upload
-        return UploadResult(
-            min(upload.received, INT32_MAX), min(persisted, INT32_MAX), upload.session_id
         )
 
 
