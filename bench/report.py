@@ -70,6 +70,27 @@ def profile_table(pr: dict[str, Any]) -> list[str]:
     return lines
 
 
+def paired_table(pr: dict[str, Any]) -> list[str]:
+    paired = pr.get("paired")
+    if not paired:
+        return []
+    lines = [
+        f"Paired, {paired['rounds']} rounds at {paired['clients']} clients (each round loads "
+        "every server in turn):",
+        "",
+        "| server | RPS (median) | CPU µs/call | RPS vs floor, median of rounds | rounds range |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, row in paired["servers"].items():
+        low, high = row["rps_vs_floor_range"]
+        lines.append(
+            f"| {label} | {row['rps']:,.0f} | {row['cpu_us_per_call']:.0f} "
+            f"| {100 * (row['rps_vs_floor_median'] - 1):+.1f} % "
+            f"| {100 * (low - 1):+.1f} … {100 * (high - 1):+.1f} % |"
+        )
+    return [*lines, ""]
+
+
 def ingest_table(i: dict[str, Any]) -> list[str]:
     lines = [
         "| store / path | updates/s stored (median) | min-max | per CPU-second | server CPU "
@@ -100,13 +121,15 @@ def fanout_table(f: dict[str, Any]) -> list[str]:
 
 
 def sessions_table(s: dict[str, Any]) -> list[str]:
+    floor = s.get("floor_bytes_per_idle_session")
+    floor_text = f"{floor / 1024:.1f}" if floor else "-"
     return [
-        "| sessions | heartbeat RTT p50 | p99 | KiB per idle session | tried | held "
-        "| answered after | RSS at max |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sessions | heartbeat RTT p50 | p99 | KiB per idle session | bare grpc.aio KiB "
+        "| tried | held | answered after | RSS at max |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {s['sessions']:.0f} | {s['heartbeat_rtt_p50_ms']:.1f} ms "
         f"| {s['heartbeat_rtt_p99_ms']:.1f} ms | {s['bytes_per_idle_session'] / 1024:.1f} "
-        f"| {s['tried']:.0f} | {s['held']:.0f} | {s['answered_after']:.0f} "
+        f"| {floor_text} | {s['tried']:.0f} | {s['held']:.0f} | {s['answered_after']:.0f} "
         f"| {s['server_rss_mb_at_max']:.0f} MiB |",
     ]
 
@@ -118,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ("unary", unary_table),
         ("unary", wire_table),
         ("batch", batch_table),
+        ("profile", paired_table),
         ("profile", profile_table),
         ("ingest", ingest_table),
         ("fanout", fanout_table),
