@@ -92,12 +92,22 @@ class JsonFormatter(logging.Formatter):
 
 class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes JsonFormatter lines. `write_line` takes a line already built in that shape (the
-    access log's fast path); lines queued during one event-loop iteration go out in one write
-    at its end, instead of a write system call per call served. Records from `emit` flush the
-    queue first, so lines keep their order."""
+    access log's fast path); queued lines go out together `flush_interval_s` after the first
+    of them (or at once past MAX_PENDING lines), instead of a write system call per call
+    served: a crash may lose that long of access lines. Records from `emit` flush the queue
+    first, so lines keep their order; so does shutdown (logging.shutdown flushes)."""
 
-    def __init__(self, stream: TextIO, static: dict[str, Any] | None = None) -> None:
+    MAX_PENDING = 512
+
+    def __init__(
+        self,
+        stream: TextIO,
+        static: dict[str, Any] | None = None,
+        *,
+        flush_interval_s: float = 0.05,
+    ) -> None:
         super().__init__(stream)
+        self.flush_interval_s = flush_interval_s
         self.setFormatter(JsonFormatter(static))
         #: The static fields (worker) as the tail of a JSON object: `,"worker":1`.
         self.static_json = "".join(
@@ -106,15 +116,17 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending: list[str] = []
 
     def write_line(self, line: str) -> None:
-        """Queue `line` (one JSON object and its newline) for the end of this loop iteration;
-        outside an event loop, write it at once."""
+        """Queue `line` (one JSON object and its newline); outside an event loop, write it at
+        once."""
         with self.lock:  # type: ignore[union-attr]
             self._pending.append(line)
-            if len(self._pending) > 1:
-                return  # a flush is scheduled already
-        try:
-            asyncio.get_running_loop().call_soon(self.flush)
-        except RuntimeError:
+            queued = len(self._pending)
+        if queued == 1:
+            try:
+                asyncio.get_running_loop().call_later(self.flush_interval_s, self.flush)
+            except RuntimeError:
+                self.flush()
+        elif queued >= self.MAX_PENDING:
             self.flush()
 
     def write_fields(

@@ -321,3 +321,31 @@ async def test_submit_many_shares_one_commit_and_stores_all(
     driver = await repo.get_driver("d0")
     assert driver is not None
     assert driver.location == make_loc("d0", 1000, base)
+
+
+async def test_a_trickle_lingers_into_fewer_commits(repo: CountingRepository) -> None:
+    """Updates arriving one every ~0.2 ms (a single UploadLocations stream) are committed a
+    millisecond's worth at a time, not one by one; without the linger they are not."""
+
+    async def commits_for(linger_s: float) -> int:
+        repo.calls.clear()
+        writer = LocationWriter(repo, MemoryBus(), linger_s=linger_s)
+        writer.start()
+        base = time.time_ns() - 10**12
+        futures = []
+        for i in range(200):
+            futures.append(writer.submit(make_loc("trickle", i, base + linger_s_ns(linger_s))))
+            await asyncio.sleep(0.0002)
+        await asyncio.wait_for(asyncio.gather(*set(futures)), 30)
+        await writer.close()
+        assert sum(repo.calls) == 200
+        return len(repo.calls)
+
+    lingering = await commits_for(0.005)
+    eager = await commits_for(0.0)
+    assert lingering * 2 < eager, (lingering, eager)
+
+
+def linger_s_ns(linger_s: float) -> int:
+    """Distinct timestamps per run (history is idempotent on driver and time)."""
+    return int(linger_s * 10**9) * 1000
