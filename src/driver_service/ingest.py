@@ -57,33 +57,35 @@ class LocationWriter:
     def submit(self, location: Location) -> asyncio.Future[None]:
         """Queue one update; the returned future resolves once it is durably committed
         (and is shared by every update of the same commit)."""
-        if self._closed:
-            raise StoreUnavailable("the server is shutting down and no longer accepts updates")
-        done = self._batch_done
-        if done is None:
-            done = self._batch_done = asyncio.get_running_loop().create_future()
+        done = self._open_batch()
         self._batch.append(location)
-        self._idle.clear()
-        self._work.set()
-        if len(self._batch) >= self._max_pending:
-            self._room.clear()
+        self._queued()
         return done
 
     def submit_many(self, locations: Sequence[Location]) -> asyncio.Future[None]:
         """Queue many updates at once (one batched message); like submit, the future
         resolves once all of them are durably committed. The batch may pass max_pending by
         one message's worth: callers wait for room before each message, not each update."""
+        done = self._open_batch()
+        self._batch.extend(locations)
+        self._queued()
+        return done
+
+    def _open_batch(self) -> asyncio.Future[None]:
+        """The open batch's commit future (created with the batch)."""
         if self._closed:
             raise StoreUnavailable("the server is shutting down and no longer accepts updates")
         done = self._batch_done
         if done is None:
             done = self._batch_done = asyncio.get_running_loop().create_future()
-        self._batch.extend(locations)
+        return done
+
+    def _queued(self) -> None:
+        """Wake the writer; close the door while the batch is full."""
         self._idle.clear()
         self._work.set()
         if len(self._batch) >= self._max_pending:
             self._room.clear()
-        return done
 
     async def wait_for_room(self) -> None:
         """Backpressure: wait while the pending batch is full."""

@@ -343,23 +343,30 @@ class _MethodCalls:
             )
 
     def unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
-        """Calls with one response: `single` for unary, this for client streaming."""
-        if not self.streaming_in:
-            return self.single(behavior)
+        """Calls with one response (unary, client streaming): the hot path, so everything
+        that cannot change per call is resolved here, once."""
+        metrics = self.metrics
+        begin = self.begin
+        admit = self.admit_request
+        started_at = self.started
+        finish = self.finish
+        request_ids = self.request_ids
+        streaming_in = self.streaming_in
+        method = self.method
 
         async def call(request: Any, context: _Context) -> Any:
-            started = self.started()
+            started = started_at()
             counts = _Counts()
             request_id = "-"
             code = _OK
             try:
-                request_id, check, refusal = self.begin(context)
-                if self.request_ids:
+                request_id, check, refusal = begin(context)
+                if request_ids:
                     # Trailers, not headers: headers sent before a failure commit the call
                     # and clients never retry it, and a separate send costs ~50 µs.
                     context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
                 if refusal is None:
-                    request, context, refusal = self.admit_request(request, context, check, counts)
+                    request, context, refusal = admit(request, context, check, counts)
                 if refusal is not None:
                     await context.abort(*refusal)
                 response = await behavior(request, context)
@@ -368,7 +375,7 @@ class _MethodCalls:
                 raise
             except Exception:  # noqa: BLE001 - logged and answered INTERNAL by recover()
                 code = _INTERNAL
-                await recover(context, self.method)
+                await recover(context, method)
                 return None
             except BaseException as exc:
                 code = code_of_exception(exc, context)
@@ -377,60 +384,13 @@ class _MethodCalls:
                 code = status_code(context.code())
                 if code is _OK:
                     counts.sent = 1
-                    if self.metrics is not None:
-                        self.metrics.msg_sent.inc()
+                    if metrics is not None:
+                        metrics.msg_sent.inc()
                 return response
             finally:
-                self.finish(context, started, code, request_id, counts.received, counts.sent, True)
-
-        return call
-
-    def single(self, behavior: UnaryBehavior) -> UnaryBehavior:
-        """Unary calls (one request, one response): the hot path, the same steps as `unary`
-        with everything that cannot change resolved before the call."""
-        metrics = self.metrics
-        begin = self.begin
-        finish = self.finish
-        bad_request = self.bad_request
-        request_ids = self.request_ids
-        perf_counter = time.perf_counter
-
-        async def call(request: Any, context: _Context) -> Any:
-            started = perf_counter()
-            if metrics is not None:
-                metrics.started.inc()
-                metrics.msg_received.inc()
-            request_id = "-"
-            code = _OK
-            try:
-                request_id, check, refusal = begin(context)
-                if request_ids:
-                    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-                if refusal is None:
-                    if request is UNDECODABLE:
-                        refusal = bad_request
-                    elif check is not None:
-                        refusal = check(request)
-                if refusal is not None:
-                    await context.abort(*refusal)
-                response = await behavior(request, context)
-            except grpc.aio.AbortError:
-                code = status_code(context.code())
-                raise
-            except Exception:  # noqa: BLE001 - logged and answered INTERNAL by recover()
-                code = _INTERNAL
-                await recover(context, self.method)
-                return None
-            except BaseException as exc:
-                code = code_of_exception(exc, context)
-                raise
-            else:
-                code = status_code(context.code())
-                if code is _OK and metrics is not None:
-                    metrics.msg_sent.inc()
-                return response
-            finally:
-                finish(context, started, code, request_id, 1, 1 if code is _OK else 0, False)
+                finish(
+                    context, started, code, request_id, counts.received, counts.sent, streaming_in
+                )
 
         return call
 
