@@ -112,8 +112,20 @@ def run(
     out: dict[str, Any] = {"cases": {}}
     args = ["--data-dir", str(data), "--keepalive-timeout", str(KEEPALIVE_TIMEOUT_S)]
     with server("full", *args, workdir=workdir) as srv:
+
+        async def every_case() -> dict[int, list[dict[str, Any]]]:
+            # One event loop for all of them: grpc.aio's poller stays bound to the first
+            # loop of the process, and a second loop leaves it calling a closed one.
+            return {
+                watchers: [
+                    await measure(srv.port, srv.pid, watchers, rounds) for _ in range(repeats)
+                ]
+                for watchers in watcher_counts
+            }
+
+        measured = run_async(every_case())
         for watchers in watcher_counts:
-            runs = [run_async(measure(srv.port, srv.pid, watchers, rounds)) for _ in range(repeats)]
+            runs = measured[watchers]
             keys = [k for k in runs[0] if k.endswith("_ms") or k.endswith("_delivery")]
             summary = {k: statistics.median(r[k] for r in runs) for k in keys}
             summary["p99_spread_ms"] = [
