@@ -41,12 +41,16 @@ class _SecondCache:
         if millisecond == self.millisecond:
             return self.text
         second, fraction = divmod(millisecond, 1000)
+        prefix = self.prefix
         if second != self.second:
-            self.prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self.second = second
+            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self.prefix, self.second = prefix, second
+        text = f"{prefix}.{fraction:03d}+00:00"
+        # Text before its key: a thread reading between the two sees a miss, never a
+        # stale text under a new key (records are formatted on other threads too).
+        self.text = text
         self.millisecond = millisecond
-        self.text = f"{self.prefix}.{fraction:03d}+00:00"
-        return self.text
+        return text
 
 
 _clock = _SecondCache()
