@@ -81,11 +81,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(kind: str, *args: str, workdir: Path) -> Iterator[Server]:
-    """Run `python -m bench.servers KIND --port P ARGS...` pinned to the server core."""
+def server(kind: str, *args: str, workdir: Path, module: str = "bench.servers") -> Iterator[Server]:
+    """Run `python -m MODULE KIND --port P ARGS...` pinned to the server core."""
     port = free_port()
-    log = workdir / f"server-{kind}-{port}.log"
-    argv = [PYTHON, "-m", "bench.servers", kind, "--port", str(port), *args]
+    log = workdir / f"server-{module}-{kind}-{port}.log"
+    argv = [PYTHON, "-m", module, kind, "--port", str(port), *args]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             pinned(SERVER_CORE, argv), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT

@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import statistics
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from bench.common import (
-    PYTHON,
-    ROOT,
-    SERVER_CORE,
-    Server,
-    free_port,
     percentile,
-    pinned,
     rss_bytes,
     run_async,
     server,
-    wait_for_port,
 )
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
@@ -141,24 +132,6 @@ async def measure(
     return result
 
 
-@contextlib.contextmanager
-def floor_server(workdir: Path) -> Iterator[Server]:
-    """The bare grpc.aio session server below, pinned like the servers under test."""
-    port = free_port()
-    log = workdir / f"server-session-floor-{port}.log"
-    argv = [PYTHON, "-m", "bench.sessions", "floor", "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            pinned(SERVER_CORE, argv), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    running = Server(proc, port, log)
-    try:
-        wait_for_port(port, proc)
-        yield running
-    finally:
-        running.stop()
-
-
 def run(
     workdir: Path,
     *,
@@ -174,7 +147,7 @@ def run(
         args = ["--data-dir", str(data)]
         with server("full", *args, workdir=workdir) as srv:
             runs.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
-        with floor_server(workdir) as srv:
+        with server("floor", workdir=workdir, module="bench.sessions") as srv:
             floors.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}

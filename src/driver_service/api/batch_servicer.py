@@ -18,7 +18,7 @@ import grpc
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import NANOS, update_fixes
+from driver_service.api.convert import NANOS, summary_to_pb, update_fixes
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, DriverNotFound
 from driver_service.interceptors.auth import MethodRule
@@ -135,11 +135,7 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
             result = await upload.finish()
         except DomainError as error:
             await abort_with(context, error)
-        return pb.UploadSummary(
-            received_count=result.received_count,
-            persisted_count=result.persisted_count,
-            session_id=result.session_id,
-        )
+        return summary_to_pb(result)
 
 
 def add_batch_service(server: grpc.aio.Server, tracking: DriverTracking) -> None:

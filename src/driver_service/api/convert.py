@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.domain import Driver, Location
 from driver_service.domain.validation import Fix
+
+if TYPE_CHECKING:
+    from driver_service.service import UploadResult
 
 NANOS = 1_000_000_000
 
@@ -30,6 +34,14 @@ def driver_to_pb(driver: Driver) -> pb.GetDriverResponse:
         latitude=loc.latitude if loc is not None else 0.0,
         longitude=loc.longitude if loc is not None else 0.0,
         last_seen_at=ns_to_timestamp(driver.last_seen_at_ns),
+    )
+
+
+def summary_to_pb(result: UploadResult) -> pb.UploadSummary:
+    return pb.UploadSummary(
+        received_count=result.received_count,
+        persisted_count=result.persisted_count,
+        session_id=result.session_id,
     )
 
 

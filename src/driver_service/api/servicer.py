@@ -10,7 +10,12 @@ import grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import DriverResponses, location_to_pb, timestamp_to_ns
+from driver_service.api.convert import (
+    DriverResponses,
+    location_to_pb,
+    summary_to_pb,
+    timestamp_to_ns,
+)
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, InvalidInput
 from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
@@ -75,11 +80,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             result = await upload.finish()
         except DomainError as error:
             await abort_with(context, error)
-        return pb.UploadSummary(
-            received_count=result.received_count,
-            persisted_count=result.persisted_count,
-            session_id=result.session_id,
-        )
+        return summary_to_pb(result)
 
     async def DriverSession(  # noqa: N802
         self,

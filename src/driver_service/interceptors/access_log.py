@@ -30,8 +30,7 @@ _NAMES = {code: code.name for code in grpc.StatusCode}
 #: Escaped forms of methods and peers, which repeat (bounded: peers come and go).
 _ESCAPED_MAX = 10_000
 
-#: --access-log values.
-ACCESS_LOG_ALL: Final = "all"
+#: --access-log values other than "all" (config.ACCESS_LOGS lists them all).
 ACCESS_LOG_ERRORS: Final = "errors"
 ACCESS_LOG_OFF: Final = "off"
 

@@ -8,7 +8,7 @@ import logging
 import random
 import re
 from contextvars import ContextVar
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_LENGTH = 128
@@ -34,14 +34,6 @@ def new_request_id() -> str:
 
 def is_safe_request_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _SAFE_ID.match(value) is not None
-
-
-def request_id_from(metadata: Any) -> str:
-    """The caller's id if present and safe, else a fresh one."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID_HEADER and is_safe_request_id(value):
-            return value
-    return new_request_id()
 
 
 class RequestIdFilter(logging.Filter):
