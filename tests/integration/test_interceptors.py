@@ -17,7 +17,8 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
 from driver_service.bus import MemoryBus
-from driver_service.interceptors import AuthPolicy, server_interceptors
+from driver_service.domain import Location
+from driver_service.interceptors import AuthPolicy, call_pipeline, server_interceptors
 from driver_service.metrics import ServiceMetrics
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.service import DriverTracking
@@ -221,3 +222,53 @@ async def test_access_log_errors_keeps_only_calls_that_failed(env: Env) -> None:
     [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.code == "NOT_FOUND"  # type: ignore[attr-defined]
     assert env.records.calls("/driver.v1.DriverService/UploadLocations") == []
+
+
+@pytest.mark.parametrize("registration", ["around", "interceptors"])
+async def test_concurrent_calls_each_see_only_their_own_headers(
+    tmp_path: Path, registration: str
+) -> None:
+    """The pipeline reuses the metadata grpc.aio decoded to find the handler: under many
+    interleaved calls, each call's request id and token must still be its own."""
+    repository = await SqliteRepository.open(tmp_path / "store.sqlite3")
+    tracking = DriverTracking(repository, MemoryBus())
+    await tracking.start()
+    drivers = [f"drv-{n}" for n in range(40)]
+    await repository.record_locations(
+        [Location(d, 52.5, 13.4, 1.0, 0.0, time.time_ns() - 1_000_000_000) for d in drivers]
+    )
+    pipeline = call_pipeline(AuthPolicy(TokenValidator.from_secret(SECRET)), access_log="off")
+    if registration == "around":
+        server = grpc.aio.server()
+        pb_grpc.add_DriverServiceServicer_to_server(
+            DriverServicer(tracking), pipeline.around(server)
+        )
+    else:
+        server = grpc.aio.server(interceptors=[pipeline])
+        pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    issuer = TokenIssuer.from_secret(SECRET)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.DriverServiceStub(channel)
+
+            async def own_then_foreign(n: int) -> None:
+                me, other = drivers[n], drivers[(n + 1) % len(drivers)]
+                headers = (
+                    ("authorization", f"Bearer {issuer.issue_driver(me)}"),
+                    ("x-request-id", f"req-{n}"),
+                )
+                call = stub.GetDriver(pb.GetDriverRequest(driver_id=me), metadata=headers)
+                assert (await call).driver_id == me
+                assert ("x-request-id", f"req-{n}") in tuple(await call.trailing_metadata())
+                denied = stub.GetDriver(pb.GetDriverRequest(driver_id=other), metadata=headers)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await denied
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert ("x-request-id", f"req-{n}") in tuple(await denied.trailing_metadata())
+
+            await asyncio.gather(*(own_then_foreign(n) for n in range(len(drivers))))
+    finally:
+        await server.stop(0)
+        await tracking.close()

@@ -37,6 +37,8 @@ _VALID_IDS_MAX = 100_000
 
 
 def validate_driver_id(driver_id: str, field: str = "driver_id") -> str:
+    if driver_id in _VALID_IDS:
+        return driver_id
     if not driver_id:
         raise InvalidInput(f"{field} is required")
     if len(driver_id) > MAX_DRIVER_ID_LENGTH:

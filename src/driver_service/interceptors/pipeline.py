@@ -14,8 +14,11 @@ CPU per call is the service's throughput limit (BENCHMARKS.md: the six-intercept
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from asyncio import current_task
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
@@ -50,9 +53,31 @@ from driver_service.metrics import MethodMetrics, ServiceMetrics, grpc_type
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL
+#: Invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
+_Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
 if TYPE_CHECKING:
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+
+
+#: The invocation metadata grpc.aio decoded to find the current call's handler, and the task
+#: that call runs in. `context.invocation_metadata()` decodes it all again (~3 µs a call,
+#: BENCHMARKS.md); grpc.aio finds the handler and runs it in the same task, one call per task.
+_CALL_METADATA: ContextVar[tuple[asyncio.Task[Any] | None, _Metadata]] = ContextVar("call_metadata")
+
+
+def _keep_metadata(handler_call_details: grpc.HandlerCallDetails) -> None:
+    _CALL_METADATA.set((current_task(), handler_call_details.invocation_metadata))
+
+
+def _metadata_of(context: _Context) -> _Metadata:
+    """The current call's invocation metadata, decoded once per call where possible. Kept
+    metadata counts only in the task it was kept in: a grpc.aio that looked handlers up
+    elsewhere would make this decode again, never hand one call another's headers."""
+    kept = _CALL_METADATA.get(None)
+    if kept is not None and kept[0] is current_task() and kept[0] is not None:
+        return kept[1]
+    return context.invocation_metadata() or ()
 
 
 class _Counts:
@@ -94,6 +119,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        _keep_metadata(handler_call_details)
         return self.wrap(handler_call_details.method, handler)
 
     def wrap(self, method: str, handler: _Handler) -> _Handler:
@@ -143,6 +169,7 @@ class _PipelinedHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
+        _keep_metadata(handler_call_details)
         return self._pipeline.wrap(handler_call_details.method, handler)
 
 
@@ -230,7 +257,7 @@ class _MethodCalls:
         request_id = ""
         authorization: str | None = None
         auth_headers = 0
-        for key, value in context.invocation_metadata() or ():
+        for key, value in _metadata_of(context):
             if key == AUTHORIZATION_HEADER:
                 auth_headers += 1
                 if auth_headers == 1 and isinstance(value, str):
