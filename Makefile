@@ -42,6 +42,8 @@ test-fast: install
 bench: install
 	@command -v h2load >/dev/null || apt-get install -y nghttp2-client \
 		|| { echo "bench: h2load missing; install Debian's nghttp2-client"; exit 1; }
+	@command -v valgrind >/dev/null || apt-get install -y valgrind \
+		|| echo "bench: valgrind missing; the instructions part will be skipped"
 	$(BIN)/python -m bench
 
 clean:

@@ -15,7 +15,17 @@ from typing import Any
 
 from bench import common
 
-PARTS = ("unary", "batch", "profile", "ingest", "fanout", "sessions", "nearby", "workers")
+PARTS = (
+    "unary",
+    "batch",
+    "profile",
+    "instructions",
+    "ingest",
+    "fanout",
+    "sessions",
+    "nearby",
+    "workers",
+)
 
 
 def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
@@ -77,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import profile
 
                 result = profile.run(work, repeats=repeats, duration_s=duration, spy=not args.quick)
+            elif part == "instructions":
+                from bench import instructions
+
+                result = instructions.run(work, repeats=repeats)
             elif part == "ingest":
                 from bench import ingest
 

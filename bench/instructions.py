@@ -1,0 +1,128 @@
+"""Instructions per GetDriver call, counted by valgrind's callgrind, for the bare floor, our
+servicer alone, and the call pipeline with its concerns added one at a time.
+
+Wall-clock throughput on this shared 2-core machine drifts by a factor of 2 between days
+and by ±10 % between rounds; an instruction count is the same for the same code and
+inputs whatever else the machine does, so a change of a few per cent in our per-call work
+shows up here first.
+Caveats: instructions are not time (grpc core's C and the interpreter differ in cycles per
+instruction), kernel work (system calls) is not counted, and under valgrind a call takes
+~50 times longer, so per-millisecond caches (the access log's timestamp text) miss on every call
+and the access log is over-counted.
+
+    python -m bench.instructions [LABEL ...]     # every variant by default, 3 runs each
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import PYTHON, ROOT, free_port, wait_for_port
+from bench.servers import preload
+from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
+
+#: (label, server kind, extra arguments), each adding one concern to the one before.
+VARIANTS: list[tuple[str, str, list[str]]] = [
+    ("bare", "bare", []),
+    ("servicer", "chain", ["--interceptors="]),
+    ("+pipeline", "chain", ["--interceptors=pipeline"]),
+    ("+request id", "chain", ["--interceptors=pipeline,request_id"]),
+    ("+metrics", "chain", ["--interceptors=pipeline,request_id,metrics"]),
+    ("+access log", "chain", ["--interceptors=pipeline,request_id,metrics,logging"]),
+    ("full", "full", []),
+]
+CALLS = 2_000
+WARMUP_CALLS = 300
+
+
+def _load(port: int, body: Path, calls: int) -> None:
+    argv = ["h2load", "-n", str(calls), "-c", "10", "-d", str(body)]
+    for header in GRPC_HEADERS:
+        argv += ["-H", header]
+    argv.append(f"http://127.0.0.1:{port}{GET_DRIVER}")
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    if f"{calls} succeeded" not in out:
+        raise RuntimeError(f"h2load: not every call succeeded:\n{out[-600:]}")
+
+
+def _total_instructions(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body: Path) -> float:
+    """Instructions per call of one server variant: instrumentation is switched on after
+    start-up and a warm-up, zeroed, and read after CALLS calls."""
+    port = free_port()
+    own = work / f"data-{len(list(work.iterdir()))}"
+    shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
+    out = work / f"callgrind-{port}.out"
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+    argv += [PYTHON, "-m", "bench.servers", kind, "--port", str(port), *extra]
+    if kind != "bare":
+        argv += ["--data-dir", str(own)]
+    with (work / f"server-{port}.log").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc, timeout_s=300)
+        _load(port, body, WARMUP_CALLS)
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
+        _load(port, body, WARMUP_CALLS)
+        subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
+        _load(port, body, CALLS)
+        subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
+        time.sleep(1)
+        dumps = sorted(work.glob(f"callgrind-{port}.out.*"))
+        per_call = _total_instructions(dumps[-1]) / CALLS
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    print(f"  {label}: {per_call / 1000:.1f} k instructions per call", flush=True)
+    return per_call
+
+
+def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dict[str, Any]:
+    """Each variant `repeats` times (a fresh server each); the median counts. Counts move a
+    little with timing (how many calls one loop iteration handles, the poller thread), more
+    so while other work loads the machine."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return {"skipped": "valgrind missing (Debian: valgrind)"}
+    work = workdir / "instructions"
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    data.mkdir(exist_ok=True)
+    asyncio.run(preload(data))
+    body = work / "body.bin"
+    body.write_bytes(get_driver_body())
+    chosen = [v for v in VARIANTS if not labels or v[0] in labels]
+    runs = {
+        label: sorted(count(label, kind, extra, data, work, body) for _ in range(repeats))
+        for label, kind, extra in chosen
+    }
+    per_call = {label: counts[len(counts) // 2] for label, counts in runs.items()}
+    floor = per_call.get("bare")
+    for label, value in per_call.items():
+        versus = f", {100 * (value / floor - 1):+.1f} % vs bare" if floor else ""
+        print(f"  median {label}: {value / 1000:.1f} k{versus}")
+    return {
+        "calls": CALLS,
+        "repeats": repeats,
+        "instructions_per_call": per_call,
+        "runs": runs,
+        "vs_bare": {k: v / floor - 1 for k, v in per_call.items()} if floor else {},
+    }
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        run(Path(tmp), sys.argv[1:] or None)
