@@ -29,6 +29,7 @@ from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.bootstrap import Services, build_services
 from driver_service.config import ConfigError, ServerSettings, grpc_address
 from driver_service.dispatch import DISPATCH_RULES, Dispatch
+from driver_service.gc_tuning import settle_heap
 from driver_service.interceptors import (
     DEFAULT_RULES,
     AuthPolicy,
@@ -236,6 +237,7 @@ async def serve(settings: ServerSettings) -> None:
         )
     if not settings.auth_enabled:
         log.warning("no token key configured: every caller may call every method")
+    settle_heap()
     log.info(
         "driver-service listening on port %d (%s, store %s)",
         running.port,
