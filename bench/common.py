@@ -99,9 +99,20 @@ def server(kind: str, *args: str, workdir: Path, module: str = "bench.servers") 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its threads so far (grpc core runs its own)."""
+    """User + system CPU so far of a process, its threads (grpc core runs its own) and its
+    live child processes (`serve --workers` is a supervisor with one child per worker)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        child_pids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        child_pids = []
+    total = own
+    for child in child_pids:
+        with contextlib.suppress(OSError):  # a child that just exited
+            total += cpu_seconds(child)
+    return total
 
 
 def rss_bytes(pid: int) -> int:
@@ -154,6 +165,7 @@ def h2load(
     headers: Sequence[str] = (),
     http1: bool = False,
     warmup_s: float = 1.0,
+    client_core: str = CLIENT_CORE,
 ) -> LoadResult:
     """Closed-loop load: `clients` connections, one request in flight each, for
     `duration_s` after `warmup_s`; latencies from h2load's per-request log."""
@@ -173,7 +185,7 @@ def h2load(
         argv.append(url)
         cpu0 = cpu_seconds(server_pid)
         t0 = time.monotonic()
-        out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=False)
+        out = subprocess.run(pinned(client_core, argv), capture_output=True, text=True, check=False)
         wall = time.monotonic() - t0
         cpu = cpu_seconds(server_pid) - cpu0
         if out.returncode != 0:

@@ -95,6 +95,7 @@ def one_point(
     batched: bool,
     workdir: Path,
     stores: bool = True,
+    client_core: str = CLIENT_CORE,
 ) -> dict[str, Any]:
     """One ingest measurement; with `stores=False` (the bare floor) nothing is stored and
     every update of a stream that succeeded counts."""
@@ -112,7 +113,7 @@ def one_point(
     procs = [
         subprocess.Popen(
             pinned(
-                CLIENT_CORE,
+                client_core,
                 [
                     "h2load",
                     "-n",
