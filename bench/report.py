@@ -107,16 +107,41 @@ def ingest_table(i: dict[str, Any]) -> list[str]:
 
 def fanout_table(f: dict[str, Any]) -> list[str]:
     lines = [
-        "| watchers | ack→received p50 | ack→received p99 | send→received p50 "
+        "| server | watchers | ack→received p50 | ack→received p99 | send→received p50 "
         "| send→received p99 | server CPU µs per delivery |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for w, c in f["cases"].items():
+    for key, server in (("cases", "ours"), ("floor_cases", "bare grpc.aio")):
+        for w, c in f.get(key, {}).items():
+            lines.append(
+                f"| {server} | {w} | {c['ack_to_received_p50_ms']:.2f} ms "
+                f"| {c['ack_to_received_p99_ms']:.2f} ms "
+                f"| {c['send_to_received_p50_ms']:.2f} ms | {c['send_to_received_p99_ms']:.2f} ms "
+                f"| {c['server_cpu_us_per_delivery']:.0f} |"
+            )
+    return lines
+
+
+def instructions_table(n: dict[str, Any]) -> list[str]:
+    if "skipped" in n:
+        return [f"skipped: {n['skipped']}"]
+    lines = ["| server | k instructions per call (median) | vs bare |", "|---|---:|---:|"]
+    for label, value in n["instructions_per_call"].items():
+        versus = n["vs_bare"].get(label)
         lines.append(
-            f"| {w} | {c['ack_to_received_p50_ms']:.2f} ms | {c['ack_to_received_p99_ms']:.2f} ms "
-            f"| {c['send_to_received_p50_ms']:.2f} ms | {c['send_to_received_p99_ms']:.2f} ms "
-            f"| {c['server_cpu_us_per_delivery']:.0f} |"
+            f"| {label} | {value / 1000:.1f} | "
+            + (f"{100 * versus:+.1f} % |" if versus is not None else "- |")
         )
+    return lines
+
+
+def workers_table(w: dict[str, Any]) -> list[str]:
+    if "skipped" in w:
+        return [f"skipped: {w['skipped']}"]
+    lines = ["| workers | GetDriver RPS | UploadLocations updates/s |", "|---:|---:|---:|"]
+    for n, c in w["cases"].items():
+        lines.append(f"| {n} | {c['getdriver_rps']:,.0f} | {c['upload_updates_per_s']:,.0f} |")
+    lines.append(f"| 2 / 1 | x{w['getdriver_scaling']:.2f} | x{w['upload_scaling']:.2f} |")
     return lines
 
 
@@ -144,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         ("profile", paired_table),
         ("profile", profile_table),
         ("ingest", ingest_table),
+        ("instructions", instructions_table),
         ("fanout", fanout_table),
         ("sessions", sessions_table),
+        ("workers", workers_table),
     ):
         data = _load(name, results)
         if data is not None:

@@ -142,3 +142,36 @@ async def test_unsubscribe_cleans_up_watchers() -> None:
     assert bus.watcher_count() == 0
     # No empty per-driver sets left behind by drivers nobody watches any more.
     assert bus._watchers == {}
+
+
+async def test_watchers_are_woken_in_the_order_they_subscribed() -> None:
+    bus = MemoryBus()
+    subs = [await bus.subscribe("a") for _ in range(50)]
+    woken: list[int] = []
+
+    async def read(n: int) -> None:
+        await subs[n].next()
+        woken.append(n)
+
+    # Readers start in reverse, so their wait order is not what is being checked.
+    readers = [asyncio.ensure_future(read(n)) for n in reversed(range(50))]
+    await asyncio.sleep(0)
+    subs[10].close()
+    await bus.publish([loc("a", 1)])
+    await asyncio.gather(*readers, return_exceptions=True)
+
+    assert woken == [n for n in range(50) if n != 10]
+    await bus.close()
+
+
+async def test_a_subscription_waits_again_after_every_wake() -> None:
+    """The loop is looked up once per subscription; every later wait still suspends."""
+    bus = MemoryBus()
+    sub = await bus.subscribe("a")
+    for i in range(3):
+        reader = asyncio.ensure_future(sub.next())
+        await asyncio.sleep(0.01)
+        assert not reader.done()
+        await bus.publish([loc("a", i)])
+        assert await asyncio.wait_for(reader, 1) == loc("a", i)
+    await bus.close()

@@ -68,14 +68,41 @@ class DriverResponses:
 
 
 def location_to_pb(location: Location) -> pb.LocationUpdate:
-    return pb.LocationUpdate(
+    """A new LocationUpdate. The timestamp is set in place: a Timestamp built apart and
+    passed in is copied, which made this 60 % slower (1.16 µs against 0.71 µs)."""
+    seconds, nanos = divmod(location.recorded_at_ns, NANOS)
+    msg = pb.LocationUpdate(
         driver_id=location.driver_id,
         latitude=location.latitude,
         longitude=location.longitude,
         speed_mps=location.speed_mps,
         heading_degrees=location.heading_degrees,
-        timestamp=ns_to_timestamp(location.recorded_at_ns),
     )
+    timestamp = msg.timestamp
+    timestamp.seconds = seconds
+    timestamp.nanos = nanos
+    return msg
+
+
+class LocationMessages:
+    """LocationUpdates for live fan-out, built once per published Location however many
+    watchers it goes to: every watcher of a driver is handed the same Location object, and
+    they are woken one after another, so the last message built is the one asked for next.
+    The messages are shared between streams; they are only ever serialized, never changed."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[Location, pb.LocationUpdate] | None = None
+
+    def of(self, location: Location) -> pb.LocationUpdate:
+        # By identity: the entry holds its Location, so no other object can take its id.
+        last = self._last
+        if last is not None and last[0] is location:
+            return last[1]
+        msg = location_to_pb(location)
+        self._last = (location, msg)
+        return msg
 
 
 def pb_to_location(msg: pb.LocationUpdate) -> Location:

@@ -12,7 +12,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import (
     DriverResponses,
-    location_to_pb,
+    LocationMessages,
     summary_to_pb,
     timestamp_to_ns,
 )
@@ -45,6 +45,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
     def __init__(self, tracking: DriverTracking) -> None:
         self._tracking = tracking
         self._responses = DriverResponses()
+        self._locations = LocationMessages()
 
     async def GetDriver(  # noqa: N802 - generated method name
         self,
@@ -62,9 +63,10 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         request: pb.StreamLocationRequest,
         context: grpc.aio.ServicerContext[pb.StreamLocationRequest, pb.LocationUpdate],
     ) -> AsyncIterator[pb.LocationUpdate]:
+        # Each Location goes to every watcher of its driver: its message is built once.
         try:
             async for location in self._tracking.watch(request.driver_id):
-                yield location_to_pb(location)
+                yield self._locations.of(location)
         except DomainError as error:
             await abort_with(context, error)
 
