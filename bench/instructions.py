@@ -2,13 +2,17 @@
 servicer alone, and the call pipeline with its concerns added one at a time.
 
 Wall-clock throughput on this shared 2-core machine drifts by a factor of 2 between days
-and by ±10 % between rounds; an instruction count is the same for the same code and
-inputs whatever else the machine does, so a change of a few per cent in our per-call work
-shows up here first.
+and by ±10 % between rounds; the same server's instruction count repeats within ~0.5 % on a
+quiet machine (within a few per cent while other work loads it), so a change of a few per
+cent in our per-call work shows up here first.
+
 Caveats: instructions are not time (grpc core's C and the interpreter differ in cycles per
-instruction), kernel work (system calls) is not counted, and under valgrind a call takes
-~50 times longer, so per-millisecond caches (the access log's timestamp text) miss on every call
-and the access log is over-counted.
+instruction) and kernel work (system calls) is not counted. Under valgrind a call takes ~50
+times longer, so work done per interval rather than per call is spread over fewer calls: the
+access log's flush every 50 ms and its per-millisecond timestamp text are over-counted. The
+count also depends on how calls arrive (how many one event-loop iteration handles), so the
+server and h2load are pinned to their own cores as in every other part; compare counts from
+the same run.
 
     python -m bench.instructions [LABEL ...]     # every variant by default, 3 runs each
 """
@@ -24,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, free_port, wait_for_port
+from bench.common import (
+    CLIENT_CORE,
+    PYTHON,
+    ROOT,
+    SERVER_CORE,
+    free_port,
+    pinned,
+    wait_for_port,
+)
 from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
@@ -47,7 +59,9 @@ def _load(port: int, body: Path, calls: int) -> None:
     for header in GRPC_HEADERS:
         argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{port}{GET_DRIVER}")
-    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=False
+    ).stdout
     if f"{calls} succeeded" not in out:
         raise RuntimeError(f"h2load: not every call succeeded:\n{out[-600:]}")
 
@@ -71,7 +85,9 @@ def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body:
     if kind != "bare":
         argv += ["--data-dir", str(own)]
     with (work / f"server-{port}.log").open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            pinned(SERVER_CORE, argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_for_port(port, proc, timeout_s=300)
         _load(port, body, WARMUP_CALLS)

@@ -146,15 +146,21 @@ def workers_table(w: dict[str, Any]) -> list[str]:
 
 
 def sessions_table(s: dict[str, Any]) -> list[str]:
-    floor = s.get("floor_bytes_per_idle_session")
-    floor_text = f"{floor / 1024:.1f}" if floor else "-"
+    def kib(key: str) -> str:
+        value = s.get(key)
+        return f"{value / 1024:.1f}" if value else "-"
+
     return [
-        "| sessions | heartbeat RTT p50 | p99 | KiB per idle session | bare grpc.aio KiB "
-        "| tried | held | answered after | RSS at max |",
+        "| sessions | heartbeat RTT p50 | p99 | KiB per idle session (ours / bare grpc.aio), "
+        "500 per connection | a connection each | tried | held | answered after "
+        "| RSS at max |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {s['sessions']:.0f} | {s['heartbeat_rtt_p50_ms']:.1f} ms "
-        f"| {s['heartbeat_rtt_p99_ms']:.1f} ms | {s['bytes_per_idle_session'] / 1024:.1f} "
-        f"| {floor_text} | {s['tried']:.0f} | {s['held']:.0f} | {s['answered_after']:.0f} "
+        f"| {s['heartbeat_rtt_p99_ms']:.1f} ms "
+        f"| {kib('bytes_per_idle_session')} / {kib('floor_bytes_per_idle_session')} "
+        f"| {kib('bytes_per_session_own_connection')} / "
+        f"{kib('floor_bytes_per_session_own_connection')} "
+        f"| {s['tried']:.0f} | {s['held']:.0f} | {s['answered_after']:.0f} "
         f"| {s['server_rss_mb_at_max']:.0f} MiB |",
     ]
 

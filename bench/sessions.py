@@ -1,5 +1,6 @@
 """4. DriverSession: heartbeat round trip with 1,000 concurrent sessions, server memory per
-idle session (RSS delta / sessions), and how many sessions one server process holds.
+idle session (RSS delta / sessions; 500 sessions per connection, and one connection per
+session as driver apps connect in production), and how many sessions one process holds.
 
 The same is measured against the floor: a bare grpc.aio server whose DriverSession only
 answers heartbeats (`python -m bench.sessions floor --port P`), so the per-session bytes that
@@ -59,20 +60,35 @@ class Session:
 
 
 async def open_sessions(
-    target: str, count: int, channels: list[grpc.aio.Channel]
+    target: str, count: int, channels: list[grpc.aio.Channel], own_connections: bool = False
 ) -> tuple[list[Session], int]:
-    """Open `count` sessions (each proven by one heartbeat); return those that answered."""
-    need = count // STREAMS_PER_CHANNEL + 1
-    channels += [
-        grpc.aio.insecure_channel(target, options=OWN_CONNECTION)
-        for _ in range(need - len(channels))
-    ]
+    """Open `count` sessions (each proven by one heartbeat); return those that answered.
+    Sessions share connections, STREAMS_PER_CHANNEL each (`channels` first), or with
+    `own_connections` each gets a new connection, as a driver app's session has."""
+    if own_connections:
+        first = len(channels)
+        channels += [
+            grpc.aio.insecure_channel(target, options=OWN_CONNECTION) for _ in range(count)
+        ]
+
+        def channel_of(i: int) -> grpc.aio.Channel:
+            return channels[first + i]
+    else:
+        need = count // STREAMS_PER_CHANNEL + 1
+        channels += [
+            grpc.aio.insecure_channel(target, options=OWN_CONNECTION)
+            for _ in range(need - len(channels))
+        ]
+
+        def channel_of(i: int) -> grpc.aio.Channel:
+            return channels[i // STREAMS_PER_CHANNEL]
+
     sessions: list[Session] = []
     failed = 0
     batch = 250
     for start in range(0, count, batch):
         opened = [
-            Session(pb_grpc.DriverServiceStub(channels[(start + i) // STREAMS_PER_CHANNEL]))
+            Session(pb_grpc.DriverServiceStub(channel_of(start + i)))
             for i in range(min(batch, count - start))
         ]
         results = await asyncio.gather(*(s.ping() for s in opened), return_exceptions=True)
@@ -132,6 +148,27 @@ async def measure(
     return result
 
 
+async def measure_own_connections(port: int, pid: int, sessions_n: int) -> float:
+    """Server bytes per idle session when every session has a connection of its own, as
+    every driver app has in production (one phone, one connection)."""
+    target = f"127.0.0.1:{port}"
+    channels: list[grpc.aio.Channel] = []
+    warm, _ = await open_sessions(target, 50, channels)
+    for s in warm:
+        await s.close()
+    await asyncio.sleep(0.5)
+    gc.collect()
+    rss0 = rss_bytes(pid)
+    sessions, _ = await open_sessions(target, sessions_n, channels, own_connections=True)
+    await asyncio.sleep(1.0)
+    per_session = (rss_bytes(pid) - rss0) / max(1, len(sessions))
+    for s in sessions:
+        await s.close()
+    for ch in channels:
+        await ch.close()
+    return per_session
+
+
 def run(
     workdir: Path,
     *,
@@ -142,23 +179,39 @@ def run(
 ) -> dict[str, Any]:
     data = workdir / "sessions-data"
     data.mkdir(parents=True, exist_ok=True)
-    runs, floors = [], []
-    for _ in range(repeats):  # a fresh server each time: RSS deltas from the same start
-        args = ["--data-dir", str(data)]
-        with server("full", *args, workdir=workdir) as srv:
-            runs.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
-        with server("floor", workdir=workdir, module="bench.sessions") as srv:
-            floors.append(run_async(measure(srv.port, srv.pid, sessions, rounds, max_sessions)))
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    own: dict[str, list[float]] = {"ours": [], "floor": []}
+    ours_args = ["full", "--data-dir", str(data)]
+
+    async def every_run() -> None:
+        # One event loop for all of them: grpc.aio's poller stays bound to the first loop of
+        # the process, and a second loop leaves it calling a closed one.
+        for _ in range(repeats):  # a fresh server each time: RSS deltas from the same start
+            with server(*ours_args, workdir=workdir) as srv:
+                runs.append(await measure(srv.port, srv.pid, sessions, rounds, max_sessions))
+            with server("floor", workdir=workdir, module="bench.sessions") as srv:
+                floors.append(await measure(srv.port, srv.pid, sessions, rounds, max_sessions))
+            with server(*ours_args, workdir=workdir) as srv:
+                own["ours"].append(await measure_own_connections(srv.port, srv.pid, sessions))
+            with server("floor", workdir=workdir, module="bench.sessions") as srv:
+                own["floor"].append(await measure_own_connections(srv.port, srv.pid, sessions))
+
+    run_async(every_run())
     keys = [k for k, v in runs[0].items() if isinstance(v, int | float)]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}
     for key in ("bytes_per_idle_session", "bytes_per_session_at_max"):
         summary[f"floor_{key}"] = statistics.median(r[key] for r in floors)
+    summary["bytes_per_session_own_connection"] = statistics.median(own["ours"])
+    summary["floor_bytes_per_session_own_connection"] = statistics.median(own["floor"])
     print(
         f"  {sessions} sessions: rtt p50 {summary['heartbeat_rtt_p50_ms']:.1f} ms p99 "
         f"{summary['heartbeat_rtt_p99_ms']:.1f} ms; "
         f"{summary['bytes_per_idle_session'] / 1024:.1f} KiB/idle session "
         f"(bare grpc.aio: {summary['floor_bytes_per_idle_session'] / 1024:.1f} KiB); "
-        f"held {summary['held']:.0f} of {max_sessions}"
+        f"held {summary['held']:.0f} of {max_sessions}; a connection per session: "
+        f"{summary['bytes_per_session_own_connection'] / 1024:.1f} KiB "
+        f"(bare: {summary['floor_bytes_per_session_own_connection'] / 1024:.1f} KiB)"
     )
     return {**summary, "runs": runs, "floor_runs": floors}
 

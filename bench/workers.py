@@ -43,9 +43,14 @@ class Placement:
     contended: bool
 
 
+def machine_cores() -> list[int]:
+    """Every core of the machine (the bench process itself is pinned to the client core)."""
+    return list(range(os.cpu_count() or 1))
+
+
 def placement(max_workers: int) -> Placement | None:
     """Separate cores for workers, client and stores, or None if this machine has too few."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = machine_cores()
     if len(cores) < max_workers + 2:
         return None
     return Placement(cores[:max_workers], cores[max_workers], cores[max_workers + 1], False)
@@ -53,7 +58,7 @@ def placement(max_workers: int) -> Placement | None:
 
 def contended_placement(max_workers: int) -> Placement:
     """Everything on the cores there are (only to check that the part runs)."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = machine_cores()
     workers = [cores[i % len(cores)] for i in range(max_workers)]
     return Placement(workers, cores[-1], cores[-1], True)
 
@@ -135,7 +140,7 @@ def run(
         if not anyway:
             reason = (
                 f"needs {CORES_NEEDED} cores (a core per worker, one for h2load, one for "
-                f"PostgreSQL and Redis); this machine has {len(os.sched_getaffinity(0))}, where "
+                f"PostgreSQL and Redis); this machine has {len(machine_cores())}, where "
                 "the ratio would measure contention, not scaling. `python -m bench workers "
                 "--workers-anyway` runs it regardless."
             )
