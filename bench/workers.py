@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PYTHON, ROOT, free_port, h2load, pinned, wait_for_port
+from bench.common import PYTHON, ROOT, Server, free_port, h2load, pinned, wait_for_port
 from bench.ingest import one_point
 from bench.servers import preload_locations
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
@@ -111,20 +111,17 @@ def serve(
     argv += ["--store", store, "--bus", bus, "--log-level", "WARNING"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIVER_SERVICE_")}
     core_list = ",".join(str(c) for c in cores[:workers])
-    with (workdir / f"workers-{workers}-{port}.log").open("wb") as log:
+    log_path = workdir / f"workers-{workers}-{port}.log"
+    with log_path.open("wb") as log:
         proc = subprocess.Popen(
             pinned(core_list, argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
+    running = Server(proc, port, log_path)
     try:
         wait_for_port(port, proc, timeout_s=60)
         yield port, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        running.stop()  # the supervisor stops its workers on SIGTERM
 
 
 def run(
