@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from bench.common import DRIVERS
 from bench.ingest import BATCH_SIZE, update
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service.api.batch_servicer import DriverBatchServicer
+from driver_service.api.convert import pb_to_location
 from driver_service.bus.memory import MemoryBus
 from driver_service.domain import Location
 from driver_service.ratelimit import RateLimiter
@@ -76,19 +78,13 @@ def stored(path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM location_history").fetchone()[0])
 
 
+def _locations(total: int) -> list[Location]:
+    """`total` distinct updates as the servicer reads them off the wire."""
+    return [pb_to_location(update(i, base_ns())) for i in range(total)]
+
+
 async def _repository(path: Path, total: int, commit: int) -> float:
-    msgs = [update(i, base_ns()) for i in range(total)]
-    locations = [
-        Location(
-            m.driver_id,
-            m.latitude,
-            m.longitude,
-            m.speed_mps,
-            m.heading_degrees,
-            m.timestamp.ToNanoseconds(),
-        )
-        for m in msgs
-    ]
+    locations = _locations(total)
     repo = await SqliteRepository.open(path)
     try:
         cpu0 = time.process_time()
@@ -106,18 +102,8 @@ def _tracking(repo: SqliteRepository) -> DriverTracking:
 
 async def _writer(path: Path, total: int, commit: int) -> float:
     del commit  # group commit decides
-    msgs = [update(i, base_ns()) for i in range(total)]
-    rows = [
-        (
-            m.driver_id,
-            m.latitude,
-            m.longitude,
-            m.speed_mps,
-            m.heading_degrees,
-            m.timestamp.ToNanoseconds(),
-        )
-        for m in msgs
-    ]
+    # Upload.offer's arguments are a Location's fields, in order.
+    rows = [astuple(location) for location in _locations(total)]
     repo = await SqliteRepository.open(path)
     tracking = _tracking(repo)
     await tracking.start()
