@@ -1,20 +1,25 @@
 """Group commit for location updates: many streams, one transaction per round, acks after commit.
 
 Every accepted update is appended to the open batch and the caller gets that batch's
-future. A single writer task commits whatever has accumulated while the previous commit
+`Commit`. A single writer task commits whatever has accumulated while the previous commit
 ran, so batch size follows load: one update per commit when traffic trickles (after a
 1 ms linger), thousands per commit under a flood (no transaction per update).
+
+A `Commit` is shared by every stream whose updates went into it, so a caller never awaits
+its future directly: `Commit.wait()` shields it, and a caller that is cancelled (a phone
+that hangs up, a deadline) stops waiting without touching what the others wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 
 from driver_service.domain import Location, StoreUnavailable
 from driver_service.ports import DriverRepository, LocationBus
+from driver_service.supervisor import Policy, Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +29,94 @@ DEFAULT_MAX_PENDING = 50_000
 #: (thread hop, transaction, fsync) then dominates. Larger batches go at once.
 LINGER_BELOW = 256
 LINGER_S = 0.001
+#: While commits keep failing (a full disk, a store that is away), one log line per this
+#: many seconds says how many failed, instead of a traceback per commit.
+FAILURE_LOG_INTERVAL_S = 10.0
+
+
+class Commit:
+    """The outcome of one group commit, shared by every update that went into it.
+
+    Await it (or `wait()`) to learn that its updates are durable; StoreUnavailable if the
+    commit failed. Waiting is shielded: cancelling a waiter cancels only that waiter.
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    async def wait(self) -> None:
+        await asyncio.shield(self._future)
+
+    def __await__(self) -> Generator[object, None, None]:
+        return self.wait().__await__()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def succeeded(self) -> bool:
+        """Whether the commit is done and its updates are durable."""
+        future = self._future
+        return future.done() and future.exception() is None
+
+    def _resolve(self, error: BaseException | None = None) -> None:
+        """Settle the outcome once (later calls are ignored: the writer must never die of it)."""
+        future = self._future
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # retrieved here: not every submitter waits for its commit
+
+
+class _FailureLog:
+    """Rate-limited logging of failing commits: the first with its traceback, then a count
+    per interval, then one line when commits succeed again."""
+
+    def __init__(self, interval_s: float = FAILURE_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._failed = 0
+        self._unreported = 0
+        self._next_report = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self._failed > 0
+
+    def failed(self, updates: int, error: BaseException) -> None:
+        now = time.monotonic()
+        self._failed += 1
+        self._unreported += 1
+        if self._failed == 1:
+            log.error("committing %d location updates failed", updates, exc_info=error)
+        elif now >= self._next_report:
+            log.error(
+                "commits still failing: %d failed in the last %.0f s (latest: %r)",
+                self._unreported,
+                self._interval_s,
+                error,
+            )
+        else:
+            return
+        self._unreported = 0
+        self._next_report = now + self._interval_s
+
+    def succeeded(self) -> None:
+        if self._failed:
+            log.warning("commits succeed again after %d failed", self._failed)
+            self._failed = self._unreported = 0
 
 
 class LocationWriter:
-    """Batches updates from all streams into durable commits, then publishes them live."""
+    """Batches updates from all streams into durable commits, then publishes them live.
+
+    Its task runs under the supervisor as a fatal task: if it ever ends unexpectedly, every
+    update waiting in it fails with StoreUnavailable at once (callers resend), and the server
+    turns NOT_SERVING and exits for the orchestrator to restart it.
+    """
 
     def __init__(
         self,
@@ -35,35 +124,56 @@ class LocationWriter:
         bus: LocationBus,
         max_pending: int = DEFAULT_MAX_PENDING,
         linger_s: float = LINGER_S,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._repository = repository
         self._linger_s = linger_s
         self._bus = bus
         self._max_pending = max_pending
+        self._supervisor = supervisor or Supervisor()
         self._batch: list[Location] = []
-        self._batch_done: asyncio.Future[None] | None = None
+        self._batch_done: Commit | None = None
+        #: The batch being committed now (failed at once if the writer dies mid-commit).
+        self._committing: Commit | None = None
         self._work = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Supervised | None = None
         self._closed = False
+        self._failures = _FailureLog()
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="location-writer")
+            self._task = self._supervisor.start(
+                "location-writer", self._run, Policy.FATAL, on_exit=self._fail_pending
+            )
 
-    def submit(self, location: Location) -> asyncio.Future[None]:
-        """Queue one update; the returned future resolves once it is durably committed
-        (and is shared by every update of the same commit)."""
+    @property
+    def running(self) -> bool:
+        """Whether the writer task is alive (health must not say SERVING otherwise)."""
+        return self._task is not None and self._task.alive
+
+    @property
+    def failing(self) -> bool:
+        """Whether the last commit failed and none has succeeded since."""
+        return self._failures.failing
+
+    def commit_succeeded_elsewhere(self) -> None:
+        """A write probe of the store succeeded (health): commits are expected to work again."""
+        self._failures.succeeded()
+
+    def submit(self, location: Location) -> Commit:
+        """Queue one update; the returned commit resolves once it is durably stored (and is
+        shared by every update of the same commit)."""
         done = self._open_batch()
         self._batch.append(location)
         self._queued()
         return done
 
-    def submit_many(self, locations: Sequence[Location]) -> asyncio.Future[None]:
-        """Queue many updates at once (one batched message); like submit, the future
+    def submit_many(self, locations: Sequence[Location]) -> Commit:
+        """Queue many updates at once (one batched message); like submit, the commit
         resolves once all of them are durably committed. The batch may pass max_pending by
         one message's worth: callers wait for room before each message, not each update."""
         done = self._open_batch()
@@ -71,13 +181,15 @@ class LocationWriter:
         self._queued()
         return done
 
-    def _open_batch(self) -> asyncio.Future[None]:
-        """The open batch's commit future (created with the batch)."""
+    def _open_batch(self) -> Commit:
+        """The open batch's commit (created with the batch)."""
         if self._closed:
             raise StoreUnavailable("the server is shutting down and no longer accepts updates")
         done = self._batch_done
         if done is None:
-            done = self._batch_done = asyncio.get_running_loop().create_future()
+            if self._task is not None and not self._task.alive:
+                raise StoreUnavailable("the server cannot store updates now; resend later")
+            done = self._batch_done = Commit(asyncio.get_running_loop())
         return done
 
     def _queued(self) -> None:
@@ -108,24 +220,37 @@ class LocationWriter:
                 continue
             self._batch, self._batch_done = [], None
             self._room.set()
+            self._committing = done
             await self._commit(batch, done)
+            self._committing = None
             if not self._batch:
                 self._idle.set()
 
-    async def _commit(self, batch: Sequence[Location], done: asyncio.Future[None]) -> None:
+    async def _commit(self, batch: Sequence[Location], done: Commit) -> None:
         try:
             advanced = await self._repository.record_locations(batch)
-        except Exception:
-            log.exception("committing %d location updates failed", len(batch))
-            done.set_exception(StoreUnavailable("storing location updates failed"))
-            done.exception()  # retrieved here: not every submitter awaits its future
+        except Exception as exc:  # noqa: BLE001 - any store failure fails this commit only
+            self._failures.failed(len(batch), exc)
+            done._resolve(StoreUnavailable("storing location updates failed"))
             return
-        done.set_result(None)
+        self._failures.succeeded()
+        done._resolve()
         if advanced:
             try:
                 await self._bus.publish(advanced)
             except Exception:
                 log.exception("publishing %d live locations failed", len(advanced))
+
+    def _fail_pending(self) -> None:
+        """The writer ended: fail what waits in it so no caller hangs until its deadline."""
+        error = StoreUnavailable("the server cannot store updates now; resend later")
+        for commit in (self._committing, self._batch_done):
+            if commit is not None:
+                commit._resolve(error)
+        self._committing = self._batch_done = None
+        self._batch = []
+        self._room.set()
+        self._idle.set()
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed (or has failed)."""
@@ -134,9 +259,9 @@ class LocationWriter:
     async def close(self) -> None:
         """Refuse new updates, commit what is pending, stop the writer."""
         self._closed = True
-        await self.flush()
+        if self.running:
+            await self.flush()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
             self._task = None
+        self._fail_pending()

@@ -29,9 +29,10 @@ from driver_service.domain import (
     validate_location,
 )
 from driver_service.domain.validation import Fix, validate_locations
-from driver_service.ingest import LocationWriter
+from driver_service.ingest import DEFAULT_MAX_PENDING, Commit, LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
 from driver_service.ratelimit import RateLimiter
+from driver_service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class DriverTracking:
         max_pending: int | None = None,
         rate_limiter: RateLimiter | None = None,
         count_rejection: Callable[[str], None] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.repository = repository
         self.rate_limiter = rate_limiter
@@ -63,10 +65,12 @@ class DriverTracking:
         self.count_rejection = count_rejection
         self.bus = bus
         self.rules = rules
-        self.writer = (
-            LocationWriter(repository, bus)
-            if max_pending is None
-            else LocationWriter(repository, bus, max_pending=max_pending)
+        self.supervisor = supervisor or Supervisor()
+        self.writer = LocationWriter(
+            repository,
+            bus,
+            max_pending=DEFAULT_MAX_PENDING if max_pending is None else max_pending,
+            supervisor=self.supervisor,
         )
         self._subscriptions: set[Subscription] = set()
         self._sessions: set[SessionInbox] = set()
@@ -137,8 +141,8 @@ class DriverTracking:
         speed_mps: float,
         heading_degrees: float,
         recorded_at_ns: int | None,
-    ) -> asyncio.Future[None]:
-        """Validate, rate-limit and queue one update; the future resolves when it is durably
+    ) -> Commit:
+        """Validate, rate-limit and queue one update; the commit resolves when it is durably
         stored. A missing timestamp means "now" (the seed's clients may leave it unset)."""
         now_ns = time.time_ns()
         location = validate_location(
@@ -355,7 +359,7 @@ class Upload:
         self.session_id = f"upl-{uuid.uuid4().hex}"
         self.received = 0
         # The commits this stream's updates went into, and how many updates in each.
-        self._commits: list[asyncio.Future[None]] = []
+        self._commits: list[Commit] = []
         self._commit_counts: list[int] = []
 
     async def offer(
@@ -408,7 +412,7 @@ class Upload:
         if valid:
             self._track(writer.submit_many(valid), len(valid))
 
-    def _track(self, done: asyncio.Future[None], count: int) -> None:
+    def _track(self, done: Commit, count: int) -> None:
         """Remember that `count` of this stream's updates go into the commit `done`."""
         if self._commits and self._commits[-1] is done:
             self._commit_counts[-1] += count
@@ -419,11 +423,12 @@ class Upload:
     async def finish(self) -> UploadResult:
         """Wait for every queued update's commit. If any commit failed, raise
         StoreUnavailable (the caller resends; storing is idempotent) rather than acknowledge
-        a stream that was only partly stored."""
+        a stream that was only partly stored. Cancelling this wait (the caller hung up)
+        leaves the commits, which other streams share, untouched."""
         persisted = lost = 0
         for done, count in zip(self._commits, self._commit_counts, strict=True):
             try:
-                await done
+                await done.wait()
             except StoreUnavailable:
                 lost += count
             else:

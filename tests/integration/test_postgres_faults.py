@@ -13,6 +13,7 @@ import pytest
 
 from driver_service.bus import MemoryBus
 from driver_service.domain import Status, StoreUnavailable
+from driver_service.ingest import Commit
 from driver_service.service import DriverTracking
 from driver_service.storage import postgres_schema
 from driver_service.storage.postgres import PostgresRepository
@@ -44,7 +45,7 @@ async def test_postgres_lost_mid_upload_acknowledges_only_what_it_stored(
     repository = await PostgresRepository.open(postgres_url, min_size=2, max_size=4)
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
-    sent: list[tuple[tuple[str, int], asyncio.Future[None]]] = []
+    sent: list[tuple[tuple[str, int], Commit]] = []
     stop_sending = asyncio.Event()
 
     async def upload() -> None:
@@ -59,7 +60,7 @@ async def test_postgres_lost_mid_upload_acknowledges_only_what_it_stored(
     sender = asyncio.create_task(upload())
     try:
         for _ in range(500):  # until some commits went through
-            if sum(f.done() and f.exception() is None for _, f in sent) >= 50:
+            if sum(f.succeeded() for _, f in sent) >= 50:
                 break
             await asyncio.sleep(0.01)
         if how == "stop":

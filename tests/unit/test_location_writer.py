@@ -88,11 +88,14 @@ async def test_future_resolves_only_once_the_update_is_durably_readable(
     location = make_loc("d1", 0)
     seen_at_resolution: list[list[tuple[str, int]]] = []
 
-    future = writer.submit(location)
+    commit = writer.submit(location)
     assert committed_history(db) == []
-    future.add_done_callback(lambda _f: seen_at_resolution.append(committed_history(db)))
-    await asyncio.wait_for(future, 5)
-    await asyncio.sleep(0)  # let the done callback run
+
+    async def wait_then_look() -> None:
+        await commit.wait()
+        seen_at_resolution.append(committed_history(db))
+
+    await asyncio.wait_for(wait_then_look(), 5)
 
     assert seen_at_resolution == [[("d1", location.recorded_at_ns)]]
     await writer.close()
@@ -179,7 +182,7 @@ async def test_close_flushes_pending_updates_and_then_refuses_new_ones(
 
     await asyncio.wait_for(writer.close(), 10)
 
-    assert all(f.done() and f.exception() is None for f in futures)
+    assert all(f.succeeded() for f in futures)
     assert len(committed_history(db)) == 500
     with pytest.raises(StoreUnavailable):
         writer.submit(make_loc("d1", 999, base))
