@@ -170,7 +170,7 @@ async def s_client(running: Running, *flags: str) -> tuple[int, str]:
 
 
 async def test_tls_versions_enforced(running: Running) -> None:
-    """What grpcio 1.75 enforces: TLS 1.3 and 1.2 (AEAD suites only); 1.1 and CBC refused.
+    """What grpcio 1.85 enforces: TLS 1.3 and 1.2 (AEAD suites only); 1.1 and CBC refused.
     TLS 1.2 cannot be refused from Python (no setting); see security/tls.py."""
     _, tls13 = await s_client(running, "-tls1_3")
     assert "New, TLSv1.3, Cipher is TLS_AES_" in tls13

@@ -1,9 +1,9 @@
 """mTLS credentials: the server requires client certificates signed by a configured CA, and
 picks up replaced certificate files on the next handshake, without a restart.
 
-TLS versions: grpcio 1.75's Python API has no minimum/maximum TLS version setting (neither
-`ssl_server_credentials` nor `dynamic_ssl_server_credentials` take one; grpc/grpc#37305 asks
-for it, #43045/#43074/#43080 add it upstream, unreleased). gRPC core's defaults apply:
+TLS versions: grpcio's Python API (1.75 to 1.85) has no minimum/maximum TLS version setting
+(neither `ssl_server_credentials` nor `dynamic_ssl_server_credentials` take one; grpc/grpc#37305
+asks for it, #43045/#43074/#43080 add it upstream, unreleased). gRPC core's defaults apply:
 TLS 1.2 minimum, TLS 1.3 maximum, and for TLS 1.2 only ECDHE + AES-GCM cipher suites.
 TLS 1.0/1.1 and non-forward-secret suites are refused; TLS 1.2 cannot be turned off here.
 """

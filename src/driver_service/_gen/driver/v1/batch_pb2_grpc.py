@@ -6,7 +6,7 @@ import warnings
 from driver_service._gen.driver.v1 import batch_pb2 as driver_dot_v1_dot_batch__pb2
 from driver_service._gen.driver.v1 import driver_pb2 as driver_dot_v1_dot_driver__pb2
 
-GRPC_GENERATED_VERSION = '1.75.0'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -19,14 +19,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + f' but the generated code in driver/v1/batch_pb2_grpc.py depends on'
+        + ' but the generated code in driver/v1/batch_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class DriverBatchServiceStub(object):
+class DriverBatchServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -52,7 +52,7 @@ class DriverBatchServiceStub(object):
                 _registered_method=True)
 
 
-class DriverBatchServiceServicer(object):
+class DriverBatchServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetDrivers(self, request, context):
@@ -104,7 +104,7 @@ def add_DriverBatchServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DriverBatchService(object):
+class DriverBatchService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

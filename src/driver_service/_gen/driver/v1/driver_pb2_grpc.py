@@ -5,7 +5,7 @@ import warnings
 
 from driver_service._gen.driver.v1 import driver_pb2 as driver_dot_v1_dot_driver__pb2
 
-GRPC_GENERATED_VERSION = '1.75.0'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + f' but the generated code in driver/v1/driver_pb2_grpc.py depends on'
+        + ' but the generated code in driver/v1/driver_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class DriverServiceStub(object):
+class DriverServiceStub:
     """DriverService manages driver location and availability
     """
 
@@ -57,7 +57,7 @@ class DriverServiceStub(object):
                 _registered_method=True)
 
 
-class DriverServiceServicer(object):
+class DriverServiceServicer:
     """DriverService manages driver location and availability
     """
 
@@ -120,7 +120,7 @@ def add_DriverServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class DriverService(object):
+class DriverService:
     """DriverService manages driver location and availability
     """
 
