@@ -20,6 +20,7 @@ from driver_service.ports import DriverRepository, LocationBus
 from driver_service.ratelimit import RateLimiter
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
+from driver_service.supervision import TaskSupervisor
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -101,11 +102,15 @@ async def _build_tracking(
         )  # fmt: skip
         repository = IndexingRepository(repository, index)
         bus = IndexingBus(bus, index, repository)
+    supervisor = TaskSupervisor(
+        count_failure=None if metrics is None else metrics.count_task_failure
+    )
     tracking = DriverTracking(
         repository,
         bus,
         rate_limiter=limiter,
         count_rejection=None if rejected is None else lambda reason: rejected[reason].inc(),
+        supervisor=supervisor,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)

@@ -19,7 +19,7 @@ from collections.abc import Generator, Sequence
 
 from driver_service.domain import Location, StoreUnavailable
 from driver_service.ports import DriverRepository, LocationBus
-from driver_service.supervisor import Policy, Supervised, Supervisor
+from driver_service.supervision import Policy, Supervised, TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,14 @@ class _FailureLog:
         self._failed = 0
         self._unreported = 0
         self._next_report = 0.0
+        self.last_failure_at = 0.0
 
     @property
     def failing(self) -> bool:
         return self._failed > 0
 
     def failed(self, updates: int, error: BaseException) -> None:
-        now = time.monotonic()
+        now = self.last_failure_at = time.monotonic()
         self._failed += 1
         self._unreported += 1
         if self._failed == 1:
@@ -124,13 +125,13 @@ class LocationWriter:
         bus: LocationBus,
         max_pending: int = DEFAULT_MAX_PENDING,
         linger_s: float = LINGER_S,
-        supervisor: Supervisor | None = None,
+        supervisor: TaskSupervisor | None = None,
     ) -> None:
         self._repository = repository
         self._linger_s = linger_s
         self._bus = bus
         self._max_pending = max_pending
-        self._supervisor = supervisor or Supervisor()
+        self._supervisor = supervisor or TaskSupervisor()
         self._batch: list[Location] = []
         self._batch_done: Commit | None = None
         #: The batch being committed now (failed at once if the writer dies mid-commit).
@@ -159,6 +160,11 @@ class LocationWriter:
     def failing(self) -> bool:
         """Whether the last commit failed and none has succeeded since."""
         return self._failures.failing
+
+    def failed_within(self, seconds: float) -> bool:
+        """Whether a commit failed in the last `seconds` (a write probe may succeed while
+        full-size commits still fail: health waits this long after one before trusting it)."""
+        return self.failing and time.monotonic() - self._failures.last_failure_at < seconds
 
     def commit_succeeded_elsewhere(self) -> None:
         """A write probe of the store succeeded (health): commits are expected to work again."""

@@ -382,6 +382,12 @@ class ServiceMetrics:
             reg,
             buckets=BATCH_BUCKETS,
         ).labels()
+        self.background_task_failures = CounterFamily(
+            "driver_service_background_task_failures_total",
+            "Supervised background tasks that ended unexpectedly, by task (restarted or fatal).",
+            ("task",),
+            reg,
+        )
         # Pre-bound children for the hot paths.
         self.rejected_invalid = self.updates_rejected.labels(REJECT_INVALID)
         self.rejected_rate_limited = self.updates_rejected.labels(REJECT_RATE_LIMITED)
@@ -411,6 +417,10 @@ class ServiceMetrics:
         """Read the open-session gauge from `count` at scrape time (no bookkeeping per call).
         Without it, `sessions_open.inc()/.dec()` may be used instead."""
         self.sessions_open.set_function(count)
+
+    def count_task_failure(self, task: str) -> None:
+        """Count one unexpected end of the supervised task `task`."""
+        self.background_task_failures.labels(task).inc()
 
     def count_stale_drivers(self, count: Callable[[], float]) -> None:
         """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""

@@ -34,7 +34,8 @@ class DriverRepository(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Raise if the store cannot serve requests (for health checks)."""
+        """Raise if the store cannot serve requests, commits included: health must not say
+        SERVING while updates could not be stored (a full disk)."""
         ...
 
     async def close(self) -> None: ...

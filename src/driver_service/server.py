@@ -4,7 +4,6 @@ signals and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -46,13 +45,20 @@ from driver_service.security import (
     server_credentials,
 )
 from driver_service.service import DriverTracking
+from driver_service.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.workers import worker_index
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
 DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
-HEALTH_CHECK_INTERVAL_S = 2.0
+HEALTH_CHECK_INTERVAL_S = 1.0
+#: After a failed commit, health stays NOT_SERVING this long before a successful write
+#: probe may turn it back (a small probe can succeed on a disk too full for real commits).
+COMMIT_FAILURE_HOLD_S = 5.0
+#: A fatal background failure: the process exits with this code after stopping (EX_SOFTWARE),
+#: so that the orchestrator restarts it.
+EXIT_FATAL = 70
 #: Metadata (headers) a caller may send; tokens and request ids fit comfortably.
 MAX_METADATA_BYTES = 16 * 1024
 
@@ -106,7 +112,13 @@ class RunningServer:
     reloader: CertificateReloader | None = None
     admin: AdminServer | None = None
     dispatch: Dispatch | None = None
-    _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+    _monitor: Supervised | None = field(default=None, repr=False)
+    #: Set when a fatal background task failed: `serve` stops and exits non-zero.
+    fatal: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def supervisor(self) -> TaskSupervisor:
+        return self.tracking.supervisor
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -117,39 +129,64 @@ class RunningServer:
         """Stop serving: NOT_SERVING, end live streams, let calls in flight finish within
         the grace period, then commit everything accepted and close the store."""
         if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+            await self._monitor.stop()
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
         await self.server.stop(grace_s)
         if self.dispatch is not None:
             await self.dispatch.close()
         await self.tracking.close()
+        await self.supervisor.close()
         if self.admin is not None:  # last: probes see NOT_SERVING while the server drains
             await self.admin.stop()
 
     def start_monitoring(self) -> None:
-        self._monitor = asyncio.get_running_loop().create_task(self.monitor_store())
+        self.supervisor.on_fatal = self._on_fatal
+        self._monitor = self.supervisor.start("health-monitor", self.monitor_store, Policy.RESTART)
+
+    def _on_fatal(self, task: str, error: BaseException) -> None:
+        """A task the service cannot work without ended: stop saying SERVING at once."""
+        self.fatal.set()
+        asyncio.get_running_loop().create_task(self.set_serving(False))
 
     async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
-        """Keep health in step with the store and the bus: NOT_SERVING while either fails,
-        SERVING again once both answer."""
+        """Keep health in step with what the service needs to work: NOT_SERVING while the
+        store or the bus fails or commits fail, SERVING again once all of them work."""
         serving = True
         while True:
             await asyncio.sleep(interval_s)
-            try:
-                await asyncio.wait_for(self.tracking.repository.ping(), interval_s)
-                await asyncio.wait_for(self.tracking.bus.ping(), interval_s)
-                healthy = True
-            except Exception as exc:  # noqa: BLE001 - any failure means not serving
-                if serving:
-                    log.warning("health check failed: %r", exc)
-                healthy = False
+            problem = await self.health_problem(interval_s)
+            healthy = problem is None
             if healthy != serving:
                 serving = healthy
-                log.warning("health: %s", "SERVING" if healthy else "NOT_SERVING")
+                if healthy:
+                    log.warning("health: SERVING")
+                else:
+                    log.warning("health: NOT_SERVING: %s", problem)
                 await self.set_serving(healthy)
+
+    async def health_problem(self, timeout_s: float) -> str | None:
+        """Why the service cannot serve now, or None. The store's ping includes a write, so
+        a store that cannot commit (a full disk) is found even while no update arrives."""
+        fatal = self.supervisor.fatal_failure
+        if fatal is not None:
+            return f"background task {fatal} failed"
+        writer = self.tracking.writer
+        if not writer.running:
+            return "the location writer is not running"
+        if writer.failed_within(COMMIT_FAILURE_HOLD_S):
+            return "committing location updates failed"
+        try:
+            await asyncio.wait_for(self.tracking.repository.ping(), timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure means not serving
+            return f"store: {exc!r}"
+        if writer.failing:
+            writer.commit_succeeded_elsewhere()  # the store takes writes again
+        try:
+            await asyncio.wait_for(self.tracking.bus.ping(), timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            return f"bus: {exc!r}"
+        return None
 
 
 async def start_server(
@@ -221,8 +258,9 @@ def _bind(
     return server.add_secure_port(address, credentials), reloader
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
+async def serve(settings: ServerSettings) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once.
+    Return the exit code: 0, or EXIT_FATAL after a background task the service needs failed."""
     metrics = ServiceMetrics()
     services = await build_services(settings, metrics)
     try:
@@ -256,6 +294,14 @@ async def serve(settings: ServerSettings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await stop.wait()
+    stopped = loop.create_task(stop.wait())
+    fatal = loop.create_task(running.fatal.wait())
+    await asyncio.wait((stopped, fatal), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    fatal.cancel()
     await running.stop(settings.shutdown_grace)
+    if running.fatal.is_set():
+        log.critical("driver-service stopped after a fatal failure: exiting %d", EXIT_FATAL)
+        return EXIT_FATAL
     log.info("driver-service stopped")
+    return 0

@@ -32,7 +32,7 @@ from driver_service.domain.validation import Fix, validate_locations
 from driver_service.ingest import DEFAULT_MAX_PENDING, Commit, LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
 from driver_service.ratelimit import RateLimiter
-from driver_service.supervisor import Supervisor
+from driver_service.supervision import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class DriverTracking:
         max_pending: int | None = None,
         rate_limiter: RateLimiter | None = None,
         count_rejection: Callable[[str], None] | None = None,
-        supervisor: Supervisor | None = None,
+        supervisor: TaskSupervisor | None = None,
     ) -> None:
         self.repository = repository
         self.rate_limiter = rate_limiter
@@ -65,7 +65,7 @@ class DriverTracking:
         self.count_rejection = count_rejection
         self.bus = bus
         self.rules = rules
-        self.supervisor = supervisor or Supervisor()
+        self.supervisor = supervisor or TaskSupervisor()
         self.writer = LocationWriter(
             repository,
             bus,

@@ -191,6 +191,11 @@ SERIES = [
         "histogram",
         "Location updates per group commit (one store transaction).",
     ),
+    (
+        "driver_service_background_task_failures_total",
+        "counter",
+        "Supervised background tasks that ended unexpectedly, by task (restarted or fatal).",
+    ),
 ]
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from driver_service.config import (
     ConfigError,
@@ -22,6 +22,8 @@ from driver_service.config import (
     setting_kind,
 )
 from driver_service.storage import StoreLocked
+
+T = TypeVar("T")
 
 CONFIG_ENV = env_name("config")
 
@@ -105,20 +107,19 @@ def run(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return asyncio.run(Supervisor(settings).run())
     try:
-        run_loop(serve(settings))
+        code = run_loop(serve(settings))
     except StoreLocked as exc:
         print(f"driver-service serve: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
         return _report(exc, "serve")
-    return 0
+    return code
 
 
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when installed (measurably faster for grpc.aio), else asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)

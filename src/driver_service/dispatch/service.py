@@ -4,7 +4,6 @@ stale drivers. Plain async code over the index port and DriverTracking; no RPC l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from driver_service.domain import (
     validate_driver_id,
 )
 from driver_service.service import DriverTracking
+from driver_service.supervision import Policy, Supervised
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +81,19 @@ class Dispatch:
         if close_listeners is not None:
             close_listeners.append(commands.on_session_closed)
         self._stale_count = 0
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: Supervised | None = None
+        self._sweep_failures = 0
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_forever(), name="dispatch-sweeper"
+            self._sweeper = self.tracking.supervisor.start(
+                "dispatch-sweeper", self._sweep_forever, Policy.RESTART
             )
 
     async def close(self) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await self._sweeper.stop()
             self._sweeper = None
         await self.commands.close()
         await self.index.close()
@@ -108,9 +107,23 @@ class Dispatch:
         while True:
             try:
                 await self.sweep()
-            except Exception:
-                log.exception("sweeping stale drivers failed")
+            except Exception as exc:  # noqa: BLE001 - the index is away; the next sweep retries
+                self._sweep_failed(exc)
+            else:
+                if self._sweep_failures:
+                    log.info("sweeping stale drivers works again")
+                self._sweep_failures = 0
             await asyncio.sleep(self._sweep_every_s)
+
+    def _sweep_failed(self, exc: Exception) -> None:
+        """One line when sweeping starts failing, then one a minute (not a traceback per
+        sweep while the index's store is away)."""
+        self._sweep_failures += 1
+        every = max(1, round(60 / self._sweep_every_s))
+        if self._sweep_failures == 1 or self._sweep_failures % every == 0:
+            log.warning(
+                "sweeping stale drivers failed (%d in a row): %r", self._sweep_failures, exc
+            )
 
     @property
     def stale_drivers(self) -> int:

@@ -267,7 +267,9 @@ class PostgresRepository:
         return [Location(driver_id, *row) for row in rows]
 
     async def ping(self) -> None:
-        await self._pool.fetchval("SELECT 1")
+        """Commit a transaction that writes WAL (an xid is assigned): a server that cannot
+        commit (a full disk, read-only) fails the ping, not only one that is away."""
+        await self._pool.fetchval("SELECT txid_current()")
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Close the pool, waiting for calls in flight; closing twice is harmless."""

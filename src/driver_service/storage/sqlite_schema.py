@@ -49,6 +49,14 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE location_history;
     ALTER TABLE location_history_by_time RENAME TO location_history;
     """,
+    # 3: small facts about the store itself; health writes a probe row here, so that a store
+    # that cannot commit (a full disk) reports NOT_SERVING even while no update arrives.
+    """
+    CREATE TABLE service_meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -57,7 +57,7 @@ class Supervised:
             await asyncio.gather(task, return_exceptions=True)
 
 
-class Supervisor:
+class TaskSupervisor:
     """Starts background tasks and watches them; see the module docstring for policies."""
 
     def __init__(
