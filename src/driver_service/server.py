@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
 DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
-HEALTH_CHECK_INTERVAL_S = 2.0
+#: Health pings the store and the bus this often, each bounded by this too (and by its own
+#: --store-timeout / --redis-timeout): a hung dependency shows as NOT_SERVING within ~2 s.
+HEALTH_CHECK_INTERVAL_S = 1.0
 #: Metadata (headers) a caller may send; tokens and request ids fit comfortably.
 MAX_METADATA_BYTES = 16 * 1024
 

@@ -19,6 +19,7 @@ from driver_service.domain import (
     DriverNotFound,
     InvalidInput,
     Status,
+    StoreUnavailable,
     parse_status,
     validate_driver_id,
 )
@@ -108,6 +109,8 @@ class Dispatch:
         while True:
             try:
                 await self.sweep()
+            except StoreUnavailable:
+                pass  # the index's store is down: its guard logged that once
             except Exception:
                 log.exception("sweeping stale drivers failed")
             await asyncio.sleep(self._sweep_every_s)
