@@ -156,7 +156,10 @@ async def stack(private_redis: RedisServer, postgres_url: str) -> AsyncIterator[
         private_redis.resume()  # never leave a stopped server behind a failed test
         await main.close()
         await admin.close()
-        await running.stop(0)
+        # Bounded: a failed test must fail, not hang (an upload cancelled mid-commit can
+        # still kill the group-commit writer, and then close() waits for it forever).
+        async with asyncio.timeout(15):
+            await running.stop(0)
         await redis.aclose()
 
 
