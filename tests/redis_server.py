@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -129,6 +130,16 @@ class RedisServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung server; connections stay open and nothing answers."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause(): the server answers what queued up meanwhile."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def destroy(self) -> None:
         self.kill()

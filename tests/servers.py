@@ -214,6 +214,22 @@ class PostgresServer:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP the postmaster, then every backend: a hung server (sockets open, no
+        answers). Backends run in sessions of their own (setsid), so each is signalled."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: int) -> None:
+        if self.process is None:
+            return
+        for pid in [self.process.pid, *_descendants(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     def destroy(self) -> None:
         """Throw the cluster away (killed: a clean shutdown would fsync every database)."""
         self.kill()
@@ -223,6 +239,25 @@ class PostgresServer:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
         return ""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc (parents before children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            # The command may contain spaces and parentheses: the fields after its last ')'.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
 
 
 async def create_database(server: PostgresServer) -> str:

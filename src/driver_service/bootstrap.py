@@ -50,7 +50,7 @@ async def open_store(settings: ServerSettings) -> DriverRepository:
         from driver_service.storage.postgres import PostgresRepository
 
         assert settings.store is not None
-        return await PostgresRepository.open(settings.store)
+        return await PostgresRepository.open(settings.store, timeout_s=settings.store_timeout)
     return await SqliteRepository.open(settings.sqlite_path())
 
 
@@ -61,14 +61,16 @@ async def open_live(
     worker and replica (current state read from Redis, fan-out over pub/sub)."""
     if not settings.bus.startswith(REDIS_SCHEMES):
         return durable, MemoryBus(), None
-    from driver_service.bus.redis import RedisBus, create_redis_client
+    from driver_service.bus.redis import RedisBus, create_redis_client, redis_guard
     from driver_service.storage.live import LiveStateRepository
 
-    client = create_redis_client(settings.bus)
-    bus = RedisBus(client, prefix=REDIS_PREFIX)
+    client = create_redis_client(settings.bus, timeout_s=settings.redis_timeout)
+    # One guard for every user of this Redis: once one finds it hung, all skip it.
+    guard = redis_guard(client, settings.redis_timeout)
+    bus = RedisBus(client, prefix=REDIS_PREFIX, guard=guard)
     bus.start()
     # The repository closes the shared client last (DriverTracking closes the bus first).
-    live = LiveStateRepository(durable, client, prefix=REDIS_PREFIX, close_client=True)
+    live = LiveStateRepository(durable, client, prefix=REDIS_PREFIX, close_client=True, guard=guard)
     return live, bus, (client, bus)
 
 
@@ -98,7 +100,7 @@ async def _build_tracking(
         # Redis when replicas share Redis (each replica's updates land in the same index).
         index = (
             MemoryDriverIndex() if redis is None
-            else RedisDriverIndex(redis[0], prefix=REDIS_PREFIX)
+            else RedisDriverIndex(redis[0], prefix=REDIS_PREFIX, guard=redis[1].guard)
         )  # fmt: skip
         repository = IndexingRepository(repository, index)
         bus = IndexingBus(bus, index, repository)

@@ -32,6 +32,8 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "text")
 ACCESS_LOGS = ("all", "errors", "off")
+#: A dependency timeout beyond this defeats its purpose (callers' deadlines are seconds).
+MAX_DEPENDENCY_TIMEOUT_S = 30.0
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,16 @@ class ServerSettings:
         "memory",
         "live-location bus and state: memory (one process) or redis://[:pw@]host:port/db",
         secret=True,
+    )
+    redis_timeout: float = _setting(
+        0.5,
+        "seconds one Redis operation may take; past it Redis counts as down, is skipped and "
+        "probed in the background",
+    )
+    store_timeout: float = _setting(
+        2.0,
+        "seconds one PostgreSQL operation (pool wait included) may take; past it the call "
+        "answers UNAVAILABLE and the store is probed in the background",
     )
     insecure: bool = _setting(False, "serve plaintext without TLS (development only)")
     tls_cert: Path | None = _setting(None, "server certificate chain (PEM)")
@@ -212,6 +224,11 @@ class ServerSettings:
                 "keepalive_min_time",
             )
             if not getattr(self, name) > 0
+        )
+        errors.extend(
+            f"{flag(name)} must be > 0 and at most {MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
+            for name in ("redis_timeout", "store_timeout")
+            if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
 DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
+#: Health pings the store and the bus this often, each bounded by this too (and by its own
+#: --store-timeout / --redis-timeout): a hung dependency shows as NOT_SERVING within ~2 s.
 HEALTH_CHECK_INTERVAL_S = 1.0
 #: After a failed commit, health stays NOT_SERVING this long before a successful write
 #: probe may turn it back (a small probe can succeed on a disk too full for real commits).

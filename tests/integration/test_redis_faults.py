@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from driver_service.bus.redis import RedisBus, create_redis_client
+from driver_service.bus.redis import RedisBus, create_redis_client, redis_guard
 from driver_service.domain import Driver, Location, Status
+from driver_service.guard import DependencyUnavailable
 from driver_service.storage.live import LiveStateRepository
 from driver_service.storage.sqlite import SqliteRepository
 from tests.integration.conftest import eventually
@@ -51,10 +51,12 @@ async def test_bus_survives_a_redis_restart_and_watchers_resume(
 
         private_redis.kill()
         await eventually(lambda: not watcher_bus.healthy, what="bus to report unhealthy")
-        with pytest.raises(RedisError):
+        with pytest.raises(DependencyUnavailable):
             await watcher_bus.ping()
-        with pytest.raises(RedisError):
+        with pytest.raises(DependencyUnavailable):
             await publisher.publish([loc("d1", 2)])  # lost with Redis: no one acknowledged it
+        await publisher.publish([loc("d1", 2)])  # skipped at once while Redis is down
+        assert publisher.skipped == 1
         await asyncio.sleep(0.3)  # a few reconnect attempts fail meanwhile
         assert not watcher_bus.healthy
         assert not waiting.done(), "the watcher's subscription ended during the outage"
@@ -86,12 +88,13 @@ async def replica(
     tmp_path: Path, private_redis: RedisServer
 ) -> AsyncIterator[tuple[LiveStateRepository, Redis]]:
     durable = await SqliteRepository.open(tmp_path / "drivers.db")
+    client = create_redis_client(private_redis.url, timeout_s=0.5)
     repo = LiveStateRepository(
         durable,
-        create_redis_client(private_redis.url, timeout_s=0.5),
+        client,
         "f:",
-        retry_after_s=0.05,
         close_client=True,
+        guard=redis_guard(client, 0.5, probe_every_s=0.05),
     )
     admin = create_redis_client(private_redis.url, timeout_s=0.5)
     try:
@@ -109,7 +112,7 @@ async def test_get_driver_falls_back_to_the_durable_store_while_redis_is_down(
     assert await admin.exists(repo.key("d1"))
 
     private_redis.kill()
-    with pytest.raises(RedisError):
+    with pytest.raises(DependencyUnavailable):
         await repo.ping()
     # Writes stay durable and acknowledged; reads answer from the durable store, fast.
     assert await repo.record_locations([loc("d1", 2)]) == [loc("d1", 2)]
@@ -119,7 +122,7 @@ async def test_get_driver_falls_back_to_the_durable_store_while_redis_is_down(
     assert time.monotonic() - started < 1.0
 
     private_redis.start()  # empty: the key is rebuilt from the durable store on first read
-    await asyncio.sleep(0.06)  # past retry_after_s
+    await eventually(lambda: repo.guard.up, what="the guard's probe to find Redis back")
     await repo.ping()
     assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
     assert await admin.hget(repo.key("d1"), "location_at_ns") == str(T0 + 2).encode()
@@ -139,7 +142,8 @@ async def test_a_live_write_that_failed_is_never_served_stale(
         assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
     finally:
         await admin.execute_command("REPLICAOF", "NO", "ONE")
-    await asyncio.sleep(0.06)  # past retry_after_s
+    # The probe answers, deletes the stale key, and only then is Redis used again.
+    await eventually(lambda: repo.guard.up, what="the guard's probe to find Redis writable")
 
     assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
     # The stale key was dropped and rebuilt: other replicas read the durable state too.

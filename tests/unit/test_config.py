@@ -68,6 +68,19 @@ def test_every_mistake_is_reported_at_once_naming_its_setting(tmp_path: Path) ->
     assert any("driver.v1.DriverService can never be exempt" in line for line in lines)
 
 
+def test_dependency_timeouts_are_settings_and_must_be_bounded() -> None:
+    env = {"DRIVER_SERVICE_REDIS_TIMEOUT": "0.25", "DRIVER_SERVICE_STORE_TIMEOUT": "3"}
+    settings = load_settings({"insecure": True}, env)
+    assert (settings.redis_timeout, settings.store_timeout) == (0.25, 3.0)
+    assert (ServerSettings().redis_timeout, ServerSettings().store_timeout) == (0.5, 2.0)
+    for value in ("0", "-1", "31"):
+        with pytest.raises(ConfigError) as info:
+            load_settings({"insecure": True, "redis_timeout": value, "store_timeout": value}, {})
+        lines = str(info.value).splitlines()
+        assert any(line.startswith("--redis-timeout must be > 0") for line in lines)
+        assert any(line.startswith("--store-timeout must be > 0") for line in lines)
+
+
 def test_partial_tls_material_is_refused(tmp_path: Path) -> None:
     cert = tmp_path / "server.crt"
     cert.write_text("x")

@@ -12,7 +12,9 @@ Each process holds ONE pub/sub connection; a reader task dispatches its messages
 subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and Redis channel
 subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
-jittered backoff and resubscribes every channel.
+jittered backoff and resubscribes every channel. A connection that hangs instead of dropping
+is found by a PING after `idle_ping_s` without messages that gets no PONG within the next
+`idle_ping_s`; every other wait on Redis is bounded by the shared guard's timeout.
 
 Other Redis channels (dispatch's per-driver command channels and per-command outcome
 channels) ride on the same connection through `subscribe_channel()`: a raw payload to a
@@ -37,10 +39,14 @@ from redis.exceptions import RedisError
 
 from driver_service.bus.memory import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
 from driver_service.domain import Location
+from driver_service.guard import DependencyGuard
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "ds:"
+#: Bound of one Redis operation (`--redis-timeout`): far above a healthy round trip (well
+#: under a millisecond), far below a caller's deadline.
+DEFAULT_TIMEOUT_S = 0.5
 
 # Payload: version, latitude, longitude, speed, heading (exact doubles), recorded_at_ns.
 # The driver id travels in the channel name. 41 bytes, no text formatting on the hot path.
@@ -48,11 +54,12 @@ _WIRE = struct.Struct("<B4dq")
 _WIRE_VERSION = 1
 
 
-def create_redis_client(url: str, *, timeout_s: float = 2.0) -> Redis:
+def create_redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
     """A client for the bus and live state whose calls fail fast when Redis is away.
 
     redis-py's default retries a failed call 10 times with up to 1 s between tries; on the
-    ingest path that would stall every commit behind an outage, so retry once, briefly.
+    ingest path that would stall every commit behind an outage, so retry once, briefly. The
+    socket timeouts are a backstop: callers bound whole operations with a `redis_guard`.
     """
     return Redis.from_url(
         url,
@@ -61,6 +68,26 @@ def create_redis_client(url: str, *, timeout_s: float = 2.0) -> Redis:
         socket_keepalive=True,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
         health_check_interval=30,
+    )
+
+
+def redis_guard(
+    client: Redis, timeout_s: float = DEFAULT_TIMEOUT_S, *, probe_every_s: float = 0.2
+) -> DependencyGuard:
+    """One guard per Redis, shared by live state, the bus, the index and the command router:
+    when one of them finds Redis hung, all of them skip it until a PING answers again.
+
+    Cancelling a redis-py call mid-flight is safe for its pool: the connection is
+    disconnected (never handed out again with a reply still pending) and reconnects on its
+    next use (tests/integration/test_hung_dependencies.py proves it).
+    """
+    return DependencyGuard(
+        "redis",
+        timeout_s,
+        client.ping,
+        failures=(RedisError, OSError),
+        probe_every_s=probe_every_s,
+        message="live state is unavailable; retry shortly",
     )
 
 
@@ -136,12 +163,18 @@ class RedisBus:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         reconnect_min_s: float = 0.05,
-        reconnect_max_s: float = 2.0,
-        idle_ping_s: float = 5.0,
+        reconnect_max_s: float = 1.0,
+        idle_ping_s: float = 1.0,
         subscribe_timeout_s: float = 1.0,
         close_client: bool = False,
+        guard: DependencyGuard | None = None,
     ) -> None:
+        """`guard`: the one shared with live state and dispatch (bootstrap passes it); by
+        default a guard of this bus alone."""
         self._client = client
+        #: Bounds every Redis call of this bus; publishing is skipped while it is down.
+        self.guard = redis_guard(client) if guard is None else guard
+        self._op_timeout_s = self.guard.timeout_s
         self._prefix = prefix
         self._channel_prefix = f"{prefix}loc:".encode()
         self._local = _LocalFanout(self, queue_size)
@@ -166,14 +199,22 @@ class RedisBus:
         self._closed = False
         #: Successful (re)connections of the pub/sub connection, for tests and metrics.
         self.connects = 0
+        #: Locations not published because Redis was down (no watcher could get them).
+        self.skipped = 0
 
     # --- LocationBus -------------------------------------------------------------------------
     async def publish(self, locations: Sequence[Location]) -> None:
-        """Publish every location of the batch in one round trip (a non-transactional pipeline)."""
+        """Publish every location of the batch in one round trip (a non-transactional pipeline).
+
+        While Redis is down the batch is skipped at once: the commit path must not wait for
+        it, and watchers get newer locations once Redis is back."""
         if not locations:
             return
+        if not self.guard.up:
+            self.skipped += len(locations)
+            return
         prefix = self._channel_prefix
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self.guard.bounded(), self._client.pipeline(transaction=False) as pipe:
             for location in locations:
                 pipe.publish(prefix + location.driver_id.encode(), encode_location(location))
             await pipe.execute()
@@ -250,6 +291,7 @@ class RedisBus:
                     await task
         self._reader = None
         await self._drop_connection()
+        await self.guard.close()
         if self._close_client:
             await self._client.aclose()
 
@@ -260,8 +302,9 @@ class RedisBus:
         return self._healthy and not self._closed
 
     async def ping(self) -> None:
-        """Raise if Redis does not answer (for health checks)."""
-        await self._client.ping()
+        """Raise if Redis does not answer within the guard's timeout (for health checks); an
+        answer also ends the guard's outage."""
+        await self.guard.check()
 
     def watcher_count(self) -> int:
         return self._local.watcher_count()
@@ -307,8 +350,9 @@ class RedisBus:
         async with self._lock:
             pubsub = self._client.pubsub()
             self._pubsub = pubsub
-            # Raises unless Redis accepts a connection and answers the handshake.
-            await pubsub.connect()  # type: ignore[no-untyped-call]
+            # Raises unless Redis accepts a connection and answers the handshake in time.
+            async with asyncio.timeout(self._op_timeout_s):
+                await pubsub.connect()  # type: ignore[no-untyped-call]
             # No await between these two lines: a watcher added before this point is in the
             # snapshot; one added after it sees `healthy` and subscribes through the lock.
             self._healthy = True
@@ -317,7 +361,8 @@ class RedisBus:
             self._subscribed = set(channels)
             self._confirmations = {c: self._new_confirmation() for c in channels}
             if channels:
-                await pubsub.subscribe(*channels)
+                async with asyncio.timeout(self._op_timeout_s):
+                    await pubsub.subscribe(*channels)
         self.connects += 1
         log.info("redis bus connected; %d channels subscribed", len(channels))
 
@@ -333,7 +378,8 @@ class RedisBus:
                 if awaiting_pong:
                     raise RedisError("redis bus connection did not answer a ping")
                 awaiting_pong = True
-                await pubsub.ping()
+                async with asyncio.timeout(self._op_timeout_s):
+                    await pubsub.ping()
                 continue
             kind = message["type"]
             if kind == "message":
@@ -394,15 +440,16 @@ class RedisBus:
             if pubsub is None or not self._healthy:
                 return None
             try:
-                if wanted and channel not in self._subscribed:
-                    self._confirmations[channel] = self._new_confirmation()
-                    self._subscribed.add(channel)
-                    await pubsub.subscribe(channel)
-                elif not wanted and channel in self._subscribed:
-                    self._subscribed.discard(channel)
-                    self._confirmations.pop(channel, None)
-                    await pubsub.unsubscribe(channel)
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(self._op_timeout_s):
+                    if wanted and channel not in self._subscribed:
+                        self._confirmations[channel] = self._new_confirmation()
+                        self._subscribed.add(channel)
+                        await pubsub.subscribe(channel)
+                    elif not wanted and channel in self._subscribed:
+                        self._subscribed.discard(channel)
+                        self._confirmations.pop(channel, None)
+                        await pubsub.unsubscribe(channel)
+            except (RedisError, OSError) as exc:  # TimeoutError too: redis-py then disconnects
                 # The reader sees the same failure and reconnects with the full channel set.
                 log.debug("redis bus (un)subscribe of %r failed: %s", channel, exc)
                 return None

@@ -12,6 +12,10 @@ the search radius is widened by the ratio of the radii plus a few metres, and th
 after `limit` drivers keeps a band of a few metres, so no exact-distance hit is lost.
 Every update is one script call, merged so a location never moves back in time, whichever
 replica writes last.
+
+Every call is bounded by the guard shared with live state (`--redis-timeout`). While Redis
+is down, updates are skipped (the next update of a driver repairs its entry) and searches
+answer UNAVAILABLE at once.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from collections.abc import Collection, Sequence
 
 from redis.asyncio import Redis
 
+from driver_service.bus.redis import redis_guard
 from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m, latitude_band
 from driver_service.dispatch.index import DEFAULT_FORGET_AFTER_NS, IndexedDriver, NearbyDriver
 from driver_service.domain import Driver, Location, Status
+from driver_service.guard import DependencyGuard
 
 DEFAULT_PREFIX = "ds:"
 #: Redis's GEO latitude limit (Web Mercator).
@@ -180,8 +186,11 @@ class RedisDriverIndex:
         client: Redis,
         prefix: str = DEFAULT_PREFIX,
         forget_after_ns: int = DEFAULT_FORGET_AFTER_NS,
+        *,
+        guard: DependencyGuard | None = None,
     ) -> None:
         self._client = client
+        self._guard = redis_guard(client) if guard is None else guard
         self._forget_after_ns = forget_after_ns
         self._keys = [f"{prefix}dx", f"{prefix}geo", f"{prefix}polar", f"{prefix}seen"]
         self._move = client.register_script(_MOVE_LUA)
@@ -204,8 +213,9 @@ class RedisDriverIndex:
                     str(d.last_seen_at_ns),
                     str(loc.recorded_at_ns),
                 ]
-        if args:
-            await self._put(keys=self._keys, args=args)
+        if args and self._guard.up:
+            async with self._guard.bounded():
+                await self._put(keys=self._keys, args=args)
 
     async def move(self, locations: Sequence[Location]) -> list[str]:
         args: list[str] = []
@@ -216,9 +226,10 @@ class RedisDriverIndex:
                 repr(loc.longitude),
                 str(loc.recorded_at_ns),
             ]
-        if not args:
+        if not args or not self._guard.up:
             return []
-        unknown = await self._move(keys=self._keys, args=args)
+        async with self._guard.bounded():
+            unknown = await self._move(keys=self._keys, args=args)
         return [u.decode() if isinstance(u, bytes) else str(u) for u in unknown]
 
     async def nearby(
@@ -240,20 +251,21 @@ class RedisDriverIndex:
             centre_lat = math.copysign(GEO_MAX_LAT, latitude)
             reach_m += haversine_m(latitude, longitude, centre_lat, longitude)
             early_stop = 0
-        raw = await self._nearby(
-            keys=self._keys,
-            args=[
-                repr(-180.0 if longitude == 180.0 else longitude),  # as stored
-                repr(centre_lat),
-                repr(reach_m * _SCALE * (1 + 1e-9) + _SLACK_M),
-                str(seen_after_ns),
-                ",".join(s.value for s in statuses),
-                str(early_stop),
-                repr(_SLACK_M),
-                "1" if include_polar else "0",
-                "1" if from_geo else "0",
-            ],
-        )
+        async with self._guard.bounded():
+            raw = await self._nearby(
+                keys=self._keys,
+                args=[
+                    repr(-180.0 if longitude == 180.0 else longitude),  # as stored
+                    repr(centre_lat),
+                    repr(reach_m * _SCALE * (1 + 1e-9) + _SLACK_M),
+                    str(seen_after_ns),
+                    ",".join(s.value for s in statuses),
+                    str(early_stop),
+                    repr(_SLACK_M),
+                    "1" if include_polar else "0",
+                    "1" if from_geo else "0",
+                ],
+            )
         hits: list[tuple[float, str, IndexedDriver]] = []
         for i in range(0, len(raw), 2):
             driver_id = raw[i].decode()
@@ -265,7 +277,8 @@ class RedisDriverIndex:
         return [NearbyDriver(driver, distance) for distance, _, driver in hits[:limit]]
 
     async def get(self, driver_id: str) -> IndexedDriver | None:
-        packed = await self._client.hget(self._keys[0], driver_id)
+        async with self._guard.bounded():
+            packed = await self._client.hget(self._keys[0], driver_id)
         if packed is None:
             return None
         text = packed.decode() if isinstance(packed, bytes) else str(packed)
@@ -273,9 +286,10 @@ class RedisDriverIndex:
 
     async def sweep(self, stale_before_ns: int) -> int:
         forget_before_ns = stale_before_ns - self._forget_after_ns
-        count = await self._sweep(
-            keys=self._keys, args=[repr(stale_before_ns / 1e9), repr(forget_before_ns / 1e9)]
-        )
+        async with self._guard.bounded():
+            count = await self._sweep(
+                keys=self._keys, args=[repr(stale_before_ns / 1e9), repr(forget_before_ns / 1e9)]
+            )
         return int(count)
 
     async def close(self) -> None:

@@ -56,6 +56,7 @@ from driver_service.dispatch.offers import (
     SessionHost,
 )
 from driver_service.domain import InvalidInput, RateLimited, StoreUnavailable
+from driver_service.guard import DependencyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,9 @@ class RedisCommandRouter:
     ) -> None:
         self._client = client
         self._bus = bus
+        # Every Redis call is bounded by the bus's guard (shared with live state): while
+        # Redis is down, command calls answer UNAVAILABLE at once.
+        self._guard = bus.guard
         self._sessions = sessions
         self._hash_prefix = f"{prefix}cmdh:"
         self._queue_prefix = f"{prefix}cmdq:"
@@ -249,21 +253,22 @@ class RedisCommandRouter:
                 self._outcome(command_id), lambda _: changed.set()
             )
             try:
-                receivers = await self._send_script(
-                    keys=[self._hash_key(command_id), self._queue_key(driver_id)],
-                    args=[
-                        command_id,
-                        driver_id,
-                        "1" if is_offer else "0",
-                        data,
-                        str(expires),
-                        str(now),
-                        keep_ms,
-                        self._max_queued,
-                        self._hash_prefix,
-                        self._command_channel + driver_id,
-                    ],
-                )
+                async with self._guard.bounded():
+                    receivers = await self._send_script(
+                        keys=[self._hash_key(command_id), self._queue_key(driver_id)],
+                        args=[
+                            command_id,
+                            driver_id,
+                            "1" if is_offer else "0",
+                            data,
+                            str(expires),
+                            str(now),
+                            keep_ms,
+                            self._max_queued,
+                            self._hash_prefix,
+                            self._command_channel + driver_id,
+                        ],
+                    )
                 if receivers == -1:
                     raise InvalidInput(f"command id {command_id!r} is already in use")
                 if receivers == -2:
@@ -318,10 +323,11 @@ class RedisCommandRouter:
     async def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
         wanted = CommandState.ACCEPTED if accepted else CommandState.DECLINED
         try:
-            reply = await self._answer_script(
-                keys=[self._hash_key(offer_id)],
-                args=[driver_id, wanted.name, str(self._clock_ns()), self._outcome(offer_id)],
-            )
+            async with self._guard.bounded():
+                reply = await self._answer_script(
+                    keys=[self._hash_key(offer_id)],
+                    args=[driver_id, wanted.name, str(self._clock_ns()), self._outcome(offer_id)],
+                )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("command store is unavailable") from exc
         code = reply[0]
@@ -337,14 +343,18 @@ class RedisCommandRouter:
 
     async def queued(self, driver_id: str) -> int:
         try:
-            # The client answers bytes (decode_responses=False, as create_redis_client makes it).
-            ids = cast(list[bytes], await self._client.lrange(self._queue_key(driver_id), 0, -1))
-            if not ids:
-                return 0
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command_id in ids:
-                    pipe.hmget(self._hash_prefix.encode() + command_id, ["s", "x"])
-                rows = await pipe.execute()
+            async with self._guard.bounded():
+                # The client answers bytes (decode_responses=False, as create_redis_client
+                # makes it).
+                ids = cast(
+                    list[bytes], await self._client.lrange(self._queue_key(driver_id), 0, -1)
+                )
+                if not ids:
+                    return 0
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for command_id in ids:
+                        pipe.hmget(self._hash_prefix.encode() + command_id, ["s", "x"])
+                    rows = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("command store is unavailable") from exc
         now = self._clock_ns()
@@ -353,7 +363,8 @@ class RedisCommandRouter:
     async def connected(self, driver_id: str) -> bool:
         """Whether some replica listens for the driver's commands (holds its session)."""
         try:
-            counts = await self._client.pubsub_numsub(self._command_channel + driver_id)
+            async with self._guard.bounded():
+                counts = await self._client.pubsub_numsub(self._command_channel + driver_id)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable("command store is unavailable") from exc
         return any(count > 0 for _, count in counts)
@@ -394,7 +405,7 @@ class RedisCommandRouter:
         try:
             while (batch := self._pending.pop(driver_id, None)) is not None:
                 await self._handle(driver_id, batch)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, DependencyUnavailable) as exc:
             # The commands stay queued in Redis: the driver's next session gets them.
             log.warning("delivering commands to driver %s failed: %s", driver_id, exc)
         except Exception:
@@ -412,7 +423,7 @@ class RedisCommandRouter:
                 channel.close()
             if ids:
                 # Nobody here after all: tell the sender at once that they stay queued.
-                async with self._client.pipeline(transaction=False) as pipe:
+                async with self._guard.bounded(), self._client.pipeline(transaction=False) as pipe:
                     for command_id in ids:
                         pipe.publish(self._outcome(command_id), "QUEUED")
                     await pipe.execute()
@@ -425,31 +436,36 @@ class RedisCommandRouter:
                 (self._command_channel + driver_id).encode(),
                 lambda data: self._schedule(driver_id, data.decode()),
             )
-        claimed = await self._claim_script(
-            keys=[self._queue_key(driver_id)],
-            args=[
-                str(self._clock_ns()),
-                self._hash_prefix,
-                self._outcome_channel,
-                *([] if drain else ids),
-            ],
-        )
+        async with self._guard.bounded():
+            claimed = await self._claim_script(
+                keys=[self._queue_key(driver_id)],
+                args=[
+                    str(self._clock_ns()),
+                    self._hash_prefix,
+                    self._outcome_channel,
+                    *([] if drain else ids),
+                ],
+            )
         pairs = list(zip(claimed[::2], claimed[1::2], strict=True))
         for n, (_, data) in enumerate(pairs):
             if not self._sessions.push_command(driver_id, self._decode(data)):
-                await self._requeue_script(
-                    keys=[self._queue_key(driver_id)],
-                    args=[
-                        self._hash_prefix,
-                        self._outcome_channel,
-                        *(command_id for command_id, _ in pairs[n:]),
-                    ],
-                )
+                async with self._guard.bounded():
+                    await self._requeue_script(
+                        keys=[self._queue_key(driver_id)],
+                        args=[
+                            self._hash_prefix,
+                            self._outcome_channel,
+                            *(command_id for command_id, _ in pairs[n:]),
+                        ],
+                    )
                 return
 
     # --- reading -------------------------------------------------------------------------
     async def _read(self, command_id: str) -> Command:
-        fields = cast(dict[bytes, bytes], await self._client.hgetall(self._hash_key(command_id)))
+        async with self._guard.bounded():
+            fields = cast(
+                dict[bytes, bytes], await self._client.hgetall(self._hash_key(command_id))
+            )
         if not fields:
             raise CommandNotFound(f"command {command_id!r} not found")
         return self._command(command_id, fields)

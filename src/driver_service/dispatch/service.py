@@ -18,6 +18,7 @@ from driver_service.domain import (
     DriverNotFound,
     InvalidInput,
     Status,
+    StoreUnavailable,
     parse_status,
     validate_driver_id,
 )
@@ -107,6 +108,8 @@ class Dispatch:
         while True:
             try:
                 await self.sweep()
+            except StoreUnavailable:
+                pass  # the index's store is down: its guard logged that once
             except Exception as exc:  # noqa: BLE001 - the index is away; the next sweep retries
                 self._sweep_failed(exc)
             else:

@@ -9,19 +9,25 @@ durable repository (and back-fills Redis), and a down database still answers fro
 A Redis write that fails after the durable commit does not fail the commit: the driver is
 marked dirty, read from the durable store meanwhile, and its key is deleted once Redis
 answers again (the next read back-fills it), so Redis never serves a state it missed.
+
+Every Redis operation is bounded by the shared guard (`--redis-timeout`): a Redis that hangs
+costs the commit path and a read that bound once; then both skip Redis (reads go to the
+durable store, writes mark drivers dirty) while the guard's background PING finds out when
+it answers again; the stale keys are deleted before Redis is used again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Literal, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from driver_service.bus.redis import redis_guard
 from driver_service.domain import Driver, Location, Status
+from driver_service.guard import DependencyGuard, DependencyUnavailable
 from driver_service.ports import DriverRepository
 
 log = logging.getLogger(__name__)
@@ -119,18 +125,21 @@ class LiveStateRepository:
         prefix: str = DEFAULT_PREFIX,
         *,
         ttl_s: int = DEFAULT_TTL_S,
-        retry_after_s: float = 1.0,
         close_client: bool = False,
+        guard: DependencyGuard | None = None,
     ) -> None:
+        """`guard`: the one shared with the bus and dispatch (bootstrap passes it); by
+        default a guard of this repository alone."""
         self.durable = durable
         self._redis = redis
         self._key_prefix = f"{prefix}drv:"
         self._ttl_s = ttl_s
         self._merge = redis.register_script(_MERGE_LUA)
-        self._retry_after_s = retry_after_s
         self._close_client = close_client
-        # While Redis failed recently, skip it instead of paying a timeout per call.
-        self._down_until = 0.0
+        #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
+        #: timeout per call, and its probe tells when to use Redis again.
+        self.guard = redis_guard(redis) if guard is None else guard
+        self.guard.on_recover.append(self._drop_dirty_keys)
         # Drivers whose live key may be behind the durable store (a write to Redis failed).
         self._dirty: set[str] = set()
 
@@ -139,12 +148,15 @@ class LiveStateRepository:
 
     # --- reads -------------------------------------------------------------------------------
     async def get_driver(self, driver_id: str) -> Driver | None:
-        if await self._redis_ready() and driver_id not in self._dirty:
+        if self.guard.up and driver_id not in self._dirty:
             try:
-                # The client must use bytes responses (decode_responses=False, the default).
-                fields = cast("dict[bytes, bytes]", await self._redis.hgetall(self.key(driver_id)))
-            except RedisError as exc:
-                self._redis_failed(exc)
+                async with self.guard.bounded():
+                    # The client must use bytes responses (decode_responses=False, the default).
+                    fields = cast(
+                        "dict[bytes, bytes]", await self._redis.hgetall(self.key(driver_id))
+                    )
+            except DependencyUnavailable:
+                pass  # logged by the guard; the durable store answers
             else:
                 driver = _driver_from_hash(driver_id, fields) if fields else None
                 if driver is not None:
@@ -181,11 +193,11 @@ class LiveStateRepository:
         self, updates: Sequence[tuple[str, _Mode, str, Location | Driver]]
     ) -> None:
         """Merge updates into Redis in one round trip; never raises (the durable write stands)."""
-        if not await self._redis_ready():
+        if not self.guard.up:
             self._dirty.update(driver_id for driver_id, *_ in updates)
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self.guard.bounded(), self._redis.pipeline(transaction=False) as pipe:
                 for driver_id, mode, status, item in updates:
                     if isinstance(item, Driver):
                         args = _merge_args(
@@ -199,54 +211,49 @@ class LiveStateRepository:
             # alone knows those drivers' status.
             missing = [u[0] for u, res in zip(updates, results, strict=True) if res == 0]
             if missing:
+                # Outside the Redis bound: the durable reads have a bound of their own.
                 fills: list[tuple[str, _Mode, str, Driver]] = []
                 for driver_id in missing:
                     driver = await self.durable.get_driver(driver_id)
                     if driver is not None:
                         fills.append((driver_id, "fill", driver.status, driver))
-                async with self._redis.pipeline(transaction=False) as pipe:
+                async with self.guard.bounded(), self._redis.pipeline(transaction=False) as pipe:
                     for driver_id, mode, status, driver in fills:
                         args = _merge_args(
                             mode, status, driver.last_seen_at_ns, driver.location, self._ttl_s
                         )
                         await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
                     await pipe.execute()
-        except RedisError as exc:
+        except DependencyUnavailable:
             self._dirty.update(driver_id for driver_id, *_ in updates)
-            self._redis_failed(exc)
 
     # --- Redis availability ------------------------------------------------------------------
-    async def _redis_ready(self) -> bool:
-        """Whether to use Redis now; first deletes keys that missed a write (they refill
-        from the durable store on the next read)."""
-        if time.monotonic() < self._down_until:
-            return False
-        if self._dirty:
+    async def _drop_dirty_keys(self) -> None:
+        """Before Redis is used again (a recovery hook of the guard): delete the keys that
+        missed a write, so they refill from the durable store on their next read. Writes
+        that fail meanwhile add to the set: repeat until it is empty."""
+        dropped = 0
+        while self._dirty:
             dirty = list(self._dirty)
-            try:
+            async with asyncio.timeout(self.guard.timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(dirty), 1000):
                         pipe.delete(*(self.key(d) for d in dirty[start : start + 1000]))
                     await pipe.execute()
-            except RedisError as exc:
-                self._redis_failed(exc)
-                return False
             self._dirty.difference_update(dirty)
-            log.info("live state: dropped %d stale driver keys after a Redis outage", len(dirty))
-        return True
-
-    def _redis_failed(self, exc: Exception) -> None:
-        if time.monotonic() >= self._down_until:
-            log.warning("live state: Redis unavailable, using the durable store: %s", exc)
-        self._down_until = time.monotonic() + self._retry_after_s
+            dropped += len(dirty)
+        if dropped:
+            log.info("live state: dropped %d stale driver keys after a Redis outage", dropped)
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def ping(self) -> None:
-        """Raise unless both the durable store and Redis answer."""
+        """Raise unless both the durable store and Redis answer, each within its bound; an
+        answer from Redis also ends the guard's outage."""
         await self.durable.ping()
-        await self._redis.ping()
+        await self.guard.check()
 
     async def close(self) -> None:
+        await self.guard.close()
         await self.durable.close()
         if self._close_client:
             await self._redis.aclose()

@@ -3,6 +3,13 @@
 Several processes write one database, so current state cannot be mirrored in memory as the
 SQLite adapter does: each batch locks its drivers' rows (in driver_id order, so overlapping
 batches never deadlock) and decides from the locked rows which fixes advance.
+
+Every operation, pool acquisition included, gets at most `timeout_s` (`--store-timeout`) and
+runs in a task of its own that is abandoned when the time is up: after a cancellation asyncpg
+sends a cancel request and rolls back, which wait for a hung server again (each bounded by
+the same time as `command_timeout`, then the connection is terminated), so the caller does
+not wait for that cleanup. After a failure the repository answers UNAVAILABLE at once until
+its probe (`SELECT 1`) answers again.
 """
 
 from __future__ import annotations
@@ -16,9 +23,22 @@ from urllib.parse import urlsplit
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.guard import DependencyGuard
 from driver_service.storage import postgres_schema
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+#: Bound of one store operation (`--store-timeout`): a 10,000-row commit takes ~50 ms.
+DEFAULT_TIMEOUT_S = 2.0
+#: Migrations at start may wait for another replica's (advisory lock) and rewrite tables.
+MIGRATE_TIMEOUT_S = 30.0
+#: What says the server itself is away (not that a statement is wrong).
+_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
 #: Batches of at least this many fixes go to history through binary COPY into a temp table;
 #: smaller ones through one INSERT ... SELECT FROM unnest(...) (COPY costs two extra round
@@ -129,10 +149,18 @@ async def _keep_session(connection: Any) -> None:
 class PostgresRepository:
     """DriverRepository on PostgreSQL. Create with `await PostgresRepository.open(url)`."""
 
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._pool = pool
         self.url = redact_url(url)
         self._closed = False
+        self.guard = DependencyGuard(
+            "postgresql",
+            timeout_s,
+            lambda: pool.fetchval("SELECT txid_current()"),
+            failures=_FAILURES,
+            message="driver store is unavailable; retry shortly",
+            detach_probe=True,
+        )
 
     @classmethod
     async def open(
@@ -142,16 +170,19 @@ class PostgresRepository:
         min_size: int = 1,
         max_size: int = 10,
         migrate: bool = True,
-        command_timeout_s: float = 30.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_timeout_s: float = 10.0,
     ) -> PostgresRepository:
         """Connect a pool; apply pending migrations (`migrate=True`) or refuse to start on a
-        schema of another version (`migrate=False`, when `driver-service migrate` runs them)."""
+        schema of another version (`migrate=False`, when `driver-service migrate` runs them).
+        `timeout_s` bounds every later operation (see the module docs)."""
         pool = await asyncpg.create_pool(
             url,
             min_size=min_size,
             max_size=max_size,
-            command_timeout=command_timeout_s,
+            # Bounds each statement, and the cancel request asyncpg sends after a timeout or
+            # cancellation (past it the connection is terminated, never reused half-way).
+            command_timeout=timeout_s,
             timeout=connect_timeout_s,
             init=_prepare_connection,
             reset=_keep_session,
@@ -159,23 +190,32 @@ class PostgresRepository:
             server_settings={"application_name": "driver-service", "synchronous_commit": "on"},
         )
         try:
-            async with pool.acquire() as connection:
+            # Not through the pool: its statements get `timeout_s`, far too little for this.
+            connection = await asyncpg.connect(
+                url, timeout=connect_timeout_s, command_timeout=MIGRATE_TIMEOUT_S
+            )
+            try:
                 if migrate:
                     await postgres_schema.migrate(connection)
                 else:
                     await postgres_schema.check(connection)
+            finally:
+                await connection.close()
         except BaseException:
             pool.terminate()
             raise
-        return cls(pool, url)
+        return cls(pool, url, timeout_s)
 
     async def get_driver(self, driver_id: str) -> Driver | None:
-        row = await self._pool.fetchrow(_GET_DRIVER, driver_id)
+        row = await self.guard.call(lambda: self._pool.fetchrow(_GET_DRIVER, driver_id))
         return None if row is None else _driver_from_record(row)
 
     async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
         if not locations:
             return []
+        return await self.guard.call(lambda: self._record_locations(locations))
+
+    async def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
         newest: dict[str, Location] = {}
         for loc in locations:
             seen = newest.get(loc.driver_id)
@@ -257,25 +297,31 @@ class PostgresRepository:
         )
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
-        row = await self._pool.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
+        row = await self.guard.call(
+            lambda: self._pool.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
+        )
         return _driver_from_record(row)
 
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
     ) -> list[Location]:
-        rows = await self._pool.fetch(_HISTORY, driver_id, start_ns, end_ns, limit)
+        rows = await self.guard.call(
+            lambda: self._pool.fetch(_HISTORY, driver_id, start_ns, end_ns, limit)
+        )
         return [Location(driver_id, *row) for row in rows]
 
     async def ping(self) -> None:
-        """Commit a transaction that writes WAL (an xid is assigned): a server that cannot
-        commit (a full disk, read-only) fails the ping, not only one that is away."""
-        await self._pool.fetchval("SELECT txid_current()")
+        """A write transaction (an xid is assigned, WAL is written) within the timeout,
+        whatever the guard's state: a server that cannot commit (a full disk) fails it, not
+        only one that is away; an answer also ends its outage."""
+        await self.guard.check()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Close the pool, waiting for calls in flight; closing twice is harmless."""
         if self._closed:
             return
         self._closed = True
+        await self.guard.close()
         try:
             await asyncio.wait_for(self._pool.close(), timeout_s)
         except TimeoutError:
