@@ -13,7 +13,7 @@ logged, and the next update of that driver repairs its entry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from driver_service.dispatch.index import DriverIndex
 from driver_service.domain import Driver, Location, Status
@@ -47,6 +47,11 @@ class IndexingRepository:
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
     ) -> list[Location]:
         return await self.inner.location_history(driver_id, start_ns, end_ns, limit)
+
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.inner.drivers_seen_since(seen_since_ns, page_size)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from driver_service.dispatch.geo import MAX_RADIUS_M
 from driver_service.dispatch.index import DriverIndex, IndexedDriver, NearbyDriver
@@ -35,6 +36,14 @@ MAX_TTL_S = 3600.0
 _NS = 1_000_000_000
 
 
+class BackgroundLoop(Protocol):
+    """A long-running task: `run()` until `close()` (e.g. the Redis rebuild check)."""
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DriverView:
     """DescribeDriver's answer."""
@@ -56,9 +65,11 @@ class Dispatch:
         sweep_every_s: float = DEFAULT_SWEEP_EVERY_S,
         clock_ns: Callable[[], int] = time.time_ns,
         commands: CommandRouter | None = None,
+        background: Sequence[BackgroundLoop] = (),
     ) -> None:
         """`commands` routes commands and keeps their state: None for this process's own
-        OfferBook (one process), a RedisCommandRouter when replicas share Redis."""
+        OfferBook (one process), a RedisCommandRouter when replicas share Redis.
+        `background`: loops run from `start()` to `close()` beside the sweeper."""
         if stale_after_s <= 0:
             raise ValueError("stale_after_s must be positive")
         self.tracking = tracking
@@ -82,6 +93,8 @@ class Dispatch:
             close_listeners.append(commands.on_session_closed)
         self._stale_count = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self._background = tuple(background)
+        self._loops: list[asyncio.Task[None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -89,8 +102,20 @@ class Dispatch:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="dispatch-sweeper"
             )
+            # Until the supervisor owns every background task, dispatch runs its loops here.
+            self._loops = [
+                asyncio.get_running_loop().create_task(loop.run(), name=type(loop).__name__)
+                for loop in self._background
+            ]
 
     async def close(self) -> None:
+        for loop in self._background:
+            loop.close()
+        for task in self._loops:
+            task.cancel()  # a loop in the middle of a check stops at once
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops = []
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

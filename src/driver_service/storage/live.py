@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal, cast
 
 from redis.asyncio import Redis
@@ -160,6 +160,11 @@ class LiveStateRepository:
     ) -> list[Location]:
         return await self.durable.location_history(driver_id, start_ns, end_ns, limit)
 
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.durable.drivers_seen_since(seen_since_ns, page_size)
+
     # --- writes ------------------------------------------------------------------------------
     async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
         advanced = await self.durable.record_locations(locations)
@@ -214,6 +219,16 @@ class LiveStateRepository:
         except RedisError as exc:
             self._dirty.update(driver_id for driver_id, *_ in updates)
             self._redis_failed(exc)
+
+    async def fill(self, drivers: Sequence[Driver]) -> None:
+        """Merge drivers a rebuild read from the durable store into Redis in one round trip
+        ('fill': a key that exists keeps its status and only moves forward, so an update
+        that raced the read is never overwritten). Raises RedisError: the rebuild retries."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in drivers:
+                args = _merge_args("fill", d.status, d.last_seen_at_ns, d.location, self._ttl_s)
+                await self._merge(keys=[self.key(d.driver_id)], args=args, client=pipe)
+            await pipe.execute()
 
     # --- Redis availability ------------------------------------------------------------------
     async def _redis_ready(self) -> bool:
