@@ -84,7 +84,9 @@ class IndexingBus:
                     driver = await self._repository.get_driver(driver_id)
                     if driver is not None:
                         drivers.append(driver)
-                await self._index.put(drivers)
+                # fill, not put: a status change committed after this read has reached
+                # the index already and must not be replaced by the older read.
+                await self._index.fill(drivers)
         except Exception:
             log.exception("indexing %d locations failed", len(locations))
 
