@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.api.convert import location_to_pb
 from driver_service.bootstrap import REDIS_PREFIX, build_services
 from driver_service.bus.redis import create_redis_client
 from driver_service.config import ServerSettings
@@ -47,16 +47,7 @@ def at(driver_id: str, i: int, t_ns: int) -> Location:
 
 
 def update(location: Location) -> pb.LocationUpdate:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(location.recorded_at_ns)
-    return pb.LocationUpdate(
-        driver_id=location.driver_id,
-        latitude=location.latitude,
-        longitude=location.longitude,
-        speed_mps=location.speed_mps,
-        heading_degrees=location.heading_degrees,
-        timestamp=stamp,
-    )
+    return location_to_pb(location)
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> float:
