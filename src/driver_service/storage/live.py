@@ -67,6 +67,18 @@ if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 return 1
 """
 
+# The same merge for many keys in one command (a rebuild's page; one command instead of one
+# per key costs the client ~10x less CPU per driver): _MERGE_LUA's text runs as a function
+# whose KEYS and ARGV are one key and its nine arguments.
+_MERGE_MANY_LUA = f"""
+local all_keys, all_args = KEYS, ARGV
+local function merge_one(KEYS, ARGV)
+{_MERGE_LUA}
+end
+for i = 1, #all_keys do merge_one({{all_keys[i]}}, {{unpack(all_args, i * 9 - 8, i * 9)}}) end
+return #all_keys
+"""
+
 _Mode = Literal["loc", "status", "fill"]
 
 
@@ -127,6 +139,7 @@ class LiveStateRepository:
         self._key_prefix = f"{prefix}drv:"
         self._ttl_s = ttl_s
         self._merge = redis.register_script(_MERGE_LUA)
+        self._merge_many = redis.register_script(_MERGE_MANY_LUA)
         self._retry_after_s = retry_after_s
         self._close_client = close_client
         # While Redis failed recently, skip it instead of paying a timeout per call.
@@ -221,14 +234,15 @@ class LiveStateRepository:
             self._redis_failed(exc)
 
     async def fill(self, drivers: Sequence[Driver]) -> None:
-        """Merge drivers a rebuild read from the durable store into Redis in one round trip
+        """Merge drivers a rebuild read from the durable store into Redis in one command
         ('fill': a key that exists keeps its status and only moves forward, so an update
         that raced the read is never overwritten). Raises RedisError: the rebuild retries."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for d in drivers:
-                args = _merge_args("fill", d.status, d.last_seen_at_ns, d.location, self._ttl_s)
-                await self._merge(keys=[self.key(d.driver_id)], args=args, client=pipe)
-            await pipe.execute()
+        if not drivers:
+            return
+        args: list[str | int | float] = []
+        for d in drivers:
+            args += _merge_args("fill", d.status, d.last_seen_at_ns, d.location, self._ttl_s)
+        await self._merge_many(keys=[self.key(d.driver_id) for d in drivers], args=args)
 
     # --- Redis availability ------------------------------------------------------------------
     async def _redis_ready(self) -> bool:
