@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from driver_service.dispatch import (
     MemoryDriverIndex,
     RedisDriverIndex,
 )
+from driver_service.dispatch.rebuild import Fill, rebuild_memory_index
+from driver_service.dispatch.service import BackgroundLoop
 from driver_service.metrics import InstrumentedBus, InstrumentedRepository, ServiceMetrics
 from driver_service.ports import DriverRepository, LocationBus
 from driver_service.ratelimit import RateLimiter
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
     from driver_service.bus.redis import RedisBus
     from driver_service.dispatch.offers import CommandRouter
+
+log = logging.getLogger(__name__)
 
 #: Key and channel prefix in Redis, so one Redis can serve several deployments.
 REDIS_PREFIX = "ds:"
@@ -76,13 +81,20 @@ async def open_live(
 
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
-) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None]:
+) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None, list[Fill]]:
     durable = await open_store(settings)
     try:
         repository, bus, redis = await open_live(settings, durable)
     except BaseException:
         await durable.close()
         raise
+    # Derived state a rebuild fills from the store: Redis's live hashes, then the index.
+    fills: list[Fill] = []
+    if redis is not None:
+        from driver_service.storage.live import LiveStateRepository
+
+        assert isinstance(repository, LiveStateRepository)
+        fills.append(repository.fill)
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
     )
@@ -102,6 +114,7 @@ async def _build_tracking(
             MemoryDriverIndex() if redis is None
             else RedisDriverIndex(redis[0], prefix=REDIS_PREFIX, guard=redis[1].guard)
         )  # fmt: skip
+        fills.append(index.fill)
         repository = IndexingRepository(repository, index)
         bus = IndexingBus(bus, index, repository)
     supervisor = TaskSupervisor(
@@ -117,7 +130,7 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return tracking, index, redis
+    return tracking, index, redis, fills
 
 
 async def build_services(
@@ -125,8 +138,13 @@ async def build_services(
 ) -> Services:
     """Tracking and dispatch over the configured adapters, instrumented when `metrics` is
     given (the server always gives it; tests may leave it out)."""
-    tracking, index, redis = await _build_tracking(settings, metrics, with_index=True)
+    tracking, index, redis, fills = await _build_tracking(settings, metrics, with_index=True)
     assert index is not None
+    try:
+        background = await _rebuild_derived_state(settings, tracking, index, redis, fills)
+    except BaseException:
+        await tracking.close()
+        raise
     # Commands and their state: this process's OfferBook, or Redis shared by every replica
     # (a command reaches the driver's session on whichever replica holds it).
     commands: CommandRouter | None = None
@@ -135,7 +153,13 @@ async def build_services(
 
         client, redis_bus = redis
         commands = RedisCommandRouter(client, redis_bus, tracking, prefix=REDIS_PREFIX)
-    dispatch = Dispatch(tracking, index, stale_after_s=settings.stale_after, commands=commands)
+    dispatch = Dispatch(
+        tracking,
+        index,
+        stale_after_s=settings.stale_after,
+        commands=commands,
+        background=background,
+    )
     if metrics is not None:
         metrics.count_stale_drivers(lambda: dispatch.stale_drivers)
     await dispatch.start()
@@ -147,5 +171,33 @@ async def build_tracking(
 ) -> DriverTracking:
     """Only the tracking service, without dispatch or its spatial index (for tests and
     benchmarks of the seed's service alone)."""
-    tracking, _, _ = await _build_tracking(settings, metrics, with_index=False)
+    tracking, _, _, _ = await _build_tracking(settings, metrics, with_index=False)
     return tracking
+
+
+async def _rebuild_derived_state(
+    settings: ServerSettings,
+    tracking: DriverTracking,
+    index: DriverIndex,
+    redis: tuple[Redis, RedisBus] | None,
+    fills: list[Fill],
+) -> list[BackgroundLoop]:
+    """Fill derived state from the store before serving; return the loop that keeps Redis's
+    rebuilt (none for one process: its index cannot lose its data while it runs).
+
+    One process: the in-memory index, always (a store that cannot be read fails the start).
+    Redis: only if its marker is missing (Redis is new or was emptied); if Redis is away or
+    another replica is rebuilding, start anyway and let the loop retry every second."""
+    if redis is None:
+        await rebuild_memory_index(tracking.repository, index.fill, settings.stale_after)
+        return []
+    from driver_service.dispatch.redis_rebuild import RedisRebuilder
+
+    rebuilder = RedisRebuilder(
+        redis[0], tracking.repository, fills, prefix=REDIS_PREFIX, horizon_s=settings.stale_after
+    )
+    try:
+        await rebuilder.rebuild_if_missing()
+    except Exception as exc:  # noqa: BLE001 - the loop retries; serving goes on meanwhile
+        log.warning("rebuilding Redis's derived state at start failed, retrying: %r", exc)
+    return [rebuilder]

@@ -23,7 +23,7 @@ import math
 import time
 from abc import abstractmethod
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Final, Generic, TypeVar
 
@@ -491,6 +491,11 @@ class InstrumentedRepository:
             raise
         finally:
             seconds.observe(time.perf_counter() - start)
+
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.inner.drivers_seen_since(seen_since_ns, page_size)
 
     async def ping(self) -> None:
         seconds, errors = self._ping

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from driver_service.domain import Driver, Location, Status
@@ -31,6 +31,17 @@ class DriverRepository(Protocol):
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
     ) -> list[Location]:
         """History of one driver with start_ns <= recorded_at_ns < end_ns, oldest first."""
+        ...
+
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        """Current state of every driver whose last event is at or after `seen_since_ns`, in
+        pages of at most `page_size` (one short query each, so a large fleet never becomes one
+        huge result or one long transaction). For rebuilding derived state (live state in
+        Redis, spatial indexes) from the store, the source of truth. Each driver present for
+        the whole iteration appears exactly once; one created meanwhile may be missed (its
+        own update reaches the derived state anyway)."""
         ...
 
     async def ping(self) -> None:

@@ -271,3 +271,59 @@ async def test_a_batch_of_ten_thousand_fixes_is_one_call(repository: DriverRepos
     assert stored == len(distinct) + 50
     # Sent again whole (a client resending after a lost ack): nothing new, nothing advanced.
     assert await repository.record_locations(batch) == []
+
+
+async def collect(repo: DriverRepository, seen_since_ns: int, page_size: int) -> list[list[Driver]]:
+    return [page async for page in repo.drivers_seen_since(seen_since_ns, page_size)]
+
+
+async def test_drivers_seen_since_pages_through_fresh_drivers_once_each(
+    repository: DriverRepository,
+) -> None:
+    """A rebuild reads current state of drivers seen at or after a cutoff, in pages: every
+    such driver once, none older, no page over the size, a last short or empty page ends it."""
+    await repository.record_locations([loc(f"d{i:03d}", i) for i in range(250)])
+    await repository.set_status("d010", Status.BUSY, T0 + 400)  # old fix, fresh status
+    await repository.set_status("s-only", Status.OFFLINE, T0 + 300)  # no location at all
+    await repository.set_status("s-old", Status.AVAILABLE, T0 + 50)  # before the cutoff
+
+    pages = await collect(repository, T0 + 100, 64)
+
+    assert [len(p) for p in pages] == [64, 64, 24]
+    drivers = [d for page in pages for d in page]
+    assert len({d.driver_id for d in drivers}) == len(drivers)
+    expected = {f"d{i:03d}" for i in range(100, 250)} | {"d010", "s-only"}
+    assert {d.driver_id for d in drivers} == expected
+    for driver in drivers:
+        assert driver == await repository.get_driver(driver.driver_id)
+    assert await collect(repository, T0 + 1000, 64) == []
+    exact = await collect(repository, T0 + 249, 1)  # at the cutoff counts; pages of one
+    assert exact == [
+        [Driver("d010", Status.BUSY, loc("d010", 10), T0 + 400)],
+        [Driver("d249", Status.AVAILABLE, loc("d249", 249), T0 + 249)],
+        [Driver("s-only", Status.OFFLINE, None, T0 + 300)],
+    ]
+    assert [len(p) for p in await collect(repository, T0 + 100, 152)] == [152]
+    with pytest.raises(ValueError, match="page_size"):
+        await collect(repository, 0, 0)
+
+
+async def test_drivers_seen_since_sees_writes_between_pages(
+    repository: DriverRepository,
+) -> None:
+    """Pages are separate short reads (no snapshot held open): a driver updated after its
+    page was read is not repeated, one not read yet is read as it is now, and ingestion is
+    not blocked while a reader holds the iterator between pages."""
+    await repository.record_locations([loc(f"d{i}", i) for i in range(6)])
+    pages = repository.drivers_seen_since(T0, 2)
+    first = await anext(pages)
+    assert [d.driver_id for d in first] == ["d0", "d1"]
+
+    advanced = await asyncio.wait_for(
+        repository.record_locations([loc("d0", 100), loc("d5", 101)]), 5
+    )
+    assert advanced == [loc("d0", 100), loc("d5", 101)]
+
+    rest = [d async for page in pages for d in page]
+    assert [d.driver_id for d in rest] == ["d2", "d3", "d4", "d5"]
+    assert rest[-1].location == loc("d5", 101)

@@ -52,6 +52,11 @@ class CountingRepository:
     ) -> list[Location]:
         return await self.inner.location_history(driver_id, start_ns, end_ns, limit)
 
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.inner.drivers_seen_since(seen_since_ns, page_size)
+
     async def ping(self) -> None:
         await self.inner.ping()
 

@@ -60,6 +60,14 @@ class DriverIndex(Protocol):
         view of each driver: after a status change, or for a driver the index did not know."""
         ...
 
+    async def fill(self, drivers: Sequence[Driver]) -> None:
+        """Merge drivers read from the store by a rebuild, which may race with live updates:
+        location and last-seen only move forward, and the status is taken only from a driver
+        whose last event is newer than the entry's (an entry with an event as new or newer
+        already holds the status of a later read). A driver that went OFFLINE after the read
+        is not brought back."""
+        ...
+
     async def move(self, locations: Sequence[Location]) -> list[str]:
         """Apply locations that became current; return the ids of drivers the index does not
         know (their status is unknown here: the caller reads them and calls `put`)."""
@@ -161,14 +169,31 @@ class MemoryDriverIndex:
         # Searchable drivers; stale ones (taken out of the cells) in the order they went stale.
         self._live: dict[str, None] = {}
         self._stale: dict[str, int] = {}
+        # Drivers that went OFFLINE, by last-seen: a rebuild's older read must not revive them.
+        self._gone: dict[str, int] = {}
 
     # --- updates ---------------------------------------------------------------------------
     async def put(self, drivers: Sequence[Driver]) -> None:
+        self._merge(drivers, rebuild=False)
+
+    async def fill(self, drivers: Sequence[Driver]) -> None:
+        # One process: the rebuild runs before serving, so nothing races it here today; the
+        # rule is Redis's all the same, so a later rebuild while serving would be safe too.
+        self._merge(drivers, rebuild=True)
+
+    def _merge(self, drivers: Sequence[Driver], *, rebuild: bool) -> None:
         for driver in drivers:
             entry = self._entries.get(driver.driver_id)
             if entry is None:
+                seen = driver.last_seen_at_ns
+                if rebuild and (
+                    driver.status is Status.OFFLINE or seen <= self._gone.get(driver.driver_id, -1)
+                ):
+                    continue
                 entry = self._entries[driver.driver_id] = _Entry(driver.driver_id, driver.status)
-            entry.status = driver.status
+                self._gone.pop(driver.driver_id, None)  # back (_place notes it if OFFLINE)
+            elif not rebuild or driver.last_seen_at_ns > entry.seen_ns:
+                entry.status = driver.status
             entry.seen_ns = max(entry.seen_ns, driver.last_seen_at_ns)
             loc = driver.location
             if loc is not None and loc.recorded_at_ns > entry.loc_ns:
@@ -206,11 +231,13 @@ class MemoryDriverIndex:
             entry.cell = cell
         self._live.pop(driver_id, None)
         self._stale.pop(driver_id, None)
+        if entry.status is Status.OFFLINE:
+            # OFFLINE drivers are never offered: nothing of them is kept but when they left.
+            del self._entries[driver_id]
+            self._gone[driver_id] = entry.seen_ns
+            return
         if searchable:
             self._live[driver_id] = None
-        elif entry.status is Status.OFFLINE:
-            # OFFLINE drivers are never offered: nothing of them is kept.
-            del self._entries[driver_id]
 
     # --- queries ---------------------------------------------------------------------------
     async def nearby(
@@ -289,6 +316,7 @@ class MemoryDriverIndex:
             entry.cell = -1
             stale[driver_id] = entry.seen_ns
         forget_before = stale_before_ns - self._forget_after_ns
+        self._gone = {d: seen for d, seen in self._gone.items() if seen >= forget_before}
         while stale:
             driver_id, seen_ns = next(iter(stale.items()))
             if seen_ns >= forget_before:
@@ -306,3 +334,4 @@ class MemoryDriverIndex:
         self._cells.clear()
         self._live.clear()
         self._stale.clear()
+        self._gone.clear()

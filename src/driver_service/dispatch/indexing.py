@@ -13,7 +13,7 @@ logged, and the next update of that driver repairs its entry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from driver_service.dispatch.index import DriverIndex
 from driver_service.domain import Driver, Location, Status
@@ -48,6 +48,11 @@ class IndexingRepository:
     ) -> list[Location]:
         return await self.inner.location_history(driver_id, start_ns, end_ns, limit)
 
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.inner.drivers_seen_since(seen_since_ns, page_size)
+
     async def ping(self) -> None:
         await self.inner.ping()
 
@@ -79,7 +84,9 @@ class IndexingBus:
                     driver = await self._repository.get_driver(driver_id)
                     if driver is not None:
                         drivers.append(driver)
-                await self._index.put(drivers)
+                # fill, not put: a status change committed after this read has reached
+                # the index already and must not be replaced by the older read.
+                await self._index.fill(drivers)
         except Exception:
             log.exception("indexing %d locations failed", len(locations))
 

@@ -6,6 +6,8 @@ Keys (under one prefix):
   `{p}geo`    GEO set of searchable drivers with |latitude| <= 85.05112878
   `{p}polar`  set of searchable drivers beyond that (Redis GEO cannot store them)
   `{p}seen`   sorted set of searchable drivers by last-seen seconds (sweeps, stale count)
+  `{p}gone`   sorted set of drivers that went OFFLINE, by last-seen seconds: a rebuild that
+              read a driver before it went offline must not bring it back (see `fill`)
 
 Redis GEO measures on a sphere of radius 6,372,797.56 m from 52-bit geohashes (~0.6 m), so
 the search radius is widened by the ratio of the radii plus a few metres, and the early stop
@@ -39,7 +41,7 @@ _SCALE = _REDIS_RADIUS_M / EARTH_RADIUS_M
 _SLACK_M = 5.0
 
 _COMMON_LUA = """
-local dx, geo, polar, seen_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dx, geo, polar, seen_key, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local function newer(a, b)
   if b == nil or b == '' then return true end
   if a == '' then return false end
@@ -59,6 +61,15 @@ local function place(id, st, lat, lon, seen)
     redis.call('ZREM', geo, id); redis.call('SADD', polar, id)
   end
   redis.call('ZADD', seen_key, tonumber(seen) / 1e9, id)
+end
+local function store(id, st, lat, lon, seen, at)
+  if st == 'OFFLINE' then
+    redis.call('HDEL', dx, id); redis.call('ZADD', gone, tonumber(seen) / 1e9, id)
+  else
+    redis.call('HSET', dx, id, st .. ' ' .. lat .. ' ' .. lon .. ' ' .. seen .. ' ' .. at)
+    redis.call('ZREM', gone, id)
+  end
+  place(id, st, lat, lon, seen)
 end
 local function parse(v)
   return string.match(v, '^(%u+) (%S*) (%S*) (%d+) (%d*)$')
@@ -88,24 +99,34 @@ return unknown
 """
 )
 
-# ARGV: groups of (id, status, lat, lon, last_seen_ns, location_ns); '' for no location.
+# ARGV: mode, then groups of (id, status, lat, lon, last_seen_ns, location_ns); '' for no
+# location. Location and last-seen merge forward in both modes.
+#   'put':  the status given replaces the entry's (a committed change, or a driver read from
+#           the store after its newest event).
+#   'fill': drivers a rebuild read from the store, racing live updates: the status is taken
+#           only if the store saw a newer event than the entry; a driver without an entry is
+#           added unless it went OFFLINE at or after the read (`gone`; seconds as doubles are
+#           monotonic in the nanoseconds, so a near tie errs on leaving it out).
 _PUT_LUA = (
     _COMMON_LUA
     + """
-for i = 1, #ARGV, 6 do
+local fill = ARGV[1] == 'fill'
+for i = 2, #ARGV, 6 do
   local id, st, lat, lon, seen, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local v = redis.call('HGET', dx, id)
+  local keep = true
   if v then
-    local _, olat, olon, oseen, oat = parse(v)
+    local ost, olat, olon, oseen, oat = parse(v)
     if not newer(at, oat) then lat, lon, at = olat, olon, oat end
-    if not newer(seen, oseen) then seen = oseen end
+    if not newer(seen, oseen) then
+      seen = oseen
+      if fill then st = ost end
+    end
+  elseif fill then
+    local g = redis.call('ZSCORE', gone, id)
+    if st == 'OFFLINE' or (g and tonumber(seen) / 1e9 <= tonumber(g)) then keep = false end
   end
-  if st == 'OFFLINE' then
-    redis.call('HDEL', dx, id)
-  else
-    redis.call('HSET', dx, id, st .. ' ' .. lat .. ' ' .. lon .. ' ' .. seen .. ' ' .. at)
-  end
-  place(id, st, lat, lon, seen)
+  if keep then store(id, st, lat, lon, seen, at) end
 end
 return 0
 """
@@ -161,6 +182,7 @@ for i = 1, #old, 500 do
   redis.call('HDEL', dx, unpack(chunk)); redis.call('ZREM', seen_key, unpack(chunk))
   redis.call('ZREM', geo, unpack(chunk)); redis.call('SREM', polar, unpack(chunk))
 end
+redis.call('ZREMRANGEBYSCORE', gone, '-inf', '(' .. ARGV[2])
 local ids = redis.call('ZRANGEBYSCORE', seen_key, '-inf', '(' .. ARGV[1])
 for i = 1, #ids, 500 do
   local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
@@ -178,6 +200,26 @@ def _decode(driver_id: str, packed: str) -> IndexedDriver:
     return IndexedDriver(driver_id, Status(status), float(lat), float(lon), int(seen))
 
 
+def _driver_args(mode: str, drivers: Sequence[Driver]) -> list[str]:
+    """Script arguments: the mode, then (id, status, lat, lon, last_seen_ns, location_ns)
+    per driver."""
+    args = [mode]
+    for d in drivers:
+        loc = d.location
+        if loc is None:
+            args += [d.driver_id, d.status.value, "", "", str(d.last_seen_at_ns), ""]
+        else:
+            args += [
+                d.driver_id,
+                d.status.value,
+                repr(loc.latitude),
+                repr(loc.longitude),
+                str(d.last_seen_at_ns),
+                str(loc.recorded_at_ns),
+            ]
+    return args
+
+
 class RedisDriverIndex:
     """DriverIndex over Redis GEO for the Redis deployment (replicas share one index)."""
 
@@ -192,30 +234,27 @@ class RedisDriverIndex:
         self._client = client
         self._guard = redis_guard(client) if guard is None else guard
         self._forget_after_ns = forget_after_ns
-        self._keys = [f"{prefix}dx", f"{prefix}geo", f"{prefix}polar", f"{prefix}seen"]
+        self._keys = [
+            f"{prefix}dx",
+            f"{prefix}geo",
+            f"{prefix}polar",
+            f"{prefix}seen",
+            f"{prefix}gone",
+        ]
         self._move = client.register_script(_MOVE_LUA)
         self._put = client.register_script(_PUT_LUA)
         self._nearby = client.register_script(_NEARBY_LUA)
         self._sweep = client.register_script(_SWEEP_LUA)
 
     async def put(self, drivers: Sequence[Driver]) -> None:
-        args: list[str] = []
-        for d in drivers:
-            loc = d.location
-            if loc is None:
-                args += [d.driver_id, d.status.value, "", "", str(d.last_seen_at_ns), ""]
-            else:
-                args += [
-                    d.driver_id,
-                    d.status.value,
-                    repr(loc.latitude),
-                    repr(loc.longitude),
-                    str(d.last_seen_at_ns),
-                    str(loc.recorded_at_ns),
-                ]
-        if args and self._guard.up:
+        if drivers and self._guard.up:
             async with self._guard.bounded():
-                await self._put(keys=self._keys, args=args)
+                await self._put(keys=self._keys, args=_driver_args("put", drivers))
+
+    async def fill(self, drivers: Sequence[Driver]) -> None:
+        if drivers:
+            async with self._guard.bounded():
+                await self._put(keys=self._keys, args=_driver_args("fill", drivers))
 
     async def move(self, locations: Sequence[Location]) -> list[str]:
         args: list[str] = []

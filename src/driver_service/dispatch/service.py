@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from driver_service.dispatch.geo import MAX_RADIUS_M
 from driver_service.dispatch.index import DriverIndex, IndexedDriver, NearbyDriver
@@ -36,6 +37,14 @@ MAX_TTL_S = 3600.0
 _NS = 1_000_000_000
 
 
+class BackgroundLoop(Protocol):
+    """A long-running task: `run()` until `close()` (e.g. the Redis rebuild check)."""
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DriverView:
     """DescribeDriver's answer."""
@@ -57,9 +66,11 @@ class Dispatch:
         sweep_every_s: float = DEFAULT_SWEEP_EVERY_S,
         clock_ns: Callable[[], int] = time.time_ns,
         commands: CommandRouter | None = None,
+        background: Sequence[BackgroundLoop] = (),
     ) -> None:
         """`commands` routes commands and keeps their state: None for this process's own
-        OfferBook (one process), a RedisCommandRouter when replicas share Redis."""
+        OfferBook (one process), a RedisCommandRouter when replicas share Redis.
+        `background`: loops run from `start()` to `close()` beside the sweeper."""
         if stale_after_s <= 0:
             raise ValueError("stale_after_s must be positive")
         self.tracking = tracking
@@ -84,6 +95,8 @@ class Dispatch:
         self._stale_count = 0
         self._sweeper: Supervised | None = None
         self._sweep_failures = 0
+        self._background = tuple(background)
+        self._loops: list[Supervised] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,8 +104,17 @@ class Dispatch:
             self._sweeper = self.tracking.supervisor.start(
                 "dispatch-sweeper", self._sweep_forever, Policy.RESTART
             )
+            self._loops = [
+                self.tracking.supervisor.start(type(loop).__name__, loop.run, Policy.RESTART)
+                for loop in self._background
+            ]
 
     async def close(self) -> None:
+        for loop in self._background:
+            loop.close()
+        for handle in self._loops:
+            await handle.stop()  # a loop in the middle of a check stops at once
+        self._loops = []
         if self._sweeper is not None:
             await self._sweeper.stop()
             self._sweeper = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Literal, cast
 
 from redis.asyncio import Redis
@@ -71,6 +71,18 @@ end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 return 1
+"""
+
+# The same merge for many keys in one command (a rebuild's page; one command instead of one
+# per key costs the client ~10x less CPU per driver): _MERGE_LUA's text runs as a function
+# whose KEYS and ARGV are one key and its nine arguments.
+_MERGE_MANY_LUA = f"""
+local all_keys, all_args = KEYS, ARGV
+local function merge_one(KEYS, ARGV)
+{_MERGE_LUA}
+end
+for i = 1, #all_keys do merge_one({{all_keys[i]}}, {{unpack(all_args, i * 9 - 8, i * 9)}}) end
+return #all_keys
 """
 
 _Mode = Literal["loc", "status", "fill"]
@@ -135,6 +147,7 @@ class LiveStateRepository:
         self._key_prefix = f"{prefix}drv:"
         self._ttl_s = ttl_s
         self._merge = redis.register_script(_MERGE_LUA)
+        self._merge_many = redis.register_script(_MERGE_MANY_LUA)
         self._close_client = close_client
         #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
         #: timeout per call, and its probe tells when to use Redis again.
@@ -171,6 +184,11 @@ class LiveStateRepository:
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
     ) -> list[Location]:
         return await self.durable.location_history(driver_id, start_ns, end_ns, limit)
+
+    def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        return self.durable.drivers_seen_since(seen_since_ns, page_size)
 
     # --- writes ------------------------------------------------------------------------------
     async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
@@ -226,6 +244,18 @@ class LiveStateRepository:
                     await pipe.execute()
         except DependencyUnavailable:
             self._dirty.update(driver_id for driver_id, *_ in updates)
+
+    async def fill(self, drivers: Sequence[Driver]) -> None:
+        """Merge drivers a rebuild read from the durable store into Redis in one command
+        ('fill': a key that exists keeps its status and only moves forward, so an update
+        that raced the read is never overwritten). Raises RedisError: the rebuild retries."""
+        if not drivers:
+            return
+        args: list[str | int | float] = []
+        for d in drivers:
+            args += _merge_args("fill", d.status, d.last_seen_at_ns, d.location, self._ttl_s)
+        async with self.guard.bounded():
+            await self._merge_many(keys=[self.key(d.driver_id) for d in drivers], args=args)
 
     # --- Redis availability ------------------------------------------------------------------
     async def _drop_dirty_keys(self) -> None:

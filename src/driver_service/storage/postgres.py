@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,6 +104,11 @@ _SET_STATUS = (
     " last_seen_at_ns = greatest(d.last_seen_at_ns, excluded.last_seen_at_ns)"
     " RETURNING driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
     " location_at_ns, last_seen_at_ns"
+)
+_SEEN_SINCE = (
+    "SELECT driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+    " location_at_ns, last_seen_at_ns FROM drivers WHERE driver_id > $1"
+    " AND last_seen_at_ns >= $2 ORDER BY driver_id LIMIT $3"
 )
 _HISTORY = (
     "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
@@ -309,6 +314,24 @@ class PostgresRepository:
             lambda: self._pool.fetch(_HISTORY, driver_id, start_ns, end_ns, limit)
         )
         return [Location(driver_id, *row) for row in rows]
+
+    async def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        """Keyset pages along the primary key: one short query per page, no open cursor or
+        transaction between pages (a page scans past stale rows; no index on last_seen, which
+        every ingest update would have to maintain)."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        after = ""
+        while True:
+            rows = await self._pool.fetch(_SEEN_SINCE, after, seen_since_ns, page_size)
+            page = [_driver_from_record(row) for row in rows]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].driver_id
 
     async def ping(self) -> None:
         """A write transaction (an xid is assigned, WAL is written) within the timeout,

@@ -13,7 +13,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -77,6 +77,12 @@ def _insert_flat(
     if full < len(values):
         con.execute(statement((len(values) - full) // width), values[full:])
 
+
+_SEEN_SINCE = (
+    "SELECT driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+    " location_at_ns, last_seen_at_ns FROM drivers WHERE driver_id > ? AND last_seen_at_ns >= ?"
+    " ORDER BY driver_id LIMIT ?"
+)
 
 #: Status.value goes through enum's descriptor machinery (~1.5 us here); a dict does not.
 _STATUS_TEXT = {status: status.value for status in Status}
@@ -264,6 +270,29 @@ class SqliteRepository:
             return [Location(driver_id, *row) for row in rows]
 
         return await self._run(query)
+
+    async def drivers_seen_since(
+        self, seen_since_ns: int, page_size: int = 1000
+    ) -> AsyncIterator[list[Driver]]:
+        """Pages by driver id from the file (the primary key's order), each read on the
+        writer thread between commits, so ingestion waits for one page at most."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        after = ""
+        while True:
+
+            def query(after: str = after) -> list[Driver]:
+                rows = self._connection.execute(
+                    _SEEN_SINCE, (after, seen_since_ns, page_size)
+                ).fetchall()
+                return [_driver_from_row(row) for row in rows]
+
+            page = await self._run(query)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].driver_id
 
     async def ping(self) -> None:
         """A real write transaction: a file that cannot take a commit fails the ping."""
