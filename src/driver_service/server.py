@@ -56,8 +56,10 @@ DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchServic
 #: --store-timeout / --redis-timeout): a hung dependency shows as NOT_SERVING within ~2 s.
 HEALTH_CHECK_INTERVAL_S = 1.0
 #: After a failed commit, health stays NOT_SERVING this long before a successful write
-#: probe may turn it back (a small probe can succeed on a disk too full for real commits).
-COMMIT_FAILURE_HOLD_S = 5.0
+#: probe may turn it back (a small probe can succeed on a disk too full for real commits;
+#: while uploads keep failing, each failure renews it). Short, so that a store that comes
+#: back is trusted again within ~2 s even when no upload arrives to prove it.
+COMMIT_FAILURE_HOLD_S = 1.0
 #: A fatal background failure: the process exits with this code after stopping (EX_SOFTWARE),
 #: so that the orchestrator restarts it.
 EXIT_FATAL = 70

@@ -165,11 +165,10 @@ async def test_a_full_disk_refuses_uploads_turns_health_and_recovers(
 
 
 async def test_with_no_traffic_health_recovers_by_itself_once_space_is_freed(
-    disk_server: RunningServer, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    disk_server: RunningServer, small_disk: Path
 ) -> None:
     """A replica taken out of rotation gets no uploads that could prove the store works
     again; the health probe's own write must bring it back."""
-    monkeypatch.setattr("driver_service.server.COMMIT_FAILURE_HOLD_S", 1.0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{disk_server.port}") as channel:
         stub = pb_grpc.DriverServiceStub(channel)
         filler = fill(small_disk)
