@@ -60,7 +60,7 @@ async def open_store(settings: ServerSettings) -> DriverRepository:
 
 
 async def open_live(
-    settings: ServerSettings, durable: DriverRepository
+    settings: ServerSettings, durable: DriverRepository, supervisor: TaskSupervisor
 ) -> tuple[DriverRepository, LocationBus, tuple[Redis, RedisBus] | None]:
     """The live-state layer and bus named by `--bus`: in-process, or Redis shared by every
     worker and replica (current state read from Redis, fan-out over pub/sub)."""
@@ -72,7 +72,7 @@ async def open_live(
     client = create_redis_client(settings.bus, timeout_s=settings.redis_timeout)
     # One guard for every user of this Redis: once one finds it hung, all skip it.
     guard = redis_guard(client, settings.redis_timeout)
-    bus = RedisBus(client, prefix=REDIS_PREFIX, guard=guard)
+    bus = RedisBus(client, prefix=REDIS_PREFIX, guard=guard, supervisor=supervisor)
     bus.start()
     # The repository closes the shared client last (DriverTracking closes the bus first).
     live = LiveStateRepository(durable, client, prefix=REDIS_PREFIX, close_client=True, guard=guard)
@@ -82,9 +82,13 @@ async def open_live(
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
 ) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None, list[Fill]]:
+    # Every background task of this server, the bus reader's included, runs under it.
+    supervisor = TaskSupervisor(
+        count_failure=None if metrics is None else metrics.count_task_failure
+    )
     durable = await open_store(settings)
     try:
-        repository, bus, redis = await open_live(settings, durable)
+        repository, bus, redis = await open_live(settings, durable, supervisor)
     except BaseException:
         await durable.close()
         raise
@@ -117,9 +121,6 @@ async def _build_tracking(
         fills.append(index.fill)
         repository = IndexingRepository(repository, index)
         bus = IndexingBus(bus, index, repository)
-    supervisor = TaskSupervisor(
-        count_failure=None if metrics is None else metrics.count_task_failure
-    )
     tracking = DriverTracking(
         repository,
         bus,

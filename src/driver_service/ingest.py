@@ -18,6 +18,7 @@ import time
 from collections.abc import Generator, Sequence
 
 from driver_service.domain import Location, StoreUnavailable
+from driver_service.failure_log import FailureLog
 from driver_service.ports import DriverRepository, LocationBus
 from driver_service.supervision import Policy, Supervised, TaskSupervisor
 
@@ -29,9 +30,6 @@ DEFAULT_MAX_PENDING = 50_000
 #: (thread hop, transaction, fsync) then dominates. Larger batches go at once.
 LINGER_BELOW = 256
 LINGER_S = 0.001
-#: While commits keep failing (a full disk, a store that is away), one log line per this
-#: many seconds says how many failed, instead of a traceback per commit.
-FAILURE_LOG_INTERVAL_S = 10.0
 
 
 class Commit:
@@ -72,45 +70,6 @@ class Commit:
             future.exception()  # retrieved here: not every submitter waits for its commit
 
 
-class _FailureLog:
-    """Rate-limited logging of failing commits: the first with its traceback, then a count
-    per interval, then one line when commits succeed again."""
-
-    def __init__(self, interval_s: float = FAILURE_LOG_INTERVAL_S) -> None:
-        self._interval_s = interval_s
-        self._failed = 0
-        self._unreported = 0
-        self._next_report = 0.0
-        self.last_failure_at = 0.0
-
-    @property
-    def failing(self) -> bool:
-        return self._failed > 0
-
-    def failed(self, updates: int, error: BaseException) -> None:
-        now = self.last_failure_at = time.monotonic()
-        self._failed += 1
-        self._unreported += 1
-        if self._failed == 1:
-            log.error("committing %d location updates failed", updates, exc_info=error)
-        elif now >= self._next_report:
-            log.error(
-                "commits still failing: %d failed in the last %.0f s (latest: %r)",
-                self._unreported,
-                self._interval_s,
-                error,
-            )
-        else:
-            return
-        self._unreported = 0
-        self._next_report = now + self._interval_s
-
-    def succeeded(self) -> None:
-        if self._failed:
-            log.warning("commits succeed again after %d failed", self._failed)
-            self._failed = self._unreported = 0
-
-
 class LocationWriter:
     """Batches updates from all streams into durable commits, then publishes them live.
 
@@ -143,7 +102,8 @@ class LocationWriter:
         self._idle.set()
         self._task: Supervised | None = None
         self._closed = False
-        self._failures = _FailureLog()
+        #: A full disk or a store that is away fails every commit: no traceback per commit.
+        self._failures = FailureLog(log, "committing location updates")
 
     def start(self) -> None:
         if self._task is None:
@@ -236,7 +196,7 @@ class LocationWriter:
         try:
             advanced = await self._repository.record_locations(batch)
         except Exception as exc:  # noqa: BLE001 - any store failure fails this commit only
-            self._failures.failed(len(batch), exc)
+            self._failures.failed(exc, f"{len(batch)} updates")
             done._resolve(StoreUnavailable("storing location updates failed"))
             return
         self._failures.succeeded()

@@ -29,6 +29,7 @@ from driver_service.domain import (
     validate_location,
 )
 from driver_service.domain.validation import Fix, validate_locations
+from driver_service.failure_log import FailureLog
 from driver_service.ingest import DEFAULT_MAX_PENDING, Commit, LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
 from driver_service.ratelimit import RateLimiter
@@ -82,6 +83,9 @@ class DriverTracking:
         #: stop listening for the driver's commands once no session here speaks for it).
         self.session_close_listeners: list[Callable[[str], None]] = []
         self._stopping = False
+        # While the store is away every call fails: no traceback per call.
+        self._read_failures = FailureLog(log, "reading drivers", level=logging.WARNING)
+        self._status_failures = FailureLog(log, "storing status changes")
 
     async def start(self) -> None:
         self.writer.start()
@@ -92,8 +96,9 @@ class DriverTracking:
         try:
             driver = await self.repository.get_driver(driver_id)
         except Exception as exc:
-            log.exception("reading driver %s failed", driver_id)
-            raise StoreUnavailable("driver store is unavailable") from exc
+            self._read_failures.failed(exc, driver_id)
+            raise StoreUnavailable("driver store is unavailable; retry shortly") from exc
+        self._read_failures.succeeded()
         if driver is None:
             raise DriverNotFound(driver_id)
         return driver
@@ -165,10 +170,12 @@ class DriverTracking:
         validate_driver_id(driver_id)
         status = parse_status(new_status)
         try:
-            return await self.repository.set_status(driver_id, status, time.time_ns())
+            driver = await self.repository.set_status(driver_id, status, time.time_ns())
         except Exception as exc:
-            log.exception("storing status of driver %s failed", driver_id)
+            self._status_failures.failed(exc, driver_id)
             raise StoreUnavailable("driver store is unavailable; status not changed") from exc
+        self._status_failures.succeeded()
+        return driver
 
     def open_session(self) -> SessionInbox:
         """Register a DriverSession; shutdown ends it through its inbox."""

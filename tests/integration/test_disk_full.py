@@ -150,7 +150,9 @@ async def test_a_full_disk_refuses_uploads_turns_health_and_recovers(
         assert summary.persisted_count == 50
         acknowledged.update(range(900_000, 900_050))
         await _wait_for_health(channel, SERVING, within_s=2.5)
-        assert any("commits succeed again" in r.getMessage() for r in caplog.records)
+        assert any(
+            "committing location updates succeeds again" in r.getMessage() for r in caplog.records
+        )
 
     await disk_server.stop(0)
     db = ServerSettings(data_dir=small_disk).sqlite_path()

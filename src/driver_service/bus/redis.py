@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from driver_service.bus.memory import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
 from driver_service.domain import Location
 from driver_service.guard import DependencyGuard
+from driver_service.supervision import Policy, Supervised, TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,11 @@ class RedisBus:
         subscribe_timeout_s: float = 1.0,
         close_client: bool = False,
         guard: DependencyGuard | None = None,
+        supervisor: TaskSupervisor | None = None,
     ) -> None:
         """`guard`: the one shared with live state and dispatch (bootstrap passes it); by
-        default a guard of this bus alone."""
+        default a guard of this bus alone. `supervisor` runs the reader (restarted if it
+        ever ends unexpectedly)."""
         self._client = client
         #: Bounds every Redis call of this bus; publishing is skipped while it is down.
         self.guard = redis_guard(client) if guard is None else guard
@@ -194,7 +197,8 @@ class RedisBus:
         self._lock = asyncio.Lock()
         self._healthy = False
         self._first_attempt = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
+        self._supervisor = supervisor or TaskSupervisor()
+        self._reader: Supervised | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         #: Successful (re)connections of the pub/sub connection, for tests and metrics.
@@ -282,13 +286,13 @@ class RedisBus:
             return
         self._closed = True
         await self._local.close()
-        for task in [self._reader, *self._background]:
-            if task is not None:
-                task.cancel()
-        for task in [self._reader, *self._background]:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._reader is not None:
+            await self._reader.stop()
+        for task in self._background:
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._reader = None
         await self._drop_connection()
         await self.guard.close()
@@ -313,8 +317,8 @@ class RedisBus:
     def start(self) -> None:
         """Start the reader (idempotent); `subscribe()` starts it too. Needs a running loop."""
         if self._reader is None and not self._closed:
-            self._reader = asyncio.get_running_loop().create_task(
-                self._read_forever(), name="redis-bus-reader"
+            self._reader = self._supervisor.start(
+                "redis-bus-reader", self._read_forever, Policy.RESTART
             )
 
     async def _read_forever(self) -> None:

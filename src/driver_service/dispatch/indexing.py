@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from driver_service.dispatch.index import DriverIndex
 from driver_service.domain import Driver, Location, Status
+from driver_service.failure_log import FailureLog
 from driver_service.ports import DriverRepository, LocationBus, Subscription
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class IndexingRepository:
     def __init__(self, inner: DriverRepository, index: DriverIndex) -> None:
         self.inner = inner
         self._index = index
+        self._failures = FailureLog(log, "indexing status changes", level=logging.WARNING)
 
     async def get_driver(self, driver_id: str) -> Driver | None:
         return await self.inner.get_driver(driver_id)
@@ -39,8 +41,10 @@ class IndexingRepository:
         driver = await self.inner.set_status(driver_id, status, at_ns)
         try:
             await self._index.put((driver,))
-        except Exception:
-            log.exception("indexing the status of driver %s failed", driver_id)
+        except Exception as exc:  # noqa: BLE001 - the status is stored; the index catches up
+            self._failures.failed(exc, driver_id)
+        else:
+            self._failures.succeeded()
         return driver
 
     async def location_history(
@@ -73,6 +77,7 @@ class IndexingBus:
         self.inner = inner
         self._index = index
         self._repository = repository
+        self._failures = FailureLog(log, "indexing locations", level=logging.WARNING)
 
     async def publish(self, locations: Sequence[Location]) -> None:
         await self.inner.publish(locations)
@@ -87,8 +92,10 @@ class IndexingBus:
                 # fill, not put: a status change committed after this read has reached
                 # the index already and must not be replaced by the older read.
                 await self._index.fill(drivers)
-        except Exception:
-            log.exception("indexing %d locations failed", len(locations))
+        except Exception as exc:  # noqa: BLE001 - stored and published; the index catches up
+            self._failures.failed(exc, f"{len(locations)} locations")
+        else:
+            self._failures.succeeded()
 
     async def subscribe(self, driver_id: str) -> Subscription:
         return await self.inner.subscribe(driver_id)

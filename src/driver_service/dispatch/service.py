@@ -23,6 +23,7 @@ from driver_service.domain import (
     parse_status,
     validate_driver_id,
 )
+from driver_service.failure_log import FailureLog
 from driver_service.service import DriverTracking
 from driver_service.supervision import Policy, Supervised
 
@@ -94,7 +95,7 @@ class Dispatch:
             close_listeners.append(commands.on_session_closed)
         self._stale_count = 0
         self._sweeper: Supervised | None = None
-        self._sweep_failures = 0
+        self._sweep_failures = FailureLog(log, "sweeping stale drivers", level=logging.WARNING)
         self._background = tuple(background)
         self._loops: list[Supervised] = []
 
@@ -133,22 +134,10 @@ class Dispatch:
             except StoreUnavailable:
                 pass  # the index's store is down: its guard logged that once
             except Exception as exc:  # noqa: BLE001 - the index is away; the next sweep retries
-                self._sweep_failed(exc)
+                self._sweep_failures.failed(exc)
             else:
-                if self._sweep_failures:
-                    log.info("sweeping stale drivers works again")
-                self._sweep_failures = 0
+                self._sweep_failures.succeeded()
             await asyncio.sleep(self._sweep_every_s)
-
-    def _sweep_failed(self, exc: Exception) -> None:
-        """One line when sweeping starts failing, then one a minute (not a traceback per
-        sweep while the index's store is away)."""
-        self._sweep_failures += 1
-        every = max(1, round(60 / self._sweep_every_s))
-        if self._sweep_failures == 1 or self._sweep_failures % every == 0:
-            log.warning(
-                "sweeping stale drivers failed (%d in a row): %r", self._sweep_failures, exc
-            )
 
     @property
     def stale_drivers(self) -> int:
