@@ -224,6 +224,7 @@ def _bind(
 async def serve(settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once."""
     metrics = ServiceMetrics()
+    metrics.watch_process(asyncio.get_running_loop())
     services = await build_services(settings, metrics)
     try:
         running = await start_server(settings, services, metrics)
