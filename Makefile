@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:50051
 DATA   ?= data
-# Unit and integration tests in parallel; e2e (subprocess servers, signals) after them.
+# Unit and integration tests in parallel; e2e (subprocess servers, signals) after them, then
+# chaos (fault injection against a subprocess server; timing-sensitive, so alone, ~1 min).
 PYTEST_WORKERS ?= 2
 LINT_PATHS := $(wildcard src tests scripts bench)
 
@@ -35,6 +36,7 @@ typecheck: install
 test: lint typecheck
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
 	$(BIN)/pytest tests/e2e
+	$(BIN)/pytest tests/chaos
 
 test-fast: install
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration

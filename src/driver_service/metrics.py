@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from abc import abstractmethod
@@ -28,7 +29,7 @@ from itertools import pairwise
 from typing import Final, Generic, TypeVar
 
 import grpc
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -425,6 +426,19 @@ class ServiceMetrics:
     def count_stale_drivers(self, count: Callable[[], float]) -> None:
         """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""
         self.stale_drivers.set_function(count)
+
+    def watch_process(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Export the process's memory, CPU and descriptors (`process_*`) and the tasks alive in
+        `loop`, so a leak shows from outside (the fault-injection tests compare both before and
+        after a storm). Call once, from the process that serves. The task count is taken at
+        scrape time: the admin port renders on the loop's own thread, and `all_tasks` copies
+        its registry with retries, so even a scrape from another thread would be safe."""
+        ProcessCollector(registry=self.registry)
+        Gauge(
+            "driver_service_event_loop_tasks",
+            "asyncio tasks not yet done in the server's event loop.",
+            registry=self.registry,
+        ).set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its Content-Type."""

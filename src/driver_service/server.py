@@ -266,6 +266,7 @@ async def serve(settings: ServerSettings) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once.
     Return the exit code: 0, or EXIT_FATAL after a background task the service needs failed."""
     metrics = ServiceMetrics()
+    metrics.watch_process(asyncio.get_running_loop())
     services = await build_services(settings, metrics)
     try:
         running = await start_server(settings, services, metrics)

@@ -118,6 +118,7 @@ class DriverTracking:
             if driver is not None and driver.location is not None:
                 last_sent_ns = driver.location.recorded_at_ns
                 yield driver.location
+            _raise_if_cancel_swallowed()
             while True:
                 try:
                     location = await subscription.next()
@@ -245,6 +246,16 @@ class DriverTracking:
         await self.writer.close()
         await self.bus.close()
         await self.repository.close()
+
+
+def _raise_if_cancel_swallowed() -> None:
+    """Honour a cancel that an await swallowed, before a wait that may never end. On Python
+    3.11 `asyncio.wait_for` returns a result when the cancel comes as its awaitable completes,
+    and redis-py wraps every command's send in it: a watcher whose client hung up during its
+    SUBSCRIBE or first read would otherwise wait for its driver forever (tests/chaos)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)

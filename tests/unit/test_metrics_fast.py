@@ -4,6 +4,7 @@ name, type and help text dashboards depend on."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -206,3 +207,22 @@ def test_every_series_keeps_its_name_type_and_help() -> None:
     for name, kind, help_text in SERIES:
         expected += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     assert heads == expected
+
+
+async def test_watch_process_exports_rss_and_the_loops_live_tasks() -> None:
+    """The chaos tier reads these from outside the server to prove storms leak nothing."""
+    metrics = ServiceMetrics()
+    metrics.watch_process(asyncio.get_running_loop())
+    gate = asyncio.Event()
+    extra = [asyncio.create_task(gate.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    values = {
+        sample.name: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+    }
+    assert values["driver_service_event_loop_tasks"] == len(asyncio.all_tasks())
+    assert values["driver_service_event_loop_tasks"] >= len(extra) + 1
+    assert values["process_resident_memory_bytes"] > 1 << 20
+    gate.set()
+    await asyncio.gather(*extra)

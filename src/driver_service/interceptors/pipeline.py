@@ -368,7 +368,9 @@ class _MethodCalls:
         received: int,
         sent: int,
         streaming: bool,
+        peer: str | None = None,
     ) -> None:
+        """Count and log the call's end; `peer` if it was read while the call was alive."""
         duration = time.perf_counter() - started
         metrics = self.metrics
         if metrics is not None:
@@ -377,10 +379,11 @@ class _MethodCalls:
             if metrics.open_streams is not None:
                 metrics.open_streams.dec()
         if self.access_log is not None:
-            try:
-                peer = context.peer()
-            except Exception:  # noqa: BLE001 - the call may already be torn down
-                peer = "unknown"
+            if peer is None:
+                try:
+                    peer = context.peer()
+                except Exception:  # noqa: BLE001 - the call may already be torn down
+                    peer = "unknown"
             self.access_log.record(
                 self.method,
                 peer,
@@ -453,6 +456,10 @@ class _MethodCalls:
             request_id = "-"
             code = _OK
             sent = self.metrics.msg_sent if self.metrics is not None else None
+            # Read while the call is alive: when a client cancels a stream, grpcio (1.85.4)
+            # may free the call before this generator's `finally` runs, and context.peer()
+            # there crashes the process (SIGSEGV; tests/chaos, the watcher storms).
+            peer = context.peer() if self.access_log is not None else None
             try:
                 request_id, check, refusal = self.begin(context)
                 if self.request_ids:
@@ -477,6 +484,8 @@ class _MethodCalls:
                 code = code_of_exception(exc, context)
                 raise
             finally:
-                self.finish(context, started, code, request_id, counts.received, counts.sent, True)
+                self.finish(
+                    context, started, code, request_id, counts.received, counts.sent, True, peer
+                )
 
         return call
