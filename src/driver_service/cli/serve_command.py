@@ -21,7 +21,6 @@ from driver_service.config import (
     setting_fields,
     setting_kind,
 )
-from driver_service.storage import StoreLocked
 
 T = TypeVar("T")
 
@@ -108,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(Supervisor(settings).run())
     try:
         code = run_loop(serve(settings))
-    except StoreLocked as exc:
-        print(f"driver-service serve: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
+    except ConfigError as exc:  # every start-up failure, one line naming the setting
         return _report(exc, "serve")
     return code
 
