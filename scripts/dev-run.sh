@@ -5,10 +5,12 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 DATA=${DATA:-data}
 LISTEN=${LISTEN:-127.0.0.1:50051}
+mkdir -p "$DATA"
+# Absolute paths: the printed `export` line must work from any directory.
+DATA=$(cd "$DATA" && pwd)
+BIN=$(cd "$BIN" && pwd)
 CERTS="$DATA/certs"
 SECRET="$DATA/token.secret"
-
-mkdir -p "$DATA"
 [ -f "$CERTS/ca.crt" ] || "$BIN/driver-service" certs init "$CERTS" >/dev/null
 if [ ! -f "$SECRET" ]; then
   (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$SECRET")

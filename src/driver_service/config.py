@@ -369,7 +369,20 @@ def load_settings(
     config_file: Path | None = None,
 ) -> ServerSettings:
     """Build settings from flags given (not None), then environment, then the TOML file,
-    then defaults; collect every conversion mistake before failing."""
+    then defaults; collect every mistake before failing."""
+    settings, problems = read_settings(flags, env, config_file)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def read_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+) -> tuple[ServerSettings, list[str]]:
+    """The effective settings and every problem `serve` would refuse them for (a value that
+    does not convert keeps its default and is listed), so `config show` can show both."""
     file_values: dict[str, Any] = {}
     errors: list[str] = []
     if config_file is not None:
@@ -395,11 +408,14 @@ def load_settings(
                 values[f.name] = convert(f, file_values[f.name], f"{config_file}: {f.name}")
         except ConfigError as exc:
             errors.append(str(exc))
-    if errors:
-        raise ConfigError("\n".join(errors))
     if values.get("log_level"):
         values["log_level"] = str(values["log_level"]).upper()
-    return ServerSettings(**values).validate()
+    settings = ServerSettings(**values)
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        errors.extend(str(exc).splitlines())
+    return settings, errors
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
