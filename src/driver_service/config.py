@@ -26,6 +26,11 @@ DEFAULT_AUTH_EXEMPT = (
     "grpc.reflection.v1.ServerReflection",
 )
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Every store URL form, for error messages.
+SUPPORTED_STORES = (
+    "sqlite:///relative/file (to the working directory), sqlite:////absolute/file, "
+    "postgresql://user:pw@host:port/db or postgres://…"
+)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -267,10 +272,20 @@ class ServerSettings:
         return self.store is not None and self.store.startswith(POSTGRES_SCHEMES)
 
     def sqlite_path(self) -> Path:
-        """The SQLite file: from `--store sqlite:///path` if given, else under the data dir."""
+        """The SQLite file: from `--store sqlite:///path` if given, else under the data dir;
+        absolute, so logs and `config show` say where a relative one really is."""
         if self.store is None:
-            return self.data_dir / SQLITE_FILE_NAME
-        return parse_sqlite_url(self.store)
+            return (self.data_dir / SQLITE_FILE_NAME).absolute()
+        return parse_sqlite_url(self.store).absolute()
+
+    def relative_sqlite_url(self) -> bool:
+        """`sqlite:///x` (three slashes) is relative to the working directory, as in
+        SQLAlchemy; `sqlite:////x` is absolute. Easy to mix up, so start-up says which."""
+        return (
+            self.store is not None
+            and not self.uses_postgres
+            and not parse_sqlite_url(self.store).is_absolute()
+        )
 
     def store_description(self) -> str:
         """Where data goes, for logs: a path, or the URL with its password masked."""
@@ -299,6 +314,9 @@ class ServerSettings:
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
+        if not self.uses_postgres:
+            with contextlib.suppress(ConfigError):
+                out["sqlite_file"] = str(self.sqlite_path())
         return out
 
 
@@ -429,7 +447,8 @@ def parse_sqlite_url(url: str) -> Path:
     """`sqlite:///relative/file.db` or `sqlite:////absolute/file.db` (SQLAlchemy's form)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"store URL {url!r} is not supported: use sqlite:///path/to/file")
+        scheme = url.partition("://")[0] if "://" in url else url
+        raise ConfigError(f"store URL scheme {scheme!r} is not supported: use {SUPPORTED_STORES}")
     return Path(url[len(prefix) :])
 
 

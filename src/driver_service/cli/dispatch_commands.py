@@ -114,22 +114,54 @@ async def _nearby(args: argparse.Namespace) -> int:
             reply = await stub.FindNearbyDrivers(request, metadata=metadata, timeout=args.timeout)
         except grpc.RpcError as error:
             return fail(from_rpc_error(error, client_settings(args).transport), args.json)
-    for d in reply.drivers:
-        seen = utc_from_ns(timestamp_to_ns(d.last_seen_at))
-        emit(
-            {
-                "driver_id": d.driver_id,
-                "status": d.status,
-                "latitude": d.latitude,
-                "longitude": d.longitude,
-                "distance_m": round(d.distance_m, 1),
-                "last_seen_at": seen,
-            },
-            args.json,
-            f"{d.driver_id}  {d.status:<9}  {d.distance_m:8.0f} m  "
-            f"{d.latitude:.6f},{d.longitude:.6f}  last seen {seen.isoformat()}",
-        )
+    if args.json:
+        for d in reply.drivers:
+            emit(_nearby_record(d), as_json=True, text="")
+    else:
+        print_table([_nearby_row(d) for d in reply.drivers], NEARBY_HEADER)
     return 0
+
+
+NEARBY_HEADER = ("DRIVER", "STATUS", "DISTANCE", "LATITUDE", "LONGITUDE", "LAST SEEN")
+#: Columns aligned to the right (numbers); the others to the left.
+_RIGHT = frozenset({"DISTANCE", "LATITUDE", "LONGITUDE"})
+
+
+def _nearby_record(d: dpb.NearbyDriver) -> dict[str, object]:
+    return {
+        "driver_id": d.driver_id,
+        "status": d.status,
+        "latitude": d.latitude,
+        "longitude": d.longitude,
+        "distance_m": round(d.distance_m, 1),
+        "last_seen_at": utc_from_ns(timestamp_to_ns(d.last_seen_at)),
+    }
+
+
+def _nearby_row(d: dpb.NearbyDriver) -> tuple[str, ...]:
+    seen = utc_from_ns(timestamp_to_ns(d.last_seen_at))
+    return (
+        d.driver_id,
+        d.status,
+        f"{d.distance_m:.0f} m",
+        f"{d.latitude:.6f}",
+        f"{d.longitude:.6f}",
+        seen.isoformat(timespec="seconds"),
+    )
+
+
+def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """Columns as wide as their widest cell, whatever the ids and signs: a table that lines
+    up for any data (a header only when there are rows)."""
+    if not rows:
+        return
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if name in _RIGHT else cell.ljust(width)
+            for cell, width, name in zip(row, widths, header, strict=True)
+        ]
+        print("  ".join(cells).rstrip(), flush=True)
 
 
 async def _offer(args: argparse.Namespace) -> int:
