@@ -5,6 +5,7 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 DATA=${DATA:-data}
 LISTEN=${LISTEN:-127.0.0.1:50051}
+ADMIN_LISTEN=${ADMIN_LISTEN:-127.0.0.1:9090}
 mkdir -p "$DATA"
 # Absolute paths: the printed `export` line must work from any directory.
 DATA=$(cd "$DATA" && pwd)
@@ -28,6 +29,6 @@ In another terminal, to use the CLI:
   $BIN/driver-service upload drv-1 --route --points 50 && $BIN/driver-service get drv-1
 
 TXT
-exec "$BIN/driver-service" serve --listen "$LISTEN" --data-dir "$DATA" \
+exec "$BIN/driver-service" serve --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" --data-dir "$DATA" \
   --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-client-ca "$CERTS/ca.crt" \
   --token-secret-file "$SECRET"
