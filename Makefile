@@ -10,7 +10,7 @@ DATA   ?= data
 PYTEST_WORKERS ?= 2
 LINT_PATHS := $(wildcard src tests scripts bench)
 
-.PHONY: install run proto lint typecheck test test-fast bench clean
+.PHONY: install run proto lint typecheck test test-deps test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+# The PostgreSQL and Redis servers the tests start: installed when missing (root on Debian),
+# or a stop at once with the command to run.
+test-deps:
+	scripts/test-deps.sh
+
+test: test-deps lint typecheck
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
 	$(BIN)/pytest tests/e2e
 	$(BIN)/pytest tests/chaos
 
-test-fast: install
+test-fast: install test-deps
 	$(BIN)/pytest -n $(PYTEST_WORKERS) tests/unit tests/integration
 
 bench: install

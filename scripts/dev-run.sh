@@ -5,10 +5,13 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 DATA=${DATA:-data}
 LISTEN=${LISTEN:-127.0.0.1:50051}
+ADMIN_LISTEN=${ADMIN_LISTEN:-127.0.0.1:9090}
+mkdir -p "$DATA"
+# Absolute paths: the printed `export` line must work from any directory.
+DATA=$(cd "$DATA" && pwd)
+BIN=$(cd "$BIN" && pwd)
 CERTS="$DATA/certs"
 SECRET="$DATA/token.secret"
-
-mkdir -p "$DATA"
 [ -f "$CERTS/ca.crt" ] || "$BIN/driver-service" certs init "$CERTS" >/dev/null
 if [ ! -f "$SECRET" ]; then
   (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$SECRET")
@@ -26,6 +29,6 @@ In another terminal, to use the CLI:
   $BIN/driver-service upload drv-1 --route --points 50 && $BIN/driver-service get drv-1
 
 TXT
-exec "$BIN/driver-service" serve --listen "$LISTEN" --data-dir "$DATA" \
+exec "$BIN/driver-service" serve --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" --data-dir "$DATA" \
   --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-client-ca "$CERTS/ca.crt" \
   --token-secret-file "$SECRET"

@@ -7,6 +7,7 @@ One server per test session (per xdist worker), one fresh database per test.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import pwd
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-POSTGRES_MISSING = "PostgreSQL server binaries not found: apt-get install postgresql-15"
+POSTGRES_MISSING = "PostgreSQL server binaries not found: apt-get install postgresql"
 _SEARCH_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin")
 
 
@@ -33,7 +34,7 @@ def find_postgres_binaries() -> tuple[Path, Path] | None:
     postgres = shutil.which("postgres")
     if initdb and postgres:
         return Path(initdb), Path(postgres)
-    for directory in _SEARCH_DIRS:
+    for directory in (*_SEARCH_DIRS, *sorted(glob.glob("/usr/lib/postgresql/*/bin"))):
         pair = (Path(directory) / "initdb", Path(directory) / "postgres")
         if all(p.is_file() and os.access(p, os.X_OK) for p in pair):
             return pair

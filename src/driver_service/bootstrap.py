@@ -56,7 +56,15 @@ async def open_store(settings: ServerSettings) -> DriverRepository:
 
         assert settings.store is not None
         return await PostgresRepository.open(settings.store, timeout_s=settings.store_timeout)
-    return await SqliteRepository.open(settings.sqlite_path())
+    path = settings.sqlite_path()
+    if settings.relative_sqlite_url() and not path.parent.exists():
+        log.warning(
+            "--store %s is relative to the working directory: creating %s (for an absolute "
+            "path write four slashes, sqlite:////path)",
+            settings.store,
+            path.parent,
+        )
+    return await SqliteRepository.open(path)
 
 
 async def open_live(

@@ -26,6 +26,11 @@ DEFAULT_AUTH_EXEMPT = (
     "grpc.reflection.v1.ServerReflection",
 )
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: Every store URL form, for error messages.
+SUPPORTED_STORES = (
+    "sqlite:///relative/file (to the working directory), sqlite:////absolute/file, "
+    "postgresql://user:pw@host:port/db or postgres://…"
+)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -267,10 +272,20 @@ class ServerSettings:
         return self.store is not None and self.store.startswith(POSTGRES_SCHEMES)
 
     def sqlite_path(self) -> Path:
-        """The SQLite file: from `--store sqlite:///path` if given, else under the data dir."""
+        """The SQLite file: from `--store sqlite:///path` if given, else under the data dir;
+        absolute, so logs and `config show` say where a relative one really is."""
         if self.store is None:
-            return self.data_dir / SQLITE_FILE_NAME
-        return parse_sqlite_url(self.store)
+            return (self.data_dir / SQLITE_FILE_NAME).absolute()
+        return parse_sqlite_url(self.store).absolute()
+
+    def relative_sqlite_url(self) -> bool:
+        """`sqlite:///x` (three slashes) is relative to the working directory, as in
+        SQLAlchemy; `sqlite:////x` is absolute. Easy to mix up, so start-up says which."""
+        return (
+            self.store is not None
+            and not self.uses_postgres
+            and not parse_sqlite_url(self.store).is_absolute()
+        )
 
     def store_description(self) -> str:
         """Where data goes, for logs: a path, or the URL with its password masked."""
@@ -299,6 +314,9 @@ class ServerSettings:
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
+        if not self.uses_postgres:
+            with contextlib.suppress(ConfigError):
+                out["sqlite_file"] = str(self.sqlite_path())
         return out
 
 
@@ -369,7 +387,20 @@ def load_settings(
     config_file: Path | None = None,
 ) -> ServerSettings:
     """Build settings from flags given (not None), then environment, then the TOML file,
-    then defaults; collect every conversion mistake before failing."""
+    then defaults; collect every mistake before failing."""
+    settings, problems = read_settings(flags, env, config_file)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def read_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+) -> tuple[ServerSettings, list[str]]:
+    """The effective settings and every problem `serve` would refuse them for (a value that
+    does not convert keeps its default and is listed), so `config show` can show both."""
     file_values: dict[str, Any] = {}
     errors: list[str] = []
     if config_file is not None:
@@ -395,11 +426,14 @@ def load_settings(
                 values[f.name] = convert(f, file_values[f.name], f"{config_file}: {f.name}")
         except ConfigError as exc:
             errors.append(str(exc))
-    if errors:
-        raise ConfigError("\n".join(errors))
     if values.get("log_level"):
         values["log_level"] = str(values["log_level"]).upper()
-    return ServerSettings(**values).validate()
+    settings = ServerSettings(**values)
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        errors.extend(str(exc).splitlines())
+    return settings, errors
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
@@ -413,7 +447,8 @@ def parse_sqlite_url(url: str) -> Path:
     """`sqlite:///relative/file.db` or `sqlite:////absolute/file.db` (SQLAlchemy's form)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"store URL {url!r} is not supported: use sqlite:///path/to/file")
+        scheme = url.partition("://")[0] if "://" in url else url
+        raise ConfigError(f"store URL scheme {scheme!r} is not supported: use {SUPPORTED_STORES}")
     return Path(url[len(prefix) :])
 
 

@@ -45,6 +45,7 @@ from driver_service.security import (
     server_credentials,
 )
 from driver_service.service import DriverTracking
+from driver_service.startup import TLS_SETTINGS, preflight, startup_step, store_setting
 from driver_service.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.workers import worker_index
 
@@ -89,6 +90,19 @@ def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
         rules={**DEFAULT_RULES, **DISPATCH_RULES, **BATCH_RULES},
         exempt=ExemptServices.of(settings.auth_exempt),
     )
+
+
+def _auth_policy(settings: ServerSettings) -> AuthPolicy | None:
+    """build_auth_policy, with an unusable key reported as the flag that names it."""
+    try:
+        return build_auth_policy(settings)
+    except (OSError, ValueError) as exc:
+        name = "--token-secret-file"
+        if settings.token_public_key is not None:
+            name = "--token-public-key"
+        elif settings.token_jwks is not None:
+            name = "--token-jwks"
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -204,10 +218,7 @@ async def start_server(
         tracking, dispatch = services.tracking, services.dispatch
     else:
         tracking, dispatch = services, None
-    try:
-        auth = build_auth_policy(settings)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"token key: {exc}") from exc
+    auth = _auth_policy(settings)
     pipeline = call_pipeline(auth, access_log=settings.access_log, metrics=metrics)
     server = grpc.aio.server(options=server_options(settings))
     # Every service is registered through the pipeline: all of them get its checks.
@@ -226,18 +237,20 @@ async def start_server(
         reflection.enable_server_reflection(
             [*services_served, health.SERVICE_NAME, reflection.SERVICE_NAME], services_server
         )
-    bound, reloader = _bind(server, settings)
+    with startup_step("--listen", settings.listen):
+        bound, reloader = _bind(server, settings)
     await server.start()
     running = RunningServer(server, bound, tracking, health_servicer, reloader, dispatch=dispatch)
     await running.set_serving(True)
     if settings.admin_listen:
         try:
-            running.admin = await start_admin(
-                settings.admin_listen,
-                health_servicer,
-                metrics or ServiceMetrics(),
-                reuse_port=worker_index() is not None,
-            )
+            with startup_step("--admin-listen", settings.admin_listen):
+                running.admin = await start_admin(
+                    settings.admin_listen,
+                    health_servicer,
+                    metrics or ServiceMetrics(),
+                    reuse_port=worker_index() is not None,
+                )
         except BaseException:
             await server.stop(0)
             raise
@@ -258,16 +271,19 @@ def _bind(
     try:
         credentials, reloader = server_credentials(ServerTlsFiles(cert, key, client_ca))
     except TlsConfigError as exc:
-        raise ConfigError(f"TLS: {exc}") from exc
+        raise ConfigError(f"{TLS_SETTINGS}: {exc}") from exc
     return server.add_secure_port(address, credentials), reloader
 
 
 async def serve(settings: ServerSettings) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once.
     Return the exit code: 0, or EXIT_FATAL after a background task the service needs failed."""
+    preflight(settings, shared_ports=worker_index() is not None)
+    _auth_policy(settings)  # an unusable token key fails before the store is opened
     metrics = ServiceMetrics()
     metrics.watch_process(asyncio.get_running_loop())
-    services = await build_services(settings, metrics)
+    with startup_step(*store_setting(settings)):
+        services = await build_services(settings, metrics)
     try:
         running = await start_server(settings, services, metrics)
     except BaseException:

@@ -7,6 +7,7 @@ be put in front of the same logic and measured against grpc.aio.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -437,6 +438,16 @@ class Upload:
         else:
             self._commits.append(done)
             self._commit_counts.append(count)
+
+    async def settled(self) -> None:
+        """Wait until the commit of this stream's latest update is done (all earlier ones
+        are then done too: commits run one after another), so that a session answers its
+        next event only once the locations before it are visible to GetDriver. A failed
+        commit is not raised here: finish() reports it. Shielded (Commit.wait): cancelling
+        this session leaves the shared commit alone."""
+        if self._commits:
+            with contextlib.suppress(StoreUnavailable):
+                await self._commits[-1].wait()
 
     async def finish(self) -> UploadResult:
         """Wait for every queued update's commit. If any commit failed, raise

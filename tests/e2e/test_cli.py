@@ -319,7 +319,7 @@ def test_simulate_hundreds_of_drivers_stops_cleanly_on_ctrl_c(target: str) -> No
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "driver_service", "simulate", "--drivers", "300",
-            "--rate", "600", "--id-prefix", "int-", "--target", target,
+            "--rate", "600", "--id-prefix", "int-", "--target", target, "--json",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -335,7 +335,7 @@ def test_simulate_hundreds_of_drivers_stops_cleanly_on_ctrl_c(target: str) -> No
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, stderr
-    summary = json.loads(stdout.splitlines()[-1])  # not a terminal: a JSON summary
+    summary = json.loads(stdout.splitlines()[-1])
     assert summary["errors"] == 0
     assert summary["drivers"] == 300
     # About 1.5 s of sending after start-up; every driver ticks every 0.5 s.

@@ -18,6 +18,8 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "DEFAULT_UPLOAD_TIMEOUT_S",
         "Backoff",
         "Cancelled",
+        "ClientConfigError",
+        "ClientSettings",
         "DeadlineExceeded",
         "DriverClient",
         "DriverServiceError",

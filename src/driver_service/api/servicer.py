@@ -112,16 +112,10 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
                 if kind == "location":
                     ingest = ingest or tracking.new_upload()
                     await _session_location(tracking, inbox, ingest, event.location)
-                elif kind == "heartbeat":
-                    yield pb.ServerCommand(
-                        pong=pb.PingResponse(server_ts_ms=tracking.server_time_ms())
-                    )
-                elif kind == "status_change":
-                    change = event.status_change
-                    await tracking.change_status(change.driver_id, change.new_status)
-                    tracking.bind_session(inbox, change.driver_id)
-                else:
+                elif kind is None:
                     raise InvalidInput(_EMPTY_EVENT)
+                elif (reply := await _answer(tracking, inbox, ingest, event)) is not None:
+                    yield reply
             if ingest is not None:
                 await ingest.finish()
         except DomainError as error:
@@ -132,6 +126,21 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
 
 
 _END_OF_INPUT = object()
+
+
+async def _answer(
+    tracking: DriverTracking, inbox: SessionInbox, ingest: Upload | None, event: pb.DriverEvent
+) -> pb.ServerCommand | None:
+    """A heartbeat's pong or a status change, handled only once the session's locations
+    before it are committed: an answered event implies they are visible to GetDriver."""
+    if ingest is not None:
+        await ingest.settled()
+    if event.WhichOneof("event") == "heartbeat":
+        return pb.ServerCommand(pong=pb.PingResponse(server_ts_ms=tracking.server_time_ms()))
+    change = event.status_change
+    await tracking.change_status(change.driver_id, change.new_status)
+    tracking.bind_session(inbox, change.driver_id)
+    return None
 
 
 async def _session_location(

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+# grpc core logs every failed TLS handshake to stderr (`I0000 … Handshake failed`), on the
+# client and the server, outside our log format; our errors say what went wrong instead.
+# Set GRPC_VERBOSITY=INFO to see grpc's own lines again. Before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from driver_service.cli import (
     bench_command,
@@ -40,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`… | head`): stop quietly, as shell tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
     return code
 
 

@@ -26,7 +26,10 @@ def emit(record: dict[str, Any], as_json: bool, text: str) -> None:
 def fail(error: DriverServiceError, as_json: bool) -> int:
     """Report a failed call on stderr; exit code 1."""
     if as_json:
-        print(json.dumps({"error": error.code.name, "details": error.details}), file=sys.stderr)
+        record = {"error": error.code.name, "details": error.details}
+        if error.hint:
+            record["hint"] = error.hint
+        print(json.dumps(record), file=sys.stderr)
     else:
-        print(f"error: {error.code.name}: {error.details}", file=sys.stderr)
+        print(f"error: {error.code.name}: {error.hint or error.details}", file=sys.stderr)
     return 1

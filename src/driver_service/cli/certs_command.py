@@ -64,8 +64,5 @@ def run_init(args: argparse.Namespace) -> int:
         f"  serve:  --tls-cert {paths.server_cert} --tls-key {paths.server_key} "
         f"--tls-client-ca {paths.ca_cert}"
     )
-    print(
-        f"  client: --tls-ca {paths.ca_cert} --tls-cert {paths.client_cert} "
-        f"--tls-key {paths.client_key}"
-    )
+    print(f"  client: --ca {paths.ca_cert} --cert {paths.client_cert} --key {paths.client_key}")
     return 0

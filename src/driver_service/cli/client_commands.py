@@ -8,11 +8,15 @@ from typing import Any
 
 from driver_service.cli._env import add_env_option
 from driver_service.cli._output import emit, fail
-from driver_service.client import DEFAULT_TIMEOUT_S, DriverClient, DriverServiceError
+from driver_service.client import (
+    DEFAULT_TIMEOUT_S,
+    ClientConfigError,
+    ClientSettings,
+    DriverClient,
+    DriverServiceError,
+)
+from driver_service.client._settings import DEFAULT_TARGET
 from driver_service.client._types import utc_from_ns
-from driver_service.security import TlsConfigError, channel_credentials
-
-DEFAULT_TARGET = "127.0.0.1:50051"
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -35,18 +39,19 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def client_settings(args: argparse.Namespace) -> ClientSettings:
+    """The library's settings from the common options (which default to the same
+    DRIVER_SERVICE_* variables as ClientSettings.from_env)."""
+    return ClientSettings(args.target, args.ca, args.cert, args.key, args.token)
+
+
 def make_client(args: argparse.Namespace) -> DriverClient:
-    """A client from the common options; TLS when --ca is given, a bearer token if any."""
-    credentials = None
-    if args.ca:
-        try:
-            credentials = channel_credentials(args.ca, args.cert, args.key)
-        except TlsConfigError as exc:
-            raise SystemExit(f"driver-service: {exc}") from None
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
-    return DriverClient(
-        args.target, timeout=args.timeout, credentials=credentials, metadata=metadata
-    )
+    """A client from the common options; TLS when --ca is given, a bearer token if any. An
+    unusable setting (a missing file) exits with one line naming it."""
+    try:
+        return DriverClient.from_settings(client_settings(args), timeout=args.timeout)
+    except ClientConfigError as exc:
+        raise SystemExit(f"driver-service: {exc}") from None
 
 
 def register(commands: Any) -> None:

@@ -15,11 +15,11 @@ from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.convert import timestamp_to_ns
 from driver_service.cli._output import emit, fail
-from driver_service.cli.client_commands import add_client_options
+from driver_service.cli.client_commands import add_client_options, client_settings
+from driver_service.client import ClientConfigError
 from driver_service.client._retry import channel_options
 from driver_service.client._types import utc_from_ns
 from driver_service.client.errors import from_rpc_error
-from driver_service.security import TlsConfigError, channel_credentials
 
 _DISTANCE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(km|m)?\s*$")
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
@@ -48,19 +48,19 @@ def _duration(seconds: float) -> Duration:
     return value
 
 
-def _channel(args: argparse.Namespace) -> tuple[grpc.aio.Channel, list[tuple[str, str]]]:
+def _channel(args: argparse.Namespace) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
     """A channel and call metadata from the common client options (as make_client builds)."""
+    settings = client_settings(args)
     options = channel_options()
-    if args.ca:
-        try:
-            credentials = channel_credentials(args.ca, args.cert, args.key)
-        except TlsConfigError as exc:
-            raise SystemExit(f"driver-service: {exc}") from None
+    try:
+        credentials = settings.credentials()
+    except ClientConfigError as exc:
+        raise SystemExit(f"driver-service: {exc}") from None
+    if credentials is not None:
         channel = grpc.aio.secure_channel(args.target, credentials, options=options)
     else:
         channel = grpc.aio.insecure_channel(args.target, options=options)
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else []
-    return channel, metadata
+    return channel, settings.metadata()
 
 
 def register(commands: Any) -> None:
@@ -113,23 +113,55 @@ async def _nearby(args: argparse.Namespace) -> int:
         try:
             reply = await stub.FindNearbyDrivers(request, metadata=metadata, timeout=args.timeout)
         except grpc.RpcError as error:
-            return fail(from_rpc_error(error), args.json)
-    for d in reply.drivers:
-        seen = utc_from_ns(timestamp_to_ns(d.last_seen_at))
-        emit(
-            {
-                "driver_id": d.driver_id,
-                "status": d.status,
-                "latitude": d.latitude,
-                "longitude": d.longitude,
-                "distance_m": round(d.distance_m, 1),
-                "last_seen_at": seen,
-            },
-            args.json,
-            f"{d.driver_id}  {d.status:<9}  {d.distance_m:8.0f} m  "
-            f"{d.latitude:.6f},{d.longitude:.6f}  last seen {seen.isoformat()}",
-        )
+            return fail(from_rpc_error(error, client_settings(args).transport), args.json)
+    if args.json:
+        for d in reply.drivers:
+            emit(_nearby_record(d), as_json=True, text="")
+    else:
+        print_table([_nearby_row(d) for d in reply.drivers], NEARBY_HEADER)
     return 0
+
+
+NEARBY_HEADER = ("DRIVER", "STATUS", "DISTANCE", "LATITUDE", "LONGITUDE", "LAST SEEN")
+#: Columns aligned to the right (numbers); the others to the left.
+_RIGHT = frozenset({"DISTANCE", "LATITUDE", "LONGITUDE"})
+
+
+def _nearby_record(d: dpb.NearbyDriver) -> dict[str, object]:
+    return {
+        "driver_id": d.driver_id,
+        "status": d.status,
+        "latitude": d.latitude,
+        "longitude": d.longitude,
+        "distance_m": round(d.distance_m, 1),
+        "last_seen_at": utc_from_ns(timestamp_to_ns(d.last_seen_at)),
+    }
+
+
+def _nearby_row(d: dpb.NearbyDriver) -> tuple[str, ...]:
+    seen = utc_from_ns(timestamp_to_ns(d.last_seen_at))
+    return (
+        d.driver_id,
+        d.status,
+        f"{d.distance_m:.0f} m",
+        f"{d.latitude:.6f}",
+        f"{d.longitude:.6f}",
+        seen.isoformat(timespec="seconds"),
+    )
+
+
+def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    """Columns as wide as their widest cell, whatever the ids and signs: a table that lines
+    up for any data (a header only when there are rows)."""
+    if not rows:
+        return
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if name in _RIGHT else cell.ljust(width)
+            for cell, width, name in zip(row, widths, header, strict=True)
+        ]
+        print("  ".join(cells).rstrip(), flush=True)
 
 
 async def _offer(args: argparse.Namespace) -> int:
@@ -154,7 +186,7 @@ async def _offer(args: argparse.Namespace) -> int:
                 )
                 state = dpb.CommandState.Name(final.state)
         except grpc.RpcError as error:
-            return fail(from_rpc_error(error), args.json)
+            return fail(from_rpc_error(error, client_settings(args).transport), args.json)
     state = state.removeprefix("COMMAND_STATE_")
     emit(
         {"offer_id": sent.command_id, "driver_id": args.driver_id, "state": state},

@@ -17,11 +17,10 @@ from driver_service.config import (
     ServerSettings,
     env_name,
     flag,
-    load_settings,
+    read_settings,
     setting_fields,
     setting_kind,
 )
-from driver_service.storage import StoreLocked
 
 T = TypeVar("T")
 
@@ -52,11 +51,18 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
+    settings, problems = settings_and_problems(args)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
+def settings_and_problems(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
     config_file = args.config
     if config_file is None and os.environ.get(CONFIG_ENV):
         config_file = Path(os.environ[CONFIG_ENV])
     flags = {f.name: getattr(args, f.name) for f in setting_fields()}
-    return load_settings(flags, os.environ, config_file)
+    return read_settings(flags, os.environ, config_file)
 
 
 def register(commands: Any) -> None:
@@ -73,7 +79,9 @@ def register(commands: Any) -> None:
     config: argparse.ArgumentParser = commands.add_parser("config", help="inspect settings")
     actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = actions.add_parser(
-        "show", help="print the effective serve settings (secrets masked) and validate them"
+        "show",
+        help="print the effective serve settings (secrets masked), then anything `serve` "
+        "would refuse them for (exit 2)",
     )
     add_setting_flags(show)
     show.set_defaults(run=show_settings)
@@ -86,11 +94,17 @@ def _report(exc: ConfigError, command: str) -> int:
 
 
 def show_settings(args: argparse.Namespace) -> int:
+    """Print the effective settings (JSON, secrets masked) even when `serve` would refuse
+    them, then what it would refuse them for, one line each on stderr (exit 2): a user
+    sees what is set and what is missing in one go."""
     try:
-        settings = settings_from(args)
-    except ConfigError as exc:
+        settings, problems = settings_and_problems(args)
+    except ConfigError as exc:  # an unreadable --config file: nothing to show
         return _report(exc, "config show")
-    print(json.dumps(settings.shown(), indent=2))
+    print(json.dumps(settings.shown(), indent=2), flush=True)
+    if problems:
+        print("driver-service config show: `serve` would refuse these settings:", file=sys.stderr)
+        return _report(ConfigError("\n".join(problems)), "config show")
     return 0
 
 
@@ -108,10 +122,7 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(Supervisor(settings).run())
     try:
         code = run_loop(serve(settings))
-    except StoreLocked as exc:
-        print(f"driver-service serve: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
+    except ConfigError as exc:  # every start-up failure, one line naming the setting
         return _report(exc, "serve")
     return code
 

@@ -5,9 +5,12 @@ Commands, one per line on stdin:
     ping                           round trip and server time
     status AVAILABLE|BUSY|OFFLINE  change availability (the server validates it)
     loc LAT LON [SPEED HEADING]    send a GPS fix stamped now
+    accept [OFFER_ID]              accept a ride offer (default: the last one received)
+    decline [OFFER_ID]             decline a ride offer (default: the last one received)
     quit                           close the session (so does end of input)
 
-Server commands (ride offers, navigation) are printed as they arrive. Exit codes: 0 after a
+Server commands (ride offers, navigation) are printed as they arrive; an answered offer
+prints its new state (ACCEPTED, DECLINED, or EXPIRED when it was too late). Exit codes: 0 after a
 clean close, 1 if the server ended the session with an error (e.g. INVALID_ARGUMENT for a bad
 status), 2 if a line of input was not understood (the session still closes cleanly).
 """
@@ -26,7 +29,7 @@ from typing import Any, TextIO
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.cli._output import emit, fail
 from driver_service.cli.client_commands import add_client_options, make_client
-from driver_service.client import DriverServiceError, DriverSession
+from driver_service.client import DriverClient, DriverServiceError, DriverSession
 from driver_service.domain import InvalidInput, Location, validate_location
 
 EXIT_BAD_INPUT = 2
@@ -34,11 +37,21 @@ EXIT_BAD_INPUT = 2
 REASON_WAIT_S = 1.0
 #: What grpc.aio reports when a write fails because the call has just ended.
 GRPC_WRITE_RACE = "Internal error from Core"
-USAGE = "commands: ping | status AVAILABLE|BUSY|OFFLINE | loc LAT LON [SPEED HEADING] | quit"
+USAGE = (
+    "commands: ping | status AVAILABLE|BUSY|OFFLINE | loc LAT LON [SPEED HEADING] | "
+    "accept [OFFER] | decline [OFFER] | quit"
+)
 
 
 class BadCommand(Exception):
     """A line of input the session cannot act on; the session goes on."""
+
+
+class Offers:
+    """Ride offers received on this session, so `accept` alone answers the latest."""
+
+    def __init__(self) -> None:
+        self.latest: str | None = None
 
 
 def register(commands: Any) -> None:
@@ -83,14 +96,15 @@ async def _session(args: argparse.Namespace) -> int:
         session = await client.session()
         if sys.stdin.isatty() and not args.json:
             print(f"session open for {args.driver_id}; {USAGE}", flush=True)
-        shown = asyncio.create_task(_show_commands(session, args.json))
+        offers = Offers()
+        shown = asyncio.create_task(_show_commands(session, args.json, offers))
         beats = (
             asyncio.create_task(_heartbeats(session, args.heartbeat_interval, args.timeout))
             if args.heartbeat_interval > 0
             else None
         )
         try:
-            return await _drive(args, session, shown)
+            return await _drive(args, client, session, shown, offers)
         finally:
             if beats is not None:
                 beats.cancel()
@@ -98,7 +112,11 @@ async def _session(args: argparse.Namespace) -> int:
 
 
 async def _drive(
-    args: argparse.Namespace, session: DriverSession, shown: asyncio.Task[DriverServiceError | None]
+    args: argparse.Namespace,
+    client: DriverClient,
+    session: DriverSession,
+    shown: asyncio.Task[DriverServiceError | None],
+    offers: Offers,
 ) -> int:
     lines = stdin_lines(sys.stdin)
     bad_input = False
@@ -122,7 +140,10 @@ async def _drive(
             if words[0].lower() in {"quit", "exit"}:
                 break
             try:
-                await _command(args, session, words)
+                if words[0].lower() in {"accept", "decline"}:
+                    await _answer(args, client, offers, words)
+                else:
+                    await _command(args, session, words)
             except BadCommand as exc:
                 bad_input = True
                 print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -190,6 +211,28 @@ async def _command(args: argparse.Namespace, session: DriverSession, words: list
         raise BadCommand(f"unknown command {verb!r}; {USAGE}")
 
 
+async def _answer(
+    args: argparse.Namespace, client: DriverClient, offers: Offers, words: list[str]
+) -> None:
+    """Accept or decline a ride offer (AnswerOffer, as the driver app does). A refused answer
+    (unknown offer, not this driver's, already answered) is reported; the session goes on."""
+    verb, rest = words[0].lower(), words[1:]
+    if len(rest) > 1:
+        raise BadCommand(f"usage: {verb} [OFFER_ID]")
+    offer_id = rest[0] if rest else offers.latest
+    if offer_id is None:
+        raise BadCommand(f"no ride offer received yet; usage: {verb} [OFFER_ID]")
+    try:
+        state = await client.answer_offer(offer_id, args.driver_id, verb == "accept")
+    except DriverServiceError as error:
+        raise BadCommand(f"{verb} {offer_id}: {error.code.name}: {error.details}") from None
+    emit(
+        {"event": "offer_answered", "offer_id": offer_id, "state": state},
+        args.json,
+        f"offer {offer_id}: {state}",
+    )
+
+
 def _location(driver_id: str, rest: list[str]) -> Location:
     """Check a fix here: the server drops an invalid one silently inside a session."""
     if len(rest) not in {2, 4}:
@@ -207,10 +250,14 @@ def _location(driver_id: str, rest: list[str]) -> Location:
         raise BadCommand(str(exc)) from None
 
 
-async def _show_commands(session: DriverSession, as_json: bool) -> DriverServiceError | None:
+async def _show_commands(
+    session: DriverSession, as_json: bool, offers: Offers
+) -> DriverServiceError | None:
     """Print what the server pushes; return the error that ended the session, if any."""
     try:
         async for command in session.commands():
+            if command.WhichOneof("command") == "ride_offer":
+                offers.latest = command.ride_offer.offer_id
             print_server_command(command, as_json)
     except DriverServiceError as error:
         return error
@@ -224,7 +271,8 @@ def print_server_command(command: pb.ServerCommand, as_json: bool, prefix: str =
         emit(
             {"event": "ride_offer", "offer_id": offer.offer_id, "pickup": offer.pickup_address},
             as_json,
-            f"{prefix}ride offer {offer.offer_id}: pickup at {offer.pickup_address}",
+            f"{prefix}ride offer {offer.offer_id}: pickup at {offer.pickup_address} "
+            "(accept | decline)",
         )
     elif kind == "navigation":
         emit(

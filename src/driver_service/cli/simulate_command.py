@@ -5,8 +5,9 @@ Each driver is an asyncio task with its own DriverSession, driving a plausible r
 number of location updates per second across the fleet (not per driver): each driver sends
 every drivers/rate seconds, the drivers' ticks spread evenly over that interval so the server
 sees a steady stream rather than bursts. Stops after `--duration` or on Ctrl-C / SIGTERM,
-closing every session cleanly, then prints a summary. Exit code 0 if nothing failed, 1 if any
-call failed, 2 for bad options.
+closing every session cleanly, then prints a summary (text, or one JSON object with
+`--json`). On a terminal a progress line (elapsed, sent, rate, errors) is redrawn while it
+runs. Exit code 0 if nothing failed, 1 if any call failed, 2 for bad options.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import enum
-import json
 import math
 import random
 import signal
@@ -64,6 +64,10 @@ class Stats:
     errors: int = 0
     status_changes: int = 0
     offers: int = 0
+
+    @property
+    def ride_offers_text(self) -> str:
+        return f"{self.offers} ride offer{'' if self.offers == 1 else 's'}"
 
 
 @dataclass(slots=True)
@@ -184,13 +188,15 @@ async def simulate(args: argparse.Namespace, centre: tuple[float, float]) -> int
                 ),
             )
             drivers = [asyncio.create_task(drive(fleet, i)) for i in range(len(ids))]
-            progress = asyncio.create_task(_progress(fleet)) if fleet.live else None
+            progress = asyncio.create_task(_progress(fleet, args.duration)) if fleet.live else None
             await asyncio.wait((stop,), timeout=None if math.isinf(fleet.end) else args.duration)
             request_stop()
             elapsed = min(loop.time(), fleet.end) - start
             await asyncio.gather(*drivers)
             if progress is not None:
                 progress.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await progress
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -290,7 +296,7 @@ async def _answer(fleet: Fleet, driver_id: str, offer_id: str, decision: OfferDe
 
 
 def _report_command(fleet: Fleet, driver_id: str, command: pb.ServerCommand) -> None:
-    prefix = "\r\x1b[K" if fleet.live else ""
+    """Print a pushed command (above the progress line: rich redirects stdout while live)."""
     kind = command.WhichOneof("command")
     if kind == "ride_offer":
         offer = command.ride_offer
@@ -310,7 +316,7 @@ def _report_command(fleet: Fleet, driver_id: str, command: pb.ServerCommand) -> 
                 "decision": decision.value,
             },
             fleet.as_json,
-            f"{prefix}{driver_id}: ride offer {offer.offer_id}, pickup at "
+            f"{driver_id}: ride offer {offer.offer_id}, pickup at "
             f"{offer.pickup_address} ({decision.value})",
         )
     elif kind == "navigation":
@@ -321,24 +327,45 @@ def _report_command(fleet: Fleet, driver_id: str, command: pb.ServerCommand) -> 
                 "polyline": command.navigation.polyline,
             },
             fleet.as_json,
-            f"{prefix}{driver_id}: navigation {command.navigation.polyline}",
+            f"{driver_id}: navigation {command.navigation.polyline}",
         )
 
 
-async def _progress(fleet: Fleet) -> None:
-    """One terminal line, rewritten: elapsed, sent, the rate over the last interval, errors."""
+async def _progress(fleet: Fleet, duration_s: float | None) -> None:
+    """A progress line on the terminal, redrawn in place until cancelled: a bar toward
+    --duration (a pulsing one without it), elapsed time, sent, the recent rate, errors."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     loop = asyncio.get_running_loop()
+    columns = (
+        SpinnerColumn(),
+        TextColumn("simulating"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("sent {task.fields[sent]:>9}  {task.fields[rate]:>8.1f}/s  "),
+        TextColumn("errors {task.fields[errors]}"),
+    )
     last_sent, last_t = 0, loop.time()
-    while True:
-        await asyncio.sleep(PROGRESS_EVERY_S)
-        now, stats = loop.time(), fleet.stats
-        rate = (stats.sent - last_sent) / (now - last_t)
-        last_sent, last_t = stats.sent, now
-        sys.stdout.write(
-            f"\r\x1b[Kelapsed {now - fleet.start:7.1f} s  sent {stats.sent:9d}  "
-            f"rate {rate:8.1f}/s  errors {stats.errors}"
-        )
-        sys.stdout.flush()
+    with Progress(*columns, transient=True, refresh_per_second=4) as progress:
+        task = progress.add_task("simulate", total=duration_s, sent=0, rate=0.0, errors=0)
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            now, stats = loop.time(), fleet.stats
+            rate = (stats.sent - last_sent) / (now - last_t)
+            last_sent, last_t = stats.sent, now
+            progress.update(
+                task,
+                completed=now - fleet.start,
+                sent=stats.sent,
+                rate=rate,
+                errors=stats.errors,
+            )
 
 
 def _summary(fleet: Fleet, elapsed: float, drivers: int) -> None:
@@ -353,13 +380,10 @@ def _summary(fleet: Fleet, elapsed: float, drivers: int) -> None:
         "elapsed_s": round(elapsed, 3),
         "rate_per_s": round(rate, 1),
     }
-    if fleet.live:
-        sys.stdout.write("\r\x1b[K")
-        print(
-            f"{drivers} drivers: sent {stats.sent} locations in {elapsed:.1f} s "
-            f"({rate:.1f}/s), {stats.status_changes} status changes, "
-            f"{stats.errors} errors",
-            flush=True,
-        )
-    else:
-        print(json.dumps(record), flush=True)
+    emit(
+        record,
+        fleet.as_json,
+        f"{drivers} drivers: sent {stats.sent} locations in {elapsed:.1f} s "
+        f"({rate:.1f}/s), {stats.status_changes} status changes, {stats.ride_offers_text}, "
+        f"{stats.errors} errors",
+    )

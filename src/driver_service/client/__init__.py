@@ -11,10 +11,12 @@ from driver_service.client._async import (
     DriverSession,
 )
 from driver_service.client._retry import Backoff
+from driver_service.client._settings import ClientSettings
 from driver_service.client._sync import SyncDriverClient
 from driver_service.client._types import DriverSnapshot, UploadReport
 from driver_service.client.errors import (
     Cancelled,
+    ClientConfigError,
     DeadlineExceeded,
     DriverServiceError,
     InternalError,
@@ -33,6 +35,8 @@ __all__ = [
     "DEFAULT_UPLOAD_TIMEOUT_S",
     "Backoff",
     "Cancelled",
+    "ClientConfigError",
+    "ClientSettings",
     "DeadlineExceeded",
     "DriverClient",
     "DriverServiceError",

@@ -8,7 +8,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -17,6 +19,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.convert import location_to_pb, pb_to_location, timestamp_to_ns
+from driver_service.client._hints import Transport
 from driver_service.client._retry import (
     DEFAULT_UPLOAD_BACKOFF,
     DEFAULT_WATCH_BACKOFF,
@@ -25,12 +28,12 @@ from driver_service.client._retry import (
     channel_options,
     is_retryable,
 )
+from driver_service.client._settings import ClientSettings
 from driver_service.client._types import DriverSnapshot, UploadReport, utc_from_ns
 from driver_service.client.errors import (
-    _BY_CODE,
     DriverServiceError,
-    InternalError,
     Unavailable,
+    error_for,
     from_rpc_error,
 )
 from driver_service.domain import Location
@@ -70,6 +73,10 @@ class DriverClient:
     talk to a single replica that restarts. Off by default, so a wrong target or a TLS
     mismatch is reported at once as UNAVAILABLE rather than as a deadline.
 
+    TLS and a token: `ca`, `cert`, `key` (paths) and `token`, or `DriverClient.from_env()`
+    for the settings the CLI reads (`DRIVER_SERVICE_TARGET`, `_CLIENT_CA`, `_CLIENT_CERT`,
+    `_CLIENT_KEY`, `_TOKEN`). `credentials` and `metadata` are grpc's own, for anything else.
+
     >>> async with DriverClient("dns:///driver-service:50051") as client:
     ...     driver = await client.get_driver("drv-1")
     """
@@ -84,7 +91,16 @@ class DriverClient:
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, object]] = (),
         wait_for_ready: bool = False,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
+        own = ClientSettings(target, ca, cert, key, token)
+        if credentials is None:
+            credentials = own.credentials()
+        self.transport = Transport(tls=credentials is not None, client_cert=bool(cert))
+        metadata = (*metadata, *own.metadata())
         opts = channel_options(options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(target, options=opts)
@@ -96,6 +112,25 @@ class DriverClient:
         self.upload_timeout = upload_timeout
         self.wait_for_ready = wait_for_ready
         self._metadata = tuple(metadata)
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **kwargs: Any) -> DriverClient:
+        """A client for `settings` (target, TLS material, token); `kwargs` as for the
+        constructor (timeout, options, …)."""
+        return cls(
+            settings.target,
+            ca=settings.ca,
+            cert=settings.cert,
+            key=settings.key,
+            token=settings.token,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> DriverClient:
+        """A client from the `DRIVER_SERVICE_*` variables the CLI reads (the `export` line
+        `make run` prints); `kwargs` as for the constructor."""
+        return cls.from_settings(ClientSettings.from_env(), **kwargs)
 
     async def __aenter__(self) -> DriverClient:
         return self
@@ -123,7 +158,7 @@ class DriverClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.transport) from None
         return dpb.CommandState.Name(status.state).removeprefix("COMMAND_STATE_")
 
     async def get_driver(
@@ -143,7 +178,7 @@ class DriverClient:
                 wait_for_ready=self.wait_for_ready if wait_for_ready is None else wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.transport) from None
         return DriverSnapshot(
             msg.driver_id,
             msg.status,
@@ -189,7 +224,7 @@ class DriverClient:
                     grpc.StatusCode.UNAVAILABLE, "the server ended the location stream"
                 )
             except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
+                error = from_rpc_error(rpc_error, self.transport)
             finally:
                 call.cancel()
             failures += 1
@@ -243,7 +278,7 @@ class DriverClient:
                     summary = await _send_chunk(call, chunk, source, chunk_size)
                     break
                 except (grpc.RpcError, asyncio.InvalidStateError):
-                    error = await _final_error(call)
+                    error = await _final_error(call, self.transport)
                 failures += 1
                 if not is_retryable(error.code) or backoff.gives_up_after(failures):
                     raise error from None
@@ -274,7 +309,8 @@ class DriverClient:
         error (`Unavailable`: server stopped, replica gone), open a new session after a
         backoff and send the driver's latest location again (see docs/client.md)."""
         session = DriverSession(
-            self._stub.DriverSession(metadata=self._metadata)  # type: ignore[call-arg]
+            self._stub.DriverSession(metadata=self._metadata),  # type: ignore[call-arg]
+            self.transport,
         )
         session.start()
         return session
@@ -331,7 +367,7 @@ async def _send_chunk(
         raise
 
 
-async def _final_error(call: grpc.aio.Call) -> DriverServiceError:
+async def _final_error(call: grpc.aio.Call, transport: Transport) -> DriverServiceError:
     """Why a stream call that failed a write or a read ended. grpc.aio may first report
     INTERNAL "Internal error from Core" for a write that raced the end of the call; the real
     status replaces it a moment later (see DriverSession._settled_error)."""
@@ -343,15 +379,20 @@ async def _final_error(call: grpc.aio.Call) -> DriverServiceError:
         if code is grpc.StatusCode.OK:  # ended before reading all we sent: resend
             return Unavailable(grpc.StatusCode.UNAVAILABLE, "upload call ended early")
         if not race or time.monotonic() > deadline:
-            return _BY_CODE.get(code, InternalError)(code, details or "")
+            return error_for(code, details or "", transport)
         await asyncio.sleep(0.01)
 
 
 class DriverSession:
     """One bidirectional driver session: send events, await pongs, receive server commands."""
 
-    def __init__(self, call: grpc.aio.StreamStreamCall[pb.DriverEvent, pb.ServerCommand]) -> None:
+    def __init__(
+        self,
+        call: grpc.aio.StreamStreamCall[pb.DriverEvent, pb.ServerCommand],
+        transport: Transport | None = None,
+    ) -> None:
         self._call = call
+        self._transport = transport
         self._pongs: deque[asyncio.Future[int]] = deque()
         self._commands: asyncio.Queue[pb.ServerCommand | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
@@ -385,7 +426,7 @@ class DriverSession:
                 else:
                     self._commands.put_nowait(command)
         except grpc.RpcError as error:
-            self._error = await self._settled_error(from_rpc_error(error))
+            self._error = await self._settled_error(from_rpc_error(error, self._transport))
         except asyncio.CancelledError:
             self._error = Unavailable(grpc.StatusCode.CANCELLED, "session closed")
         finally:
@@ -411,7 +452,7 @@ class DriverSession:
         if self._error is not None:
             return self._error
         if isinstance(error, grpc.RpcError):
-            return from_rpc_error(error)
+            return from_rpc_error(error, self._transport)
         return Unavailable(grpc.StatusCode.UNAVAILABLE, "session already ended")
 
     async def _settled_error(self, error: DriverServiceError) -> DriverServiceError:
@@ -425,7 +466,7 @@ class DriverSession:
             await asyncio.sleep(0.01)
             code = await self._call.code()
             if code is not grpc.StatusCode.INTERNAL:
-                return _BY_CODE.get(code, DriverServiceError)(code, await self._call.details())
+                return error_for(code, await self._call.details(), self._transport)
         return error
 
     @property

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -15,13 +17,16 @@ from driver_service.client._async import (
     DEFAULT_UPLOAD_TIMEOUT_S,
     channel_options,
 )
+from driver_service.client._hints import Transport
+from driver_service.client._settings import ClientSettings
 from driver_service.client._types import DriverSnapshot, UploadReport, utc_from_ns
 from driver_service.client.errors import from_rpc_error
 from driver_service.domain import Location
 
 
 class SyncDriverClient:
-    """Blocking client with the same defaults and exceptions as DriverClient."""
+    """Blocking client with the same defaults, settings (`ca`, `cert`, `key`, `token`,
+    `from_env()`) and exceptions as DriverClient."""
 
     def __init__(
         self,
@@ -32,7 +37,16 @@ class SyncDriverClient:
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         options: Sequence[tuple[str, object]] = (),
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
+        own = ClientSettings(target, ca, cert, key, token)
+        if credentials is None:
+            credentials = own.credentials()
+        self.transport = Transport(tls=credentials is not None, client_cert=bool(cert))
+        metadata = (*metadata, *own.metadata())
         opts = channel_options(options)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=opts)
@@ -42,6 +56,23 @@ class SyncDriverClient:
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         self._metadata = tuple(metadata)
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings, **kwargs: Any) -> SyncDriverClient:
+        """A client for `settings`; `kwargs` as for the constructor."""
+        return cls(
+            settings.target,
+            ca=settings.ca,
+            cert=settings.cert,
+            key=settings.key,
+            token=settings.token,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> SyncDriverClient:
+        """A client from the `DRIVER_SERVICE_*` variables the CLI reads."""
+        return cls.from_settings(ClientSettings.from_env(), **kwargs)
 
     def __enter__(self) -> SyncDriverClient:
         return self
@@ -65,7 +96,7 @@ class SyncDriverClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.transport) from None
         return DriverSnapshot(
             msg.driver_id,
             msg.status,
@@ -82,7 +113,7 @@ class SyncDriverClient:
             for msg in call:
                 yield pb_to_location(msg)
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.transport) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
 
@@ -96,5 +127,5 @@ class SyncDriverClient:
                 metadata=self._metadata,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise from_rpc_error(error, self.transport) from None
         return UploadReport(msg.received_count, msg.persisted_count, msg.session_id)
