@@ -17,6 +17,7 @@ import pytest
 from driver_service.bus.memory import MemoryBus
 from driver_service.domain import Driver, Location, Status, StoreUnavailable
 from driver_service.ingest import LocationWriter
+from driver_service.ports import Recorded
 from driver_service.service import DriverTracking
 from driver_service.storage.sqlite import SqliteRepository
 from tests.sqlite_history import committed_history
@@ -32,7 +33,7 @@ class CountingRepository:
         self.gate: asyncio.Event | None = None
         self.closed = False
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         self.calls.append(len(locations))
         if self.gate is not None:
             await self.gate.wait()

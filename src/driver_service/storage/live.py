@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from driver_service.domain import Driver, Location, Status
-from driver_service.ports import DriverRepository
+from driver_service.ports import DriverRepository, Recorded
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class LiveStateRepository:
         return await self.durable.location_history(driver_id, start_ns, end_ns, limit)
 
     # --- writes ------------------------------------------------------------------------------
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         advanced = await self.durable.record_locations(locations)
         if advanced:
             newest: dict[str, Location] = {}

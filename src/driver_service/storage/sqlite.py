@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
+from driver_service.ports import Recorded
 from driver_service.storage.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -35,6 +37,10 @@ _UPSERT_TAIL = (
     " latitude = excluded.latitude, longitude = excluded.longitude,"
     " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
     " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
+)
+_STORED_FIX = (
+    "SELECT latitude, longitude, speed_mps, heading_degrees FROM location_history"
+    " WHERE recorded_at_ns = ? AND driver_id = ?"
 )
 _HISTORY_WIDTH = 6
 _DRIVER_WIDTH = 8
@@ -155,10 +161,10 @@ class SqliteRepository:
     def driver_count(self) -> int:
         return len(self._drivers)
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         return await self._run(lambda: self._record_locations(locations))
 
-    def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    def _record_locations(self, locations: Sequence[Location]) -> Recorded:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
         # driver (in order, for the bus); then one Driver and one upsert per driver.
         drivers = self._drivers
@@ -207,13 +213,41 @@ class SqliteRepository:
                 )
             )
 
+        conflicts: tuple[Location, ...] = ()
+
         def body(con: sqlite3.Connection) -> None:
+            nonlocal conflicts
+            before = con.total_changes
             _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
+            if con.total_changes - before < len(locations):  # duplicate keys: rare
+                conflicts = self._conflicts(con, locations)
             _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
 
         self._transaction(body)
         drivers.update(changed)
-        return advanced
+        return Recorded(advanced, conflicts)
+
+    def _conflicts(
+        self, con: sqlite3.Connection, locations: Sequence[Location]
+    ) -> tuple[Location, ...]:
+        """The updates refused for a different stored fix of their key: only run when the
+        batch inserted fewer rows than it has, reading back just the keys that may predate
+        it (the mirror still holds each driver's current fix from before the batch)."""
+        drivers = self._drivers
+        stored: dict[FixKey, Location] = {}
+        for loc in locations:
+            driver_id, at_ns = loc.driver_id, loc.recorded_at_ns
+            current = drivers.get(driver_id)
+            newest_ns = None
+            if current is not None and current.location is not None:
+                newest_ns = current.location.recorded_at_ns
+            if (driver_id, at_ns) in stored or not may_be_stored_already(loc, newest_ns):
+                continue
+            row = con.execute(_STORED_FIX, (at_ns, driver_id)).fetchone()
+            if row is not None:
+                lat, lon, speed, heading = row
+                stored[driver_id, at_ns] = Location(driver_id, lat, lon, speed, heading, at_ns)
+        return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
         return await self._run(lambda: self._set_status(driver_id, status, at_ns))
