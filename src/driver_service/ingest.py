@@ -214,6 +214,11 @@ class LocationWriter:
             await self._room.wait()
 
     @property
+    def queued(self) -> int:
+        """Updates waiting for the next commit (not yet handed to the store)."""
+        return len(self._batch)
+
+    @property
     def full(self) -> bool:
         return not self._room.is_set()
 

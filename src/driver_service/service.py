@@ -449,6 +449,12 @@ class Upload:
             else:
                 self._begin(done, valid)
 
+    @property
+    def unsettled_commits(self) -> int:
+        """Commits whose outcome this stream has not counted yet: those in flight, and at
+        most the one it last used (however long the stream runs)."""
+        return len(self._pending)
+
     def _begin(self, done: Commit, locations: list[Location]) -> None:
         """This stream's first updates in the commit `done`; settle the commits before it
         that are done already (so the state held stays that of commits in flight)."""
