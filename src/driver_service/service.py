@@ -472,6 +472,8 @@ class Upload:
         refused = 0
         conflicts = done.conflicts
         if conflicts:
+            # By value: an update's fate depends only on its values and the fix stored for
+            # its key, so equal updates (of any stream) share it.
             refused = sum(1 for location in locations if location in conflicts)
             count = self._service.count_rejection
             if count is not None:

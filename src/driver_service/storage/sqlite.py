@@ -38,9 +38,13 @@ _UPSERT_TAIL = (
     " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
     " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
 )
-_STORED_FIX = (
-    "SELECT latitude, longitude, speed_mps, heading_degrees FROM location_history"
-    " WHERE recorded_at_ns = ? AND driver_id = ?"
+_STORED_FIXES_HEAD = (
+    "SELECT h.driver_id, h.latitude, h.longitude, h.speed_mps, h.heading_degrees,"
+    " h.recorded_at_ns FROM (VALUES "
+)
+_STORED_FIXES_TAIL = (
+    ") AS k CROSS JOIN location_history AS h"
+    " ON h.recorded_at_ns = k.column1 AND h.driver_id = k.column2"
 )
 _HISTORY_WIDTH = 6
 _DRIVER_WIDTH = 8
@@ -54,6 +58,14 @@ ROWS_PER_STATEMENT = 64
 def _history_insert(rows: int) -> str:
     values = ",".join(["(?,?,?,?,?,?)"] * rows)
     return f"{_HISTORY_COLUMNS}{values} ON CONFLICT DO NOTHING"
+
+
+@functools.cache
+def _stored_fixes(keys: int) -> str:
+    """The stored fixes of `keys` (time, driver) pairs: a join, so each is a primary-key
+    search (a row-value IN list scans the table)."""
+    values = ",".join(["(?,?)"] * keys)
+    return f"{_STORED_FIXES_HEAD}{values}{_STORED_FIXES_TAIL}"
 
 
 @functools.cache
@@ -234,19 +246,23 @@ class SqliteRepository:
         batch inserted fewer rows than it has, reading back just the keys that may predate
         it (the mirror still holds each driver's current fix from before the batch)."""
         drivers = self._drivers
-        stored: dict[FixKey, Location] = {}
+        keys: dict[FixKey, None] = {}
         for loc in locations:
-            driver_id, at_ns = loc.driver_id, loc.recorded_at_ns
-            current = drivers.get(driver_id)
+            current = drivers.get(loc.driver_id)
             newest_ns = None
             if current is not None and current.location is not None:
                 newest_ns = current.location.recorded_at_ns
-            if (driver_id, at_ns) in stored or not may_be_stored_already(loc, newest_ns):
-                continue
-            row = con.execute(_STORED_FIX, (at_ns, driver_id)).fetchone()
-            if row is not None:
-                lat, lon, speed, heading = row
-                stored[driver_id, at_ns] = Location(driver_id, lat, lon, speed, heading, at_ns)
+            if may_be_stored_already(loc, newest_ns):
+                keys[loc.driver_id, loc.recorded_at_ns] = None
+        params: list[object] = []
+        for driver_id, at_ns in keys:
+            params += (at_ns, driver_id)
+        stored: dict[FixKey, Location] = {}
+        step = ROWS_PER_STATEMENT * 2
+        for start in range(0, len(params), step):
+            chunk = params[start : start + step]
+            for row in con.execute(_stored_fixes(len(chunk) // 2), chunk):
+                stored[row[0], row[5]] = Location(*row)
         return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
