@@ -117,6 +117,7 @@ async def _build_tracking(
         rejected = {
             "invalid": metrics.rejected_invalid,
             "rate_limited": metrics.rejected_rate_limited,
+            "conflict": metrics.rejected_conflict,
         }
     index: DriverIndex | None = None
     if with_index:

@@ -7,7 +7,9 @@ ran, so batch size follows load: one update per commit when traffic trickles (af
 
 A `Commit` is shared by every stream whose updates went into it, so a caller never awaits
 its future directly: `Commit.wait()` shields it, and a caller that is cancelled (a phone
-that hangs up, a deadline) stops waiting without touching what the others wait for.
+that hangs up, a deadline) stops waiting without touching what the others wait for. Once it
+succeeded, `Commit.conflicts` names the updates the store refused (a different fix for a
+driver and timestamp already stored): each stream subtracts its own from what it counts.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class Commit:
     commit failed. Waiting is shielded: cancelling a waiter cancels only that waiter.
     """
 
-    __slots__ = ("_future",)
+    __slots__ = ("_future", "conflicts")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._future: asyncio.Future[None] = loop.create_future()
+        #: The updates of this commit the store refused as conflicting duplicates (set
+        #: before the commit succeeds; empty unless there were any).
+        self.conflicts: frozenset[Location] = frozenset()
 
     async def wait(self) -> None:
         await asyncio.shield(self._future)
@@ -58,12 +63,16 @@ class Commit:
         future = self._future
         return future.done() and future.exception() is None
 
-    def _resolve(self, error: BaseException | None = None) -> None:
+    def _resolve(
+        self, error: BaseException | None = None, conflicts: Sequence[Location] = ()
+    ) -> None:
         """Settle the outcome once (later calls are ignored: the writer must never die of it)."""
         future = self._future
         if future.done():
             return
         if error is None:
+            if conflicts:
+                self.conflicts = frozenset(conflicts)
             future.set_result(None)
         else:
             future.set_exception(error)
@@ -171,6 +180,11 @@ class LocationWriter:
             await self._room.wait()
 
     @property
+    def queued(self) -> int:
+        """Updates waiting for the next commit (not yet handed to the store)."""
+        return len(self._batch)
+
+    @property
     def full(self) -> bool:
         return not self._room.is_set()
 
@@ -200,8 +214,8 @@ class LocationWriter:
             done._resolve(StoreUnavailable("storing location updates failed"))
             return
         self._failures.succeeded()
-        done._resolve()
-        if advanced:
+        done._resolve(conflicts=advanced.conflicts)
+        if advanced:  # refused conflicts never advance, so they are never published
             try:
                 await self._bus.publish(advanced)
             except Exception:

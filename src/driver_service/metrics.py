@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from driver_service.domain import Driver, Location, Status
-from driver_service.ports import DriverRepository, LocationBus, Subscription
+from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
 
 #: RPC latency: from 100 µs (an in-memory read) to 10 s (a slow store); streams beyond are +Inf.
 RPC_BUCKETS: Final = (
@@ -64,6 +64,8 @@ BIDI_STREAM: Final = "bidi_stream"
 #: The reasons an update is refused, as the `reason` label of updates_rejected_total.
 REJECT_INVALID: Final = "invalid"
 REJECT_RATE_LIMITED: Final = "rate_limited"
+#: A different fix for a driver and timestamp already stored (refused by the store).
+REJECT_CONFLICT: Final = "conflict"
 
 
 def grpc_code_label(code: grpc.StatusCode) -> str:
@@ -361,7 +363,8 @@ class ServiceMetrics:
         ).labels()
         self.updates_rejected = CounterFamily(
             "driver_service_updates_rejected_total",
-            "Location updates refused before storage, by reason (invalid, rate_limited).",
+            "Location updates refused, by reason (invalid, rate_limited before storage;"
+            " conflict: another fix is stored for the driver and timestamp).",
             ("reason",),
             reg,
         )
@@ -392,6 +395,7 @@ class ServiceMetrics:
         # Pre-bound children for the hot paths.
         self.rejected_invalid = self.updates_rejected.labels(REJECT_INVALID)
         self.rejected_rate_limited = self.updates_rejected.labels(REJECT_RATE_LIMITED)
+        self.rejected_conflict = self.updates_rejected.labels(REJECT_CONFLICT)
         self._methods: dict[str, MethodMetrics] = {}
         self._store_ops: dict[str, tuple[LoopHistogram, LoopCounter]] = {}
 
@@ -470,7 +474,7 @@ class InstrumentedRepository:
         finally:
             seconds.observe(time.perf_counter() - start)
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         seconds, errors = self._record
         self._batch.observe(len(locations))
         start = time.perf_counter()

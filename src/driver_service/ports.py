@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from driver_service.domain import Driver, Location, Status
+
+
+class Recorded(list[Location]):
+    """What `record_locations` did with a batch. As a list (what the method returned before
+    conflicts were reported, so callers that read it as one keep working): the locations
+    that became their driver's current one, in batch order. `conflicts`: the updates refused
+    because their driver already has a different fix stored at the same timestamp (the
+    first stored wins; see domain.conflicts), in batch order; an identical resend is not one."""
+
+    __slots__ = ("conflicts",)
+
+    def __init__(
+        self, advanced: Iterable[Location] = (), conflicts: tuple[Location, ...] = ()
+    ) -> None:
+        super().__init__(advanced)
+        self.conflicts = conflicts
 
 
 class DriverRepository(Protocol):
@@ -17,10 +33,13 @@ class DriverRepository(Protocol):
 
     async def get_driver(self, driver_id: str) -> Driver | None: ...
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
-        """Store a batch in one transaction: all of it goes to history; a location becomes
-        its driver's current one only if it is newer. Return those that became current,
-        in the order given."""
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
+        """Store a batch in one transaction. History holds one fix per driver and timestamp,
+        and the first stored wins for good: an identical resend stores nothing and succeeds;
+        a different fix for a key already stored, or earlier in the batch, is refused and
+        reported in `Recorded.conflicts`. A location becomes its driver's current one only
+        if it is newer (a refused one never is). Return those that became current, in the
+        order given. Finding conflicts may cost only when the batch has duplicate keys."""
         ...
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:

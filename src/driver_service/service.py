@@ -151,6 +151,23 @@ class DriverTracking:
     ) -> Commit:
         """Validate, rate-limit and queue one update; the commit resolves when it is durably
         stored. A missing timestamp means "now" (the seed's clients may leave it unset)."""
+        return self.writer.submit(
+            self.admit_location(
+                driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
+            )
+        )
+
+    def admit_location(
+        self,
+        driver_id: str,
+        latitude: float,
+        longitude: float,
+        speed_mps: float,
+        heading_degrees: float,
+        recorded_at_ns: int | None,
+    ) -> Location:
+        """The update as a Location if it is valid and within its driver's rate (else
+        InvalidInput or RateLimited), ready to queue."""
         now_ns = time.time_ns()
         location = validate_location(
             driver_id,
@@ -165,7 +182,7 @@ class DriverTracking:
         limiter = self.rate_limiter
         if limiter is not None and not limiter.allow(driver_id):
             raise RateLimited(f"driver {driver_id!r} sends more updates than allowed")
-        return self.writer.submit(location)
+        return location
 
     # --- DriverSession status --------------------------------------------------------------
     async def change_status(self, driver_id: str, new_status: str) -> Driver:
@@ -369,17 +386,25 @@ class SessionInbox:
 
 
 class Upload:
-    """One UploadLocations stream: counts what it received and what was committed."""
+    """One UploadLocations stream (or a session's locations): counts what it received and
+    what was durably stored as sent.
 
-    __slots__ = ("_commit_counts", "_commits", "_service", "received", "session_id")
+    It keeps only what commits still in flight need: for each, the stream's updates in it
+    (to subtract those the store refused as conflicts); a finished commit is settled into
+    the counts as the next one begins, so a stream that runs for hours holds no more than
+    its updates of the commits not yet done.
+    """
+
+    __slots__ = ("_lost", "_pending", "_persisted", "_service", "received", "session_id")
 
     def __init__(self, service: DriverTracking) -> None:
         self._service = service
         self.session_id = f"upl-{uuid.uuid4().hex}"
         self.received = 0
-        # The commits this stream's updates went into, and how many updates in each.
-        self._commits: list[Commit] = []
-        self._commit_counts: list[int] = []
+        #: Commits not settled yet, oldest first, each with this stream's updates in it.
+        self._pending: deque[tuple[Commit, list[Location]]] = deque()
+        self._persisted = 0
+        self._lost = 0
 
     async def offer(
         self,
@@ -392,19 +417,25 @@ class Upload:
     ) -> InvalidInput | RateLimited | None:
         """Count and, if valid and within the rate, queue one update; else return why not."""
         self.received += 1
-        writer = self._service.writer
+        service = self._service
+        writer = service.writer
         if writer.full:
             await writer.wait_for_room()
         try:
-            done = self._service.accept_location(
+            location = service.admit_location(
                 driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
             )
         except (InvalidInput, RateLimited) as exc:
-            count = self._service.count_rejection
+            count = service.count_rejection
             if count is not None:
                 count("invalid" if isinstance(exc, InvalidInput) else "rate_limited")
             return exc
-        self._track(done, 1)
+        done = writer.submit(location)
+        pending = self._pending
+        if pending and pending[-1][0] is done:
+            pending[-1][1].append(location)
+        else:
+            self._begin(done, [location])
         return None
 
     async def offer_many(self, fixes: Sequence[Fix]) -> None:
@@ -429,15 +460,44 @@ class Upload:
                     count("rate_limited")
             valid = allowed
         if valid:
-            self._track(writer.submit_many(valid), len(valid))
+            done = writer.submit_many(valid)
+            pending = self._pending
+            if pending and pending[-1][0] is done:
+                pending[-1][1].extend(valid)
+            else:
+                self._begin(done, valid)
 
-    def _track(self, done: Commit, count: int) -> None:
-        """Remember that `count` of this stream's updates go into the commit `done`."""
-        if self._commits and self._commits[-1] is done:
-            self._commit_counts[-1] += count
-        else:
-            self._commits.append(done)
-            self._commit_counts.append(count)
+    @property
+    def unsettled_commits(self) -> int:
+        """Commits whose outcome this stream has not counted yet: those in flight, and at
+        most the one it last used (however long the stream runs)."""
+        return len(self._pending)
+
+    def _begin(self, done: Commit, locations: list[Location]) -> None:
+        """This stream's first updates in the commit `done`; settle the commits before it
+        that are done already (so the state held stays that of commits in flight)."""
+        pending = self._pending
+        while pending and pending[0][0].done():
+            self._settle(*pending.popleft())
+        pending.append((done, locations))
+
+    def _settle(self, done: Commit, locations: list[Location]) -> None:
+        """Count a finished commit's updates of this stream: stored as sent, refused as a
+        conflict, or lost with a failed commit."""
+        if not done.succeeded():
+            self._lost += len(locations)
+            return
+        refused = 0
+        conflicts = done.conflicts
+        if conflicts:
+            # By value: an update's fate depends only on its values and the fix stored for
+            # its key, so equal updates (of any stream) share it.
+            refused = sum(1 for location in locations if location in conflicts)
+            count = self._service.count_rejection
+            if count is not None:
+                for _ in range(refused):
+                    count("conflict")
+        self._persisted += len(locations) - refused
 
     async def settled(self) -> None:
         """Wait until the commit of this stream's latest update is done (all earlier ones
@@ -445,25 +505,22 @@ class Upload:
         next event only once the locations before it are visible to GetDriver. A failed
         commit is not raised here: finish() reports it. Shielded (Commit.wait): cancelling
         this session leaves the shared commit alone."""
-        if self._commits:
+        if self._pending:
             with contextlib.suppress(StoreUnavailable):
-                await self._commits[-1].wait()
+                await self._pending[-1][0].wait()
 
     async def finish(self) -> UploadResult:
         """Wait for every queued update's commit. If any commit failed, raise
         StoreUnavailable (the caller resends; storing is idempotent) rather than acknowledge
         a stream that was only partly stored. Cancelling this wait (the caller hung up)
         leaves the commits, which other streams share, untouched."""
-        persisted = lost = 0
-        for done, count in zip(self._commits, self._commit_counts, strict=True):
-            try:
+        pending = self._pending
+        while pending:
+            done = pending[0][0]
+            with contextlib.suppress(StoreUnavailable):
                 await done.wait()
-            except StoreUnavailable:
-                lost += count
-            else:
-                persisted += count
-        self._commits.clear()
-        self._commit_counts.clear()
+            self._settle(*pending.popleft())
+        persisted, lost = self._persisted, self._lost
         if lost:
             raise StoreUnavailable(
                 f"storage is unavailable: {lost} of {persisted + lost} valid updates were not "

@@ -277,3 +277,63 @@ async def test_driver_reads_itself_but_not_another_driver(secure: Secure) -> Non
         pb.StreamLocationRequest(driver_id="d2"), metadata=bearer(token), timeout=5
     )
     await expect_code(watch.read(), grpc.StatusCode.PERMISSION_DENIED)
+
+
+# --- validation before authorization ----------------------------------------------------
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value.code(), info.value.details() or ""
+
+
+@pytest.mark.parametrize("bad_id", ["", "has space", "-dash", "x" * 129])
+async def test_a_malformed_id_is_invalid_argument_whatever_the_token(
+    secure: Secure, bad_id: str
+) -> None:
+    """A malformed id names no driver: a driver token gets the same INVALID_ARGUMENT, with
+    the same message, as a service token, never PERMISSION_DENIED."""
+    tokens = [secure.issuer.issue_driver("d1"), secure.issuer.issue_service(["drivers:read"])]
+    answers = []
+    for token in tokens:
+        got = await refusal(
+            secure.stub.GetDriver(
+                pb.GetDriverRequest(driver_id=bad_id), metadata=bearer(token), timeout=5
+            )
+        )
+        watch = secure.stub.StreamLocation(
+            pb.StreamLocationRequest(driver_id=bad_id), metadata=bearer(token), timeout=5
+        )
+        answers.append((got, await refusal(watch.read())))
+    driver_answer, service_answer = answers
+    assert driver_answer == service_answer
+    for code, details in driver_answer:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("driver_id ")
+
+
+async def test_a_malformed_id_in_a_driver_tokens_stream_is_handled_as_for_any_token(
+    secure: Secure,
+) -> None:
+    """Upload: the malformed update is counted and dropped, as for a service token; session:
+    a location with one is dropped and the session goes on, a status change with one ends it
+    with the handler's INVALID_ARGUMENT."""
+    driver = secure.issuer.issue_driver("d1")
+    writer = secure.issuer.issue_service(["drivers:write"])
+    for token in (driver, writer):
+        summary = await upload(secure, token, update("d1", 1.0), update("", 2.0))
+        assert (summary.received_count, summary.persisted_count) == (2, 1)
+
+    answers = []
+    for token in (driver, writer):
+        session = secure.stub.DriverSession(metadata=bearer(token), timeout=10)
+        await session.write(pb.DriverEvent(location=update("", 3.0)))
+        await session.write(pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=1)))
+        assert (await session.read()).WhichOneof("command") == "pong"
+        await session.write(
+            pb.DriverEvent(status_change=pb.DriverStatusChange(driver_id="", new_status="BUSY"))
+        )
+        answers.append(await refusal(session.read()))
+    assert answers[0] == answers[1] == (grpc.StatusCode.INVALID_ARGUMENT, "driver_id is required")
+    assert await secure.history("d1") == [1.0]

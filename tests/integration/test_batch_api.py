@@ -250,3 +250,35 @@ async def test_driver_token_uploads_only_batches_of_its_own_driver(batch: Batch)
     assert batch.stored("victim") == []
     # The refused batch is refused whole: its own update did not get through either.
     assert batch.stored("me") == [1.0, 2.0]
+
+
+async def test_a_malformed_id_is_judged_as_for_any_token(batch: Batch) -> None:
+    """A malformed id names no driver: a driver token's lookup naming its own driver and a
+    malformed one is INVALID_ARGUMENT as for a service token (not PERMISSION_DENIED), and
+    its upload counts the malformed update as invalid."""
+    await seed(batch, "me")
+    answers = []
+    for metadata in (batch.driver("me"), batch.service("drivers:read")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await batch.stub.GetDrivers(
+                bpb.GetDriversRequest(driver_ids=["me", ""]), metadata=metadata, timeout=10
+            )
+        answers.append((info.value.code(), info.value.details()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+
+    summary = await batch.stub.UploadLocationBatches(
+        batches([update("", 5.0, 5), update("me", 6.0, 6), update("bad id", 7.0, 7)]),
+        metadata=batch.driver("me"),
+        timeout=10,
+    )
+    assert (summary.received_count, summary.persisted_count) == (3, 1)
+    # Two well-formed drivers are still refused whole, whatever else the batch holds.
+    await expect_code(
+        batch.stub.UploadLocationBatches(
+            batches([update("", 8.0, 8), update("me", 8.0, 8), update("victim", 9.0, 9)]),
+            metadata=batch.driver("me"),
+            timeout=10,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )

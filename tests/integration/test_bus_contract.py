@@ -231,6 +231,21 @@ async def test_replicas_see_each_others_current_state(
     assert await a.get_driver("d1") == Driver("d1", Status.BUSY, fix, T0 + 5)
 
 
+async def test_conflicts_pass_through_live_state_and_never_reach_redis(
+    replicas: tuple[LiveStateRepository, LiveStateRepository],
+) -> None:
+    a, b = replicas
+    fix = loc("d1", 10)
+    other = Location("d1", 1.5, fix.longitude, fix.speed_mps, fix.heading_degrees, T0 + 10)
+    recorded = await a.record_locations([fix, other])
+    assert (recorded, recorded.conflicts) == ([fix], (other,))
+    again = await a.record_locations([other])
+    assert (again, again.conflicts) == ([], (other,))
+    driver = await b.get_driver("d1")  # b's own database never saw d1: this is Redis
+    assert driver is not None
+    assert driver.location == fix
+
+
 async def test_out_of_order_across_replicas_never_moves_back(
     replicas: tuple[LiveStateRepository, LiveStateRepository],
 ) -> None:

@@ -213,6 +213,24 @@ async def test_only_the_offers_driver_may_answer_it(stack: Stack) -> None:
     session.cancel()
 
 
+@pytest.mark.parametrize("bad_id", ["", "no spaces allowed"])
+async def test_answering_with_a_malformed_id_is_invalid_argument_whatever_the_token(
+    stack: Stack, bad_id: str
+) -> None:
+    answers = []
+    for token in (ISSUER.issue_driver("d1"), WRITER):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stack.dispatch.AnswerOffer(
+                dpb.AnswerOfferRequest(offer_id="ofr-1", driver_id=bad_id, accepted=True),
+                metadata=bearer(token),
+                timeout=5,
+            )
+        answers.append((info.value.code(), info.value.details()))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert (answers[0][1] or "").startswith("driver_id ")
+
+
 async def test_offer_to_an_offline_driver_is_queued_and_arrives_when_its_session_opens(
     stack: Stack,
 ) -> None:

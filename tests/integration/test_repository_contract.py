@@ -55,20 +55,26 @@ async def history_times(repo: DriverRepository, driver_id: str) -> list[int]:
 
 class Reference:
     """The contract as a model: current = newest fix, last_seen = newest event, and a batch
-    returns the fixes that beat the running newest, in batch order."""
+    returns the fixes that beat the running newest, in batch order; the first fix stored for
+    a driver and time wins, and a different one for that key is a conflict."""
 
     def __init__(self) -> None:
         self.current: dict[str, Location] = {}
         self.history: dict[tuple[str, int], Location] = {}
+        self.conflicts: tuple[Location, ...] = ()
 
     def record(self, batch: list[Location]) -> list[Location]:
         advanced = []
+        conflicts = []
         for x in batch:
-            self.history.setdefault((x.driver_id, x.recorded_at_ns), x)
+            if self.history.setdefault((x.driver_id, x.recorded_at_ns), x) != x:
+                conflicts.append(x)
+                continue
             now = self.current.get(x.driver_id)
             if now is None or x.recorded_at_ns > now.recorded_at_ns:
                 self.current[x.driver_id] = x
                 advanced.append(x)
+        self.conflicts = tuple(conflicts)
         return advanced
 
 
@@ -114,13 +120,22 @@ async def test_out_of_order_fixes_go_to_history_but_never_move_current_back(
 async def test_any_arrival_order_matches_the_reference_model(
     repository: DriverRepository,
 ) -> None:
-    """Seeded random batches over three drivers, with repeats and stale fixes: every call
-    returns exactly what the model says advanced, and the end state is the model's."""
+    """Seeded random batches over three drivers, with repeats, conflicting copies and stale
+    fixes: every call returns exactly what the model says advanced and refused, and the end
+    state is the model's."""
     rng = random.Random(5)
     model = Reference()
+    refused = 0
     for _ in range(40):
-        batch = [loc(rng.choice("abc"), rng.randrange(60)) for _ in range(rng.randrange(9))]
-        assert await repository.record_locations(batch) == model.record(batch)
+        batch = [
+            loc(rng.choice("abc"), rng.randrange(60), lat=rng.choice((1.0, 1.5)))
+            for _ in range(rng.randrange(9))
+        ]
+        recorded = await repository.record_locations(batch)
+        assert recorded == model.record(batch)
+        assert recorded.conflicts == model.conflicts
+        refused += len(recorded.conflicts)
+    assert refused > 10  # the seed makes conflicts, within batches and across them
     for driver_id in "abc":
         newest = model.current[driver_id]
         assert await repository.get_driver(driver_id) == Driver(
@@ -129,6 +144,9 @@ async def test_any_arrival_order_matches_the_reference_model(
         assert await history_times(repository, driver_id) == sorted(
             t - T0 for d, t in model.history if d == driver_id
         )
+        assert await repository.location_history(driver_id, 0, END, 100) == [
+            x for (d, _), x in sorted(model.history.items()) if d == driver_id
+        ]
 
 
 async def test_duplicate_fixes_are_idempotent_and_the_first_copy_wins(
@@ -142,6 +160,7 @@ async def test_duplicate_fixes_are_idempotent_and_the_first_copy_wins(
     assert await repository.record_locations([loc("a", 3), loc("a", 3, lat=50.0)]) == [loc("a", 3)]
 
     assert advanced == []
+    assert advanced.conflicts == (loc("a", 2, lat=99.0),)
     history = await repository.location_history("a", 0, END, 10)
     assert [(x.recorded_at_ns - T0, x.latitude) for x in history] == [
         (1, 10.0),
@@ -151,6 +170,53 @@ async def test_duplicate_fixes_are_idempotent_and_the_first_copy_wins(
     driver = await repository.get_driver("a")
     assert driver is not None
     assert driver.location == loc("a", 3)
+
+
+async def test_conflicting_duplicates_are_refused_and_reported(
+    repository: DriverRepository,
+) -> None:
+    """Identical resends are no conflict; a fix that differs in any value from the one
+    stored for its driver and time (earlier, or earlier in the batch) is refused, reported
+    in batch order, and never becomes current, not even as the batch's newest fix."""
+    first = await repository.record_locations([loc("a", 1, lat=10.0), loc("a", 2, lat=20.0)])
+    assert (first, first.conflicts) == ([loc("a", 1, lat=10.0), loc("a", 2, lat=20.0)], ())
+
+    faster = Location("a", 20.0, 2.0 + 2, 3.5, 4.0, T0 + 2)
+    turned = Location("a", 10.0, 2.0 + 1, 3.0, 4.5, T0 + 1)
+    recorded = await repository.record_locations(
+        [
+            loc("a", 2, lat=20.0),  # resent
+            faster,  # differs from the stored fix in speed only
+            loc("a", 3, lat=30.0),
+            loc("a", 3, lat=31.0),  # differs from the batch's first copy
+            turned,  # differs in heading only
+            loc("a", 3, lat=30.0),  # resent within the batch
+            loc("b", 1, lat=5.0),
+            loc("b", 1, lat=6.0),  # a new driver's conflict within its first batch
+        ]
+    )
+    assert recorded == [loc("a", 3, lat=30.0), loc("b", 1, lat=5.0)]
+    assert recorded.conflicts == (faster, loc("a", 3, lat=31.0), turned, loc("b", 1, lat=6.0))
+
+    newest = await repository.record_locations([loc("a", 3, lat=32.0)])  # the current fix
+    assert (newest, newest.conflicts) == ([], (loc("a", 3, lat=32.0),))
+
+    await repository.set_status("c", Status.BUSY, T0 + 1)  # a driver with no location yet
+    fresh = await repository.record_locations([loc("c", 1), loc("c", 1)])
+    assert (fresh, fresh.conflicts) == ([loc("c", 1)], ())
+
+    assert await repository.get_driver("a") == Driver(
+        "a", Status.AVAILABLE, loc("a", 3, 30.0), T0 + 3
+    )
+    assert await repository.get_driver("b") == Driver(
+        "b", Status.AVAILABLE, loc("b", 1, 5.0), T0 + 1
+    )
+    assert await repository.location_history("a", 0, END, 10) == [
+        loc("a", 1, lat=10.0),
+        loc("a", 2, lat=20.0),
+        loc("a", 3, lat=30.0),
+    ]
+    assert await repository.location_history("b", 0, END, 10) == [loc("b", 1, lat=5.0)]
 
 
 async def test_set_status_upserts_and_preserves_location(store: Store) -> None:
@@ -269,8 +335,14 @@ async def test_a_batch_of_ten_thousand_fixes_is_one_call(repository: DriverRepos
         assert driver is not None
         assert driver.location == model.current[f"d{i}"]
     assert stored == len(distinct) + 50
-    # Sent again whole (a client resending after a lost ack): nothing new, nothing advanced.
-    assert await repository.record_locations(batch) == []
+    # Sent again whole (a client resending after a lost ack): nothing new, nothing advanced,
+    # nothing refused.
+    resent = await repository.record_locations(batch)
+    assert (resent, resent.conflicts) == ([], ())
+    # Different values for 2,000 stored keys (PostgreSQL's COPY path): all refused, in order.
+    changed = [loc(x.driver_id, x.recorded_at_ns - T0, lat=7.0) for x in batch[:2000]]
+    refused = await repository.record_locations(changed)
+    assert (refused, refused.conflicts) == ([], tuple(changed))
 
 
 async def collect(repo: DriverRepository, seen_since_ns: int, page_size: int) -> list[list[Driver]]:

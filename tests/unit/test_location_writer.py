@@ -17,6 +17,7 @@ import pytest
 from driver_service.bus.memory import MemoryBus
 from driver_service.domain import Driver, Location, Status, StoreUnavailable
 from driver_service.ingest import LocationWriter
+from driver_service.ports import Recorded
 from driver_service.service import DriverTracking
 from driver_service.storage.sqlite import SqliteRepository
 from tests.sqlite_history import committed_history
@@ -32,7 +33,7 @@ class CountingRepository:
         self.gate: asyncio.Event | None = None
         self.closed = False
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         self.calls.append(len(locations))
         if self.gate is not None:
             await self.gate.wait()
@@ -357,3 +358,100 @@ async def test_a_trickle_lingers_into_fewer_commits(repo: CountingRepository) ->
 def linger_s_ns(linger_s: float) -> int:
     """Distinct timestamps per run (history is idempotent on driver and time)."""
     return int(linger_s * 10**9) * 1000
+
+
+class RecordingBus(MemoryBus):
+    """The real in-process bus, remembering every location it was asked to publish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[Location] = []
+
+    async def publish(self, locations: Sequence[Location]) -> None:
+        self.published.extend(locations)
+        await super().publish(locations)
+
+
+async def test_conflicting_duplicates_across_streams_of_one_commit_count_once(
+    repo: CountingRepository,
+) -> None:
+    """Three streams send one fix each for the same driver and timestamp into the same group
+    commit: the first stored (the first queued) wins; the identical resend counts, the
+    different one neither counts, nor becomes current, nor is published."""
+    bus = RecordingBus()
+    rejected: list[str] = []
+    tracking = DriverTracking(repo, bus, count_rejection=rejected.append)
+    await tracking.start()
+    at = time.time_ns() - 10**9
+    repo.gate = asyncio.Event()
+    held = tracking.new_upload()
+    await held.offer("other", 1.0, 2.0, 3.0, 4.0, at)
+    await asyncio.sleep(0.01)  # the writer takes that commit and waits at the gate
+    assert repo.calls == [1]
+
+    first, conflicting, resent = (tracking.new_upload() for _ in range(3))
+    await first.offer("d1", 10.0, 20.0, 5.0, 90.0, at)
+    await conflicting.offer("d1", 11.0, 20.0, 5.0, 90.0, at)
+    await resent.offer("d1", 10.0, 20.0, 5.0, 90.0, at)
+    assert tracking.writer.queued == 3
+    repo.gate.set()
+    results = [await asyncio.wait_for(u.finish(), 5) for u in (held, first, conflicting, resent)]
+
+    assert repo.calls == [1, 3]  # the three went into one commit
+    assert [(r.received_count, r.persisted_count) for r in results] == [
+        (1, 1),
+        (1, 1),
+        (1, 0),
+        (1, 1),
+    ]
+    winner = Location("d1", 10.0, 20.0, 5.0, 90.0, at)
+    assert (await tracking.get_driver("d1")).location == winner
+    assert await repo.location_history("d1", 0, 2**63 - 1, 10) == [winner]
+    assert [x for x in bus.published if x.driver_id == "d1"] == [winner]
+    assert rejected == ["conflict"]
+    await tracking.close()
+
+
+async def test_a_long_stream_holds_only_the_commits_in_flight(repo: CountingRepository) -> None:
+    """A stream (a session that runs for hours) settles each finished commit as the next
+    begins: it never holds more than the commits not yet counted, and counts them all."""
+    tracking = DriverTracking(repo, MemoryBus())
+    await tracking.start()
+    base = time.time_ns() - 10**12
+    upload = tracking.new_upload()
+    held = []
+    for i in range(60):
+        await upload.offer("d1", 10.0, 20.0, 5.0, 90.0, base + i)
+        if i % 3 == 2:  # every third fix conflicts with the one before it
+            await upload.offer("d1", 11.0, 20.0, 5.0, 90.0, base + i)
+        await tracking.writer.flush()
+        held.append(upload.unsettled_commits)
+    result = await asyncio.wait_for(upload.finish(), 5)
+
+    assert len(repo.calls) >= 40  # many commits: the bound below is not trivially met
+    assert max(held) <= 2, held
+    assert upload.unsettled_commits == 0
+    assert (result.received_count, result.persisted_count) == (80, 60)
+    await tracking.close()
+
+
+async def test_batched_offers_count_conflicts_within_and_across_commits(
+    repo: CountingRepository,
+) -> None:
+    tracking = DriverTracking(repo, MemoryBus())
+    await tracking.start()
+    at = time.time_ns() - 10**9
+    x = ("d1", 10.0, 20.0, 5.0, 90.0, at)
+    other = ("d1", 12.0, 20.0, 5.0, 90.0, at)
+    upload = tracking.new_upload()
+    await upload.offer_many([x, other, x])  # one message: the first copy wins
+    await tracking.writer.flush()
+    await upload.offer_many([other, x, ("d1", 13.0, 20.0, 5.0, 90.0, at + 1)])
+    result = await asyncio.wait_for(upload.finish(), 5)
+
+    assert (result.received_count, result.persisted_count) == (6, 4)
+    driver = await tracking.get_driver("d1")
+    assert driver.location == Location("d1", 13.0, 20.0, 5.0, 90.0, at + 1)
+    history = await repo.location_history("d1", 0, 2**63 - 1, 10)
+    assert [h.latitude for h in history] == [10.0, 13.0]
+    await tracking.close()

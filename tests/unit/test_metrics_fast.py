@@ -178,7 +178,8 @@ SERIES = [
     (
         "driver_service_updates_rejected_total",
         "counter",
-        "Location updates refused before storage, by reason (invalid, rate_limited).",
+        "Location updates refused, by reason (invalid, rate_limited before storage;"
+        " conflict: another fix is stored for the driver and timestamp).",
     ),
     ("driver_service_sessions_open", "gauge", "DriverSession streams open."),
     ("driver_service_watchers", "gauge", "Live location subscriptions open."),

@@ -10,7 +10,7 @@ durably stored) a message at a time rather than an update at a time (`Upload.off
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.convert import NANOS, summary_to_pb, update_fixes
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, DriverNotFound
-from driver_service.interceptors.auth import MethodRule
+from driver_service.interceptors.auth import MethodRule, named_driver_id
 from driver_service.security.tokens import SCOPE_READ, SCOPE_WRITE
 from driver_service.service import DriverTracking
 
@@ -33,31 +33,27 @@ _PREFIX = f"/{SERVICE_NAME}/"
 _SEVERAL_DRIVERS = "\x00several-drivers-" + secrets.token_hex(16)
 
 
-def _one_driver_id(ids: list[str]) -> str | None:
+def _one_driver_id(ids: Iterable[str]) -> str | None:
     """The single driver a message acts for, None if it names none, or a value no driver
-    token matches if it names several."""
-    if not ids:
-        return None
-    first = ids[0]
-    for other in ids:
-        if other != first:
+    token matches if it names several. Malformed ids name no driver: the handler refuses
+    them as invalid, whatever the token. Only ids that differ from the first are validated
+    here (a batch usually names one driver throughout)."""
+    first: str | None = None
+    for driver_id in ids:
+        if driver_id == first or named_driver_id(driver_id) is None:
+            continue
+        if first is not None:
             return _SEVERAL_DRIVERS
+        first = driver_id
     return first
 
 
 def _lookup_driver_id(message: Any) -> str | None:
-    return _one_driver_id(list(message.driver_ids))
+    return _one_driver_id(message.driver_ids)
 
 
 def _batch_driver_id(message: Any) -> str | None:
-    updates = message.updates
-    if not updates:
-        return None
-    first: str = updates[0].driver_id
-    for update in updates:
-        if update.driver_id != first:
-            return _SEVERAL_DRIVERS
-    return first
+    return _one_driver_id(update.driver_id for update in message.updates)
 
 
 #: Auth rules for the batch service, to merge into the AuthPolicy's rules: services need the

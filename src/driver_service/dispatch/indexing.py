@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from driver_service.dispatch.index import DriverIndex
 from driver_service.domain import Driver, Location, Status
 from driver_service.failure_log import FailureLog
-from driver_service.ports import DriverRepository, LocationBus, Subscription
+from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class IndexingRepository:
     async def get_driver(self, driver_id: str) -> Driver | None:
         return await self.inner.get_driver(driver_id)
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         return await self.inner.record_locations(locations)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:

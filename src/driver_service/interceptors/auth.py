@@ -15,6 +15,12 @@ A driver may read its own record (the driver app shows it) but never another dri
 Any other method of a non-exempt service is denied (deny by default); exempt services
 (health, reflection) are chosen by configuration and can never include driver.v1.
 
+Validation comes before authorization: a malformed driver id (empty, too long, bad
+characters) names no driver, so the per-driver check lets it through and the handler's
+validation answers it exactly as it does for any other token (INVALID_ARGUMENT with the
+same message; on an upload stream, an invalid update counted and dropped). It cannot act for
+another driver: every stored driver id is valid, and every handler validates before acting.
+
 On a stream, the first message naming a foreign driver ends the call with PERMISSION_DENIED:
 that message and every later one never reach the handler, so none of them is stored.
 Updates of the same stream accepted *before* the violation were already queued for commit
@@ -30,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from driver_service.domain import InvalidInput, validate_driver_id
 from driver_service.interceptors.selector import ExemptServices
 from driver_service.security.tokens import (
     SCOPE_READ,
@@ -59,20 +66,31 @@ def current_principal() -> Principal | None:
     return PRINCIPAL.get()
 
 
-#: Returns the driver id a request message acts on, or None if it names none (heartbeat).
+#: Returns the driver id a request message acts on, or None if it names none (heartbeat, or
+#: a malformed id: see named_driver_id).
 DriverIdOf = Callable[[Any], str | None]
 
 
+def named_driver_id(driver_id: str) -> str | None:
+    """The driver an id from a request names, None if the id is malformed: such a request
+    is the handler's to refuse as invalid (the same answer whatever the token), not a
+    foreign driver's."""
+    try:
+        return validate_driver_id(driver_id)
+    except InvalidInput:
+        return None
+
+
 def _field_driver_id(message: Any) -> str | None:
-    return str(message.driver_id)
+    return named_driver_id(message.driver_id)
 
 
 def _event_driver_id(event: Any) -> str | None:
     kind = event.WhichOneof("event")
     if kind == "location":
-        return str(event.location.driver_id)
+        return named_driver_id(event.location.driver_id)
     if kind == "status_change":
-        return str(event.status_change.driver_id)
+        return named_driver_id(event.status_change.driver_id)
     return None
 
 

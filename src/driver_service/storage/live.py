@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from driver_service.bus.redis import redis_guard
 from driver_service.domain import Driver, Location, Status
 from driver_service.guard import DependencyGuard, DependencyUnavailable
-from driver_service.ports import DriverRepository
+from driver_service.ports import DriverRepository, Recorded
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class LiveStateRepository:
         return self.durable.drivers_seen_since(seen_since_ns, page_size)
 
     # --- writes ------------------------------------------------------------------------------
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         advanced = await self.durable.record_locations(locations)
         if advanced:
             newest: dict[str, Location] = {}

@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.guard import DependencyGuard
+from driver_service.ports import Recorded
 from driver_service.storage import postgres_schema
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
@@ -98,6 +100,13 @@ _INSERT_HISTORY_STAGED = (
     "INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude, speed_mps,"
     " heading_degrees) SELECT * FROM incoming_history ON CONFLICT DO NOTHING"
 )
+# The stored fixes of some keys (read back only when a batch inserted fewer rows than it had).
+_STORED_FIXES = (
+    "SELECT h.driver_id, h.latitude, h.longitude, h.speed_mps, h.heading_degrees,"
+    " h.recorded_at_ns FROM location_history AS h JOIN unnest($1::text[], $2::int8[])"
+    " AS k(driver_id, recorded_at_ns) ON h.driver_id = k.driver_id"
+    " AND h.recorded_at_ns = k.recorded_at_ns"
+)
 _SET_STATUS = (
     "INSERT INTO drivers AS d (driver_id, status, last_seen_at_ns) VALUES ($1, $2, $3)"
     " ON CONFLICT (driver_id) DO UPDATE SET status = excluded.status,"
@@ -138,6 +147,11 @@ def _driver_from_record(row: Any) -> Driver:
     if at_ns is not None:
         location = Location(driver_id, lat, lon, speed, heading, at_ns)
     return Driver(driver_id, Status(status), location, last_seen)
+
+
+def _row_count(status: str) -> int:
+    """Rows affected, from a command status such as "INSERT 0 42"."""
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def _prepare_connection(connection: Any) -> None:
@@ -215,12 +229,12 @@ class PostgresRepository:
         row = await self.guard.call(lambda: self._pool.fetchrow(_GET_DRIVER, driver_id))
         return None if row is None else _driver_from_record(row)
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         if not locations:
-            return []
+            return Recorded()
         return await self.guard.call(lambda: self._record_locations(locations))
 
-    async def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def _record_locations(self, locations: Sequence[Location]) -> Recorded:
         newest: dict[str, Location] = {}
         for loc in locations:
             seen = newest.get(loc.driver_id)
@@ -268,11 +282,33 @@ class PostgresRepository:
                     [x.recorded_at_ns for x in moved],
                     [max(last_seen[x.driver_id], x.recorded_at_ns) for x in moved],
                 )
-            await self._insert_history(con, locations)
-        return advanced
+            conflicts: tuple[Location, ...] = ()
+            if await self._insert_history(con, locations) < len(locations):  # rare
+                conflicts = await self._conflicts(con, locations, before)
+        return Recorded(advanced, conflicts)
 
     @staticmethod
-    async def _insert_history(con: Any, locations: Sequence[Location]) -> None:
+    async def _conflicts(
+        con: Any, locations: Sequence[Location], newest_before: dict[str, int | None]
+    ) -> tuple[Location, ...]:
+        """The updates refused for a different stored fix of their key, read back in the
+        batch's transaction (its drivers' rows are locked, so their history holds still);
+        only keys that may predate the batch are read."""
+        keys = {
+            (x.driver_id, x.recorded_at_ns): None
+            for x in locations
+            if may_be_stored_already(x, newest_before[x.driver_id])
+        }
+        stored: dict[FixKey, Location] = {}
+        if keys:
+            rows = await con.fetch(_STORED_FIXES, [k[0] for k in keys], [k[1] for k in keys])
+            stored = {(row[0], row[5]): Location(*row) for row in rows}
+        return refused_updates(locations, stored)
+
+    @staticmethod
+    async def _insert_history(con: Any, locations: Sequence[Location]) -> int:
+        """Insert the batch's fixes (the first copy of a key wins); return how many rows
+        were new."""
         if len(locations) >= COPY_THRESHOLD:
             await con.copy_records_to_table(
                 _STAGING_TABLE,
@@ -289,9 +325,8 @@ class PostgresRepository:
                 ],
                 columns=_HISTORY_COLUMNS,
             )
-            await con.execute(_INSERT_HISTORY_STAGED)
-            return
-        await con.execute(
+            return _row_count(await con.execute(_INSERT_HISTORY_STAGED))
+        status = await con.execute(
             _INSERT_HISTORY_UNNEST,
             [x.driver_id for x in locations],
             [x.recorded_at_ns for x in locations],
@@ -300,6 +335,7 @@ class PostgresRepository:
             [x.speed_mps for x in locations],
             [x.heading_degrees for x in locations],
         )
+        return _row_count(status)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
         row = await self.guard.call(

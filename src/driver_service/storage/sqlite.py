@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
+from driver_service.ports import Recorded
 from driver_service.storage.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -36,6 +38,14 @@ _UPSERT_TAIL = (
     " latitude = excluded.latitude, longitude = excluded.longitude,"
     " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
     " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
+)
+_STORED_FIXES_HEAD = (
+    "SELECT h.driver_id, h.latitude, h.longitude, h.speed_mps, h.heading_degrees,"
+    " h.recorded_at_ns FROM (VALUES "
+)
+_STORED_FIXES_TAIL = (
+    ") AS k CROSS JOIN location_history AS h"
+    " ON h.recorded_at_ns = k.column1 AND h.driver_id = k.column2"
 )
 _HISTORY_WIDTH = 6
 _DRIVER_WIDTH = 8
@@ -55,6 +65,14 @@ _PROBE = (
 def _history_insert(rows: int) -> str:
     values = ",".join(["(?,?,?,?,?,?)"] * rows)
     return f"{_HISTORY_COLUMNS}{values} ON CONFLICT DO NOTHING"
+
+
+@functools.cache
+def _stored_fixes(keys: int) -> str:
+    """The stored fixes of `keys` (time, driver) pairs: a join, so each is a primary-key
+    search (a row-value IN list scans the table)."""
+    values = ",".join(["(?,?)"] * keys)
+    return f"{_STORED_FIXES_HEAD}{values}{_STORED_FIXES_TAIL}"
 
 
 @functools.cache
@@ -168,10 +186,10 @@ class SqliteRepository:
     def driver_count(self) -> int:
         return len(self._drivers)
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         return await self._run(lambda: self._record_locations(locations))
 
-    def _record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    def _record_locations(self, locations: Sequence[Location]) -> Recorded:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
         # driver (in order, for the bus); then one Driver and one upsert per driver.
         drivers = self._drivers
@@ -220,13 +238,45 @@ class SqliteRepository:
                 )
             )
 
+        conflicts: tuple[Location, ...] = ()
+
         def body(con: sqlite3.Connection) -> None:
+            nonlocal conflicts
+            before = con.total_changes
             _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
+            if con.total_changes - before < len(locations):  # duplicate keys: rare
+                conflicts = self._conflicts(con, locations)
             _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
 
         self._transaction(body)
         drivers.update(changed)
-        return advanced
+        return Recorded(advanced, conflicts)
+
+    def _conflicts(
+        self, con: sqlite3.Connection, locations: Sequence[Location]
+    ) -> tuple[Location, ...]:
+        """The updates refused for a different stored fix of their key: only run when the
+        batch inserted fewer rows than it has, reading back just the keys that may predate
+        it (the mirror still holds each driver's current fix from before the batch)."""
+        drivers = self._drivers
+        keys: dict[FixKey, None] = {}
+        for loc in locations:
+            current = drivers.get(loc.driver_id)
+            newest_ns = None
+            if current is not None and current.location is not None:
+                newest_ns = current.location.recorded_at_ns
+            if may_be_stored_already(loc, newest_ns):
+                keys[loc.driver_id, loc.recorded_at_ns] = None
+        params: list[object] = []
+        for driver_id, at_ns in keys:
+            params += (at_ns, driver_id)
+        stored: dict[FixKey, Location] = {}
+        step = ROWS_PER_STATEMENT * 2
+        for start in range(0, len(params), step):
+            chunk = params[start : start + step]
+            for row in con.execute(_stored_fixes(len(chunk) // 2), chunk):
+                stored[row[0], row[5]] = Location(*row)
+        return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
         return await self._run(lambda: self._set_status(driver_id, status, at_ns))
