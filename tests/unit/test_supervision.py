@@ -14,6 +14,7 @@ import pytest
 from driver_service.bus import MemoryBus
 from driver_service.domain import Location, StoreUnavailable
 from driver_service.ingest import LocationWriter
+from driver_service.ports import Recorded
 from driver_service.storage import SqliteRepository
 from driver_service.supervision import Policy, TaskSupervisor
 
@@ -95,7 +96,7 @@ async def test_stopping_a_task_is_not_a_failure() -> None:
     assert supervisor.running == []
 
 
-class _BrokenResult(list[Location]):
+class _BrokenResult(Recorded):
     """What a buggy adapter might return: a value that blows up when the writer uses it."""
 
     def __bool__(self) -> bool:
@@ -111,7 +112,7 @@ class _BuggyRepository:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def record_locations(self, locations: Sequence[Location]) -> list[Location]:
+    async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         await self.gate.wait()
         advanced = await self.inner.record_locations(locations)
         self.ok -= 1
@@ -123,26 +124,28 @@ class _BuggyRepository:
 
 async def test_when_the_writer_dies_every_waiting_update_fails_at_once(tmp_path: Path) -> None:
     repo = await SqliteRepository.open(tmp_path / "d.db")
-    buggy = _BuggyRepository(repo, ok=1)
-    fatal: list[str] = []
-    supervisor = TaskSupervisor(on_fatal=lambda name, _exc: fatal.append(name))
-    writer = LocationWriter(buggy, MemoryBus(), supervisor=supervisor)  # type: ignore[arg-type]
-    writer.start()
-    base = time.time_ns() - 10**12
-    await asyncio.wait_for(writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base)), 2)
+    try:
+        buggy = _BuggyRepository(repo, ok=1)
+        fatal: list[str] = []
+        supervisor = TaskSupervisor(on_fatal=lambda name, _exc: fatal.append(name))
+        writer = LocationWriter(buggy, MemoryBus(), supervisor=supervisor)  # type: ignore[arg-type]
+        writer.start()
+        base = time.time_ns() - 10**12
+        await asyncio.wait_for(writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base)), 2)
 
-    buggy.gate.clear()
-    committed = writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 1))
-    await asyncio.sleep(0.05)  # the writer took that batch and waits in the store
-    waiting = writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 2))
-    buggy.gate.set()
+        buggy.gate.clear()
+        committed = writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 1))
+        await asyncio.sleep(0.05)  # the writer took that batch and waits in the store
+        waiting = writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 2))
+        buggy.gate.set()
 
-    await asyncio.wait_for(committed, 2)  # stored before the writer died: acknowledged
-    with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(waiting, 2)  # at once, not at the caller's deadline
-    assert fatal == ["location-writer"]
-    assert not writer.running
-    with pytest.raises(StoreUnavailable):
-        writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 3))
-    await asyncio.wait_for(writer.close(), 2)
-    await repo.close()
+        await asyncio.wait_for(committed, 2)  # stored before the writer died: acknowledged
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(waiting, 2)  # at once, not at the caller's deadline
+        assert fatal == ["location-writer"]
+        assert not writer.running
+        with pytest.raises(StoreUnavailable):
+            writer.submit(Location("d1", 1.0, 2.0, 0.0, 0.0, base + 3))
+        await asyncio.wait_for(writer.close(), 2)
+    finally:
+        await repo.close()
