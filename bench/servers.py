@@ -29,10 +29,10 @@ import grpc
 from bench.common import DRIVERS, driver_id
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import driver_to_pb
 from driver_service.config import ServerSettings
 from driver_service.domain import Location
 from driver_service.gc_tuning import settle_heap
+from driver_service.wire import driver_to_pb
 
 INTERCEPTORS = ("pipeline", "request_id", "logging", "auth", "metrics")
 BENCH_SECRET = b"bench-secret-not-for-production-32-bytes"

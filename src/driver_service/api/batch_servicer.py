@@ -18,12 +18,12 @@ import grpc
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import NANOS, summary_to_pb, update_fixes
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, DriverNotFound
 from driver_service.interceptors.auth import MethodRule, named_driver_id
 from driver_service.security.tokens import SCOPE_READ, SCOPE_WRITE
 from driver_service.service import DriverTracking
+from driver_service.wire import NANOS, summary_to_pb, update_fixes
 
 SERVICE_NAME = bpb.DESCRIPTOR.services_by_name["DriverBatchService"].full_name
 _PREFIX = f"/{SERVICE_NAME}/"
@@ -85,7 +85,7 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
             except DriverNotFound:
                 not_found.append(driver_id)
                 continue
-            # Filled in place (the same fields as convert.driver_to_pb): no message copies.
+            # Filled in place (the same fields as wire.driver_to_pb): no message copies.
             out = found.add(driver_id=driver.driver_id, status=driver.status.value)
             location = driver.location
             if location is not None:
