@@ -3,7 +3,6 @@ log), applied to all four RPC kinds by one CallPipeline interceptor."""
 
 from driver_service.interceptors.access_log import AccessLog
 from driver_service.interceptors.auth import (
-    DEFAULT_RULES,
     AuthPolicy,
     MethodRule,
     current_principal,
@@ -19,7 +18,6 @@ from driver_service.interceptors.selector import DEFAULT_EXEMPT, ExemptServices
 
 __all__ = [
     "DEFAULT_EXEMPT",
-    "DEFAULT_RULES",
     "REQUEST_ID_HEADER",
     "AccessLog",
     "AuthPolicy",
