@@ -9,12 +9,9 @@ from driver_service.interceptors.auth import (
 )
 from driver_service.interceptors.chain import call_pipeline, server_interceptors
 from driver_service.interceptors.pipeline import CallPipeline
-from driver_service.interceptors.request_id import (
-    REQUEST_ID_HEADER,
-    RequestIdFilter,
-    current_request_id,
-)
+from driver_service.interceptors.request_id import REQUEST_ID_HEADER
 from driver_service.interceptors.selector import DEFAULT_EXEMPT, ExemptServices
+from driver_service.observability.context import RequestIdFilter, current_request_id
 
 __all__ = [
     "DEFAULT_EXEMPT",
