@@ -29,10 +29,10 @@ import grpc
 from bench.common import DRIVERS, driver_id
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import driver_to_pb
 from driver_service.config import ServerSettings
 from driver_service.domain import Location
 from driver_service.gc_tuning import settle_heap
+from driver_service.wire import driver_to_pb
 
 INTERCEPTORS = ("pipeline", "request_id", "logging", "auth", "metrics")
 BENCH_SECRET = b"bench-secret-not-for-production-32-bytes"
@@ -99,8 +99,8 @@ async def run_full(args: argparse.Namespace) -> None:
 def chain_pipeline(names: list[str], metrics: Any) -> Any:
     """The production CallPipeline with only the concerns in `names` (recovery and decoding
     are always part of it: "pipeline" alone is just those); no names, no interceptor."""
-    from driver_service.api.batch_servicer import BATCH_RULES
-    from driver_service.interceptors import DEFAULT_RULES, AccessLog, AuthPolicy, CallPipeline
+    from driver_service.api.rules import RULES
+    from driver_service.interceptors import AccessLog, AuthPolicy, CallPipeline
     from driver_service.security import TokenValidator
 
     unknown = set(names) - set(INTERCEPTORS)
@@ -108,9 +108,7 @@ def chain_pipeline(names: list[str], metrics: Any) -> Any:
         raise SystemExit(f"unknown interceptors: {sorted(unknown)}")
     if not names:
         return None
-    auth = AuthPolicy(
-        TokenValidator.from_secret(BENCH_SECRET), rules={**DEFAULT_RULES, **BATCH_RULES}
-    )
+    auth = AuthPolicy(TokenValidator.from_secret(BENCH_SECRET), rules=RULES)
     return CallPipeline(
         auth=auth if "auth" in names else None,
         access_log=AccessLog() if "logging" in names else None,

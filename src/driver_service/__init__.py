@@ -1,8 +1,35 @@
-"""driver-service: driver locations, availability, live tracking and sessions over gRPC."""
+"""driver-service: driver locations, availability, live tracking and sessions over gRPC.
 
-from driver_service.config import ServerSettings
-from driver_service.domain import Driver, Location, Status
-from driver_service.service import DriverTracking
+The package's names are loaded on first use, not at import: `import driver_service.client`
+imports this package first, and a client must not load the server (its config, service and
+their dependencies) with it."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from driver_service.config import ServerSettings
+    from driver_service.domain import Driver, Location, Status
+    from driver_service.service import DriverTracking
 
 __all__ = ["Driver", "DriverTracking", "Location", "ServerSettings", "Status"]
 __version__ = "0.1.0"
+
+_HOMES = {
+    "Driver": "driver_service.domain",
+    "DriverTracking": "driver_service.service",
+    "Location": "driver_service.domain",
+    "ServerSettings": "driver_service.config",
+    "Status": "driver_service.domain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from driver_service.interceptors.request_id import REQUEST_ID, RequestIdFilter
+from driver_service.observability.context import REQUEST_ID, RequestIdFilter
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 #: Strings that need no JSON escaping: printable ASCII without quote or backslash.

@@ -22,15 +22,15 @@ from driver_service._gen.driver.v1 import (
 )
 from driver_service.admin import AdminServer, start_admin
 from driver_service.api import DriverServicer
-from driver_service.api.batch_servicer import BATCH_RULES, add_batch_service
 from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
+from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.api.rules import RULES
 from driver_service.bootstrap import Services, build_services
 from driver_service.config import ConfigError, ServerSettings, grpc_address
-from driver_service.dispatch import DISPATCH_RULES, Dispatch
+from driver_service.dispatch import Dispatch
 from driver_service.gc_tuning import settle_heap
 from driver_service.interceptors import (
-    DEFAULT_RULES,
     AuthPolicy,
     ExemptServices,
     call_pipeline,
@@ -87,7 +87,7 @@ def build_auth_policy(settings: ServerSettings) -> AuthPolicy | None:
         return None
     return AuthPolicy(
         validator,
-        rules={**DEFAULT_RULES, **DISPATCH_RULES, **BATCH_RULES},
+        rules=RULES,
         exempt=ExemptServices.of(settings.auth_exempt),
     )
 

@@ -29,7 +29,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import ns_to_timestamp
+from driver_service.wire import ns_to_timestamp
 from tests.raw_h2 import RawH2
 
 NANOS = 1_000_000_000

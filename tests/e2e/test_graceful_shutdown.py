@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import ns_to_timestamp
 from driver_service.client import DriverClient
+from driver_service.wire import ns_to_timestamp
 from tests.e2e.conftest import Launcher, free_port
 
 pytestmark = pytest.mark.e2e

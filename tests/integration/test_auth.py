@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
+from driver_service.api.rules import RULES
 from driver_service.bus import MemoryBus
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import (
@@ -59,7 +60,7 @@ async def secure(tmp_path: Path) -> AsyncIterator[Secure]:
     repository = await SqliteRepository.open(tmp_path / "store.sqlite3")
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
-    policy = AuthPolicy(TokenValidator.from_secret(SECRET))
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET), RULES)
     server = grpc.aio.server(interceptors=server_interceptors(policy))
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     health = health_aio.HealthServicer()

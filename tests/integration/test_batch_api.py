@@ -19,9 +19,10 @@ from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
-from driver_service.api.batch_servicer import BATCH_RULES, add_batch_service
+from driver_service.api.batch_servicer import add_batch_service
+from driver_service.api.rules import RULES
 from driver_service.bus import MemoryBus
-from driver_service.interceptors import DEFAULT_RULES, AuthPolicy, server_interceptors
+from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
@@ -63,7 +64,7 @@ async def batch(tmp_path: Path) -> AsyncIterator[Batch]:
     repository = await SqliteRepository.open(db_path)
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
-    policy = AuthPolicy(TokenValidator.from_secret(SECRET), rules={**DEFAULT_RULES, **BATCH_RULES})
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET), rules=RULES)
     server = grpc.aio.server(interceptors=server_interceptors(policy))
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     add_batch_service(server, tracking)

@@ -24,10 +24,10 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
 from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.api.rules import RULES
 from driver_service.bus import MemoryBus
 from driver_service.bus.redis import create_redis_client
 from driver_service.dispatch import (
-    DISPATCH_RULES,
     Dispatch,
     IndexingBus,
     IndexingRepository,
@@ -35,7 +35,7 @@ from driver_service.dispatch import (
     RedisDriverIndex,
 )
 from driver_service.domain import Driver, Status
-from driver_service.interceptors import DEFAULT_RULES, AuthPolicy, server_interceptors
+from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
@@ -99,9 +99,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     await tracking.start()
     dispatch = Dispatch(tracking, index, stale_after_s=120)
     await dispatch.start()
-    policy = AuthPolicy(
-        TokenValidator.from_secret(SECRET), rules={**DEFAULT_RULES, **DISPATCH_RULES}
-    )
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET), rules=RULES)
     server = grpc.aio.server(interceptors=server_interceptors(policy))
     pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), server)
     dpb_grpc.add_DispatchServiceServicer_to_server(DispatchServicer(dispatch), server)

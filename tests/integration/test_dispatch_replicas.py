@@ -25,9 +25,9 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
 from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.api.rules import RULES
 from driver_service.bus.redis import RedisBus, create_redis_client
 from driver_service.dispatch import (
-    DISPATCH_RULES,
     CommandState,
     Dispatch,
     IndexingBus,
@@ -36,7 +36,7 @@ from driver_service.dispatch import (
 )
 from driver_service.dispatch.offers import NotOfferRecipient, OfferNotOpen
 from driver_service.dispatch.redis_offers import RedisCommandRouter
-from driver_service.interceptors import DEFAULT_RULES, AuthPolicy, server_interceptors
+from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.service import DriverTracking
 from driver_service.storage import SqliteRepository
@@ -99,9 +99,7 @@ async def replicas(
     redis_server.start()
     built: list[Replica] = []
     cleanups = []
-    policy = AuthPolicy(
-        TokenValidator.from_secret(SECRET), rules={**DEFAULT_RULES, **DISPATCH_RULES}
-    )
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET), rules=RULES)
     try:
         for name in "ABC":
             client = create_redis_client(redis_server.url)

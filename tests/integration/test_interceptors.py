@@ -16,6 +16,7 @@ import pytest
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api import DriverServicer
+from driver_service.api.rules import RULES
 from driver_service.bus import MemoryBus
 from driver_service.domain import Location
 from driver_service.interceptors import AuthPolicy, call_pipeline, server_interceptors
@@ -79,7 +80,7 @@ async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E
     repository = await SqliteRepository.open(tmp_path / "store.sqlite3")
     tracking = DriverTracking(repository, MemoryBus())
     await tracking.start()
-    policy = AuthPolicy(TokenValidator.from_secret(SECRET))
+    policy = AuthPolicy(TokenValidator.from_secret(SECRET), RULES)
     metrics = ServiceMetrics()
     chain = server_interceptors(policy, logger, access_log=request.param, metrics=metrics)
     server = grpc.aio.server(interceptors=chain)
@@ -237,7 +238,9 @@ async def test_concurrent_calls_each_see_only_their_own_headers(
     await repository.record_locations(
         [Location(d, 52.5, 13.4, 1.0, 0.0, time.time_ns() - 1_000_000_000) for d in drivers]
     )
-    pipeline = call_pipeline(AuthPolicy(TokenValidator.from_secret(SECRET)), access_log="off")
+    pipeline = call_pipeline(
+        AuthPolicy(TokenValidator.from_secret(SECRET), RULES), access_log="off"
+    )
     if registration == "around":
         server = grpc.aio.server()
         pb_grpc.add_DriverServiceServicer_to_server(

@@ -17,7 +17,6 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import location_to_pb
 from driver_service.bootstrap import REDIS_PREFIX, build_services
 from driver_service.bus.redis import create_redis_client
 from driver_service.config import ServerSettings
@@ -27,6 +26,7 @@ from driver_service.domain import Driver, Location, Status
 from driver_service.server import RunningServer, start_server
 from driver_service.storage.live import LiveStateRepository
 from driver_service.storage.postgres import PostgresRepository
+from driver_service.wire import location_to_pb
 from tests.redis_server import RedisServer, private_redis, redis_prefix, redis_server
 
 __all__ = ["private_redis", "redis_prefix", "redis_server"]  # fixtures used by name below

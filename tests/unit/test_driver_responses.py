@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from driver_service.api.convert import DriverResponses, driver_to_pb
 from driver_service.domain import Driver, Location, Status
+from driver_service.wire import DriverResponses, driver_to_pb
 
 AT = 1_764_000_000_000_000_000
 

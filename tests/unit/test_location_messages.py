@@ -8,8 +8,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import LocationMessages, location_to_pb, pb_to_location
 from driver_service.domain import Location
+from driver_service.wire import LocationMessages, location_to_pb, pb_to_location
 from tests.unit import strategies as ds
 
 AT = 1_764_000_000_123_456_789

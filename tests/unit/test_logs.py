@@ -15,7 +15,6 @@ import grpc
 import pytest
 
 from driver_service.interceptors import AccessLog
-from driver_service.interceptors.request_id import REQUEST_ID
 from driver_service.logs import (
     JsonFormatter,
     JsonLinesHandler,
@@ -23,6 +22,7 @@ from driver_service.logs import (
     fast_json_sink,
     iso_millis,
 )
+from driver_service.observability.context import REQUEST_ID
 
 HOSTILE = 'peer "quoted" \\ back\nnew line \x00 nul \u00e9t\u00e9 \U0001f697'
 

@@ -9,61 +9,19 @@ durably stored) a message at a time rather than an update at a time (`Upload.off
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
 
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import NANOS, summary_to_pb, update_fixes
 from driver_service.api.errors import abort_with
 from driver_service.domain import DomainError, DriverNotFound
-from driver_service.interceptors.auth import MethodRule, named_driver_id
-from driver_service.security.tokens import SCOPE_READ, SCOPE_WRITE
 from driver_service.service import DriverTracking
+from driver_service.wire import NANOS, summary_to_pb, update_fixes
 
 SERVICE_NAME = bpb.DESCRIPTOR.services_by_name["DriverBatchService"].full_name
-_PREFIX = f"/{SERVICE_NAME}/"
-
-#: Named by a message that acts for more than one driver: unguessable, so it equals no
-#: token's `sub` and a driver token is refused (MethodRule extracts one id per message).
-_SEVERAL_DRIVERS = "\x00several-drivers-" + secrets.token_hex(16)
-
-
-def _one_driver_id(ids: Iterable[str]) -> str | None:
-    """The single driver a message acts for, None if it names none, or a value no driver
-    token matches if it names several. Malformed ids name no driver: the handler refuses
-    them as invalid, whatever the token. Only ids that differ from the first are validated
-    here (a batch usually names one driver throughout)."""
-    first: str | None = None
-    for driver_id in ids:
-        if driver_id == first or named_driver_id(driver_id) is None:
-            continue
-        if first is not None:
-            return _SEVERAL_DRIVERS
-        first = driver_id
-    return first
-
-
-def _lookup_driver_id(message: Any) -> str | None:
-    return _one_driver_id(message.driver_ids)
-
-
-def _batch_driver_id(message: Any) -> str | None:
-    return _one_driver_id(update.driver_id for update in message.updates)
-
-
-#: Auth rules for the batch service, to merge into the AuthPolicy's rules: services need the
-#: same scopes as GetDriver / UploadLocations; a driver token may read or upload only its own
-#: driver, in every message of the stream.
-BATCH_RULES: Mapping[str, MethodRule] = {
-    _PREFIX + "GetDrivers": MethodRule(SCOPE_READ, _lookup_driver_id),
-    _PREFIX + "LookupDrivers": MethodRule(SCOPE_READ, _lookup_driver_id),
-    _PREFIX + "UploadLocationBatches": MethodRule(SCOPE_WRITE, _batch_driver_id),
-}
 
 
 class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
@@ -85,7 +43,7 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
             except DriverNotFound:
                 not_found.append(driver_id)
                 continue
-            # Filled in place (the same fields as convert.driver_to_pb): no message copies.
+            # Filled in place (the same fields as wire.driver_to_pb): no message copies.
             out = found.add(driver_id=driver.driver_id, status=driver.status.value)
             location = driver.location
             if location is not None:

@@ -11,11 +11,11 @@ from google.protobuf.duration_pb2 import Duration
 from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.convert import ns_to_timestamp
 from driver_service.api.errors import abort_with
 from driver_service.dispatch.offers import Command, CommandState
 from driver_service.dispatch.service import Dispatch
 from driver_service.domain import DomainError, InvalidInput
+from driver_service.wire import ns_to_timestamp
 
 #: The proto enum's value for each command state.
 _STATE: dict[CommandState, dpb.CommandState.ValueType] = {

@@ -10,15 +10,15 @@ import grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import (
+from driver_service.api.errors import abort_with
+from driver_service.domain import DomainError, InvalidInput
+from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
+from driver_service.wire import (
     DriverResponses,
     LocationMessages,
     summary_to_pb,
     timestamp_to_ns,
 )
-from driver_service.api.errors import abort_with
-from driver_service.domain import DomainError, InvalidInput
-from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,10 @@ from driver_service.cli import (
     dispatch_commands,
     migrate_command,
     serve_command,
+    session_command,
+    simulate_command,
     token_command,
+    upload_command,
 )
 
 
@@ -35,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate_command.register(commands)
     bench_command.register(commands)
     client_commands.register(commands)
+    upload_command.register(commands)
+    session_command.register(commands)
+    simulate_command.register(commands)
     dispatch_commands.register(commands)
     return parser
 

@@ -1,4 +1,5 @@
-"""Client commands: `get`, `watch` (and the modules registered below for the rest)."""
+"""Client commands: `get`, `watch` (upload, session, simulate and the dispatch commands have
+their own modules; the options they share are in cli/_client.py)."""
 
 from __future__ import annotations
 
@@ -6,52 +7,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from driver_service.cli._env import add_env_option
+from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit, fail
-from driver_service.client import (
-    DEFAULT_TIMEOUT_S,
-    ClientConfigError,
-    ClientSettings,
-    DriverClient,
-    DriverServiceError,
-)
-from driver_service.client._settings import DEFAULT_TARGET
+from driver_service.client import DriverServiceError
 from driver_service.client._types import utc_from_ns
-
-
-def add_client_options(parser: argparse.ArgumentParser) -> None:
-    add_env_option(
-        parser, "--target", "server address (HOST:PORT, dns:///name:port, …)", DEFAULT_TARGET
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        help=f"deadline per call in seconds [default {DEFAULT_TIMEOUT_S}]",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON lines for scripts")
-    tls = parser.add_argument_group("TLS and authentication (plaintext without --ca)")
-    add_env_option(tls, "--ca", "CA certificate that signed the server's", None, env="CLIENT_CA")
-    add_env_option(tls, "--cert", "client certificate for mTLS", None, env="CLIENT_CERT")
-    add_env_option(tls, "--key", "client private key for mTLS", None, env="CLIENT_KEY")
-    add_env_option(
-        tls, "--token", "bearer token (JWT) sent on every call", None, env="TOKEN", secret=True
-    )
-
-
-def client_settings(args: argparse.Namespace) -> ClientSettings:
-    """The library's settings from the common options (which default to the same
-    DRIVER_SERVICE_* variables as ClientSettings.from_env)."""
-    return ClientSettings(args.target, args.ca, args.cert, args.key, args.token)
-
-
-def make_client(args: argparse.Namespace) -> DriverClient:
-    """A client from the common options; TLS when --ca is given, a bearer token if any. An
-    unusable setting (a missing file) exits with one line naming it."""
-    try:
-        return DriverClient.from_settings(client_settings(args), timeout=args.timeout)
-    except ClientConfigError as exc:
-        raise SystemExit(f"driver-service: {exc}") from None
 
 
 def register(commands: Any) -> None:
@@ -67,12 +26,6 @@ def register(commands: Any) -> None:
     )
     add_client_options(watch)
     watch.set_defaults(run=lambda a: asyncio.run(_watch(a)))
-
-    from driver_service.cli import session_command, simulate_command, upload_command
-
-    upload_command.register(commands)
-    session_command.register(commands)
-    simulate_command.register(commands)
 
 
 async def _get(args: argparse.Namespace) -> int:

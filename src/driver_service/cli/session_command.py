@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit, fail
-from driver_service.cli.client_commands import add_client_options, make_client
 from driver_service.client import DriverClient, DriverServiceError, DriverSession
 from driver_service.domain import InvalidInput, Location, validate_location
 

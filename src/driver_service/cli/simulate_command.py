@@ -27,8 +27,8 @@ from typing import Any
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.cli import routes
+from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit
-from driver_service.cli.client_commands import add_client_options, make_client
 from driver_service.client import DriverClient, DriverServiceError, DriverSession
 from driver_service.domain import InvalidInput, Location, Status, validate_driver_id
 

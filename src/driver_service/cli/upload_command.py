@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from driver_service.cli import routes
+from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit, fail
-from driver_service.cli.client_commands import add_client_options, make_client
 from driver_service.client import DriverServiceError
 from driver_service.domain import InvalidInput, Location, validate_location
 

@@ -18,7 +18,6 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import location_to_pb, pb_to_location, timestamp_to_ns
 from driver_service.client._hints import Transport
 from driver_service.client._retry import (
     DEFAULT_UPLOAD_BACKOFF,
@@ -37,6 +36,7 @@ from driver_service.client.errors import (
     from_rpc_error,
 )
 from driver_service.domain import Location
+from driver_service.wire import location_to_pb, pb_to_location, timestamp_to_ns
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",

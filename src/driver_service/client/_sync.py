@@ -11,7 +11,6 @@ import grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.api.convert import location_to_pb, pb_to_location, timestamp_to_ns
 from driver_service.client._async import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_UPLOAD_TIMEOUT_S,
@@ -22,6 +21,7 @@ from driver_service.client._settings import ClientSettings
 from driver_service.client._types import DriverSnapshot, UploadReport, utc_from_ns
 from driver_service.client.errors import from_rpc_error
 from driver_service.domain import Location
+from driver_service.wire import location_to_pb, pb_to_location, timestamp_to_ns
 
 
 class SyncDriverClient:

@@ -6,7 +6,6 @@ Redis channel `{prefix}cmd:{driver_id}` that the replica holding the session sub
 when the session binds; see the issue 6 report.
 """
 
-from driver_service.dispatch.auth import DISPATCH_RULES
 from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m
 from driver_service.dispatch.index import (
     DriverIndex,
@@ -20,7 +19,6 @@ from driver_service.dispatch.redis_index import RedisDriverIndex
 from driver_service.dispatch.service import Dispatch, DriverView
 
 __all__ = [
-    "DISPATCH_RULES",
     "EARTH_RADIUS_M",
     "Command",
     "CommandState",

@@ -42,7 +42,6 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.bus.redis import DEFAULT_PREFIX, ChannelSubscription, RedisBus
 from driver_service.dispatch.offers import (
     DEFAULT_RETENTION_S,
@@ -57,6 +56,7 @@ from driver_service.dispatch.offers import (
 )
 from driver_service.domain import InvalidInput, RateLimited, StoreUnavailable
 from driver_service.guard import DependencyUnavailable
+from driver_service.wire import decode_server_command, encode_server_command
 
 log = logging.getLogger(__name__)
 
@@ -167,17 +167,6 @@ end
 return {'closed', s}
 """
 )
-
-
-def encode_server_command(payload: object) -> bytes:
-    """The default payload codec: the servicer sends `driver.v1.ServerCommand` messages."""
-    if not isinstance(payload, pb.ServerCommand):
-        raise TypeError(f"expected a ServerCommand, got {type(payload).__name__}")
-    return payload.SerializeToString()
-
-
-def decode_server_command(data: bytes) -> object:
-    return pb.ServerCommand.FromString(data)
 
 
 def _settled(command: Command) -> bool:

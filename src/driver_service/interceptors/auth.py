@@ -2,18 +2,9 @@
 and authorized per method, and each incoming message of a stream is checked before the
 handler sees it (the call pipeline applies these decisions; this module makes them).
 
-Policy for driver.v1.DriverService:
-
-| method          | service token needs | driver token may call when                          |
-|-----------------|---------------------|-----------------------------------------------------|
-| GetDriver       | drivers:read        | the request's driver_id is its own `sub`            |
-| StreamLocation  | drivers:read        | the request's driver_id is its own `sub`            |
-| UploadLocations | drivers:write       | every message's driver_id is its own `sub`          |
-| DriverSession   | drivers:write       | every location / status change names its own `sub`  |
-
-A driver may read its own record (the driver app shows it) but never another driver's.
-Any other method of a non-exempt service is denied (deny by default); exempt services
-(health, reflection) are chosen by configuration and can never include driver.v1.
+The rules themselves (who may call each method) are one table in api/rules.py. A method
+without a rule is denied (deny by default); exempt services (health, reflection) are chosen by
+configuration and can never include driver.v1.
 
 Validation comes before authorization: a malformed driver id (empty, too long, bad
 characters) names no driver, so the per-driver check lets it through and the handler's
@@ -38,16 +29,9 @@ import grpc
 
 from driver_service.domain import InvalidInput, validate_driver_id
 from driver_service.interceptors.selector import ExemptServices
-from driver_service.security.tokens import (
-    SCOPE_READ,
-    SCOPE_WRITE,
-    InvalidToken,
-    Principal,
-    TokenValidator,
-)
+from driver_service.security.tokens import InvalidToken, Principal, TokenValidator
 
 AUTHORIZATION_HEADER = "authorization"
-_DRIVER_SERVICE = "/driver.v1.DriverService/"
 
 #: Why a call or a message is refused: the status code and a message the caller can act on.
 Refusal = tuple[grpc.StatusCode, str]
@@ -81,19 +65,6 @@ def named_driver_id(driver_id: str) -> str | None:
         return None
 
 
-def _field_driver_id(message: Any) -> str | None:
-    return named_driver_id(message.driver_id)
-
-
-def _event_driver_id(event: Any) -> str | None:
-    kind = event.WhichOneof("event")
-    if kind == "location":
-        return named_driver_id(event.location.driver_id)
-    if kind == "status_change":
-        return named_driver_id(event.status_change.driver_id)
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class MethodRule:
     """Who may call one method: services with `scope`; drivers, if `driver_id_of` is set,
@@ -103,20 +74,13 @@ class MethodRule:
     driver_id_of: DriverIdOf | None = None
 
 
-DEFAULT_RULES: Mapping[str, MethodRule] = {
-    _DRIVER_SERVICE + "GetDriver": MethodRule(SCOPE_READ, _field_driver_id),
-    _DRIVER_SERVICE + "StreamLocation": MethodRule(SCOPE_READ, _field_driver_id),
-    _DRIVER_SERVICE + "UploadLocations": MethodRule(SCOPE_WRITE, _field_driver_id),
-    _DRIVER_SERVICE + "DriverSession": MethodRule(SCOPE_WRITE, _event_driver_id),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
-    """How calls are authenticated and authorized; built once at start."""
+    """How calls are authenticated and authorized; built once at start. `rules` is the
+    table by method path (the server's is api/rules.py RULES); a method not in it is denied."""
 
     validator: TokenValidator
-    rules: Mapping[str, MethodRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
+    rules: Mapping[str, MethodRule]
     exempt: ExemptServices = field(default_factory=ExemptServices.of)
 
 

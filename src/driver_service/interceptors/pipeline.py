@@ -44,12 +44,12 @@ from driver_service.interceptors.auth import (
 from driver_service.interceptors.decoding import UNDECODABLE, tolerant, undecodable_message
 from driver_service.interceptors.recovery import recover
 from driver_service.interceptors.request_id import (
-    REQUEST_ID,
     REQUEST_ID_HEADER,
     is_safe_request_id,
     new_request_id,
 )
 from driver_service.metrics import LoopCounter, MethodMetrics, ServiceMetrics, grpc_type
+from driver_service.observability.context import REQUEST_ID
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL

@@ -1,9 +1,11 @@
-"""Conversions between protobuf messages and domain values."""
+"""Protobuf <-> domain conversions and the ServerCommand codec, in one neutral module: the
+client, the servicers and the Redis adapters share them, and it imports only the generated
+code and the domain, so the client library can use it without loading the server."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -11,10 +13,19 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.domain import Driver, Location
 from driver_service.domain.validation import Fix
 
-if TYPE_CHECKING:
-    from driver_service.service import UploadResult
-
 NANOS = 1_000_000_000
+
+
+class UploadCounts(Protocol):
+    """What an UploadSummary reports; the application's UploadResult has these fields (a
+    protocol, so the wire does not import the application layer)."""
+
+    @property
+    def received_count(self) -> int: ...
+    @property
+    def persisted_count(self) -> int: ...
+    @property
+    def session_id(self) -> str: ...
 
 
 def timestamp_to_ns(ts: Timestamp) -> int:
@@ -37,7 +48,7 @@ def driver_to_pb(driver: Driver) -> pb.GetDriverResponse:
     )
 
 
-def summary_to_pb(result: UploadResult) -> pb.UploadSummary:
+def summary_to_pb(result: UploadCounts) -> pb.UploadSummary:
     return pb.UploadSummary(
         received_count=result.received_count,
         persisted_count=result.persisted_count,
@@ -131,3 +142,15 @@ def update_fixes(updates: Iterable[pb.LocationUpdate]) -> Iterator[Fix]:
             msg.heading_degrees,
             seconds * NANOS + nanos if seconds or nanos or msg.HasField("timestamp") else None,
         )
+
+
+def encode_server_command(payload: object) -> bytes:
+    """The default payload codec of the command routers: the servicer sends
+    `driver.v1.ServerCommand` messages, and replicas hand them on as bytes."""
+    if not isinstance(payload, pb.ServerCommand):
+        raise TypeError(f"expected a ServerCommand, got {type(payload).__name__}")
+    return payload.SerializeToString()
+
+
+def decode_server_command(data: bytes) -> object:
+    return pb.ServerCommand.FromString(data)
