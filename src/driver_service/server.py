@@ -133,12 +133,17 @@ class RunningServer:
     _monitor: Supervised | None = field(default=None, repr=False)
     #: Set when a fatal background task failed: `serve` stops and exits non-zero.
     fatal: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    #: What health says now (kept here, not in the monitor: a restarted monitor must not
+    #: assume SERVING while NOT_SERVING is published).
+    serving: bool = field(default=True, repr=False)
+    _health_update: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def supervisor(self) -> TaskSupervisor:
         return self.tracking.supervisor
 
     async def set_serving(self, serving: bool) -> None:
+        self.serving = serving
         status = SERVING if serving else NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
@@ -165,18 +170,16 @@ class RunningServer:
     def _on_fatal(self, task: str, error: BaseException) -> None:
         """A task the service cannot work without ended: stop saying SERVING at once."""
         self.fatal.set()
-        asyncio.get_running_loop().create_task(self.set_serving(False))
+        self._health_update = asyncio.get_running_loop().create_task(self.set_serving(False))
 
     async def monitor_store(self, interval_s: float = HEALTH_CHECK_INTERVAL_S) -> None:
         """Keep health in step with what the service needs to work: NOT_SERVING while the
         store or the bus fails or commits fail, SERVING again once all of them work."""
-        serving = True
         while True:
             await asyncio.sleep(interval_s)
             problem = await self.health_problem(interval_s)
             healthy = problem is None
-            if healthy != serving:
-                serving = healthy
+            if healthy != self.serving:
                 if healthy:
                     log.warning("health: SERVING")
                 else:

@@ -60,3 +60,14 @@ async def test_a_restartable_task_failure_leaves_health_serving(server: RunningS
     await eventually(lambda: runs == 2, 2, "the task to be restarted")
     assert not server.fatal.is_set()
     assert await server.health_problem(1.0) is None
+
+
+async def test_health_follows_the_published_state_not_the_monitors_memory(
+    server: RunningServer,
+) -> None:
+    """A monitor restarted while NOT_SERVING was published (or anything else that published
+    it) must still turn health back to SERVING once everything works."""
+    await server.set_serving(False)
+    assert await _status(server.port) == NOT_SERVING
+    await eventually(lambda: server.serving, 3, "health to be SERVING again")
+    assert await _status(server.port) == health_pb2.HealthCheckResponse.SERVING
