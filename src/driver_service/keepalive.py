@@ -6,6 +6,9 @@ proves each one takes effect on a real server. Note the server-side ping enforce
 GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, whose string is
 "grpc.http2.min_ping_interval_without_data_ms" (there is no "...min_recv_ping..." argument),
 and "grpc.http2.min_time_between_pings_ms" is deprecated and has no effect.
+
+The server's side only: the client's keepalive is `driver_service.client._retry.keepalive_options`
+(the client library imports nothing of the server).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ MAX_CONNECTION_AGE_GRACE_MS: Final = "grpc.max_connection_age_grace_ms"
 #: Server enforcement: the shortest interval at which a client may ping while no data flows.
 MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: Final = "grpc.http2.min_ping_interval_without_data_ms"
 MAX_PING_STRIKES: Final = "grpc.http2.max_ping_strikes"
-MAX_PINGS_WITHOUT_DATA: Final = "grpc.http2.max_pings_without_data"
 #: How long a sent ping may go unacknowledged. Internal to chttp2 (GRPC_ARG_PING_TIMEOUT_MS in
 #: src/core/ext/transport/chttp2/transport/internal.h); since grpc/grpc#34647 its 60 s default
 #: overrides a shorter keepalive timeout, so it is set to the keepalive timeout too.
@@ -31,12 +33,6 @@ PING_TIMEOUT_MS: Final = "grpc.http2.ping_timeout_ms"
 
 #: grpc core's "unlimited" for the *_ms arguments.
 INT_MAX: Final = 2**31 - 1
-
-#: How long a client waits between its own keepalive pings unless told otherwise: long enough
-#: to cost nothing, short enough to notice a dead load balancer path within a minute.
-DEFAULT_CLIENT_KEEPALIVE_S: Final = 30.0
-#: How long a client waits for the ping's ack before it drops the connection.
-DEFAULT_CLIENT_KEEPALIVE_TIMEOUT_S: Final = 10.0
 
 
 def _ms(seconds: float) -> int:
@@ -95,23 +91,4 @@ def server_options(settings: KeepaliveSettings) -> list[tuple[str, int]]:
         (MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, _ms(settings.min_time_s)),
         (KEEPALIVE_PERMIT_WITHOUT_CALLS, int(settings.permit_without_stream)),
         (MAX_PING_STRIKES, settings.max_ping_strikes),
-    ]
-
-
-def client_options(
-    settings: KeepaliveSettings,
-    time_s: float = DEFAULT_CLIENT_KEEPALIVE_S,
-    timeout_s: float = DEFAULT_CLIENT_KEEPALIVE_TIMEOUT_S,
-) -> list[tuple[str, int]]:
-    """Channel arguments for a client of a server configured with `settings`: it never pings
-    more often than the server tolerates (at least 1.5 x its minimum, as timers jitter),
-    pings idle connections only if the server permits it, and keeps pinging a connection on
-    which no data flows (a quiet watch stream) instead of stopping after two pings."""
-    interval_s = max(time_s, settings.min_time_s * 1.5)
-    return [
-        (KEEPALIVE_TIME_MS, _ms(interval_s)),
-        (KEEPALIVE_TIMEOUT_MS, _ms(timeout_s)),
-        (PING_TIMEOUT_MS, _ms(timeout_s)),
-        (KEEPALIVE_PERMIT_WITHOUT_CALLS, int(settings.permit_without_stream)),
-        (MAX_PINGS_WITHOUT_DATA, 0),
     ]

@@ -16,8 +16,8 @@ import grpc
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.errors import abort_with
-from driver_service.domain import DomainError, DriverNotFound
+from driver_service.api.errors import AbortOnDomainError
+from driver_service.domain import DriverNotFound
 from driver_service.service import DriverTracking
 from driver_service.wire import NANOS, summary_to_pb, update_fixes
 
@@ -58,21 +58,17 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
         request: bpb.GetDriversRequest,
         context: grpc.aio.ServicerContext[bpb.GetDriversRequest, bpb.GetDriversResponse],
     ) -> bpb.GetDriversResponse:
-        try:
+        async with AbortOnDomainError(context):
             return await self._lookup(request)
-        except DomainError as error:
-            await abort_with(context, error)
 
     async def LookupDrivers(  # noqa: N802
         self,
         request_iterator: AsyncIterable[bpb.GetDriversRequest],
         context: grpc.aio.ServicerContext[bpb.GetDriversRequest, bpb.GetDriversResponse],
     ) -> AsyncIterator[bpb.GetDriversResponse]:
-        try:
+        async with AbortOnDomainError(context):
             async for request in request_iterator:
                 yield await self._lookup(request)
-        except DomainError as error:
-            await abort_with(context, error)
 
     async def UploadLocationBatches(  # noqa: N802
         self,
@@ -82,13 +78,11 @@ class DriverBatchServicer(bpb_grpc.DriverBatchServiceServicer):
         """Each update gets what UploadLocations gives it (validation, rate limit, counted
         as received and dropped if refused, acknowledged only after its commit), but a
         message's updates are validated in one loop and queued with one call."""
-        try:
+        async with AbortOnDomainError(context):
             upload = self._tracking.new_upload()
             async for batch in request_iterator:
                 await upload.offer_many(list(update_fixes(batch.updates)))
             result = await upload.finish()
-        except DomainError as error:
-            await abort_with(context, error)
         return summary_to_pb(result)
 
 

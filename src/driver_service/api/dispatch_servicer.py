@@ -11,10 +11,10 @@ from google.protobuf.duration_pb2 import Duration
 from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.api.errors import abort_with
+from driver_service.api.errors import AbortOnDomainError
 from driver_service.dispatch.offers import Command, CommandState
 from driver_service.dispatch.service import Dispatch
-from driver_service.domain import DomainError, InvalidInput
+from driver_service.domain import InvalidInput
 from driver_service.wire import ns_to_timestamp
 
 #: The proto enum's value for each command state.
@@ -57,7 +57,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
         request: dpb.FindNearbyDriversRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> dpb.FindNearbyDriversResponse:
-        try:
+        async with AbortOnDomainError(context):
             found = await self._dispatch.find_nearby(
                 request.latitude,
                 request.longitude,
@@ -66,8 +66,6 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 list(request.statuses),
                 _seconds(request.max_age) if request.HasField("max_age") else None,
             )
-        except DomainError as error:
-            await abort_with(context, error)
         return dpb.FindNearbyDriversResponse(
             drivers=[
                 dpb.NearbyDriver(
@@ -85,10 +83,8 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
     async def DescribeDriver(  # noqa: N802
         self, request: dpb.DescribeDriverRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dpb.DispatchDriver:
-        try:
+        async with AbortOnDomainError(context):
             view = await self._dispatch.describe(request.driver_id)
-        except DomainError as error:
-            await abort_with(context, error)
         d = view.driver
         return dpb.DispatchDriver(
             driver_id=d.driver_id,
@@ -103,7 +99,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
     async def SendCommand(  # noqa: N802
         self, request: dpb.SendCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dpb.SendCommandResponse:
-        try:
+        async with AbortOnDomainError(context):
             kind = request.command.WhichOneof("command")
             if kind not in ("ride_offer", "navigation"):
                 raise InvalidInput("command must be a ride_offer or a navigation update")
@@ -120,8 +116,6 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 offer_id=offer_id,
                 ttl_s=_seconds(request.ttl) if request.HasField("ttl") else None,
             )
-        except DomainError as error:
-            await abort_with(context, error)
         return dpb.SendCommandResponse(
             command_id=sent.command_id,
             state=_STATE[sent.state],
@@ -131,7 +125,7 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
     async def GetCommandStatus(  # noqa: N802
         self, request: dpb.GetCommandStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dpb.CommandStatus:
-        try:
+        async with AbortOnDomainError(context):
             if request.wait_for_outcome:
                 remaining = context.time_remaining()
                 # Answer a little before the caller's deadline, so the answer can reach it.
@@ -139,17 +133,13 @@ class DispatchServicer(dpb_grpc.DispatchServiceServicer):
                 command = await self._dispatch.wait(request.command_id, timeout)
             else:
                 command = await self._dispatch.get_command(request.command_id)
-        except DomainError as error:
-            await abort_with(context, error)
         return _command_status(command)
 
     async def AnswerOffer(  # noqa: N802
         self, request: dpb.AnswerOfferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dpb.CommandStatus:
-        try:
+        async with AbortOnDomainError(context):
             command = await self._dispatch.answer_offer(
                 request.offer_id, request.driver_id, request.accepted
             )
-        except DomainError as error:
-            await abort_with(context, error)
         return _command_status(command)

@@ -21,6 +21,33 @@ SERVICE: Final = "driver.v1.DriverService"
 #: too many with GOAWAY too_many_pings; 30 s keeps 6x clear of that.
 KEEPALIVE_TIME_S: Final = 30.0
 KEEPALIVE_TIMEOUT_S: Final = 10.0
+#: The server's default `--keepalive-min-time`, which the client's pings must stay clear of.
+SERVER_MIN_PING_INTERVAL_S: Final = 5.0
+
+
+def keepalive_options(
+    time_s: float = KEEPALIVE_TIME_S,
+    timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    *,
+    server_min_time_s: float = SERVER_MIN_PING_INTERVAL_S,
+    permit_without_calls: bool = True,
+) -> dict[str, int]:
+    """The client's keepalive channel arguments (the only definition; `channel_options` uses
+    it): it never pings more often than a server with `server_min_time_s` tolerates (at least
+    1.5 x that minimum, as timers jitter), pings idle connections only if the server permits
+    it, and keeps pinging a connection on which no data flows (a quiet watch stream) instead
+    of stopping after two pings."""
+    interval_ms = max(1, round(max(time_s, server_min_time_s * 1.5) * 1000))
+    timeout_ms = max(1, round(timeout_s * 1000))
+    return {
+        "grpc.keepalive_time_ms": interval_ms,
+        "grpc.keepalive_timeout_ms": timeout_ms,
+        # Since grpc/grpc#34647 this (60 s by default) bounds a ping's wait too.
+        "grpc.http2.ping_timeout_ms": timeout_ms,
+        "grpc.keepalive_permit_without_calls": int(permit_without_calls),
+        "grpc.http2.max_pings_without_data": 0,
+    }
+
 
 #: How soon grpc reconnects a channel after a failed connect, and the cap of its own backoff
 #: (grpc's defaults are 1 s and 120 s: after a long outage a channel could wait two minutes to
@@ -62,14 +89,7 @@ def channel_options(extra: Sequence[tuple[str, object]] = ()) -> list[tuple[str,
     options: dict[str, object] = {
         "grpc.service_config": SERVICE_CONFIG,
         "grpc.enable_retries": 1,
-        "grpc.keepalive_time_ms": int(KEEPALIVE_TIME_S * 1000),
-        "grpc.keepalive_timeout_ms": int(KEEPALIVE_TIMEOUT_S * 1000),
-        # Since grpc/grpc#34647 this (60 s by default) bounds a ping's wait too.
-        "grpc.http2.ping_timeout_ms": int(KEEPALIVE_TIMEOUT_S * 1000),
-        # Ping idle channels too (the server permits it), and keep pinging a connection on
-        # which no data flows, e.g. a quiet watch(), instead of stopping after two pings.
-        "grpc.keepalive_permit_without_calls": 1,
-        "grpc.http2.max_pings_without_data": 0,
+        **keepalive_options(),
         "grpc.initial_reconnect_backoff_ms": RECONNECT_INITIAL_MS,
         "grpc.max_reconnect_backoff_ms": RECONNECT_MAX_MS,
     }

@@ -1,9 +1,16 @@
-"""Dispatch: find nearby drivers (a spatial index kept in step with accepted updates) and
-push commands to their live sessions, queued while they are offline.
+"""Dispatch: find nearby drivers and push commands (ride offers, navigation updates) to their
+live sessions, queued while they are offline, with each command's state and outcome.
 
-Across replicas (not built yet): SendCommand would PUBLISH the command to a per-driver
-Redis channel `{prefix}cmd:{driver_id}` that the replica holding the session subscribes to
-when the session binds; see the issue 6 report.
+- `service.Dispatch`: the application service over two ports, `index.DriverIndex` (nearby
+  search) and `offers.CommandRouter` (where commands go and where their state lives);
+- the index, kept in step with accepted updates by the `indexing` decorators: in memory
+  (`index.MemoryDriverIndex`) or on Redis GEO, shared by every replica (`redis_index`);
+- the commands: in memory for one replica (`offers.MemoryCommandRouter` over an
+  `OfferBook`) or on Redis (`redis_offers`), where a command sent on any replica reaches the
+  driver's session on whichever replica holds it, through the per-driver channel
+  `{prefix}cmd:{driver_id}`;
+- `rebuild` and `redis_rebuild`: derived state rebuilt from the store, which stays the
+  source of truth, at start and whenever Redis comes back empty.
 """
 
 from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m
