@@ -19,6 +19,7 @@ import pytest
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.server import RunningServer
+from tests.integration.conftest import eventually
 
 NANOS = 1_000_000_000
 BASE_NS = (time.time_ns() // NANOS - 600) * NANOS
@@ -104,6 +105,9 @@ async def test_session_cancelled_after_a_location_does_not_stop_ingestion(
         call.cancel()
     summary = await _healthy_upload(stub, "after-session")
     assert summary.persisted_count == 5
+    # Every cancelled session ends on the server too (none left open, nothing left to run
+    # after the test's event loop closes).
+    await eventually(lambda: server.tracking.session_count == 0, 5, "sessions to end")
 
 
 @pytest.mark.parametrize("cancel_after", [0, 1, 5])

@@ -148,3 +148,29 @@ async def test_a_live_write_that_failed_is_never_served_stale(
     assert await repo.get_driver("d1") == Driver("d1", Status.AVAILABLE, loc("d1", 2), T0 + 2)
     # The stale key was dropped and rebuilt: other replicas read the durable state too.
     assert await admin.hget(repo.key("d1"), "location_at_ns") == str(T0 + 2).encode()
+
+
+@pytest.mark.parametrize("kind", ["location", "raw channel"])
+async def test_a_subscribe_cancelled_while_redis_hangs_leaves_nothing_behind(
+    private_redis: RedisServer, kind: str
+) -> None:
+    """A watcher whose client hangs up while its SUBSCRIBE waits on a hung Redis must not
+    leave a local subscription (or channel handler) that nobody will ever close."""
+    bus = RedisBus(create_redis_client(private_redis.url, timeout_s=2.0), "c:", close_client=True)
+    try:
+        await bus.subscribe("warm")  # connected, reader running
+        private_redis.pause()
+        if kind == "location":
+            pending = asyncio.ensure_future(bus.subscribe("d1"))
+        else:
+            pending = asyncio.ensure_future(bus.subscribe_channel(b"c:raw", lambda _p: None))
+        await asyncio.sleep(0.2)  # waiting for Redis
+        assert not pending.done()
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert bus.watcher_count() == 1  # only "warm"
+        assert bus.channel_count() == 0
+    finally:
+        private_redis.resume()
+        await bus.close()

@@ -230,7 +230,11 @@ class RedisBus:
             return sub
         await self._started()
         sub = await self._local.subscribe(driver_id)
-        await self._confirmed(await self._sync_channel(self._channel(driver_id)))
+        try:
+            await self._confirmed(await self._sync_channel(self._channel(driver_id)))
+        except BaseException:
+            sub.close()  # the caller was cancelled (or failed) and never gets it to close
+            raise
         return sub
 
     # --- raw channels ------------------------------------------------------------------------
@@ -252,7 +256,11 @@ class RedisBus:
             return sub
         await self._started()
         self._handlers.setdefault(channel, []).append(sub)
-        await self._confirmed(await self._sync_channel(channel))
+        try:
+            await self._confirmed(await self._sync_channel(channel))
+        except BaseException:
+            sub.close()  # the caller was cancelled (or failed) and never gets it to close
+            raise
         return sub
 
     def channel_count(self) -> int:
