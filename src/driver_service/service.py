@@ -140,23 +140,6 @@ class DriverTracking:
             raise ShuttingDown("server is shutting down; reconnect to another replica")
         return Upload(self)
 
-    def accept_location(
-        self,
-        driver_id: str,
-        latitude: float,
-        longitude: float,
-        speed_mps: float,
-        heading_degrees: float,
-        recorded_at_ns: int | None,
-    ) -> Commit:
-        """Validate, rate-limit and queue one update; the commit resolves when it is durably
-        stored. A missing timestamp means "now" (the seed's clients may leave it unset)."""
-        return self.writer.submit(
-            self.admit_location(
-                driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
-            )
-        )
-
     def admit_location(
         self,
         driver_id: str,
@@ -167,7 +150,8 @@ class DriverTracking:
         recorded_at_ns: int | None,
     ) -> Location:
         """The update as a Location if it is valid and within its driver's rate (else
-        InvalidInput or RateLimited), ready to queue."""
+        InvalidInput or RateLimited), ready to queue with `writer.submit`. A missing
+        timestamp means "now" (the seed's clients may leave it unset)."""
         now_ns = time.time_ns()
         location = validate_location(
             driver_id,

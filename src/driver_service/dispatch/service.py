@@ -86,13 +86,7 @@ class Dispatch:
             commands = MemoryCommandRouter(self.offers, tracking)
         self.commands: CommandRouter = commands
         tracking.session_listeners.append(commands.on_session)
-        # DriverTracking tells about closed sessions once it has this hook (see the report of
-        # issue 5/6); until then a Redis router drops a driver's channel lazily.
-        close_listeners: list[Callable[[str], None]] | None = getattr(
-            tracking, "session_close_listeners", None
-        )
-        if close_listeners is not None:
-            close_listeners.append(commands.on_session_closed)
+        tracking.session_close_listeners.append(commands.on_session_closed)
         self._stale_count = 0
         self._sweeper: Supervised | None = None
         self._sweep_failures = FailureLog(log, "sweeping stale drivers", level=logging.WARNING)
