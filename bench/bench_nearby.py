@@ -21,8 +21,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from driver_service.bus.redis import create_redis_client
-from driver_service.dispatch import DriverIndex, MemoryDriverIndex, RedisDriverIndex
+from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
+from driver_service.dispatch.memory_index import MemoryDriverIndex
+from driver_service.dispatch.ports import DriverIndex
 from driver_service.domain import Driver, Location, Status
 
 CENTRE = (52.52, 13.405)

@@ -33,12 +33,12 @@ from typing import Any
 from bench.common import DRIVERS
 from bench.ingest import BATCH_SIZE, update
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api.batch_servicer import DriverBatchServicer
-from driver_service.bus.memory import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.ratelimit import RateLimiter
+from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Location
-from driver_service.ratelimit import RateLimiter
-from driver_service.service import DriverTracking
-from driver_service.storage.sqlite import SqliteRepository
 from driver_service.wire import pb_to_location
 
 LAYERS = ("repository", "writer", "servicer")

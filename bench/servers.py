@@ -3,7 +3,7 @@
 full     exactly what `driver-service serve --insecure` runs (server.start_server with
          metrics, logging at INFO as JSON, uvloop), plus nothing
 
-Every kind settles its heap before serving, as `serve` does (driver_service.gc_tuning), so
+Every kind settles its heap before serving, as `serve` does (driver_service.server.heap), so
 that between kinds only the code differs: left to the default collector, the bare floor's
 10,000 prebuilt responses cost it ~1 µs per call in old-generation collections.
 chain    the same service and options with a chosen subset of the interceptor chain,
@@ -29,9 +29,9 @@ import grpc
 from bench.common import DRIVERS, driver_id
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.config import ServerSettings
 from driver_service.domain import Location
-from driver_service.gc_tuning import settle_heap
+from driver_service.server.config import ServerSettings
+from driver_service.server.heap import settle_heap
 from driver_service.wire import driver_to_pb
 
 INTERCEPTORS = ("pipeline", "request_id", "logging", "auth", "metrics")
@@ -49,7 +49,7 @@ def preload_locations(now_ns: int | None = None) -> list[Location]:
 
 async def preload(data_dir: Path) -> None:
     """Write the drivers into the SQLite store the server will open."""
-    from driver_service.storage import SqliteRepository
+    from driver_service.adapters.sqlite.repository import SqliteRepository
 
     settings = ServerSettings(data_dir=data_dir)
     repository = await SqliteRepository.open(settings.sqlite_path())
@@ -83,9 +83,9 @@ async def until_terminated() -> None:
 
 
 async def run_full(args: argparse.Namespace) -> None:
-    from driver_service.bootstrap import build_tracking
-    from driver_service.metrics import ServiceMetrics
-    from driver_service.server import start_server
+    from driver_service.observability.metrics import ServiceMetrics
+    from driver_service.server.composition import build_tracking
+    from driver_service.server.running import start_server
 
     settings = settings_for(args)
     metrics = ServiceMetrics()
@@ -123,9 +123,9 @@ async def run_chain(args: argparse.Namespace) -> None:
 
     from driver_service.api import DriverServicer
     from driver_service.api.batch_servicer import add_batch_service
-    from driver_service.bootstrap import build_tracking
-    from driver_service.metrics import ServiceMetrics
-    from driver_service.server import server_options
+    from driver_service.observability.metrics import ServiceMetrics
+    from driver_service.server.composition import build_tracking
+    from driver_service.server.running import server_options
 
     settings = settings_for(args)
     metrics = ServiceMetrics()
@@ -244,8 +244,8 @@ def run_fastapi(args: argparse.Namespace) -> None:
     import uvicorn
     from fastapi import FastAPI, HTTPException
 
-    from driver_service.bootstrap import build_tracking
     from driver_service.domain import DriverNotFound, InvalidInput
+    from driver_service.server.composition import build_tracking
 
     app = FastAPI()
     state: dict[str, Any] = {}
@@ -304,7 +304,7 @@ def main() -> None:
         run_fastapi(args)
         return
     from driver_service.cli.serve_command import run_loop
-    from driver_service.logs import configure_logging
+    from driver_service.observability.logs import configure_logging
 
     configure_logging(args.log_level, "json")
     runs = {"full": run_full, "chain": run_chain, "bare": run_bare}

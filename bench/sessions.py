@@ -229,8 +229,8 @@ class FloorServicer(pb_grpc.DriverServiceServicer):
 
 
 async def serve_floor(port: int) -> None:
-    from driver_service.config import ServerSettings
-    from driver_service.server import server_options
+    from driver_service.server.config import ServerSettings
+    from driver_service.server.running import server_options
 
     settings = ServerSettings(listen=f"127.0.0.1:{port}", insecure=True)
     srv = grpc.aio.server(options=server_options(settings))  # the same limits as ours

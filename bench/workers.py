@@ -89,7 +89,7 @@ def scale_out_stores(core: int) -> Iterator[tuple[str, str]]:
 
 
 async def _preload(store: str) -> None:
-    from driver_service.storage.postgres import PostgresRepository
+    from driver_service.adapters.postgres.repository import PostgresRepository
 
     repository = await PostgresRepository.open(store)
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from driver_service.bus.redis import create_redis_client
+from driver_service.adapters.redis.connection import create_redis_client
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 REDIS_MISSING = "redis-server not found: apt-get install redis-server"

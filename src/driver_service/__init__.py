@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from driver_service.config import ServerSettings
+    from driver_service.app.tracking import DriverTracking
     from driver_service.domain import Driver, Location, Status
-    from driver_service.service import DriverTracking
+    from driver_service.server.config import ServerSettings
 
 __all__ = ["Driver", "DriverTracking", "Location", "ServerSettings", "Status"]
 __version__ = "0.1.0"
 
 _HOMES = {
     "Driver": "driver_service.domain",
-    "DriverTracking": "driver_service.service",
+    "DriverTracking": "driver_service.app.tracking",
     "Location": "driver_service.domain",
-    "ServerSettings": "driver_service.config",
+    "ServerSettings": "driver_service.server.config",
     "Status": "driver_service.domain",
 }
 

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from driver_service.config import ENV_PREFIX
+from driver_service.server.config import ENV_PREFIX
 
 READY_TIMEOUT_S = 20.0
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from driver_service.client import DriverClient
-from driver_service.config import SQLITE_FILE_NAME
 from driver_service.domain import Location
+from driver_service.server.config import SQLITE_FILE_NAME
 from tests.e2e.conftest import Launcher, free_port, is_serving
 
 pytestmark = pytest.mark.e2e

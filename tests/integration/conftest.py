@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.bootstrap import build_services
 from driver_service.client import DriverClient
-from driver_service.config import ServerSettings
-from driver_service.server import RunningServer, start_server
+from driver_service.server.composition import build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 
 
 @dataclass

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from driver_service.admin import AdminServer, start_admin
-from driver_service.metrics import ServiceMetrics
+from driver_service.observability.metrics import ServiceMetrics
+from driver_service.server.admin import AdminServer, start_admin
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

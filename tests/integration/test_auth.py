@@ -17,9 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.rules import RULES
-from driver_service.bus import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import (
     ServerTlsFiles,
@@ -29,8 +31,6 @@ from driver_service.security import (
     server_credentials,
 )
 from driver_service.security.devcerts import create_dev_certs
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 
 SECRET = b"integration-test-secret-of-32-bytes!!"
 NOW_NS = time.time_ns()

@@ -18,14 +18,14 @@ from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.rules import RULES
-from driver_service.bus import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 
 SECRET = b"batch-api-test-secret-of-32-bytes!!!"
 NOW_NS = time.time_ns()

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from driver_service.bus.memory import MemoryBus
-from driver_service.bus.redis import RedisBus, create_redis_client
+from driver_service.adapters.redis.bus import RedisBus
+from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.live import LiveStateRepository
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fanout import MemoryBus
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import LocationBus, Subscription, SubscriptionClosed
-from driver_service.storage.live import LiveStateRepository
-from driver_service.storage.sqlite import SqliteRepository
 from tests.integration.conftest import eventually
 from tests.redis_server import RedisServer, redis_client, redis_prefix, redis_server
 

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.bootstrap import build_tracking
+from driver_service.app.tracking import DriverTracking, Upload
 from driver_service.client import (
     Backoff,
     DriverClient,
@@ -30,10 +30,10 @@ from driver_service.client import (
     NotFound,
     Unavailable,
 )
-from driver_service.config import ServerSettings
 from driver_service.domain import Driver, Location, StoreUnavailable
-from driver_service.server import RunningServer, start_server
-from driver_service.service import DriverTracking, Upload
+from driver_service.server.composition import build_tracking
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 from tests.integration.conftest import eventually
 
 NANOS = 1_000_000_000

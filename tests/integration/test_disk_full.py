@@ -24,9 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.bootstrap import build_services
-from driver_service.config import ServerSettings
-from driver_service.server import RunningServer, start_server
+from driver_service.server.composition import build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 
 NANOS = 1_000_000_000
 BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS
@@ -139,7 +139,7 @@ async def test_a_full_disk_refuses_uploads_turns_health_and_recovers(
         commit_errors = [
             r
             for r in caplog.records
-            if r.name == "driver_service.ingest" and r.levelno >= logging.ERROR
+            if r.name == "driver_service.app.writer" and r.levelno >= logging.ERROR
         ]
         # Thousands of failed commits: one line with the traceback, then one per interval.
         assert 1 <= len(commit_errors) <= 2, [r.getMessage() for r in commit_errors]

@@ -22,23 +22,20 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.api.rules import RULES
-from driver_service.bus import MemoryBus
-from driver_service.bus.redis import create_redis_client
-from driver_service.dispatch import (
-    Dispatch,
-    IndexingBus,
-    IndexingRepository,
-    MemoryDriverIndex,
-    RedisDriverIndex,
-)
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
+from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
+from driver_service.dispatch.memory_index import MemoryDriverIndex
+from driver_service.dispatch.service import Dispatch
 from driver_service.domain import Driver, Status
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 from tests.redis_server import RedisServer, redis_server
 from tests.unit.test_spatial_index import NOW, fleets, oracle
 

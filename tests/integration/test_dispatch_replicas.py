@@ -23,23 +23,20 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.redis.bus import RedisBus
+from driver_service.adapters.redis.command_router import RedisCommandRouter
+from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.api.rules import RULES
-from driver_service.bus.redis import RedisBus, create_redis_client
-from driver_service.dispatch import (
-    CommandState,
-    Dispatch,
-    IndexingBus,
-    IndexingRepository,
-    RedisDriverIndex,
-)
-from driver_service.dispatch.offers import NotOfferRecipient, OfferNotOpen
-from driver_service.dispatch.redis_offers import RedisCommandRouter
+from driver_service.app.tracking import DriverTracking
+from driver_service.dispatch.domain.commands import CommandState, NotOfferRecipient, OfferNotOpen
+from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
+from driver_service.dispatch.service import Dispatch
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 from tests.redis_server import RedisServer, redis_prefix, redis_server
 
 __all__ = ["redis_prefix", "redis_server"]  # fixtures used by name below

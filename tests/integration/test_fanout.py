@@ -10,7 +10,7 @@ from typing import Any
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.server import RunningServer
+from driver_service.server.running import RunningServer
 from tests.integration.conftest import eventually
 
 NANOS = 1_000_000_000

@@ -18,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.client import DriverClient, InvalidArgument, NotFound
 from driver_service.domain import Location
-from driver_service.server import RunningServer
-from driver_service.storage import SqliteRepository
+from driver_service.server.running import RunningServer
 from tests.integration.conftest import eventually
 
 NANOS = 1_000_000_000

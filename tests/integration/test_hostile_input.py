@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.domain import InvalidInput, validate_location
-from driver_service.server import RunningServer
+from driver_service.server.running import RunningServer
 from driver_service.wire import timestamp_to_ns
 
 ALLOWED = {

@@ -22,12 +22,12 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.bootstrap import build_services
-from driver_service.config import ServerSettings
+from driver_service.adapters.postgres.repository import PostgresRepository
 from driver_service.domain import Status, StoreUnavailable
-from driver_service.metrics import ServiceMetrics
-from driver_service.server import RunningServer, start_server
-from driver_service.storage.postgres import PostgresRepository
+from driver_service.observability.metrics import ServiceMetrics
+from driver_service.server.composition import build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 from tests.redis_server import RedisServer
 from tests.servers import PostgresServer
 

@@ -15,15 +15,15 @@ import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.rules import RULES
-from driver_service.bus import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Location
 from driver_service.interceptors import AuthPolicy, call_pipeline, server_interceptors
-from driver_service.metrics import ServiceMetrics
+from driver_service.observability.metrics import ServiceMetrics
 from driver_service.security import TokenIssuer, TokenValidator
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 
 SECRET = b"interceptor-test-secret-32-bytes-long"
 

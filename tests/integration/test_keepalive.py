@@ -14,7 +14,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2.errors import ErrorCodes
 
-from driver_service.keepalive import KeepaliveSettings, server_options
+from driver_service.server.keepalive import KeepaliveSettings, server_options
 from tests.raw_h2 import RawH2
 
 SHORT = KeepaliveSettings(

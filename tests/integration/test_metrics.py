@@ -14,12 +14,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
-from driver_service.bus import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
 from driver_service.interceptors import server_interceptors
-from driver_service.metrics import InstrumentedBus, InstrumentedRepository, ServiceMetrics
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
+from driver_service.observability.metrics import (
+    InstrumentedBus,
+    InstrumentedRepository,
+    ServiceMetrics,
+)
 
 SERVICE = "driver.v1.DriverService"
 

@@ -11,13 +11,13 @@ import sys
 import asyncpg
 import pytest
 
-from driver_service.bus import MemoryBus
+from driver_service.adapters.postgres import schema as postgres_schema
+from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.postgres.schema import SchemaNotMigrated, SchemaTooNew
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
+from driver_service.app.writer import Commit
 from driver_service.domain import Status, StoreUnavailable
-from driver_service.ingest import Commit
-from driver_service.service import DriverTracking
-from driver_service.storage import postgres_schema
-from driver_service.storage.postgres import PostgresRepository
-from driver_service.storage.postgres_schema import SchemaNotMigrated, SchemaTooNew
 from tests.servers import PostgresServer, create_database
 
 T0 = 1_717_200_000 * 10**9

@@ -17,15 +17,17 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.bootstrap import REDIS_PREFIX, build_services
-from driver_service.bus.redis import create_redis_client
-from driver_service.config import ServerSettings
-from driver_service.dispatch import DriverIndex, MemoryDriverIndex, RedisDriverIndex
-from driver_service.dispatch.redis_rebuild import LockLost, RedisRebuilder
+from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
+from driver_service.adapters.redis.index_rebuild import LockLost, RedisRebuilder
+from driver_service.adapters.redis.live import LiveStateRepository
+from driver_service.dispatch.memory_index import MemoryDriverIndex
+from driver_service.dispatch.ports import DriverIndex
 from driver_service.domain import Driver, Location, Status
-from driver_service.server import RunningServer, start_server
-from driver_service.storage.live import LiveStateRepository
-from driver_service.storage.postgres import PostgresRepository
+from driver_service.server.composition import REDIS_PREFIX, build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 from driver_service.wire import location_to_pb
 from tests.redis_server import RedisServer, private_redis, redis_prefix, redis_server
 

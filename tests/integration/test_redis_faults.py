@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from driver_service.bus.redis import RedisBus, create_redis_client, redis_guard
+from driver_service.adapters.redis.bus import RedisBus
+from driver_service.adapters.redis.connection import create_redis_client, redis_guard
+from driver_service.adapters.redis.live import LiveStateRepository
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.domain import Driver, Location, Status
-from driver_service.guard import DependencyUnavailable
-from driver_service.storage.live import LiveStateRepository
-from driver_service.storage.sqlite import SqliteRepository
+from driver_service.resilience.guard import DependencyUnavailable
 from tests.integration.conftest import eventually
 from tests.redis_server import RedisServer, free_port, private_redis
 

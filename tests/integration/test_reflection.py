@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from driver_service.server import RunningServer
+from driver_service.server.running import RunningServer
 
 
 def _describe(target: str) -> tuple[list[str], list[tuple[str, str, str, bool, bool]]]:

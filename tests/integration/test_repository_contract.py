@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import DriverRepository
-from driver_service.storage.postgres import PostgresRepository
-from driver_service.storage.sqlite import SqliteRepository
 
 T0 = 1_717_200_000 * 10**9
 END = 2**63 - 1

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driver_service.adapters.sqlite.repository import SqliteRepository, StoreLocked
+from driver_service.adapters.sqlite.schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from driver_service.domain import Driver, Location, Status
-from driver_service.storage.sqlite import SqliteRepository, StoreLocked
-from driver_service.storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from tests.sqlite_history import committed_history
 
 T0 = 1_717_200_000 * 10**9
@@ -341,7 +341,7 @@ async def test_batches_across_statement_boundaries_store_every_row_once(
 ) -> None:
     """Rows go in as multi-row statements of ROWS_PER_STATEMENT; sizes around that edge
     (and a resend of the same batch) must store each (driver, time) exactly once."""
-    from driver_service.storage.sqlite import ROWS_PER_STATEMENT
+    from driver_service.adapters.sqlite.repository import ROWS_PER_STATEMENT
 
     sizes = [1, ROWS_PER_STATEMENT - 1, ROWS_PER_STATEMENT, ROWS_PER_STATEMENT + 1, 3 * 64 + 5]
     start = 0
@@ -358,7 +358,7 @@ async def test_batches_across_statement_boundaries_store_every_row_once(
 
 
 async def test_migration_2_keeps_every_row_of_a_version_1_file(db: Path) -> None:
-    from driver_service.storage.sqlite_schema import MIGRATIONS
+    from driver_service.adapters.sqlite.schema import MIGRATIONS
 
     db.parent.mkdir(parents=True)
     con = sqlite3.connect(db, isolation_level=None)

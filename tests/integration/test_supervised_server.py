@@ -8,8 +8,8 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from driver_service.server import RunningServer
-from driver_service.supervision import Policy
+from driver_service.resilience.supervision import Policy
+from driver_service.server.running import RunningServer
 from tests.integration.conftest import eventually
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -11,14 +11,14 @@ import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.api.rules import RULES
-from driver_service.bus import MemoryBus
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
 from driver_service.security.tokens import SCOPE_DISPATCH, SCOPE_READ, SCOPE_WRITE
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
 
 SECRET = b"integration-test-secret-of-32-bytes!!"
 GET_DRIVER = "/driver.v1.DriverService/GetDriver"

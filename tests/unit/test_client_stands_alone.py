@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 SERVER_PACKAGES = (
-    "driver_service.service",
-    "driver_service.ingest",
+    "driver_service.app.tracking",
+    "driver_service.app.writer",
     "driver_service.api",
     "driver_service.interceptors",
     "driver_service.dispatch",
-    "driver_service.metrics",
-    "driver_service.config",
-    "driver_service.storage",
-    "driver_service.bus",
-    "driver_service.server",
-    "driver_service.bootstrap",
+    "driver_service.observability.metrics",
+    "driver_service.server.config",
+    "driver_service.adapters.sqlite.repository",
+    "driver_service.app.fanout",
+    "driver_service.server.running",
+    "driver_service.server.composition",
     "driver_service.security",
 )
 SERVER_DEPENDENCIES = ("redis", "asyncpg", "prometheus_client", "jwt")
@@ -53,4 +53,4 @@ def test_the_package_names_still_resolve_on_first_use() -> None:
         "import driver_service, json, sys; driver_service.DriverTracking; "
         "print(json.dumps(sorted(sys.modules)))"
     )
-    assert "driver_service.service" in loaded_by(statement)
+    assert "driver_service.app.tracking" in loaded_by(statement)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driver_service.config import ConfigError, ServerSettings, load_settings
+from driver_service.server.config import ConfigError, ServerSettings, load_settings
 
 NO_FLAGS: dict[str, object] = {}
 

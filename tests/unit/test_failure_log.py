@@ -7,14 +7,14 @@ import logging
 
 import pytest
 
-from driver_service.failure_log import FailureLog
+from driver_service.resilience.failure_log import FailureLog
 
 
 def test_a_flood_of_failures_logs_one_traceback_then_counts_then_recovery(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr("driver_service.failure_log.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("driver_service.resilience.failure_log.time.monotonic", lambda: now[0])
     failures = FailureLog(logging.getLogger("t"), "committing things", interval_s=10)
     with caplog.at_level(logging.INFO, "t"):
         for i in range(2500):  # 45 s of failures, 2,500 of them

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from driver_service.gc_tuning import OLDER_THRESHOLDS, YOUNG_THRESHOLD, settle_heap
+from driver_service.server.heap import OLDER_THRESHOLDS, YOUNG_THRESHOLD, settle_heap
 
 
 @pytest.fixture

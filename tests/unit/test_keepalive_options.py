@@ -8,7 +8,7 @@ import math
 import pytest
 
 from driver_service.client._retry import channel_options, keepalive_options
-from driver_service.keepalive import INT_MAX, KeepaliveSettings, server_options
+from driver_service.server.keepalive import INT_MAX, KeepaliveSettings, server_options
 
 
 def test_defaults_are_the_seeds_values_in_grpc_argument_names() -> None:

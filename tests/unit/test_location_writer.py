@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from driver_service.bus.memory import MemoryBus
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.tracking import DriverTracking
+from driver_service.app.writer import LocationWriter
 from driver_service.domain import Driver, Location, Status, StoreUnavailable
-from driver_service.ingest import LocationWriter
 from driver_service.ports import Recorded
-from driver_service.service import DriverTracking
-from driver_service.storage.sqlite import SqliteRepository
 from tests.sqlite_history import committed_history
 
 

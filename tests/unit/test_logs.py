@@ -15,14 +15,14 @@ import grpc
 import pytest
 
 from driver_service.interceptors import AccessLog
-from driver_service.logs import (
+from driver_service.observability.context import REQUEST_ID
+from driver_service.observability.logs import (
     JsonFormatter,
     JsonLinesHandler,
     configure_logging,
     fast_json_sink,
     iso_millis,
 )
-from driver_service.observability.context import REQUEST_ID
 
 HOSTILE = 'peer "quoted" \\ back\nnew line \x00 nul \u00e9t\u00e9 \U0001f697'
 

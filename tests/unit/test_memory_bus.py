@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from driver_service.bus.memory import MemoryBus
+from driver_service.app.fanout import MemoryBus
 from driver_service.domain import Location
 from driver_service.ports import SubscriptionClosed
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from driver_service.metrics import (
+from driver_service.observability.metrics import (
     BATCH_BUCKETS,
     IO_BUCKETS,
     RPC_BUCKETS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driver_service.ratelimit import RateLimiter
+from driver_service.app.ratelimit import RateLimiter
 
 
 class Clock:

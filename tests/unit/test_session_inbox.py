@@ -10,8 +10,8 @@ import tracemalloc
 
 import pytest
 
+from driver_service.app.tracking import PushedCommand, SessionInbox
 from driver_service.domain import ShuttingDown
-from driver_service.service import PushedCommand, SessionInbox
 
 
 async def settle() -> None:

@@ -9,8 +9,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driver_service.dispatch import MemoryDriverIndex, haversine_m
-from driver_service.dispatch.index import Grid
+from driver_service.dispatch.domain.geo import haversine_m
+from driver_service.dispatch.memory_index import Grid, MemoryDriverIndex
 from driver_service.domain import Driver, Location, Status
 
 NOW = 1_800_000_000 * 10**9

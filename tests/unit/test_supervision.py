@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from driver_service.bus import MemoryBus
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.writer import LocationWriter
 from driver_service.domain import Location, StoreUnavailable
-from driver_service.ingest import LocationWriter
 from driver_service.ports import Recorded
-from driver_service.storage import SqliteRepository
-from driver_service.supervision import Policy, TaskSupervisor
+from driver_service.resilience.supervision import Policy, TaskSupervisor
 
 
 async def test_a_restart_task_that_fails_is_logged_counted_and_started_again(
@@ -33,7 +33,7 @@ async def test_a_restart_task_that_fails_is_logged_counted_and_started_again(
             raise RuntimeError(f"boom {runs}")
         await asyncio.Event().wait()
 
-    with caplog.at_level(logging.ERROR, "driver_service.supervision"):
+    with caplog.at_level(logging.ERROR, "driver_service.resilience.supervision"):
         supervisor.start("flaky", flaky, Policy.RESTART)
         deadline = time.monotonic() + 5
         while runs < 3 and time.monotonic() < deadline:

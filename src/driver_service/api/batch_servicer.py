@@ -17,8 +17,8 @@ from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.errors import AbortOnDomainError
+from driver_service.app.tracking import DriverTracking
 from driver_service.domain import DriverNotFound
-from driver_service.service import DriverTracking
 from driver_service.wire import NANOS, summary_to_pb, update_fixes
 
 SERVICE_NAME = bpb.DESCRIPTOR.services_by_name["DriverBatchService"].full_name

@@ -12,7 +12,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.api.errors import AbortOnDomainError
-from driver_service.dispatch.offers import Command, CommandState
+from driver_service.dispatch.domain.commands import Command, CommandState
 from driver_service.dispatch.service import Dispatch
 from driver_service.domain import InvalidInput
 from driver_service.wire import ns_to_timestamp

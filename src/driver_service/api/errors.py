@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from driver_service.dispatch.offers import CommandNotFound, NotOfferRecipient, OfferNotOpen
+from driver_service.dispatch.domain.commands import CommandNotFound, NotOfferRecipient, OfferNotOpen
 from driver_service.domain import (
     DomainError,
     DriverNotFound,

@@ -11,8 +11,8 @@ import grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.errors import AbortOnDomainError, abort_with
+from driver_service.app.tracking import DriverTracking, PushedCommand, SessionInbox, Upload
 from driver_service.domain import DomainError, InvalidInput
-from driver_service.service import DriverTracking, PushedCommand, SessionInbox, Upload
 from driver_service.wire import (
     DriverResponses,
     LocationMessages,

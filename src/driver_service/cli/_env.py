@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from driver_service.config import ENV_PREFIX
+from driver_service.server.config import ENV_PREFIX
 
 
 def env_name(flag: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from driver_service.cli._env import add_env_option
-from driver_service.config import ConfigError, parse_sqlite_url
+from driver_service.server.config import ConfigError, parse_sqlite_url
 
 
 def register(commands: Any) -> None:
@@ -70,8 +70,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 async def _migrate_postgres(url: str) -> str:
     import asyncpg
 
-    from driver_service.storage import postgres_schema
-    from driver_service.storage.postgres import redact_url
+    import driver_service.adapters.postgres.schema as postgres_schema
+    from driver_service.adapters.postgres.repository import redact_url
 
     connection = await asyncpg.connect(url, timeout=30)
     try:
@@ -82,8 +82,8 @@ async def _migrate_postgres(url: str) -> str:
 
 
 async def _migrate_sqlite(url: str) -> str:
-    from driver_service.storage.sqlite import SqliteRepository
-    from driver_service.storage.sqlite_schema import SCHEMA_VERSION
+    from driver_service.adapters.sqlite.repository import SqliteRepository
+    from driver_service.adapters.sqlite.schema import SCHEMA_VERSION
 
     repository = await SqliteRepository.open(parse_sqlite_url(url))  # opening migrates
     await repository.close()

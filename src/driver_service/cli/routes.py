@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m
+from driver_service.dispatch.domain.geo import EARTH_RADIUS_M, haversine_m
 
 BERLIN = (52.52, 13.405)
 MIN_SPEED_MPS = 5.0

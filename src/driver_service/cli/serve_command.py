@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from driver_service.config import (
+from driver_service.server.config import (
     ConfigError,
     ServerSettings,
     env_name,
@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from(args)
     except ConfigError as exc:
         return _report(exc, "serve")
-    from driver_service.logs import configure_logging
-    from driver_service.server import serve
-    from driver_service.workers import Supervisor, worker_index
+    from driver_service.observability.logs import configure_logging
+    from driver_service.server.running import serve
+    from driver_service.server.workers import Supervisor, worker_index
 
     configure_logging(settings.log_level, settings.log_format, worker_index())
     if settings.workers > 1:

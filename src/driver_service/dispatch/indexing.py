@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 
-from driver_service.dispatch.index import DriverIndex
+from driver_service.dispatch.ports import DriverIndex
 from driver_service.domain import Driver, Location, Status
-from driver_service.failure_log import FailureLog
 from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
+from driver_service.resilience.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 

@@ -12,32 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from driver_service.dispatch.ports import DEFAULT_PAGE_SIZE, DriverSource
 from driver_service.domain import Driver
 
 log = logging.getLogger(__name__)
 
-#: Drivers per page: one store query and one command per target each. Measured with 20,000
-#: drivers on PostgreSQL + Redis: the longest event-loop stall while a rebuild runs beside
-#: serving was ~80 ms with pages of 1,000, ~38 ms with 500, ~28 ms with 250 (the rebuild
-#: itself ~1.5 s in each case), so ingestion waits at most about one group commit.
-DEFAULT_PAGE_SIZE = 500
 #: Bound on one page (read plus every target's merge): a dependency that hangs fails the
 #: rebuild, which is then retried, instead of stalling it for ever.
 DEFAULT_PAGE_TIMEOUT_S = 10.0
 
 Fill = Callable[[Sequence[Driver]], Awaitable[None]]
-
-
-class DriverSource(Protocol):
-    """The one thing a rebuild needs of the store (`DriverRepository` has it)."""
-
-    def drivers_seen_since(
-        self, seen_since_ns: int, page_size: int = DEFAULT_PAGE_SIZE
-    ) -> AsyncIterator[list[Driver]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from driver_service.dispatch.geo import MAX_RADIUS_M
-from driver_service.dispatch.index import DriverIndex, IndexedDriver, NearbyDriver
-from driver_service.dispatch.offers import Command, CommandRouter, MemoryCommandRouter, OfferBook
+from driver_service.app.tracking import DriverTracking
+from driver_service.dispatch.domain.commands import Command
+from driver_service.dispatch.domain.drivers import IndexedDriver, NearbyDriver
+from driver_service.dispatch.domain.geo import MAX_RADIUS_M
+from driver_service.dispatch.offer_book import MemoryCommandRouter, OfferBook
+from driver_service.dispatch.ports import CommandRouter, DriverIndex
 from driver_service.domain import (
     DriverNotFound,
     InvalidInput,
@@ -23,9 +26,8 @@ from driver_service.domain import (
     parse_status,
     validate_driver_id,
 )
-from driver_service.failure_log import FailureLog
-from driver_service.service import DriverTracking
-from driver_service.supervision import Policy, Supervised
+from driver_service.resilience.failure_log import FailureLog
+from driver_service.resilience.supervision import Policy, Supervised
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Final
 import grpc
 
 # The module, not the name: logs imports the request id from this package (import cycle).
-from driver_service import logs
+from driver_service.observability import logs
 
 _SERVER_FAULTS = frozenset(
     {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}

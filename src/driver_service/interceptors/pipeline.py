@@ -48,8 +48,13 @@ from driver_service.interceptors.request_id import (
     is_safe_request_id,
     new_request_id,
 )
-from driver_service.metrics import LoopCounter, MethodMetrics, ServiceMetrics, grpc_type
 from driver_service.observability.context import REQUEST_ID
+from driver_service.observability.metrics import (
+    LoopCounter,
+    MethodMetrics,
+    ServiceMetrics,
+    grpc_type,
+)
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL

@@ -25,13 +25,8 @@ from collections.abc import Callable, Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from driver_service.dispatch.rebuild import (
-    DEFAULT_PAGE_SIZE,
-    DriverSource,
-    Fill,
-    RebuildResult,
-    rebuild_from_store,
-)
+from driver_service.dispatch.ports import DEFAULT_PAGE_SIZE, DriverSource
+from driver_service.dispatch.rebuild import Fill, RebuildResult, rebuild_from_store
 
 log = logging.getLogger(__name__)
 

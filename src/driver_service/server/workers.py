@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from driver_service.config import ServerSettings, env_name, setting_fields
+from driver_service.server.config import ServerSettings, env_name, setting_fields
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import time
 from collections.abc import Generator, Sequence
 
 from driver_service.domain import Location, StoreUnavailable
-from driver_service.failure_log import FailureLog
 from driver_service.ports import DriverRepository, LocationBus
-from driver_service.supervision import Policy, Supervised, TaskSupervisor
+from driver_service.resilience.failure_log import FailureLog
+from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 
 log = logging.getLogger(__name__)
 

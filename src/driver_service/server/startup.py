@@ -9,8 +9,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from driver_service.config import ConfigError, ServerSettings, mask_url, parse_listen
 from driver_service.security.tls import ServerTlsFiles, TlsConfigError, load_material
+from driver_service.server.config import ConfigError, ServerSettings, mask_url, parse_listen
 
 #: The exit code of every start-up mistake (configuration, bind, TLS material, store, bus).
 EXIT_STARTUP = 2

@@ -1,4 +1,4 @@
-"""The spatial index port, and its in-memory adapter: a latitude/longitude grid whose cells
+"""The in-memory spatial index (one process): a latitude/longitude grid whose cells
 stay roughly square in metres at every latitude.
 
 Why a grid of our own and not H3: a query needs the cells covering a spherical cap, and for
@@ -14,10 +14,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
-from driver_service.dispatch.geo import (
+from driver_service.dispatch.domain.drivers import (
+    DEFAULT_FORGET_AFTER_NS,
+    IndexedDriver,
+    NearbyDriver,
+)
+from driver_service.dispatch.domain.geo import (
     EARTH_RADIUS_M,
     haversine_m,
     latitude_band,
@@ -27,73 +30,6 @@ from driver_service.domain import Driver, Location, Status
 
 #: Cell height in degrees of latitude (~550 m): a 2 km search reads ~80 cells.
 DEFAULT_CELL_DEG = 0.005
-#: Drivers forgotten this long after they went stale (they are counted as stale until then).
-DEFAULT_FORGET_AFTER_NS = 24 * 3600 * 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class IndexedDriver:
-    """What dispatch knows of one driver."""
-
-    driver_id: str
-    status: Status
-    latitude: float
-    longitude: float
-    last_seen_at_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class NearbyDriver:
-    driver: IndexedDriver
-    distance_m: float
-
-
-class DriverIndex(Protocol):
-    """Where drivers are, kept in step with accepted updates, searchable by distance.
-
-    Only drivers with a location and a status other than OFFLINE are searchable; a driver
-    whose last event is older than the query's cutoff is never returned.
-    """
-
-    async def put(self, drivers: Sequence[Driver]) -> None:
-        """Replace status and merge location/last-seen (never back in time) from the store's
-        view of each driver: after a status change, or for a driver the index did not know."""
-        ...
-
-    async def fill(self, drivers: Sequence[Driver]) -> None:
-        """Merge drivers read from the store by a rebuild, which may race with live updates:
-        location and last-seen only move forward, and the status is taken only from a driver
-        whose last event is newer than the entry's (an entry with an event as new or newer
-        already holds the status of a later read). A driver that went OFFLINE after the read
-        is not brought back."""
-        ...
-
-    async def move(self, locations: Sequence[Location]) -> list[str]:
-        """Apply locations that became current; return the ids of drivers the index does not
-        know (their status is unknown here: the caller reads them and calls `put`)."""
-        ...
-
-    async def nearby(
-        self,
-        latitude: float,
-        longitude: float,
-        radius_m: float,
-        limit: int,
-        statuses: Collection[Status],
-        seen_after_ns: int,
-    ) -> list[NearbyDriver]:
-        """Up to `limit` drivers within `radius_m` whose last event is at or after
-        `seen_after_ns`, nearest first (ties by driver id)."""
-        ...
-
-    async def get(self, driver_id: str) -> IndexedDriver | None: ...
-
-    async def sweep(self, stale_before_ns: int) -> int:
-        """Take drivers with no event since `stale_before_ns` out of the search structure;
-        return how many known, non-OFFLINE drivers are stale now."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class _Entry:

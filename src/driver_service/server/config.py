@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from driver_service.keepalive import KeepaliveSettings
+from driver_service.server.keepalive import KeepaliveSettings
 
 DEFAULT_LISTEN = "0.0.0.0:50051"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9090"

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from driver_service.adapters.sqlite.schema import migrate
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.ports import Recorded
-from driver_service.storage.sqlite_schema import migrate
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
+import driver_service.adapters.postgres.schema as postgres_schema
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
-from driver_service.guard import DependencyGuard
 from driver_service.ports import Recorded
-from driver_service.storage import postgres_schema
+from driver_service.resilience.guard import DependencyGuard
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 #: Bound of one store operation (`--store-timeout`): a 10,000-row commit takes ~50 ms.

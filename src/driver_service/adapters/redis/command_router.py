@@ -42,20 +42,20 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from driver_service.bus.redis import DEFAULT_PREFIX, ChannelSubscription, RedisBus
-from driver_service.dispatch.offers import (
-    DEFAULT_RETENTION_S,
+from driver_service.adapters.redis.bus import ChannelSubscription, RedisBus
+from driver_service.adapters.redis.connection import DEFAULT_PREFIX
+from driver_service.dispatch.domain.commands import (
     FINAL_STATES,
-    MAX_QUEUED_PER_DRIVER,
     Command,
     CommandNotFound,
     CommandState,
     NotOfferRecipient,
     OfferNotOpen,
-    SessionHost,
 )
+from driver_service.dispatch.offer_book import DEFAULT_RETENTION_S, MAX_QUEUED_PER_DRIVER
+from driver_service.dispatch.ports import SessionHost
 from driver_service.domain import InvalidInput, RateLimited, StoreUnavailable
-from driver_service.guard import DependencyUnavailable
+from driver_service.resilience.guard import DependencyUnavailable
 from driver_service.wire import decode_server_command, encode_server_command
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Why pub/sub and not streams: a watcher only ever wants the newest position, and what it
 missed while disconnected is worthless once a newer fix exists. On (re)subscribe the service
-already sends the latest known location at once from live state (`storage/live.py`, one
+already sends the latest known location at once from live state (`adapters/redis/live.py`, one
 HGETALL), so a stream's replay would only deliver positions that are about to be superseded,
 at the cost of a consumer cursor per watcher, XADD trimming and a blocking XREAD per channel
 set. Pub/sub costs one PUBLISH per advanced location (pipelined per batch) and nothing for a
@@ -33,63 +33,20 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
-from driver_service.bus.memory import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
+from driver_service.adapters.redis.connection import DEFAULT_PREFIX, redis_guard
+from driver_service.app.fanout import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
 from driver_service.domain import Location
-from driver_service.guard import DependencyGuard
-from driver_service.supervision import Policy, Supervised, TaskSupervisor
+from driver_service.resilience.guard import DependencyGuard
+from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PREFIX = "ds:"
-#: Bound of one Redis operation (`--redis-timeout`): far above a healthy round trip (well
-#: under a millisecond), far below a caller's deadline.
-DEFAULT_TIMEOUT_S = 0.5
 
 # Payload: version, latitude, longitude, speed, heading (exact doubles), recorded_at_ns.
 # The driver id travels in the channel name. 41 bytes, no text formatting on the hot path.
 _WIRE = struct.Struct("<B4dq")
 _WIRE_VERSION = 1
-
-
-def create_redis_client(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Redis:
-    """A client for the bus and live state whose calls fail fast when Redis is away.
-
-    redis-py's default retries a failed call 10 times with up to 1 s between tries; on the
-    ingest path that would stall every commit behind an outage, so retry once, briefly. The
-    socket timeouts are a backstop: callers bound whole operations with a `redis_guard`.
-    """
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_keepalive=True,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), retries=1),
-        health_check_interval=30,
-    )
-
-
-def redis_guard(
-    client: Redis, timeout_s: float = DEFAULT_TIMEOUT_S, *, probe_every_s: float = 0.2
-) -> DependencyGuard:
-    """One guard per Redis, shared by live state, the bus, the index and the command router:
-    when one of them finds Redis hung, all of them skip it until a PING answers again.
-
-    Cancelling a redis-py call mid-flight is safe for its pool: the connection is
-    disconnected (never handed out again with a reply still pending) and reconnects on its
-    next use (tests/integration/test_hung_dependencies.py proves it).
-    """
-    return DependencyGuard(
-        "redis",
-        timeout_s,
-        client.ping,
-        failures=(RedisError, OSError),
-        probe_every_s=probe_every_s,
-        message="live state is unavailable; retry shortly",
-    )
 
 
 def encode_location(location: Location) -> bytes:

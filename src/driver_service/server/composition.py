@@ -6,30 +6,30 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from driver_service.bus import MemoryBus
-from driver_service.config import REDIS_SCHEMES, ServerSettings
-from driver_service.dispatch import (
-    Dispatch,
-    DriverIndex,
-    IndexingBus,
-    IndexingRepository,
-    MemoryDriverIndex,
-    RedisDriverIndex,
-)
+from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.ratelimit import RateLimiter
+from driver_service.app.tracking import DriverTracking
+from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
+from driver_service.dispatch.memory_index import MemoryDriverIndex
+from driver_service.dispatch.ports import DriverIndex
 from driver_service.dispatch.rebuild import Fill, rebuild_memory_index
-from driver_service.dispatch.service import BackgroundLoop
-from driver_service.metrics import InstrumentedBus, InstrumentedRepository, ServiceMetrics
+from driver_service.dispatch.service import BackgroundLoop, Dispatch
+from driver_service.observability.metrics import (
+    InstrumentedBus,
+    InstrumentedRepository,
+    ServiceMetrics,
+)
 from driver_service.ports import DriverRepository, LocationBus
-from driver_service.ratelimit import RateLimiter
-from driver_service.service import DriverTracking
-from driver_service.storage import SqliteRepository
-from driver_service.supervision import TaskSupervisor
+from driver_service.resilience.supervision import TaskSupervisor
+from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from driver_service.bus.redis import RedisBus
-    from driver_service.dispatch.offers import CommandRouter
+    from driver_service.adapters.redis.bus import RedisBus
+    from driver_service.dispatch.ports import CommandRouter
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Services:
 async def open_store(settings: ServerSettings) -> DriverRepository:
     """The durable store named by `--store` (SQLite file by default)."""
     if settings.uses_postgres:
-        from driver_service.storage.postgres import PostgresRepository
+        from driver_service.adapters.postgres.repository import PostgresRepository
 
         assert settings.store is not None
         return await PostgresRepository.open(settings.store, timeout_s=settings.store_timeout)
@@ -74,8 +74,9 @@ async def open_live(
     worker and replica (current state read from Redis, fan-out over pub/sub)."""
     if not settings.bus.startswith(REDIS_SCHEMES):
         return durable, MemoryBus(), None
-    from driver_service.bus.redis import RedisBus, create_redis_client, redis_guard
-    from driver_service.storage.live import LiveStateRepository
+    from driver_service.adapters.redis.bus import RedisBus
+    from driver_service.adapters.redis.connection import create_redis_client, redis_guard
+    from driver_service.adapters.redis.live import LiveStateRepository
 
     client = create_redis_client(settings.bus, timeout_s=settings.redis_timeout)
     # One guard for every user of this Redis: once one finds it hung, all skip it.
@@ -103,7 +104,7 @@ async def _build_tracking(
     # Derived state a rebuild fills from the store: Redis's live hashes, then the index.
     fills: list[Fill] = []
     if redis is not None:
-        from driver_service.storage.live import LiveStateRepository
+        from driver_service.adapters.redis.live import LiveStateRepository
 
         assert isinstance(repository, LiveStateRepository)
         fills.append(repository.fill)
@@ -159,7 +160,7 @@ async def build_services(
     # (a command reaches the driver's session on whichever replica holds it).
     commands: CommandRouter | None = None
     if redis is not None:
-        from driver_service.dispatch.redis_offers import RedisCommandRouter
+        from driver_service.adapters.redis.command_router import RedisCommandRouter
 
         client, redis_bus = redis
         commands = RedisCommandRouter(client, redis_bus, tracking, prefix=REDIS_PREFIX)
@@ -201,7 +202,7 @@ async def _rebuild_derived_state(
     if redis is None:
         await rebuild_memory_index(tracking.repository, index.fill, settings.stale_after)
         return []
-    from driver_service.dispatch.redis_rebuild import RedisRebuilder
+    from driver_service.adapters.redis.index_rebuild import RedisRebuilder
 
     rebuilder = RedisRebuilder(
         redis[0], tracking.repository, fills, prefix=REDIS_PREFIX, horizon_s=settings.stale_after

@@ -20,23 +20,20 @@ from driver_service._gen.driver.v1 import (
     driver_pb2,
     driver_pb2_grpc,
 )
-from driver_service.admin import AdminServer, start_admin
 from driver_service.api import DriverServicer
 from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.api.rules import RULES
-from driver_service.bootstrap import Services, build_services
-from driver_service.config import ConfigError, ServerSettings, grpc_address
-from driver_service.dispatch import Dispatch
-from driver_service.gc_tuning import settle_heap
+from driver_service.app.tracking import DriverTracking
+from driver_service.dispatch.service import Dispatch
 from driver_service.interceptors import (
     AuthPolicy,
     ExemptServices,
     call_pipeline,
 )
-from driver_service.keepalive import server_options as keepalive_options
-from driver_service.metrics import ServiceMetrics
+from driver_service.observability.metrics import ServiceMetrics
+from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.security import (
     CertificateReloader,
     ServerTlsFiles,
@@ -44,10 +41,13 @@ from driver_service.security import (
     TokenValidator,
     server_credentials,
 )
-from driver_service.service import DriverTracking
-from driver_service.startup import TLS_SETTINGS, preflight, startup_step, store_setting
-from driver_service.supervision import Policy, Supervised, TaskSupervisor
-from driver_service.workers import worker_index
+from driver_service.server.admin import AdminServer, start_admin
+from driver_service.server.composition import Services, build_services
+from driver_service.server.config import ConfigError, ServerSettings, grpc_address
+from driver_service.server.heap import settle_heap
+from driver_service.server.keepalive import server_options as keepalive_options
+from driver_service.server.startup import TLS_SETTINGS, preflight, startup_step, store_setting
+from driver_service.server.workers import worker_index
 
 log = logging.getLogger(__name__)
 

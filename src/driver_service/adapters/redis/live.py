@@ -25,10 +25,10 @@ from typing import Literal, cast
 
 from redis.asyncio import Redis
 
-from driver_service.bus.redis import redis_guard
+from driver_service.adapters.redis.connection import redis_guard
 from driver_service.domain import Driver, Location, Status
-from driver_service.guard import DependencyGuard, DependencyUnavailable
 from driver_service.ports import DriverRepository, Recorded
+from driver_service.resilience.guard import DependencyGuard, DependencyUnavailable
 
 log = logging.getLogger(__name__)
 

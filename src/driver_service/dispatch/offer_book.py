@@ -7,123 +7,31 @@
 A command for a driver without an open session waits in that driver's queue and is handed
 to its next session the moment the session speaks for the driver; once its ttl has passed it
 is EXPIRED and is never delivered. Final commands are kept for `retention_s` so callers can
-still read their outcome, then forgotten. One book per process; `CommandRouter` is the port
+still read their outcome, then forgotten. One book per process; `ports.CommandRouter` is the port
 Dispatch uses, with `MemoryCommandRouter` (this book) as the embedded default and
-`RedisCommandRouter` (redis_offers.py) when replicas share Redis.
+`RedisCommandRouter` (adapters/redis/command_router.py) when replicas share Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from driver_service.domain import DomainError, InvalidInput, RateLimited
+from driver_service.dispatch.domain.commands import (
+    Command,
+    CommandNotFound,
+    CommandState,
+    NotOfferRecipient,
+    OfferNotOpen,
+)
+from driver_service.dispatch.ports import SessionHost
+from driver_service.domain import InvalidInput, RateLimited
 
 DEFAULT_RETENTION_S = 600.0
 MAX_QUEUED_PER_DRIVER = 64
-
-
-class CommandState(enum.Enum):
-    QUEUED = 1
-    DELIVERED = 2
-    ACCEPTED = 3
-    DECLINED = 4
-    EXPIRED = 5
-    TIMED_OUT = 6
-
-
-FINAL_STATES = frozenset(
-    {CommandState.ACCEPTED, CommandState.DECLINED, CommandState.EXPIRED, CommandState.TIMED_OUT}
-)
-
-
-class CommandNotFound(DomainError):
-    """No command with this id (never sent, or its outcome was forgotten)."""
-
-
-class NotOfferRecipient(DomainError):
-    """A driver answered an offer that was sent to another driver."""
-
-
-class OfferNotOpen(DomainError):
-    """The offer cannot be answered now: not delivered yet, or already final."""
-
-
-@dataclass(slots=True, eq=False)
-class Command:
-    """One command and where it is; `payload` is opaque here (the servicer's message)."""
-
-    command_id: str
-    driver_id: str
-    payload: object
-    is_offer: bool
-    expires_at_ns: int
-    state: CommandState = CommandState.QUEUED
-    delivered_at_ns: int | None = None
-    settled_at_ns: int | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-    timer: asyncio.TimerHandle | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-class SessionHost(Protocol):
-    """What a command router needs from this process's driver sessions (DriverTracking)."""
-
-    session_listeners: list[Callable[[str], None]]
-
-    def push_command(self, driver_id: str, command: object) -> bool: ...
-
-    def has_session(self, driver_id: str) -> bool: ...
-
-
-class CommandRouter(Protocol):
-    """Where commands go and where their state lives: Dispatch's port.
-
-    `on_session(driver_id)` is called (synchronously) when a session of this process starts
-    speaking for a driver, `on_session_closed(driver_id)` when one of them ends; both must
-    return at once (start background work if needed).
-    """
-
-    async def send(
-        self, driver_id: str, command_id: str, payload: object, is_offer: bool, ttl_s: float
-    ) -> Command:
-        """Deliver now to the driver's open session (wherever it is) or queue for `ttl_s`."""
-        ...
-
-    async def get(self, command_id: str) -> Command:
-        """The command as it is now; CommandNotFound if unknown or forgotten."""
-        ...
-
-    async def wait(self, command_id: str, timeout_s: float | None) -> Command:
-        """The command once settled, or as it is when `timeout_s` runs out."""
-        ...
-
-    async def answer(self, offer_id: str, driver_id: str, accepted: bool) -> Command:
-        """Record the driver's answer (see OfferBook.answer for the rules)."""
-        ...
-
-    async def queued(self, driver_id: str) -> int:
-        """Commands waiting for the driver's next session."""
-        ...
-
-    async def connected(self, driver_id: str) -> bool:
-        """Whether the driver has an open session that commands can reach."""
-        ...
-
-    def on_session(self, driver_id: str) -> None: ...
-
-    def on_session_closed(self, driver_id: str) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class OfferBook:

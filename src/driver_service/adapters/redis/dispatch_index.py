@@ -27,11 +27,15 @@ from collections.abc import Collection, Sequence
 
 from redis.asyncio import Redis
 
-from driver_service.bus.redis import redis_guard
-from driver_service.dispatch.geo import EARTH_RADIUS_M, haversine_m, latitude_band
-from driver_service.dispatch.index import DEFAULT_FORGET_AFTER_NS, IndexedDriver, NearbyDriver
+from driver_service.adapters.redis.connection import redis_guard
+from driver_service.dispatch.domain.drivers import (
+    DEFAULT_FORGET_AFTER_NS,
+    IndexedDriver,
+    NearbyDriver,
+)
+from driver_service.dispatch.domain.geo import EARTH_RADIUS_M, haversine_m, latitude_band
 from driver_service.domain import Driver, Location, Status
-from driver_service.guard import DependencyGuard
+from driver_service.resilience.guard import DependencyGuard
 
 DEFAULT_PREFIX = "ds:"
 #: Redis's GEO latitude limit (Web Mercator).

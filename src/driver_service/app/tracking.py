@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from driver_service.app.ratelimit import RateLimiter
+from driver_service.app.writer import DEFAULT_MAX_PENDING, Commit, LocationWriter
 from driver_service.domain import (
     DEFAULT_RULES,
     Driver,
@@ -30,11 +32,9 @@ from driver_service.domain import (
     validate_location,
 )
 from driver_service.domain.validation import Fix, validate_locations
-from driver_service.failure_log import FailureLog
-from driver_service.ingest import DEFAULT_MAX_PENDING, Commit, LocationWriter
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
-from driver_service.ratelimit import RateLimiter
-from driver_service.supervision import TaskSupervisor
+from driver_service.resilience.failure_log import FailureLog
+from driver_service.resilience.supervision import TaskSupervisor
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Dispatch's domain: distances on the sphere, drivers as the index sees them, commands."""
