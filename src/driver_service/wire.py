@@ -144,12 +144,18 @@ def update_fixes(updates: Iterable[pb.LocationUpdate]) -> Iterator[Fix]:
         )
 
 
+def server_command(payload: object) -> pb.ServerCommand:
+    """A command's payload as the ServerCommand it must be: dispatch carries payloads opaque,
+    and this is the one place their type is checked on the way out."""
+    if not isinstance(payload, pb.ServerCommand):
+        raise TypeError(f"expected a ServerCommand, got {type(payload).__name__}")
+    return payload
+
+
 def encode_server_command(payload: object) -> bytes:
     """The default payload codec of the command routers: the servicer sends
     `driver.v1.ServerCommand` messages, and replicas hand them on as bytes."""
-    if not isinstance(payload, pb.ServerCommand):
-        raise TypeError(f"expected a ServerCommand, got {type(payload).__name__}")
-    return payload.SerializeToString()
+    return server_command(payload).SerializeToString()
 
 
 def decode_server_command(data: bytes) -> object:

@@ -22,7 +22,8 @@ import grpc
 import pytest
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.app.tracking import DriverTracking, Upload
+from driver_service.app.tracking import DriverTracking
+from driver_service.app.upload import Upload
 from driver_service.client import (
     Backoff,
     DriverClient,

@@ -18,6 +18,7 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
+from driver_service.domain import Rejection
 from driver_service.interceptors import server_interceptors
 from driver_service.observability.metrics import (
     InstrumentedBus,
@@ -143,7 +144,7 @@ async def test_bidi_stream_counts_both_directions(env: Env) -> None:
 
 async def test_two_servers_in_one_process_keep_separate_registries() -> None:
     first, second = ServiceMetrics(), ServiceMetrics()
-    first.rejected_invalid.inc()
+    first.rejected[Rejection.INVALID].inc()
     assert (
         first.registry.get_sample_value(
             "driver_service_updates_rejected_total", {"reason": "invalid"}

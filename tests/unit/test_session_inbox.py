@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from driver_service.app.tracking import PushedCommand, SessionInbox
+from driver_service.app.session_inbox import PushedCommand, SessionInbox
 from driver_service.domain import ShuttingDown
 
 

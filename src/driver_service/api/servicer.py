@@ -11,11 +11,14 @@ import grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.api.errors import AbortOnDomainError, abort_with
-from driver_service.app.tracking import DriverTracking, PushedCommand, SessionInbox, Upload
+from driver_service.app.session_inbox import InputEnded, PushedCommand, SessionInbox
+from driver_service.app.tracking import DriverTracking
+from driver_service.app.upload import Upload
 from driver_service.domain import DomainError, InvalidInput
 from driver_service.wire import (
     DriverResponses,
     LocationMessages,
+    server_command,
     summary_to_pb,
     timestamp_to_ns,
 )
@@ -89,7 +92,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
     ) -> AsyncIterator[pb.ServerCommand]:
         tracking = self._tracking
         async with AbortOnDomainError(context):
-            inbox = tracking.open_session()
+            inbox: SessionInbox[pb.DriverEvent] = tracking.open_session()
         # Made by the first location: most sessions idle between heartbeats for hours.
         ingest: Upload | None = None
         # Events are read by a pump task into the session's inbox, so that shutdown and
@@ -97,14 +100,15 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         pump = asyncio.get_running_loop().create_task(_pump(request_iterator, inbox))
         try:
             async with AbortOnDomainError(context):
-                while (event := await inbox.get()) is not _END_OF_INPUT:
+                while True:
+                    event = await inbox.get()
                     if isinstance(event, PushedCommand):
-                        assert isinstance(event.command, pb.ServerCommand)
-                        yield event.command
+                        yield server_command(event.command)
                         continue
-                    if isinstance(event, BaseException):
-                        raise event
-                    assert isinstance(event, pb.DriverEvent)
+                    if isinstance(event, InputEnded):
+                        if event.error is not None:
+                            raise event.error
+                        break
                     kind = event.WhichOneof("event")
                     if kind == "location":
                         ingest = ingest or tracking.new_upload()
@@ -120,11 +124,11 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             tracking.close_session(inbox)
 
 
-_END_OF_INPUT = object()
-
-
 async def _answer(
-    tracking: DriverTracking, inbox: SessionInbox, ingest: Upload | None, event: pb.DriverEvent
+    tracking: DriverTracking,
+    inbox: SessionInbox[pb.DriverEvent],
+    ingest: Upload | None,
+    event: pb.DriverEvent,
 ) -> pb.ServerCommand | None:
     """A heartbeat's pong or a status change, handled only once the session's locations
     before it are committed: an answered event implies they are visible to GetDriver."""
@@ -139,7 +143,10 @@ async def _answer(
 
 
 async def _session_location(
-    tracking: DriverTracking, inbox: SessionInbox, ingest: Upload, msg: pb.LocationUpdate
+    tracking: DriverTracking,
+    inbox: SessionInbox[pb.DriverEvent],
+    ingest: Upload,
+    msg: pb.LocationUpdate,
 ) -> None:
     """A session's location goes the upload path; invalid ones are dropped (no per-event
     error on this stream), the first accepted one binds the session to its driver."""
@@ -150,7 +157,7 @@ async def _session_location(
         tracking.bind_session(inbox, msg.driver_id)
 
 
-async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox) -> None:
+async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox[pb.DriverEvent]) -> None:
     """Move client events into the inbox; end with a marker, or with the read error."""
     try:
         async for event in events:
@@ -158,6 +165,6 @@ async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox) -> N
     except asyncio.CancelledError:
         raise
     except Exception as error:  # noqa: BLE001 - handed to the session loop, which re-raises it
-        await inbox.put(error)
+        await inbox.put(InputEnded(error))
         return
-    await inbox.put(_END_OF_INPUT)
+    await inbox.put(InputEnded())

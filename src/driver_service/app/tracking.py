@@ -1,4 +1,4 @@
-"""The application service: each DriverService RPC's logic over the ports, no RPC library.
+"""The application's use cases: each DriverService RPC's logic over the ports, no RPC library.
 
 Servicers in `api/` translate the wire to these calls and back; so another transport can
 be put in front of the same logic and measured against grpc.aio.
@@ -7,45 +7,34 @@ be put in front of the same logic and measured against grpc.aio.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from driver_service.app.ratelimit import RateLimiter
-from driver_service.app.writer import DEFAULT_MAX_PENDING, Commit, LocationWriter
+from driver_service.app.session_inbox import SessionInbox
+from driver_service.app.upload import Upload
+from driver_service.app.writer import DEFAULT_MAX_PENDING, LocationWriter
 from driver_service.domain import (
     DEFAULT_RULES,
     Driver,
     DriverNotFound,
-    InvalidInput,
     Location,
     LocationRules,
     RateLimited,
+    Rejection,
     ShuttingDown,
     StoreUnavailable,
     parse_status,
     validate_driver_id,
     validate_location,
 )
-from driver_service.domain.validation import Fix, validate_locations
 from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
 from driver_service.resilience.failure_log import FailureLog
 from driver_service.resilience.supervision import TaskSupervisor
 
 log = logging.getLogger(__name__)
-
-INT32_MAX = 2**31 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class UploadResult:
-    received_count: int
-    persisted_count: int
-    session_id: str
 
 
 class DriverTracking:
@@ -58,12 +47,12 @@ class DriverTracking:
         rules: LocationRules = DEFAULT_RULES,
         max_pending: int | None = None,
         rate_limiter: RateLimiter | None = None,
-        count_rejection: Callable[[str], None] | None = None,
+        count_rejection: Callable[[Rejection], None] | None = None,
         supervisor: TaskSupervisor | None = None,
     ) -> None:
         self.repository = repository
         self.rate_limiter = rate_limiter
-        #: Told "invalid" or "rate_limited" for each update dropped (metrics).
+        #: Told why, for each update refused without being stored (metrics).
         self.count_rejection = count_rejection
         self.bus = bus
         self.rules = rules
@@ -75,8 +64,8 @@ class DriverTracking:
             supervisor=self.supervisor,
         )
         self._subscriptions: set[Subscription] = set()
-        self._sessions: set[SessionInbox] = set()
-        self._sessions_by_driver: dict[str, list[SessionInbox]] = {}
+        self._sessions: set[SessionInbox[Any]] = set()
+        self._sessions_by_driver: dict[str, list[SessionInbox[Any]]] = {}
         #: Called with a driver id when a session starts speaking for that driver (e.g. to
         #: deliver commands queued while it was offline).
         self.session_listeners: list[Callable[[str], None]] = []
@@ -180,15 +169,15 @@ class DriverTracking:
         self._status_failures.succeeded()
         return driver
 
-    def open_session(self) -> SessionInbox:
+    def open_session(self) -> SessionInbox[Any]:
         """Register a DriverSession; shutdown ends it through its inbox."""
         if self._stopping:
             raise ShuttingDown("server is shutting down; reconnect to another replica")
-        inbox = SessionInbox()
+        inbox: SessionInbox[Any] = SessionInbox()
         self._sessions.add(inbox)
         return inbox
 
-    def close_session(self, inbox: SessionInbox) -> None:
+    def close_session(self, inbox: SessionInbox[Any]) -> None:
         self._sessions.discard(inbox)
         if inbox.driver_id is not None:
             bound = self._sessions_by_driver.get(inbox.driver_id, [])
@@ -199,7 +188,7 @@ class DriverTracking:
             for listener in self.session_close_listeners:
                 listener(inbox.driver_id)
 
-    def bind_session(self, inbox: SessionInbox, driver_id: str) -> None:
+    def bind_session(self, inbox: SessionInbox[Any], driver_id: str) -> None:
         """Record that this session speaks for `driver_id` (its first accepted event)."""
         if inbox.driver_id is not None:
             return
@@ -258,258 +247,3 @@ def _raise_if_cancel_swallowed() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-@dataclass(frozen=True, slots=True)
-class PushedCommand:
-    """A server command for the session's driver (opaque here; the servicer knows its type)."""
-
-    command: object
-
-
-class SessionInbox:
-    """What one DriverSession must handle next: client events in order, server-pushed
-    commands ahead of them, and shutdown ahead of everything. Client events are bounded, so
-    a client cannot queue unbounded work; pushed commands never wait for the client.
-
-    A server holds thousands of idle sessions, so an idle inbox holds almost nothing: one
-    future the session waits on, and buffers only while something is actually pending (an
-    event handed to a waiting session skips the buffer). One reader puts, one session gets.
-    """
-
-    __slots__ = (
-        "_commands",
-        "_events",
-        "_maxsize",
-        "_room",
-        "_shutting_down",
-        "_waiter",
-        "driver_id",
-    )
-
-    _WAKE = object()
-    MAX_COMMANDS = 256
-
-    def __init__(self, maxsize: int = 64) -> None:
-        self._maxsize = maxsize
-        #: Client events the session has not taken yet; None while there are none.
-        self._events: deque[object] | None = None
-        #: Pushed commands the session has not sent yet; None while there are none.
-        self._commands: deque[PushedCommand] | None = None
-        #: The session waiting for something to handle; resolved with an event or _WAKE.
-        self._waiter: asyncio.Future[object] | None = None
-        #: The reader waiting for room among the buffered events.
-        self._room: asyncio.Future[None] | None = None
-        self._shutting_down = False
-        #: The driver this session speaks for, set by its first accepted event.
-        self.driver_id: str | None = None
-
-    def _hand_over(self, item: object) -> bool:
-        """Resolve the waiting session's future with `item`; False if nobody waits."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return False
-        self._waiter = None
-        waiter.set_result(item)
-        return True
-
-    async def put(self, item: object) -> None:
-        """Add a client event; wait while `maxsize` events are already pending."""
-        while (events := self._events) is not None and len(events) >= self._maxsize:
-            room = self._room = asyncio.get_running_loop().create_future()
-            try:
-                await room
-            finally:
-                self._room = None
-        if events is None:
-            if self._hand_over(item):
-                return
-            events = self._events = deque()
-        events.append(item)
-
-    async def get(self) -> object:
-        """The next pushed command or client event; raise ShuttingDown once the server stops."""
-        while not self._shutting_down:
-            if (commands := self._commands) is not None:
-                command = commands.popleft()
-                if not commands:
-                    self._commands = None
-                return command
-            if (events := self._events) is not None:
-                item = events.popleft()
-                if not events:
-                    self._events = None
-                if (room := self._room) is not None and not room.done():
-                    room.set_result(None)
-                return item
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                item = await waiter
-            finally:
-                self._waiter = None
-            if item is not self._WAKE and not self._shutting_down:
-                return item
-        raise ShuttingDown("server is shutting down; reconnect to another replica")
-
-    def push(self, command: object) -> bool:
-        """Queue a command for the driver without waiting; False if too many are pending."""
-        if self._shutting_down:
-            return False
-        commands = self._commands
-        if commands is None:
-            commands = self._commands = deque()
-        elif len(commands) >= self.MAX_COMMANDS:
-            return False
-        commands.append(PushedCommand(command))
-        self._hand_over(self._WAKE)
-        return True
-
-    def shut_down(self) -> None:
-        self._shutting_down = True
-        self._hand_over(self._WAKE)
-
-
-class Upload:
-    """One UploadLocations stream (or a session's locations): counts what it received and
-    what was durably stored as sent.
-
-    It keeps only what commits still in flight need: for each, the stream's updates in it
-    (to subtract those the store refused as conflicts); a finished commit is settled into
-    the counts as the next one begins, so a stream that runs for hours holds no more than
-    its updates of the commits not yet done.
-    """
-
-    __slots__ = ("_lost", "_pending", "_persisted", "_service", "received", "session_id")
-
-    def __init__(self, service: DriverTracking) -> None:
-        self._service = service
-        self.session_id = f"upl-{uuid.uuid4().hex}"
-        self.received = 0
-        #: Commits not settled yet, oldest first, each with this stream's updates in it.
-        self._pending: deque[tuple[Commit, list[Location]]] = deque()
-        self._persisted = 0
-        self._lost = 0
-
-    async def offer(
-        self,
-        driver_id: str,
-        latitude: float,
-        longitude: float,
-        speed_mps: float,
-        heading_degrees: float,
-        recorded_at_ns: int | None,
-    ) -> InvalidInput | RateLimited | None:
-        """Count and, if valid and within the rate, queue one update; else return why not."""
-        self.received += 1
-        service = self._service
-        writer = service.writer
-        if writer.full:
-            await writer.wait_for_room()
-        try:
-            location = service.admit_location(
-                driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
-            )
-        except (InvalidInput, RateLimited) as exc:
-            count = service.count_rejection
-            if count is not None:
-                count("invalid" if isinstance(exc, InvalidInput) else "rate_limited")
-            return exc
-        done = writer.submit(location)
-        pending = self._pending
-        if pending and pending[-1][0] is done:
-            pending[-1][1].append(location)
-        else:
-            self._begin(done, [location])
-        return None
-
-    async def offer_many(self, fixes: Sequence[Fix]) -> None:
-        """`offer` for many updates at once (a batch message): the same validation, rate
-        limit, counting and acknowledgement, in one validation loop and one queueing call."""
-        self.received += len(fixes)
-        service = self._service
-        writer = service.writer
-        if writer.full:
-            await writer.wait_for_room()
-        valid, invalid = validate_locations(fixes, time.time_ns(), service.rules)
-        count = service.count_rejection
-        if count is not None:
-            for _ in invalid:
-                count("invalid")
-        limiter = service.rate_limiter
-        if limiter is not None:
-            allow = limiter.allow
-            allowed = [location for location in valid if allow(location.driver_id)]
-            if count is not None:
-                for _ in range(len(valid) - len(allowed)):
-                    count("rate_limited")
-            valid = allowed
-        if valid:
-            done = writer.submit_many(valid)
-            pending = self._pending
-            if pending and pending[-1][0] is done:
-                pending[-1][1].extend(valid)
-            else:
-                self._begin(done, valid)
-
-    @property
-    def unsettled_commits(self) -> int:
-        """Commits whose outcome this stream has not counted yet: those in flight, and at
-        most the one it last used (however long the stream runs)."""
-        return len(self._pending)
-
-    def _begin(self, done: Commit, locations: list[Location]) -> None:
-        """This stream's first updates in the commit `done`; settle the commits before it
-        that are done already (so the state held stays that of commits in flight)."""
-        pending = self._pending
-        while pending and pending[0][0].done():
-            self._settle(*pending.popleft())
-        pending.append((done, locations))
-
-    def _settle(self, done: Commit, locations: list[Location]) -> None:
-        """Count a finished commit's updates of this stream: stored as sent, refused as a
-        conflict, or lost with a failed commit."""
-        if not done.succeeded():
-            self._lost += len(locations)
-            return
-        refused = 0
-        conflicts = done.conflicts
-        if conflicts:
-            # By value: an update's fate depends only on its values and the fix stored for
-            # its key, so equal updates (of any stream) share it.
-            refused = sum(1 for location in locations if location in conflicts)
-            count = self._service.count_rejection
-            if count is not None:
-                for _ in range(refused):
-                    count("conflict")
-        self._persisted += len(locations) - refused
-
-    async def settled(self) -> None:
-        """Wait until the commit of this stream's latest update is done (all earlier ones
-        are then done too: commits run one after another), so that a session answers its
-        next event only once the locations before it are visible to GetDriver. A failed
-        commit is not raised here: finish() reports it. Shielded (Commit.wait): cancelling
-        this session leaves the shared commit alone."""
-        if self._pending:
-            with contextlib.suppress(StoreUnavailable):
-                await self._pending[-1][0].wait()
-
-    async def finish(self) -> UploadResult:
-        """Wait for every queued update's commit. If any commit failed, raise
-        StoreUnavailable (the caller resends; storing is idempotent) rather than acknowledge
-        a stream that was only partly stored. Cancelling this wait (the caller hung up)
-        leaves the commits, which other streams share, untouched."""
-        pending = self._pending
-        while pending:
-            done = pending[0][0]
-            with contextlib.suppress(StoreUnavailable):
-                await done.wait()
-            self._settle(*pending.popleft())
-        persisted, lost = self._persisted, self._lost
-        if lost:
-            raise StoreUnavailable(
-                f"storage is unavailable: {lost} of {persisted + lost} valid updates were not "
-                "stored; resend the stream (updates already stored are not duplicated)"
-            )
-        return UploadResult(
-            min(self.received, INT32_MAX), min(persisted, INT32_MAX), self.session_id
-        )

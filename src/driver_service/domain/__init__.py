@@ -9,6 +9,7 @@ from driver_service.domain.errors import (
     StoreUnavailable,
 )
 from driver_service.domain.model import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.rejections import Rejection
 from driver_service.domain.validation import (
     DEFAULT_RULES,
     MAX_DRIVER_ID_LENGTH,
@@ -29,6 +30,7 @@ __all__ = [
     "Location",
     "LocationRules",
     "RateLimited",
+    "Rejection",
     "ShuttingDown",
     "Status",
     "StoreUnavailable",

@@ -40,7 +40,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from driver_service.domain import Driver, Location, Status
+from driver_service.domain import Driver, Location, Rejection, Status
 from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
 
 #: RPC latency: from 100 µs (an in-memory read) to 10 s (a slow store); streams beyond are +Inf.
@@ -60,12 +60,6 @@ UNARY: Final = "unary"
 CLIENT_STREAM: Final = "client_stream"
 SERVER_STREAM: Final = "server_stream"
 BIDI_STREAM: Final = "bidi_stream"
-
-#: The reasons an update is refused, as the `reason` label of updates_rejected_total.
-REJECT_INVALID: Final = "invalid"
-REJECT_RATE_LIMITED: Final = "rate_limited"
-#: A different fix for a driver and timestamp already stored (refused by the store).
-REJECT_CONFLICT: Final = "conflict"
 
 
 def grpc_code_label(code: grpc.StatusCode) -> str:
@@ -393,9 +387,8 @@ class ServiceMetrics:
             reg,
         )
         # Pre-bound children for the hot paths.
-        self.rejected_invalid = self.updates_rejected.labels(REJECT_INVALID)
-        self.rejected_rate_limited = self.updates_rejected.labels(REJECT_RATE_LIMITED)
-        self.rejected_conflict = self.updates_rejected.labels(REJECT_CONFLICT)
+        #: One child per reason, made at start so every reason is exported from zero.
+        self.rejected = {reason: self.updates_rejected.labels(reason) for reason in Rejection}
         self._methods: dict[str, MethodMetrics] = {}
         self._store_ops: dict[str, tuple[LoopHistogram, LoopCounter]] = {}
 

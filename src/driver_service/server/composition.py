@@ -115,11 +115,7 @@ async def _build_tracking(
     if metrics is not None:
         repository = InstrumentedRepository(repository, metrics)
         bus = InstrumentedBus(bus, metrics)
-        rejected = {
-            "invalid": metrics.rejected_invalid,
-            "rate_limited": metrics.rejected_rate_limited,
-            "conflict": metrics.rejected_conflict,
-        }
+        rejected = metrics.rejected
     index: DriverIndex | None = None
     if with_index:
         # The spatial index follows every accepted update: in memory for one process, in
