@@ -83,7 +83,7 @@ async def until_terminated() -> None:
 
 
 async def run_full(args: argparse.Namespace) -> None:
-    from driver_service.observability.metrics import ServiceMetrics
+    from driver_service.observability.metrics.catalogue import ServiceMetrics
     from driver_service.server.composition import build_tracking
     from driver_service.server.running import start_server
 
@@ -123,7 +123,7 @@ async def run_chain(args: argparse.Namespace) -> None:
 
     from driver_service.api import DriverServicer
     from driver_service.api.batch_servicer import add_batch_service
-    from driver_service.observability.metrics import ServiceMetrics
+    from driver_service.observability.metrics.catalogue import ServiceMetrics
     from driver_service.server.composition import build_tracking
     from driver_service.server.running import server_options
 

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.admin import AdminServer, start_admin
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -24,7 +24,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.adapters.postgres.repository import PostgresRepository
 from driver_service.domain import Status, StoreUnavailable
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server

@@ -22,7 +22,7 @@ from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Location
 from driver_service.interceptors import AuthPolicy, call_pipeline, server_interceptors
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.security import TokenIssuer, TokenValidator
 
 SECRET = b"interceptor-test-secret-32-bytes-long"

@@ -20,10 +20,10 @@ from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Rejection
 from driver_service.interceptors import server_interceptors
-from driver_service.observability.metrics import (
+from driver_service.observability.metrics.catalogue import ServiceMetrics
+from driver_service.observability.metrics.instrumented import (
     InstrumentedBus,
     InstrumentedRepository,
-    ServiceMetrics,
 )
 
 SERVICE = "driver.v1.DriverService"

@@ -8,18 +8,16 @@ import subprocess
 import sys
 
 SERVER_PACKAGES = (
-    "driver_service.app.tracking",
-    "driver_service.app.writer",
+    "driver_service.adapters",
     "driver_service.api",
-    "driver_service.interceptors",
+    "driver_service.app",
     "driver_service.dispatch",
-    "driver_service.observability.metrics",
-    "driver_service.server.config",
-    "driver_service.adapters.sqlite.repository",
-    "driver_service.app.fanout",
-    "driver_service.server.running",
-    "driver_service.server.composition",
+    "driver_service.interceptors",
+    "driver_service.observability",
+    "driver_service.ports",
+    "driver_service.resilience",
     "driver_service.security",
+    "driver_service.server",
 )
 SERVER_DEPENDENCIES = ("redis", "asyncpg", "prometheus_client", "jwt")
 

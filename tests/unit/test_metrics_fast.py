@@ -12,15 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from driver_service.observability.metrics import (
+from driver_service.observability.metrics.catalogue import (
     BATCH_BUCKETS,
     IO_BUCKETS,
     RPC_BUCKETS,
-    CounterFamily,
-    GaugeFamily,
-    HistogramFamily,
     ServiceMetrics,
 )
+from driver_service.observability.metrics.core import CounterFamily, GaugeFamily, HistogramFamily
 
 LABELS = ("grpc_service", "grpc_method", "grpc_type")
 UNARY = ("driver.v1.DriverService", "GetDriver", "unary")

@@ -7,12 +7,12 @@ import argparse
 
 from driver_service.cli._env import add_env_option
 from driver_service.client import (
+    DEFAULT_TARGET,
     DEFAULT_TIMEOUT_S,
     ClientConfigError,
     ClientSettings,
     DriverClient,
 )
-from driver_service.client._settings import DEFAULT_TARGET
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,7 @@ from typing import Any
 
 from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit, fail
-from driver_service.client import DriverServiceError
-from driver_service.client._types import utc_from_ns
+from driver_service.client import DriverServiceError, utc_from_ns
 
 
 def register(commands: Any) -> None:

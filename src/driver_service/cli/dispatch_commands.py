@@ -15,10 +15,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.cli._client import add_client_options, client_settings
 from driver_service.cli._output import emit, fail
-from driver_service.client import ClientConfigError
-from driver_service.client._retry import channel_options
-from driver_service.client._types import utc_from_ns
-from driver_service.client.errors import from_rpc_error
+from driver_service.client import ClientConfigError, channel_options, from_rpc_error, utc_from_ns
 from driver_service.wire import timestamp_to_ns
 
 _DISTANCE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(km|m)?\s*$")

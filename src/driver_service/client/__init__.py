@@ -10,10 +10,10 @@ from driver_service.client._async import (
     DriverClient,
     DriverSession,
 )
-from driver_service.client._retry import Backoff
-from driver_service.client._settings import ClientSettings
+from driver_service.client._retry import Backoff, channel_options
+from driver_service.client._settings import DEFAULT_TARGET, ClientSettings
 from driver_service.client._sync import SyncDriverClient
-from driver_service.client._types import DriverSnapshot, UploadReport
+from driver_service.client._types import DriverSnapshot, UploadReport, utc_from_ns
 from driver_service.client.errors import (
     Cancelled,
     ClientConfigError,
@@ -30,6 +30,7 @@ from driver_service.client.errors import (
 )
 
 __all__ = [
+    "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_UPLOAD_CHUNK",
     "DEFAULT_UPLOAD_TIMEOUT_S",
@@ -51,5 +52,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UploadReport",
+    "channel_options",
     "from_rpc_error",
+    "utc_from_ns",
 ]

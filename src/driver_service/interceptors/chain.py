@@ -9,7 +9,7 @@ import grpc
 from driver_service.interceptors.access_log import ACCESS_LOG_ERRORS, ACCESS_LOG_OFF, AccessLog
 from driver_service.interceptors.auth import AuthPolicy
 from driver_service.interceptors.pipeline import CallPipeline
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 
 
 def call_pipeline(

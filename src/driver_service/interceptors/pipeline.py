@@ -49,12 +49,9 @@ from driver_service.interceptors.request_id import (
     new_request_id,
 )
 from driver_service.observability.context import REQUEST_ID
-from driver_service.observability.metrics import (
-    LoopCounter,
-    MethodMetrics,
-    ServiceMetrics,
-    grpc_type,
-)
+from driver_service.observability.metrics.catalogue import MethodMetrics, ServiceMetrics
+from driver_service.observability.metrics.core import LoopCounter
+from driver_service.observability.metrics.grpc_labels import grpc_type
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL

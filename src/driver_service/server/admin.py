@@ -19,7 +19,7 @@ from typing import Any, Final
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.config import parse_listen
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.ports import DriverIndex
 from driver_service.dispatch.rebuild import Fill, rebuild_memory_index
 from driver_service.dispatch.service import BackgroundLoop, Dispatch
-from driver_service.observability.metrics import (
+from driver_service.observability.metrics.catalogue import ServiceMetrics
+from driver_service.observability.metrics.instrumented import (
     InstrumentedBus,
     InstrumentedRepository,
-    ServiceMetrics,
 )
 from driver_service.ports import DriverRepository, LocationBus
 from driver_service.resilience.supervision import TaskSupervisor

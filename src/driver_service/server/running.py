@@ -32,7 +32,7 @@ from driver_service.interceptors import (
     ExemptServices,
     call_pipeline,
 )
-from driver_service.observability.metrics import ServiceMetrics
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.security import (
     CertificateReloader,

@@ -1,0 +1,222 @@
+"""Every series the server exports, bound once per server: `ServiceMetrics`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+import grpc
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from driver_service.domain import Rejection
+from driver_service.observability.metrics.core import (
+    CounterFamily,
+    GaugeFamily,
+    HistogramFamily,
+    LoopCounter,
+    LoopHistogram,
+)
+from driver_service.observability.metrics.grpc_labels import (
+    UNARY,
+    grpc_code_label,
+    split_method,
+)
+
+#: RPC latency: from 100 µs (an in-memory read) to 10 s (a slow store); streams beyond are +Inf.
+RPC_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+#: Store and bus latency: a commit of one row is ~100 µs; thousands of rows take ~100 ms.
+IO_BUCKETS: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+)  # fmt: skip
+#: Updates per group commit: one when traffic trickles, tens of thousands under a flood.
+BATCH_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+class MethodMetrics:
+    """The label children of one RPC method, bound once, so a call touches no label dicts
+    (one dict lookup per call finds this object; one per code finds the handled child).
+    Every child is a Loop* instrument: updated only on the event-loop thread, lock-free."""
+
+    __slots__ = ("grpc_type", "handled", "handling", "msg_received", "msg_sent", "open_streams",
+                 "started")  # fmt: skip
+
+    def __init__(self, metrics: ServiceMetrics, full_method: str, rpc_type: str) -> None:
+        service, method = split_method(full_method)
+        labels = (service, method, rpc_type)
+        self.grpc_type = rpc_type
+        self.started = metrics.rpc_started.labels(*labels)
+        self.handling = metrics.rpc_handling_seconds.labels(*labels)
+        self.msg_received = metrics.rpc_msg_received.labels(*labels)
+        self.msg_sent = metrics.rpc_msg_sent.labels(*labels)
+        # Every code bound up front (as go-grpc-prometheus does): rate() over a code that
+        # has not happened yet is 0, not "no data", and no call pays to create a child.
+        self.handled = {
+            code: metrics.rpc_handled.labels(*labels, grpc_code_label(code))
+            for code in grpc.StatusCode
+        }
+        self.open_streams = (
+            None if rpc_type == UNARY else metrics.rpc_open_streams.labels(service, method)
+        )
+
+
+class ServiceMetrics:
+    """Every metric the service exports, registered on `self.registry` only."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        rpc_labels = ("grpc_service", "grpc_method", "grpc_type")
+        # Registered in exposition order; every per-call or per-update metric is a family of
+        # Loop* children (see above), only the gauges read by a function at scrape time are
+        # prometheus_client's own.
+        self.rpc_started = CounterFamily(
+            "grpc_server_started_total", "RPCs started on the server.", rpc_labels, reg
+        )
+        self.rpc_handled = CounterFamily(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*rpc_labels, "grpc_code"),
+            reg,
+        )
+        self.rpc_handling_seconds = HistogramFamily(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end (whole stream for streaming RPCs).",
+            rpc_labels,
+            reg,
+            buckets=RPC_BUCKETS,
+        )
+        self.rpc_msg_received = CounterFamily(
+            "grpc_server_msg_received_total",
+            "Request messages received by the server (1 per unary call).",
+            rpc_labels,
+            reg,
+        )
+        self.rpc_msg_sent = CounterFamily(
+            "grpc_server_msg_sent_total",
+            "Response messages sent by the server (1 per successful unary call).",
+            rpc_labels,
+            reg,
+        )
+        self.rpc_open_streams = GaugeFamily(
+            "grpc_server_open_streams",
+            "Streaming RPCs in progress.",
+            ("grpc_service", "grpc_method"),
+            reg,
+        )
+        self.store_seconds = HistogramFamily(
+            "driver_service_store_seconds",
+            "Latency of store operations, failed ones included.",
+            ("operation",),
+            reg,
+            buckets=IO_BUCKETS,
+        )
+        self.store_errors = CounterFamily(
+            "driver_service_store_errors_total",
+            "Store operations that raised.",
+            ("operation",),
+            reg,
+        )
+        self.bus_publish_seconds = HistogramFamily(
+            "driver_service_bus_publish_seconds",
+            "Latency of publishing committed locations to live watchers.",
+            (),
+            reg,
+            buckets=IO_BUCKETS,
+        ).labels()
+        self.bus_publish_errors = CounterFamily(
+            "driver_service_bus_publish_errors_total",
+            "Publishes to the bus that raised.",
+            (),
+            reg,
+        ).labels()
+        self.updates_rejected = CounterFamily(
+            "driver_service_updates_rejected_total",
+            "Location updates refused, by reason (invalid, rate_limited before storage;"
+            " conflict: another fix is stored for the driver and timestamp).",
+            ("reason",),
+            reg,
+        )
+        self.sessions_open = Gauge(
+            "driver_service_sessions_open", "DriverSession streams open.", registry=reg
+        )
+        self.watchers = GaugeFamily(
+            "driver_service_watchers", "Live location subscriptions open.", (), reg
+        ).labels()
+        self.stale_drivers = Gauge(
+            "driver_service_stale_drivers",
+            "Known non-OFFLINE drivers with no event for stale_after (excluded from dispatch).",
+            registry=reg,
+        )
+        self.commit_batch_size = HistogramFamily(
+            "driver_service_commit_batch_size",
+            "Location updates per group commit (one store transaction).",
+            (),
+            reg,
+            buckets=BATCH_BUCKETS,
+        ).labels()
+        self.background_task_failures = CounterFamily(
+            "driver_service_background_task_failures_total",
+            "Supervised background tasks that ended unexpectedly, by task (restarted or fatal).",
+            ("task",),
+            reg,
+        )
+        # Pre-bound children for the hot paths.
+        #: One child per reason, made at start so every reason is exported from zero.
+        self.rejected = {reason: self.updates_rejected.labels(reason) for reason in Rejection}
+        self._methods: dict[str, MethodMetrics] = {}
+        self._store_ops: dict[str, tuple[LoopHistogram, LoopCounter]] = {}
+
+    def method(self, full_method: str, rpc_type: str) -> MethodMetrics:
+        """The bound children of one method, created on its first call. Only methods the
+        server actually has get here (unknown paths have no handler), so label cardinality
+        is bounded by the services registered."""
+        found = self._methods.get(full_method)
+        if found is None or found.grpc_type != rpc_type:
+            found = self._methods[full_method] = MethodMetrics(self, full_method, rpc_type)
+        return found
+
+    def store_operation(self, operation: str) -> tuple[LoopHistogram, LoopCounter]:
+        """(latency child, error child) of one store operation, bound once."""
+        found = self._store_ops.get(operation)
+        if found is None:
+            found = self._store_ops[operation] = (
+                self.store_seconds.labels(operation),
+                self.store_errors.labels(operation),
+            )
+        return found
+
+    def count_sessions(self, count: Callable[[], float]) -> None:
+        """Read the open-session gauge from `count` at scrape time (no bookkeeping per call).
+        Without it, `sessions_open.inc()/.dec()` may be used instead."""
+        self.sessions_open.set_function(count)
+
+    def count_task_failure(self, task: str) -> None:
+        """Count one unexpected end of the supervised task `task`."""
+        self.background_task_failures.labels(task).inc()
+
+    def count_stale_drivers(self, count: Callable[[], float]) -> None:
+        """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""
+        self.stale_drivers.set_function(count)
+
+    def watch_process(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Export the process's memory, CPU and descriptors (`process_*`) and the tasks alive in
+        `loop`, so a leak shows from outside (the fault-injection tests compare both before and
+        after a storm). Call once, from the process that serves. The task count is taken at
+        scrape time: the admin port renders on the loop's own thread, and `all_tasks` copies
+        its registry with retries, so even a scrape from another thread would be safe."""
+        ProcessCollector(registry=self.registry)
+        Gauge(
+            "driver_service_event_loop_tasks",
+            "asyncio tasks not yet done in the server's event loop.",
+            registry=self.registry,
+        ).set_function(lambda: len(asyncio.all_tasks(loop)))
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in Prometheus text format, and its Content-Type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
