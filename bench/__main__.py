@@ -31,7 +31,7 @@ PARTS = (
 def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
     """A private PostgreSQL for the ingest part, if its adapter has landed; else why not."""
     if not (common.ROOT / "src/driver_service/adapters/postgres/repository.py").exists():
-        return (), "storage/postgres.py not present"
+        return (), "adapters/postgres/repository.py not present"
     try:
         from tests.servers import PostgresServer, create_database, find_postgres_binaries
     except ImportError as exc:

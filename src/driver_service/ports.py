@@ -1,4 +1,4 @@
-"""The interfaces the application service needs; `storage/` and `bus/` implement them."""
+"""The interfaces the application needs; `adapters/` and `app/fanout.py` implement them."""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
-"""Observability: what every log line and metric can know about the call it belongs to.
-Transports set it (interceptors/), logs read it (logs.py): it lives here, below both, so
-logging never imports a transport."""
+"""Observability in one place: the current call's context (`context`: the request id, set
+by transports in interceptors/), JSON logs that read it (`logs`), and metrics (`metrics/`: the
+lock-free core, the catalogue of series, the instrumented port decorators). It sits below the
+transports, so logging never imports a transport."""

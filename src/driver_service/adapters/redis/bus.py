@@ -128,7 +128,7 @@ class RedisBus:
         guard: DependencyGuard | None = None,
         supervisor: TaskSupervisor | None = None,
     ) -> None:
-        """`guard`: the one shared with live state and dispatch (bootstrap passes it); by
+        """`guard`: the one shared with live state and dispatch (the composition root passes it); by
         default a guard of this bus alone. `supervisor` runs the reader (restarted if it
         ever ends unexpectedly)."""
         self._client = client

@@ -140,7 +140,7 @@ class LiveStateRepository:
         close_client: bool = False,
         guard: DependencyGuard | None = None,
     ) -> None:
-        """`guard`: the one shared with the bus and dispatch (bootstrap passes it); by
+        """`guard`: the one shared with the bus and dispatch (the composition root passes it); by
         default a guard of this repository alone."""
         self.durable = durable
         self._redis = redis
