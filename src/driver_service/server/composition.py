@@ -91,6 +91,14 @@ async def open_live(
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
 ) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None, list[Fill]]:
+    """The application over the configured adapters, decorated outermost first:
+
+        repository: IndexingRepository → InstrumentedRepository → LiveStateRepository (with
+                    Redis) → SqliteRepository | PostgresRepository
+        bus:        IndexingBus → InstrumentedBus → MemoryBus | RedisBus
+
+    The index decorators see only what the store accepted; the instrumented ones time the
+    real adapters' calls (not the index's), so a slow store shows as a slow store."""
     # Every background task of this server, the bus reader's included, runs under it.
     supervisor = TaskSupervisor(
         count_failure=None if metrics is None else metrics.count_task_failure
