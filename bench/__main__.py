@@ -33,9 +33,9 @@ def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
     if not (common.ROOT / "src/driver_service/adapters/postgres/repository.py").exists():
         return (), "adapters/postgres/repository.py not present"
     try:
-        from tests.servers import PostgresServer, create_database, find_postgres_binaries
+        from tests.helpers.postgres import PostgresServer, create_database, find_postgres_binaries
     except ImportError as exc:
-        return (), f"tests.servers unavailable: {exc}"
+        return (), f"tests.helpers.postgres unavailable: {exc}"
     if find_postgres_binaries() is None:
         return (), "PostgreSQL binaries missing (Debian: postgresql)"
     pg = PostgresServer.create()

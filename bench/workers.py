@@ -71,8 +71,8 @@ def _pin(pid: int, core: int) -> None:
 @contextlib.contextmanager
 def scale_out_stores(core: int) -> Iterator[tuple[str, str]]:
     """A private PostgreSQL (a fresh database) and Redis, pinned to `core`."""
-    from tests.redis_server import RedisServer
-    from tests.servers import PostgresServer, create_database
+    from tests.helpers.postgres import PostgresServer, create_database
+    from tests.helpers.redis import RedisServer
 
     pg = PostgresServer.create()
     redis = RedisServer.create()

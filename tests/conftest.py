@@ -3,9 +3,15 @@ that a skipped test fails the run: a missing service must never pass silently.""
 
 from __future__ import annotations
 
-import pytest
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
-pytest_plugins = ["tests.servers", "tests.redis_server"]
+import pytest
+from redis.asyncio import Redis
+
+from driver_service.adapters.redis.connection import create_redis_client
+from tests.helpers.postgres import PostgresServer, create_database
+from tests.helpers.redis import RedisServer
 
 _skipped: list[str] = []
 
@@ -26,3 +32,78 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{len(_skipped)} test(s) skipped; skips fail this suite: {', '.join(_skipped)}",
             red=True,
         )
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's private PostgreSQL (one per xdist worker)."""
+    server = PostgresServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database on the session's server, (re)started if a test left it stopped."""
+    postgres_server.start()
+    return await create_database(postgres_server)
+
+
+@pytest.fixture
+def own_postgres_server() -> Iterator[PostgresServer]:
+    """A server for one test that crashes it: crash recovery fsyncs the whole data directory,
+    which on the session's server means every earlier test's database (seconds)."""
+    server = PostgresServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's private Redis (one per xdist worker)."""
+    server = RedisServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this test alone, for tests that kill and restart it."""
+    server = RedisServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """Keys and channels of this test only: tests share the session's server."""
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the session's server, restarted first if a previous test killed it."""
+    redis_server.start()
+    client = create_redis_client(redis_server.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -18,14 +18,13 @@ import pytest
 
 from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from tests.chaos import storm
-from tests.chaos.conftest import SERVING, ChaosServer, health_status, start_chaos_server
-from tests.e2e.conftest import Launcher
-from tests.redis_server import RedisServer, private_redis
-from tests.servers import PostgresServer, create_database
+from tests.helpers import storm
+from tests.helpers.chaos_server import SERVING, ChaosServer, health_status, start_chaos_server
+from tests.helpers.postgres import PostgresServer, create_database
+from tests.helpers.redis import RedisServer
+from tests.helpers.server_process import Launcher
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(60)]
-__all__ = ["private_redis"]
 
 #: How long the dependency is stopped, and the deadline of every call made meanwhile.
 HANG_S = 3.0

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from tests.chaos import storm
-from tests.chaos.conftest import GRACE_S, ChaosServer
-from tests.chaos.storm import run_storm
+from tests.helpers import storm
+from tests.helpers.chaos_server import GRACE_S, ChaosServer
+from tests.helpers.storm import run_storm
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(60)]
 

@@ -21,7 +21,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.server.config import SQLITE_FILE_NAME
-from tests.e2e.conftest import Launcher
+from tests.helpers.server_process import Launcher
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Launcher, clean_env
+from tests.helpers.server_process import Launcher, clean_env
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.first_hour import REPO, DevServer, dev_server
+from tests.helpers.dev_server import REPO, DevServer
 
 pytestmark = pytest.mark.e2e
-__all__ = ["dev_server"]
 
 FENCE = re.compile(r"^```(\w+) runnable\s*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -21,12 +21,12 @@ import pytest
 
 from driver_service.client import DriverClient
 from driver_service.domain import Location
-from tests.e2e.conftest import Launcher, clean_env, free_port
-from tests.e2e.first_hour import REPO, DevServer, dev_server
-from tests.servers import PostgresServer, postgres_server
+from tests.helpers.dev_server import REPO, DevServer
+from tests.helpers.ports import free_port
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.server_process import Launcher, clean_env
 
 pytestmark = pytest.mark.e2e
-__all__ = ["dev_server", "postgres_server"]
 
 
 def cli(

@@ -21,7 +21,8 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.client import DriverClient
 from driver_service.wire import ns_to_timestamp
-from tests.e2e.conftest import Launcher, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.server_process import Launcher
 
 pytestmark = pytest.mark.e2e
 

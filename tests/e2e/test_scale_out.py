@@ -19,12 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service.client import Backoff, DriverClient, Unavailable
 from driver_service.domain import Location
-from tests.e2e.conftest import Launcher, ServerProcess, free_port
-from tests.redis_server import RedisServer, private_redis
-from tests.servers import PostgresServer, create_database
+from tests.helpers.ports import free_port
+from tests.helpers.postgres import PostgresServer, create_database
+from tests.helpers.redis import RedisServer
+from tests.helpers.server_process import Launcher, ServerProcess
 
 pytestmark = pytest.mark.e2e
-__all__ = ["private_redis"]
 
 NANOS = 1_000_000_000
 BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS

@@ -14,7 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service.security import channel_credentials
-from tests.e2e.conftest import Launcher, clean_env, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.server_process import Launcher, clean_env
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ import pytest
 from driver_service.client import DriverClient
 from driver_service.domain import Location
 from driver_service.server.config import SQLITE_FILE_NAME
-from tests.e2e.conftest import Launcher, free_port, is_serving
+from tests.helpers.ports import free_port
+from tests.helpers.server_process import Launcher, is_serving
 
 pytestmark = pytest.mark.e2e
 

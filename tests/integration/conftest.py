@@ -3,8 +3,6 @@ with raw generated stubs (exact wire behaviour) and the client library pointed a
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +81,3 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.DriverServiceStub:
 async def client(target: str) -> AsyncIterator[DriverClient]:
     async with DriverClient(target) as c:
         yield c
-
-
-async def eventually(
-    predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll until `predicate()` holds; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)

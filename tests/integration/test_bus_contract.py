@@ -20,10 +20,8 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.fanout import MemoryBus
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import LocationBus, Subscription, SubscriptionClosed
-from tests.integration.conftest import eventually
-from tests.redis_server import RedisServer, redis_client, redis_prefix, redis_server
-
-__all__ = ["redis_client", "redis_prefix", "redis_server"]  # fixtures used by name below
+from tests.helpers.redis import RedisServer
+from tests.helpers.waiting import eventually
 
 T0 = 1_717_200_000 * 10**9
 

@@ -35,7 +35,7 @@ from driver_service.domain import Driver, Location, StoreUnavailable
 from driver_service.server.composition import build_tracking
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
-from tests.integration.conftest import eventually
+from tests.helpers.waiting import eventually
 
 NANOS = 1_000_000_000
 BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS

@@ -19,8 +19,8 @@ from driver_service._gen.driver.v1 import batch_pb2_grpc as bpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.server.running import RunningServer
-from tests.integration.conftest import eventually
-from tests.integration.test_grpc_api import BASE_NS, NANOS, fix, get, ts_ns, upload
+from tests.helpers.grpc_calls import BASE_NS, NANOS, fix, get, ts_ns, upload
+from tests.helpers.waiting import eventually
 
 AT = BASE_NS + 7 * NANOS + 123
 

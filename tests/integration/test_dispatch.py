@@ -36,10 +36,8 @@ from driver_service.dispatch.service import Dispatch
 from driver_service.domain import Driver, Status
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
-from tests.redis_server import RedisServer, redis_server
-from tests.unit.test_spatial_index import NOW, fleets, oracle
-
-__all__ = ["redis_server"]  # fixture used by name below
+from tests.helpers.fleets import NOW, fleets, oracle
+from tests.helpers.redis import RedisServer
 
 SECRET = b"dispatch-test-secret-of-32-bytes!!!!"
 ISSUER = TokenIssuer.from_secret(SECRET)

@@ -37,9 +37,7 @@ from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
 from driver_service.dispatch.service import Dispatch
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
-from tests.redis_server import RedisServer, redis_prefix, redis_server
-
-__all__ = ["redis_prefix", "redis_server"]  # fixtures used by name below
+from tests.helpers.redis import RedisServer
 
 SECRET = b"dispatch-replicas-secret-32-bytes!!!"
 ISSUER = TokenIssuer.from_secret(SECRET)

@@ -11,7 +11,7 @@ from typing import Any
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.server.running import RunningServer
-from tests.integration.conftest import eventually
+from tests.helpers.waiting import eventually
 
 NANOS = 1_000_000_000
 BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS

@@ -22,7 +22,7 @@ import pytest
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.server.running import RunningServer
-from tests.raw_h2 import RawH2
+from tests.helpers.raw_h2 import RawH2
 
 UPLOAD = "/driver.v1.DriverService/UploadLocations"
 GET_DRIVER = "/driver.v1.DriverService/GetDriver"

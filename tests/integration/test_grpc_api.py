@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
@@ -22,45 +21,11 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.client import DriverClient, InvalidArgument, NotFound
 from driver_service.domain import Location
 from driver_service.server.running import RunningServer
-from tests.integration.conftest import eventually
+from tests.helpers.grpc_calls import BASE_NS, NANOS, fix, get, ts_ns, upload
+from tests.helpers.waiting import eventually
 
-NANOS = 1_000_000_000
-#: An hour ago on a whole second, so every test timestamp is valid (not future, after 2000)
-#: and fixes can carry arbitrary nanoseconds.
-BASE_NS = (time.time_ns() // NANOS - 3600) * NANOS
 ALL_TIME = (0, 2**63 - 1)
 ALLOWED_STATUSES = ("AVAILABLE", "BUSY", "OFFLINE")
-
-
-def ts(ns: int) -> Timestamp:
-    seconds, nanos = divmod(ns, NANOS)
-    return Timestamp(seconds=seconds, nanos=nanos)
-
-
-def ts_ns(stamp: Timestamp) -> int:
-    return stamp.seconds * NANOS + stamp.nanos
-
-
-def fix(
-    driver_id: str,
-    lat: float,
-    lon: float,
-    at_ns: int | None,
-    speed: float = 5.0,
-    heading: float = 90.0,
-) -> pb.LocationUpdate:
-    msg = pb.LocationUpdate(
-        driver_id=driver_id, latitude=lat, longitude=lon, speed_mps=speed, heading_degrees=heading
-    )
-    if at_ns is not None:
-        msg.timestamp.CopyFrom(ts(at_ns))
-    return msg
-
-
-async def upload(
-    stub: pb_grpc.DriverServiceStub, msgs: Iterable[pb.LocationUpdate]
-) -> pb.UploadSummary:
-    return await stub.UploadLocations(iter(list(msgs)), timeout=30)
 
 
 async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
@@ -68,10 +33,6 @@ async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
         await call
     assert "Traceback" not in (info.value.details() or "")
     return info.value
-
-
-async def get(stub: pb_grpc.DriverServiceStub, driver_id: str) -> pb.GetDriverResponse:
-    return await stub.GetDriver(pb.GetDriverRequest(driver_id=driver_id), timeout=5)
 
 
 # --- GetDriver -------------------------------------------------------------------------------

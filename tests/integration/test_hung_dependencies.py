@@ -28,8 +28,8 @@ from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
-from tests.redis_server import RedisServer
-from tests.servers import PostgresServer
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.redis import RedisServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from h2.errors import ErrorCodes
 
 from driver_service.server.keepalive import KeepaliveSettings, server_options
-from tests.raw_h2 import RawH2
+from tests.helpers.raw_h2 import RawH2
 
 SHORT = KeepaliveSettings(
     time_s=60, timeout_s=1, max_connection_idle_s=60, max_connection_age_s=60, min_time_s=1

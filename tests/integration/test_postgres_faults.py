@@ -18,7 +18,7 @@ from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.writer import Commit
 from driver_service.domain import Status, StoreUnavailable
-from tests.servers import PostgresServer, create_database
+from tests.helpers.postgres import PostgresServer, create_database
 
 T0 = 1_717_200_000 * 10**9
 

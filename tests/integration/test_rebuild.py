@@ -29,9 +29,7 @@ from driver_service.server.composition import REDIS_PREFIX, build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
 from driver_service.wire import location_to_pb
-from tests.redis_server import RedisServer, private_redis, redis_prefix, redis_server
-
-__all__ = ["private_redis", "redis_prefix", "redis_server"]  # fixtures used by name below
+from tests.helpers.redis import RedisServer
 
 NS = 1_000_000_000
 BERLIN = (52.52, 13.405)

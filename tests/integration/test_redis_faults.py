@@ -18,10 +18,9 @@ from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.domain import Driver, Location, Status
 from driver_service.resilience.guard import DependencyUnavailable
-from tests.integration.conftest import eventually
-from tests.redis_server import RedisServer, free_port, private_redis
-
-__all__ = ["private_redis"]  # a fixture, used by name below
+from tests.helpers.ports import free_port
+from tests.helpers.redis import RedisServer
+from tests.helpers.waiting import eventually
 
 T0 = 1_717_200_000 * 10**9
 

@@ -13,7 +13,7 @@ import pytest
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.server.running import RunningServer
-from tests.integration.conftest import eventually
+from tests.helpers.waiting import eventually
 
 
 def heartbeat() -> pb.DriverEvent:

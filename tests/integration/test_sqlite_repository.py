@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from driver_service.adapters.sqlite.repository import SqliteRepository, StoreLocked
 from driver_service.adapters.sqlite.schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from driver_service.domain import Driver, Location, Status
-from tests.sqlite_history import committed_history
+from tests.helpers.sqlite_history import committed_history
 
 T0 = 1_717_200_000 * 10**9
 END = 2**63 - 1

@@ -10,7 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service.resilience.supervision import Policy
 from driver_service.server.running import RunningServer
-from tests.integration.conftest import eventually
+from tests.helpers.waiting import eventually
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

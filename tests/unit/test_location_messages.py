@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service.domain import Location
 from driver_service.wire import LocationMessages, location_to_pb, pb_to_location
-from tests.unit import strategies as ds
+from tests.helpers import strategies as ds
 
 AT = 1_764_000_000_123_456_789
 

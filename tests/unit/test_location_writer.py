@@ -20,7 +20,7 @@ from driver_service.app.tracking import DriverTracking
 from driver_service.app.writer import LocationWriter
 from driver_service.domain import Driver, Location, Status, StoreUnavailable
 from driver_service.ports import Recorded
-from tests.sqlite_history import committed_history
+from tests.helpers.sqlite_history import committed_history
 
 
 class CountingRepository:

@@ -21,7 +21,7 @@ from driver_service.domain import (
     validate_location,
 )
 from driver_service.domain.validation import EARLIEST_TIMESTAMP_NS, validate_locations
-from tests.unit import strategies as ds
+from tests.helpers import strategies as ds
 
 
 @given(ds.valid_location_kwargs())

@@ -1,6 +1,7 @@
 """A development server as `make run` starts it (scripts/dev-run.sh: mTLS, a token, data in a
 relative directory), and the environment its printed `export` line sets: what a new user has
-in the first hour, shared by the first-hour tests and the documented-commands test."""
+in the first hour, shared by the first-hour tests and the documented-commands test (the e2e
+tier's `dev_server` fixture)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import clean_env, free_port, is_serving
+from tests.helpers.ports import free_port
+from tests.helpers.server_process import clean_env, is_serving
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -91,7 +92,7 @@ def start_dev_server(workdir: Path) -> DevServer:
     return DevServer(proc, variables, banner)
 
 
-def stop(server: DevServer) -> None:
+def stop_dev_server(server: DevServer) -> None:
     if server.proc.stdout is not None:
         server.proc.stdout.close()
     if server.proc.poll() is None:
@@ -101,12 +102,3 @@ def stop(server: DevServer) -> None:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    server = start_dev_server(tmp_path_factory.mktemp("make-run"))
-    try:
-        yield server
-    finally:
-        stop(server)

@@ -1,7 +1,8 @@
 """A private PostgreSQL server for tests: started from the installed binaries on a free port in a
 temp dir, so tests can stop, kill and restart it without touching anyone else's database.
 
-One server per test session (per xdist worker), one fresh database per test.
+The fixtures of tests/conftest.py start one per test session (per xdist worker) and give each
+test a fresh database; bench/ starts its own.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import pytest
+
+from tests.helpers.ports import free_port
 
 POSTGRES_MISSING = "PostgreSQL server binaries not found: apt-get install postgresql"
 _SEARCH_DIRS = ("/usr/local/bin", "/usr/lib/postgresql/15/bin")
@@ -39,13 +40,6 @@ def find_postgres_binaries() -> tuple[Path, Path] | None:
         if all(p.is_file() and os.access(p, os.X_OK) for p in pair):
             return pair
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _run_as() -> tuple[int, int] | None:
@@ -270,33 +264,3 @@ async def create_database(server: PostgresServer) -> str:
     finally:
         await admin.close()
     return server.url(name)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """The session's private PostgreSQL (one per xdist worker)."""
-    server = PostgresServer.create()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-async def postgres_url(postgres_server: PostgresServer) -> str:
-    """A fresh database on the session's server, (re)started if a test left it stopped."""
-    postgres_server.start()
-    return await create_database(postgres_server)
-
-
-@pytest.fixture
-def own_postgres_server() -> Iterator[PostgresServer]:
-    """A server for one test that crashes it: crash recovery fsyncs the whole data directory,
-    which on the session's server means every earlier test's database (seconds)."""
-    server = PostgresServer.create()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()

@@ -1,8 +1,9 @@
 """A private Redis for tests: started from /usr/bin/redis-server on a free port in a temp dir,
 so tests can kill and restart it without touching the machine's shared Redis.
 
-One server per test session (per xdist worker); each test gets its own key and channel prefix.
-Fault tests that kill the server use `private_redis`, a server of their own.
+The fixtures of tests/conftest.py start one per test session (per xdist worker) and give each
+test its own key and channel prefix; fault tests that kill the server use `private_redis`, a
+server of their own.
 """
 
 from __future__ import annotations
@@ -14,25 +15,15 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
-from driver_service.adapters.redis.connection import create_redis_client
+from tests.helpers.ports import free_port
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
 REDIS_MISSING = "redis-server not found: apt-get install redis-server"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -149,42 +140,3 @@ class RedisServer:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
         return ""
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """The session's private Redis (one per xdist worker)."""
-    server = RedisServer.create()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A Redis of this test alone, for tests that kill and restart it."""
-    server = RedisServer.create()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.destroy()
-
-
-@pytest.fixture
-def redis_prefix() -> str:
-    """Keys and channels of this test only: tests share the session's server."""
-    return f"t{uuid.uuid4().hex[:12]}:"
-
-
-@pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    """A client of the session's server, restarted first if a previous test killed it."""
-    redis_server.start()
-    client = create_redis_client(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()

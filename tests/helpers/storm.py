@@ -3,7 +3,7 @@ and hang up at every step of every RPC kind, many at once, against a server subp
 
 A storm only asserts that nothing in it hangs (each is bounded by STORM_LIMIT_S): what a
 cancelled call ends with is the client's business. What the server must get right afterwards
-is checked by `tests.chaos.conftest.ChaosServer.assert_unharmed`. Updates a storm saw
+is checked by `tests.helpers.chaos_server.ChaosServer.assert_unharmed`. Updates a storm saw
 acknowledged (a summary whose persisted_count covers them) are recorded in a `Ledger`, so the
 check can find every one of them in the store's history.
 """
@@ -30,7 +30,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from driver_service.wire import ns_to_timestamp
-from tests.raw_h2 import RawH2
+from tests.helpers.raw_h2 import RawH2
 
 NANOS = 1_000_000_000
 #: Fixes are stamped from ten minutes ago on, a microsecond apart: valid, and never repeated.
