@@ -13,6 +13,7 @@ import driver_service.client
 EXPECTED: dict[types.ModuleType, list[str]] = {
     driver_service: ["Driver", "DriverTracking", "Location", "ServerSettings", "Status"],
     driver_service.client: [
+        "DEFAULT_TARGET",
         "DEFAULT_TIMEOUT_S",
         "DEFAULT_UPLOAD_CHUNK",
         "DEFAULT_UPLOAD_TIMEOUT_S",
@@ -34,7 +35,9 @@ EXPECTED: dict[types.ModuleType, list[str]] = {
         "Unauthenticated",
         "Unavailable",
         "UploadReport",
+        "channel_options",
         "from_rpc_error",
+        "utc_from_ns",
     ],
 }
 MODULES = list(EXPECTED)
