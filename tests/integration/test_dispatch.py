@@ -33,7 +33,7 @@ from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
 from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.service import Dispatch
-from driver_service.domain import Driver, Status
+from driver_service.domain import Driver, Location, Status
 from driver_service.interceptors import AuthPolicy, server_interceptors
 from driver_service.security import TokenIssuer, TokenValidator
 from tests.helpers.fleets import NOW, fleets, oracle
@@ -390,3 +390,27 @@ def test_redis_index_matches_brute_force(
     redis_server.start()
     got = asyncio.run(search())
     assert got == oracle(drivers, lat, lon, radius_m, limit, wanted, cutoff)
+
+
+@pytest.mark.parametrize("longitude", [179.99999999999997, 180.0, 179.9999999999])
+def test_redis_index_finds_a_driver_a_hair_west_of_the_antimeridian(
+    redis_server: RedisServer, longitude: float
+) -> None:
+    """Redis 7.0 stores 179.99999999999997 as 180, which no GEOSEARCH finds (hypothesis found
+    it): such a driver must still be found, from either side of the antimeridian."""
+    driver = Driver("edge", Status.AVAILABLE, Location("edge", 0.0, longitude, 0, 0, NOW), NOW)
+    wanted = {Status.AVAILABLE}
+
+    async def search(lat: float, lon: float) -> list[str]:
+        client = create_redis_client(redis_server.url)
+        try:
+            index = RedisDriverIndex(client, f"t{uuid.uuid4().hex[:12]}:")
+            await index.put([driver])
+            found = await index.nearby(lat, lon, 100_000.0, 21, wanted, NOW - 30 * 10**9)
+            return [n.driver.driver_id for n in found]
+        finally:
+            await client.aclose()
+
+    redis_server.start()
+    for lat, lon in [(0.0, 179.35703586544386), (0.0, -179.5), (0.0, longitude)]:
+        assert asyncio.run(search(lat, lon)) == ["edge"], (lat, lon)

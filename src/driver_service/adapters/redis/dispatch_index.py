@@ -43,6 +43,9 @@ GEO_MAX_LAT = 85.05112878
 _REDIS_RADIUS_M = 6_372_797.560856
 _SCALE = _REDIS_RADIUS_M / EARTH_RADIUS_M
 _SLACK_M = 5.0
+#: Longitudes east of this are stored and searched as -180 (the same meridian, under 0.1 mm
+#: away): Redis 7.0 stores 179.99999999999997 as 180, which no GEOSEARCH finds.
+_ANTIMERIDIAN = 180.0 - 1e-9
 
 _COMMON_LUA = """
 local dx, geo, polar, seen_key, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -58,8 +61,9 @@ local function place(id, st, lat, lon, seen)
     return
   end
   if math.abs(tonumber(lat)) <= MAXLAT then
-    -- GEO does not wrap +180 to -180 (the same meridian): store it as -180.
-    if tonumber(lon) == 180 then lon = '-180' end
+    -- GEO does not wrap +180 to -180 (the same meridian), and a longitude within a hair of
+    -- +180 is stored as 180 and never found again (Redis 7.0): store all of them as -180.
+    if tonumber(lon) > ANTIMERIDIAN then lon = '-180' end
     redis.call('GEOADD', geo, lon, lat, id); redis.call('SREM', polar, id)
   else
     redis.call('ZREM', geo, id); redis.call('SADD', polar, id)
@@ -78,7 +82,7 @@ end
 local function parse(v)
   return string.match(v, '^(%u+) (%S*) (%S*) (%d+) (%d*)$')
 end
-""".replace("MAXLAT", repr(GEO_MAX_LAT))
+""".replace("MAXLAT", repr(GEO_MAX_LAT)).replace("ANTIMERIDIAN", repr(_ANTIMERIDIAN))
 
 # ARGV: groups of (id, lat, lon, recorded_at_ns). Returns the ids the index does not know.
 _MOVE_LUA = (
@@ -298,7 +302,7 @@ class RedisDriverIndex:
             raw = await self._nearby(
                 keys=self._keys,
                 args=[
-                    repr(-180.0 if longitude == 180.0 else longitude),  # as stored
+                    repr(-180.0 if longitude > _ANTIMERIDIAN else longitude),  # as stored
                     repr(centre_lat),
                     repr(reach_m * _SCALE * (1 + 1e-9) + _SLACK_M),
                     str(seen_after_ns),
