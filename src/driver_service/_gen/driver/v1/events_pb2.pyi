@@ -141,7 +141,9 @@ class Event(_message.Message):
 
     @_builtins.property
     def location(self) -> Global___EventLocation:
-        """The fix that caused a zone.* or driver.online event; unset for the others."""
+        """The fix that caused the event: zone.*, and driver.online when a location update brought
+        the driver online; unset otherwise.
+        """
 
     def __init__(
         self,
