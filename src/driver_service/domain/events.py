@@ -301,3 +301,59 @@ def sweep_stale(
         return state, None
     event = Event(EventType.DRIVER_OFFLINE, driver_id, seen + stale_after_ns)
     return replace(state, online=False), event
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event as the log holds it: `event_id` strictly increasing in log (commit) order,
+    `recorded_at_ns` when the transaction that logged it ran."""
+
+    event_id: int
+    recorded_at_ns: int
+    event: Event
+
+
+def event_body(event: Event) -> str:
+    """The event's fields other than type, driver, zone and time as compact JSON: the form
+    the log stores beside its indexed columns (`event_from_row` reads it back)."""
+    doc: dict[str, Any] = {}
+    loc = event.location
+    if loc is not None:
+        doc["loc"] = [loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees]
+    if event.old_status is not None:
+        doc["old"] = event.old_status.value
+    if event.new_status is not None:
+        doc["new"] = event.new_status.value
+    if event.zone_deleted:
+        doc["deleted"] = True
+    if event.zone_version:
+        doc["zv"] = event.zone_version
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def event_from_row(
+    event_id: int,
+    kind: str,
+    driver_id: str,
+    zone_id: str,
+    at_ns: int,
+    recorded_at_ns: int,
+    body: str,
+) -> LoggedEvent:
+    """A logged event from the log's columns (the inverse of `event_body`)."""
+    doc = json.loads(body)
+    raw = doc.get("loc")
+    location = None if raw is None else Location(driver_id, raw[0], raw[1], raw[2], raw[3], at_ns)
+    old, new = doc.get("old"), doc.get("new")
+    event = Event(
+        EventType(kind),
+        driver_id,
+        at_ns,
+        zone_id,
+        int(doc.get("zv", 0)),
+        location,
+        None if old is None else Status(old),
+        None if new is None else Status(new),
+        bool(doc.get("deleted", False)),
+    )
+    return LoggedEvent(event_id, recorded_at_ns, event)

@@ -548,3 +548,69 @@ def _haversine_np(
     a = s_lat * s_lat + np.cos(p1) * np.cos(p2) * s_lon * s_lon
     result: NDArray[np.float64] = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(1.0, a)))
     return result
+
+
+# --- Storage form ------------------------------------------------------------------------------
+
+
+def shape_to_text(shape: Shape) -> str:
+    """A shape as stored: the canonical GeoJSON text, or a small JSON object for a circle."""
+    if isinstance(shape, Circle):
+        return json.dumps(
+            {"circle": [shape.latitude, shape.longitude, shape.radius_m]}, separators=(",", ":")
+        )
+    return shape.geojson
+
+
+def shape_from_text(text: str) -> Shape:
+    """The inverse of `shape_to_text` (re-validates and re-prepares a polygon)."""
+    doc = json.loads(text)
+    if isinstance(doc, dict) and "circle" in doc:
+        lat, lon, radius = doc["circle"]
+        return Circle(float(lat), float(lon), float(radius))
+    return PolygonShape(text)
+
+
+def labels_to_text(labels: Iterable[str]) -> str:
+    return json.dumps(list(labels), separators=(",", ":"))
+
+
+def labels_from_text(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def zone_from_columns(
+    zone_id: str,
+    name: str,
+    labels: str,
+    shape: str,
+    dwell_ns: int,
+    version: int,
+    created_at_ns: int,
+    updated_at_ns: int,
+) -> Zone:
+    """A stored zone from the columns both stores keep (in this order)."""
+    return Zone(
+        zone_id,
+        name,
+        labels_from_text(labels),
+        shape_from_text(shape),
+        dwell_ns,
+        version,
+        created_at_ns,
+        updated_at_ns,
+    )
+
+
+def zone_columns(zone: Zone) -> tuple[str, str, str, str, int, int, int, int]:
+    """The inverse of `zone_from_columns`."""
+    return (
+        zone.zone_id,
+        zone.name,
+        labels_to_text(zone.labels),
+        shape_to_text(zone.shape),
+        zone.dwell_ns,
+        zone.version,
+        zone.created_at_ns,
+        zone.updated_at_ns,
+    )
