@@ -98,6 +98,7 @@ async def api(tmp_path: Path, stale_after: float) -> AsyncIterator[Api]:
     secret.write_bytes(SECRET)
     settings = ServerSettings(
         listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
         data_dir=tmp_path,
         insecure=True,
         token_secret_file=secret,
