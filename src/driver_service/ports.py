@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from driver_service.domain import Driver, Location, Status
+from driver_service.domain.events import Event, LoggedEvent, TrackerState
+from driver_service.domain.zones import Zone
 
 
 class Recorded(list[Location]):
@@ -97,3 +99,87 @@ class LocationBus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class ZoneRepository(Protocol):
+    """Durable zones, shared by every replica. Ids are never reused: a deleted zone stays as
+    a tombstone, so an event naming a zone id always means that one zone."""
+
+    async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
+        """Store a new zone at version 1 (created and updated at `now_ns`); ZoneExists if its
+        id was ever used."""
+        ...
+
+    async def get_zone(self, zone_id: str) -> Zone:
+        """The live zone; ZoneNotFound if there is none (or it was deleted)."""
+        ...
+
+    async def list_zones(self, after_id: str, limit: int) -> list[Zone]:
+        """Live zones with id > `after_id`, ordered by id, at most `limit`."""
+        ...
+
+    async def update_zone(self, zone: Zone, expected_version: int, now_ns: int) -> Zone:
+        """Replace a live zone (version + 1); with `expected_version` non-zero only if the
+        stored version is that one (VersionMismatch otherwise); ZoneNotFound if none."""
+        ...
+
+    async def delete_zone(self, zone_id: str, expected_version: int, now_ns: int) -> None:
+        """Turn a live zone into a tombstone (as update_zone for the checks)."""
+        ...
+
+
+class EventEvaluator(Protocol):
+    """What a store calls inside its location and status transactions to derive events
+    (the transactional outbox): pure computation over the state the store holds locked.
+
+    `zones_version` is the version of the zones it evaluates against; before evaluating, the
+    store compares it with the stored zones version (in the same transaction) and, if they
+    differ, hands over the live zones with `load_zones`, so a zone change counts from the
+    next update on every replica and a stale index never invents a zone.exit."""
+
+    @property
+    def zones_version(self) -> int: ...
+
+    def outdated_zones(self, live: Mapping[str, int]) -> list[str]:
+        """Of the live zones (id -> version), those it holds no parsed copy of."""
+        ...
+
+    def load_zones(self, version: int, live: Mapping[str, int], fetched: Iterable[Zone]) -> None:
+        """Evaluate against exactly the `live` zones from now on: `fetched` are the ones
+        `outdated_zones` named; the rest it holds already."""
+        ...
+
+    def on_locations(
+        self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        """The new state of each driver with an advanced location (in batch order) and the
+        events to log, in order. Drivers absent from `states` are new."""
+        ...
+
+    def on_status(
+        self, state: TrackerState, driver_id: str, status: Status, at_ns: int
+    ) -> tuple[TrackerState, list[Event]]: ...
+
+    def logged(self, last_event_id: int) -> None:
+        """Events up to `last_event_id` were committed (wakes this process's watchers)."""
+        ...
+
+
+class EventLog(Protocol):
+    """The event log (outbox) a store writes with its location commits."""
+
+    async def read_events(self, after_id: int, limit: int) -> list[LoggedEvent]:
+        """Logged events with id > `after_id`, oldest first, at most `limit`. Every event
+        with a smaller id than one returned is committed and was returned or will never
+        exist: ids are assigned in commit order."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The newest logged event's id, 0 for an empty log."""
+        ...
+
+    async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
+        """Log driver.offline for each online driver unseen for more than `stale_after_ns`;
+        idempotent across replicas (the state changes under the driver's lock, so only
+        one sweep logs a given offline). Return how many were logged."""
+        ...

@@ -273,7 +273,16 @@ async def test_fresh_migration_creates_the_tables(tmp_path: Path) -> None:
     try:
         assert migrate(con) == SCHEMA_VERSION
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"drivers", "location_history", "service_meta"}
+        assert tables == {
+            "drivers",
+            "location_history",
+            "service_meta",
+            "zones",
+            "zones_version",
+            "driver_trackers",
+            "events",
+            "sqlite_sequence",  # AUTOINCREMENT's: event ids are never reused
+        }
         assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         con.close()

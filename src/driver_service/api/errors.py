@@ -16,6 +16,7 @@ from driver_service.domain import (
     ShuttingDown,
     StoreUnavailable,
 )
+from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
 
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     CommandNotFound: grpc.StatusCode.NOT_FOUND,
@@ -23,6 +24,9 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
     OfferNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     DriverNotFound: grpc.StatusCode.NOT_FOUND,
+    ZoneNotFound: grpc.StatusCode.NOT_FOUND,
+    ZoneExists: grpc.StatusCode.ALREADY_EXISTS,
+    VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

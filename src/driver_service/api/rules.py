@@ -18,9 +18,17 @@ can never be.
 | DispatchService/SendCommand              | dispatch            | never                          |
 | DispatchService/GetCommandStatus         | dispatch            | never                          |
 | DispatchService/AnswerOffer              | drivers:write       | its own driver_id (and offer)  |
+| ZoneService/CreateZone                   | zones               | never                          |
+| ZoneService/GetZone                      | zones               | never                          |
+| ZoneService/ListZones                    | zones               | never                          |
+| ZoneService/UpdateZone                   | zones               | never                          |
+| ZoneService/DeleteZone                   | zones               | never                          |
+| EventService/WatchEvents                 | events              | its own driver's events only   |
 
 A driver may read its own record (the driver app shows it) but never another driver's, and
 answers only offers sent to it (the offer book also checks it is the offer's recipient).
+A driver watching events may name only itself in `driver_ids`; the servicer then limits the
+stream to its own driver whatever the request says.
 Malformed ids name no driver: the handler answers them INVALID_ARGUMENT whatever the token.
 """
 
@@ -32,15 +40,29 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-from driver_service._gen.driver.v1 import batch_pb2, dispatch_pb2, driver_pb2
+from driver_service._gen.driver.v1 import batch_pb2, dispatch_pb2, driver_pb2, events_pb2, zones_pb2
 from driver_service.interceptors.auth import MethodRule, named_driver_id
-from driver_service.security.tokens import SCOPE_DISPATCH, SCOPE_READ, SCOPE_WRITE
+from driver_service.security.tokens import (
+    SCOPE_DISPATCH,
+    SCOPE_EVENTS,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    SCOPE_ZONES,
+)
 
 DRIVER_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["DriverService"]
 BATCH_SERVICE = batch_pb2.DESCRIPTOR.services_by_name["DriverBatchService"]
 DISPATCH_SERVICE = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]
+ZONE_SERVICE = zones_pb2.DESCRIPTOR.services_by_name["ZoneService"]
+EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"]
 #: Every service of ours the server may register (DispatchService when dispatch is on).
-SERVICES: tuple[ServiceDescriptor, ...] = (DRIVER_SERVICE, BATCH_SERVICE, DISPATCH_SERVICE)
+SERVICES: tuple[ServiceDescriptor, ...] = (
+    DRIVER_SERVICE,
+    BATCH_SERVICE,
+    DISPATCH_SERVICE,
+    ZONE_SERVICE,
+    EVENT_SERVICE,
+)
 
 #: Named by a message that acts for more than one driver: unguessable, so it equals no
 #: token's `sub` and a driver token is refused (MethodRule extracts one id per message).
@@ -102,6 +124,12 @@ ENTRIES: tuple[tuple[ServiceDescriptor, str, MethodRule], ...] = (
     (DISPATCH_SERVICE, "SendCommand", MethodRule(SCOPE_DISPATCH)),
     (DISPATCH_SERVICE, "GetCommandStatus", MethodRule(SCOPE_DISPATCH)),
     (DISPATCH_SERVICE, "AnswerOffer", MethodRule(SCOPE_WRITE, _field_driver_id)),
+    (ZONE_SERVICE, "CreateZone", MethodRule(SCOPE_ZONES)),
+    (ZONE_SERVICE, "GetZone", MethodRule(SCOPE_ZONES)),
+    (ZONE_SERVICE, "ListZones", MethodRule(SCOPE_ZONES)),
+    (ZONE_SERVICE, "UpdateZone", MethodRule(SCOPE_ZONES)),
+    (ZONE_SERVICE, "DeleteZone", MethodRule(SCOPE_ZONES)),
+    (EVENT_SERVICE, "WatchEvents", MethodRule(SCOPE_EVENTS, _lookup_driver_id)),
 )
 
 #: The rules by method path, as the AuthPolicy looks them up.

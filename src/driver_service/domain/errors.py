@@ -3,6 +3,9 @@
     DomainError
     ├── InvalidInput       the caller sent something we cannot accept (INVALID_ARGUMENT)
     ├── DriverNotFound     no event was ever accepted for this driver (NOT_FOUND)
+    ├── ZoneNotFound       no such zone, or it was deleted (NOT_FOUND)
+    ├── ZoneExists         a zone id already used, by a live or a deleted zone (ALREADY_EXISTS)
+    ├── VersionMismatch    an update or delete expected another version (FAILED_PRECONDITION)
     ├── RateLimited        a driver sends faster than allowed (RESOURCE_EXHAUSTED)
     ├── StoreUnavailable   durable storage failed; retry later (UNAVAILABLE)
     └── ShuttingDown       this server is stopping; reconnect elsewhere (UNAVAILABLE)
@@ -37,3 +40,27 @@ class StoreUnavailable(DomainError):
 
 class ShuttingDown(DomainError):
     """The server is draining; clients should reconnect to another replica."""
+
+
+class ZoneNotFound(DomainError):
+    def __init__(self, zone_id: str) -> None:
+        super().__init__(f"zone {zone_id!r} not found")
+        self.zone_id = zone_id
+
+
+class ZoneExists(DomainError):
+    """Zone ids are never reused, not even after a delete (events name zones by id)."""
+
+    def __init__(self, zone_id: str) -> None:
+        super().__init__(f"zone id {zone_id!r} is taken (by a zone, or a deleted one)")
+        self.zone_id = zone_id
+
+
+class VersionMismatch(DomainError):
+    """Optimistic concurrency: the stored version is not the one the caller expected."""
+
+    def __init__(self, zone_id: str, expected: int, stored: int) -> None:
+        super().__init__(
+            f"zone {zone_id!r} is at version {stored}, not the expected {expected}; "
+            "read it again and retry"
+        )

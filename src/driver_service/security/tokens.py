@@ -31,6 +31,10 @@ MIN_SECRET_BYTES = 32
 SCOPE_READ = "drivers:read"
 SCOPE_WRITE = "drivers:write"
 SCOPE_DISPATCH = "dispatch"
+#: Operators who create, change and delete zones (ZoneService).
+SCOPE_ZONES = "zones"
+#: Consumers of the event log (EventService.WatchEvents).
+SCOPE_EVENTS = "events"
 ROLE_DRIVER = "driver"
 ROLE_SERVICE = "service"
 

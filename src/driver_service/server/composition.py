@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING
 
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.evaluation import ZoneEvaluator
+from driver_service.app.events import EventFeed
 from driver_service.app.fanout import MemoryBus
+from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
+from driver_service.app.zones import ZoneAdmin
 from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
 from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.ports import DriverIndex
@@ -28,6 +32,7 @@ from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from driver_service.adapters.postgres.repository import PostgresRepository
     from driver_service.adapters.redis.bus import RedisBus
     from driver_service.dispatch.ports import CommandRouter
 
@@ -35,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Key and channel prefix in Redis, so one Redis can serve several deployments.
 REDIS_PREFIX = "ds:"
+#: How often WatchEvents' feed reads the log for events other replicas logged (PostgreSQL);
+#: one process's own events wake it at once.
+EVENT_POLL_S_SHARED = 0.1
+EVENT_POLL_S_ALONE = 1.0
 
 
 @dataclass
@@ -43,19 +52,33 @@ class Services:
 
     tracking: DriverTracking
     dispatch: Dispatch
+    zones: ZoneAdmin
+    events: EventFeed
+    sweeper: OfflineSweeper
+
+    async def close_events(self) -> None:
+        """Stop the offline sweeper and end every WatchEvents stream."""
+        await self.sweeper.close()
+        await self.events.close()
 
     async def close(self) -> None:
+        await self.close_events()
         await self.dispatch.close()
         await self.tracking.close()
 
 
-async def open_store(settings: ServerSettings) -> DriverRepository:
-    """The durable store named by `--store` (SQLite file by default)."""
+async def open_store(
+    settings: ServerSettings, evaluator: ZoneEvaluator | None = None
+) -> SqliteRepository | PostgresRepository:
+    """The durable store named by `--store` (SQLite file by default); with `evaluator`, it
+    logs events in its location and status commits (the outbox)."""
     if settings.uses_postgres:
         from driver_service.adapters.postgres.repository import PostgresRepository
 
         assert settings.store is not None
-        return await PostgresRepository.open(settings.store, timeout_s=settings.store_timeout)
+        return await PostgresRepository.open(
+            settings.store, timeout_s=settings.store_timeout, evaluator=evaluator
+        )
     path = settings.sqlite_path()
     if settings.relative_sqlite_url() and not path.parent.exists():
         log.warning(
@@ -64,7 +87,7 @@ async def open_store(settings: ServerSettings) -> DriverRepository:
             settings.store,
             path.parent,
         )
-    return await SqliteRepository.open(path)
+    return await SqliteRepository.open(path, evaluator=evaluator)
 
 
 async def open_live(
@@ -88,9 +111,19 @@ async def open_live(
     return live, bus, (client, bus)
 
 
+@dataclass
+class _Built:
+    tracking: DriverTracking
+    index: DriverIndex | None
+    redis: tuple[Redis, RedisBus] | None
+    fills: list[Fill]
+    durable: SqliteRepository | PostgresRepository
+    evaluator: ZoneEvaluator
+
+
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
-) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None, list[Fill]]:
+) -> _Built:
     """The application over the configured adapters, decorated outermost first:
 
         repository: IndexingRepository → InstrumentedRepository → LiveStateRepository (with
@@ -103,7 +136,8 @@ async def _build_tracking(
     supervisor = TaskSupervisor(
         count_failure=None if metrics is None else metrics.count_task_failure
     )
-    durable = await open_store(settings)
+    evaluator = ZoneEvaluator()
+    durable = await open_store(settings, evaluator)
     try:
         repository, bus, redis = await open_live(settings, durable, supervisor)
     except BaseException:
@@ -145,7 +179,7 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return tracking, index, redis, fills
+    return _Built(tracking, index, redis, fills, durable, evaluator)
 
 
 async def build_services(
@@ -153,7 +187,8 @@ async def build_services(
 ) -> Services:
     """Tracking and dispatch over the configured adapters, instrumented when `metrics` is
     given (the server always gives it; tests may leave it out)."""
-    tracking, index, redis, fills = await _build_tracking(settings, metrics, with_index=True)
+    built = await _build_tracking(settings, metrics, with_index=True)
+    tracking, index, redis, fills = built.tracking, built.index, built.redis, built.fills
     assert index is not None
     try:
         background = await _rebuild_derived_state(settings, tracking, index, redis, fills)
@@ -178,7 +213,23 @@ async def build_services(
     if metrics is not None:
         metrics.count_stale_drivers(lambda: dispatch.stale_drivers)
     await dispatch.start()
-    return Services(tracking, dispatch)
+    # Zones and events: the durable store itself (zones are not live state; the log is read
+    # by id), its evaluator waking this process's watchers after each commit that logs.
+    feed = EventFeed(
+        built.durable,
+        tracking.supervisor,
+        poll_s=EVENT_POLL_S_SHARED if settings.uses_postgres else EVENT_POLL_S_ALONE,
+    )
+    sweeper = OfflineSweeper(built.durable, tracking.supervisor, settings.stale_after)
+    try:
+        await feed.start()
+    except BaseException:
+        await dispatch.close()
+        await tracking.close()
+        raise
+    built.evaluator.add_listener(feed.notify)
+    sweeper.start()
+    return Services(tracking, dispatch, ZoneAdmin(built.durable), feed, sweeper)
 
 
 async def build_tracking(
@@ -186,8 +237,7 @@ async def build_tracking(
 ) -> DriverTracking:
     """Only the tracking service, without dispatch or its spatial index (for tests and
     benchmarks of the seed's service alone)."""
-    tracking, _, _, _ = await _build_tracking(settings, metrics, with_index=False)
-    return tracking
+    return (await _build_tracking(settings, metrics, with_index=False)).tracking
 
 
 async def _rebuild_derived_state(

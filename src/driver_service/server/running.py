@@ -19,12 +19,18 @@ from driver_service._gen.driver.v1 import (
     dispatch_pb2_grpc,
     driver_pb2,
     driver_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    zones_pb2,
+    zones_pb2_grpc,
 )
 from driver_service.api import DriverServicer
 from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.api.event_servicer import EventServicer
 from driver_service.api.rules import RULES
+from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.service import Dispatch
 from driver_service.interceptors import (
@@ -53,6 +59,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
 DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
+ZONE_SERVICE_NAME = zones_pb2.DESCRIPTOR.services_by_name["ZoneService"].full_name
+EVENT_SERVICE_NAME = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 #: Health pings the store and the bus this often, each bounded by this too (and by its own
 #: --store-timeout / --redis-timeout): a hung dependency shows as NOT_SERVING within ~2 s.
 HEALTH_CHECK_INTERVAL_S = 1.0
@@ -130,6 +138,7 @@ class RunningServer:
     reloader: CertificateReloader | None = None
     admin: AdminServer | None = None
     dispatch: Dispatch | None = None
+    services: Services | None = None
     _monitor: Supervised | None = field(default=None, repr=False)
     #: Set when a fatal background task failed: `serve` stops and exits non-zero.
     fatal: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -155,6 +164,8 @@ class RunningServer:
             await self._monitor.stop()
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
+        if self.services is not None:  # WatchEvents streams end; no more offline sweeps
+            await self.services.close_events()
         await self.server.stop(grace_s)
         if self.dispatch is not None:
             await self.dispatch.close()
@@ -218,9 +229,9 @@ async def start_server(
     """Start serving `services` (or the tracking service alone); with `metrics`, count every
     call and serve /metrics."""
     if isinstance(services, Services):
-        tracking, dispatch = services.tracking, services.dispatch
+        tracking, dispatch, full = services.tracking, services.dispatch, services
     else:
-        tracking, dispatch = services, None
+        tracking, dispatch, full = services, None, None
     auth = _auth_policy(settings)
     pipeline = call_pipeline(auth, access_log=settings.access_log, metrics=metrics)
     server = grpc.aio.server(options=server_options(settings))
@@ -234,6 +245,12 @@ async def start_server(
             DispatchServicer(dispatch), services_server
         )
         services_served.append(DISPATCH_SERVICE_NAME)
+    if full is not None:
+        zones_pb2_grpc.add_ZoneServiceServicer_to_server(ZoneServicer(full.zones), services_server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(full.events), services_server
+        )
+        services_served += [ZONE_SERVICE_NAME, EVENT_SERVICE_NAME]
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services_server)
     if settings.reflection:
@@ -243,7 +260,9 @@ async def start_server(
     with startup_step("--listen", settings.listen):
         bound, reloader = _bind(server, settings)
     await server.start()
-    running = RunningServer(server, bound, tracking, health_servicer, reloader, dispatch=dispatch)
+    running = RunningServer(
+        server, bound, tracking, health_servicer, reloader, dispatch=dispatch, services=full
+    )
     await running.set_serving(True)
     if settings.admin_listen:
         try:

@@ -10,12 +10,23 @@ sends a cancel request and rolls back, which wait for a hung server again (each 
 the same time as `command_timeout`, then the connection is terminated), so the caller does
 not wait for that cleanup. After a failure the repository answers UNAVAILABLE at once until
 its probe (`SELECT 1`) answers again.
+
+Events (with an `EventEvaluator`): each location or status transaction evaluates the fixes
+that advanced against the drivers' tracker states, read from the rows it holds locked, and
+writes the new states and the events before it commits (the transactional outbox), so with
+any number of replicas each event is produced once, in order per driver. Event ids come from
+an identity column under a transaction-scoped advisory lock taken just before the insert and
+held to the commit: ids are assigned in commit order, so a reader that has seen id N has
+seen every event below N (a log read by id never skips one committed late). Only
+transactions that log events take it, always after their row locks (no deadlock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +36,18 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 import driver_service.adapters.postgres.schema as postgres_schema
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
-from driver_service.ports import Recorded
+from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.events import (
+    NEW_DRIVER,
+    Event,
+    LoggedEvent,
+    TrackerState,
+    event_body,
+    event_from_row,
+    sweep_stale,
+)
+from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
+from driver_service.ports import EventEvaluator, Recorded
 from driver_service.resilience.guard import DependencyGuard
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
@@ -64,7 +86,7 @@ _CREATE_DRIVERS = (
     " ON CONFLICT (driver_id) DO NOTHING RETURNING d.driver_id"
 )
 _LOCK_DRIVERS = (
-    "SELECT driver_id, location_at_ns, last_seen_at_ns FROM drivers"
+    "SELECT driver_id, location_at_ns, last_seen_at_ns, tracker FROM drivers"
     " WHERE driver_id = ANY($1::text[]) ORDER BY driver_id FOR UPDATE"
 )
 _ADVANCE_DRIVERS = (
@@ -119,6 +141,31 @@ _SEEN_SINCE = (
     " location_at_ns, last_seen_at_ns FROM drivers WHERE driver_id > $1"
     " AND last_seen_at_ns >= $2 ORDER BY driver_id LIMIT $3"
 )
+#: pg_advisory_xact_lock key of the event log's inserts ("drvevnt1"): ids in commit order.
+EVENT_LOCK_KEY = int.from_bytes(b"drvevnt1", "big", signed=True)
+_ZONE_COLUMNS = "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns"
+_SET_TRACKERS = (
+    "UPDATE drivers AS d SET tracker = u.tracker FROM unnest($1::text[], $2::text[])"
+    " AS u(driver_id, tracker) WHERE d.driver_id = u.driver_id"
+)
+_INSERT_EVENTS = (
+    "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],"
+    " $6::text[]) RETURNING id"
+)
+_EVENTS_AFTER = (
+    "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
+    " WHERE id > $1 ORDER BY id LIMIT $2"
+)
+#: Candidates for driver.offline, then locked and checked again one batch at a time.
+_STALE_CANDIDATES = (
+    "SELECT driver_id FROM drivers WHERE last_seen_at_ns < $1"
+    " AND tracker LIKE '%\"online\":true%' ORDER BY driver_id"
+)
+_LOCK_TRACKERS = (
+    "SELECT driver_id, tracker FROM drivers WHERE driver_id = ANY($1::text[])"
+    " ORDER BY driver_id FOR UPDATE"
+)
 _HISTORY = (
     "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
     " FROM location_history WHERE driver_id = $1 AND recorded_at_ns >= $2"
@@ -168,8 +215,17 @@ async def _keep_session(connection: Any) -> None:
 class PostgresRepository:
     """DriverRepository on PostgreSQL. Create with `await PostgresRepository.open(url)`."""
 
-    def __init__(self, pool: Any, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        url: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        evaluator: EventEvaluator | None = None,
+    ) -> None:
         self._pool = pool
+        self._evaluator = evaluator
+        #: Serialises zone reloads of this process's evaluator (transactions run concurrently).
+        self._zones_lock = asyncio.Lock()
         self.url = redact_url(url)
         self._closed = False
         self.guard = DependencyGuard(
@@ -191,6 +247,7 @@ class PostgresRepository:
         migrate: bool = True,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         connect_timeout_s: float = 10.0,
+        evaluator: EventEvaluator | None = None,
     ) -> PostgresRepository:
         """Connect a pool; apply pending migrations (`migrate=True`) or refuse to start on a
         schema of another version (`migrate=False`, when `driver-service migrate` runs them).
@@ -223,7 +280,7 @@ class PostgresRepository:
         except BaseException:
             pool.terminate()
             raise
-        return cls(pool, url, timeout_s)
+        return cls(pool, url, timeout_s, evaluator)
 
     async def get_driver(self, driver_id: str) -> Driver | None:
         row = await self.guard.call(lambda: self._pool.fetchrow(_GET_DRIVER, driver_id))
@@ -232,9 +289,12 @@ class PostgresRepository:
     async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         if not locations:
             return Recorded()
-        return await self.guard.call(lambda: self._record_locations(locations))
+        recorded, last_event_id = await self.guard.call(lambda: self._record_locations(locations))
+        if last_event_id and self._evaluator is not None:
+            self._evaluator.logged(last_event_id)
+        return recorded
 
-    async def _record_locations(self, locations: Sequence[Location]) -> Recorded:
+    async def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
         newest: dict[str, Location] = {}
         for loc in locations:
             seen = newest.get(loc.driver_id)
@@ -257,11 +317,13 @@ class PostgresRepository:
             # Newest fix time per driver as this transaction sees it; None: no location yet.
             current: dict[str, int | None] = dict.fromkeys(created)
             last_seen: dict[str, int] = {}
+            trackers: dict[str, str | None] = {}
             existing = [i for i in ids if i not in created]
             if existing:
-                for driver_id, at_ns, seen_ns in await con.fetch(_LOCK_DRIVERS, existing):
+                for driver_id, at_ns, seen_ns, tracker in await con.fetch(_LOCK_DRIVERS, existing):
                     current[driver_id] = at_ns
                     last_seen[driver_id] = seen_ns
+                    trackers[driver_id] = tracker
             before = dict(current)
             advanced: list[Location] = []
             for loc in locations:
@@ -285,7 +347,201 @@ class PostgresRepository:
             conflicts: tuple[Location, ...] = ()
             if await self._insert_history(con, locations) < len(locations):  # rare
                 conflicts = await self._conflicts(con, locations, before)
-        return Recorded(advanced, conflicts)
+            last_event_id = 0
+            evaluator = self._evaluator
+            if evaluator is not None and advanced:
+                await self._sync_zones(con, evaluator)
+                states = {
+                    driver_id: TrackerState.from_json(text)
+                    for driver_id, text in trackers.items()
+                    if text is not None
+                }
+                new_states, events = evaluator.on_locations(states, advanced)
+                last_event_id = await self._write_events(con, new_states, events)
+        return Recorded(advanced, conflicts), last_event_id
+
+    # --- events (the outbox) and zones ---------------------------------------------------------
+
+    async def _sync_zones(self, con: Any, evaluator: EventEvaluator) -> None:
+        """Give the evaluator the zones committed now if its version is not the stored one
+        (read after the drivers' row locks: whatever an earlier update of these drivers
+        was evaluated against is committed, so this index is at least as new)."""
+        version = await con.fetchval("SELECT version FROM zones_version")
+        if version <= evaluator.zones_version:  # a concurrent transaction may load a newer one
+            return
+        async with self._zones_lock:
+            if version <= evaluator.zones_version:
+                return
+            rows = await con.fetch("SELECT zone_id, version FROM zones WHERE NOT deleted")
+            live = {row[0]: row[1] for row in rows}
+            wanted = evaluator.outdated_zones(live)
+            fetched: list[Zone] = []
+            if wanted:
+                fetched = [
+                    zone_from_columns(*row)
+                    for row in await con.fetch(
+                        f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id = ANY($1::text[])",  # noqa: S608
+                        wanted,
+                    )
+                ]
+            evaluator.load_zones(version, live, fetched)
+
+    @staticmethod
+    async def _write_events(
+        con: Any, states: dict[str, TrackerState], events: Sequence[Event]
+    ) -> int:
+        """Write tracker states and log events in the open transaction; the newest id."""
+        if states:
+            ids = sorted(states)
+            await con.execute(_SET_TRACKERS, ids, [states[i].to_json() for i in ids])
+        if not events:
+            return 0
+        await con.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK_KEY)
+        now = time.time_ns()
+        rows = await con.fetch(
+            _INSERT_EVENTS,
+            [e.type.value for e in events],
+            [e.driver_id for e in events],
+            [e.zone_id for e in events],
+            [e.at_ns for e in events],
+            [now] * len(events),
+            [event_body(e) for e in events],
+        )
+        return max(int(row[0]) for row in rows)
+
+    async def read_events(self, after_id: int, limit: int) -> list[LoggedEvent]:
+        rows = await self.guard.call(lambda: self._pool.fetch(_EVENTS_AFTER, after_id, limit))
+        return [event_from_row(*row) for row in rows]
+
+    async def last_event_id(self) -> int:
+        value = await self.guard.call(lambda: self._pool.fetchval("SELECT max(id) FROM events"))
+        return int(value or 0)
+
+    async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
+        """Candidates from one scan; each batch then locked, checked again under the lock
+        and changed only if still online and stale: of replicas sweeping at once, the first
+        logs the driver.offline and the others find the driver offline."""
+        rows = await self.guard.call(
+            lambda: self._pool.fetch(_STALE_CANDIDATES, now_ns - stale_after_ns)
+        )
+        candidates = [row[0] for row in rows]
+        count = 0
+        for start in range(0, len(candidates), 500):
+            batch = candidates[start : start + 500]
+            logged, last = await self.guard.call(
+                functools.partial(self._sweep_batch, batch, now_ns, stale_after_ns)
+            )
+            count += logged
+            if last and self._evaluator is not None:
+                self._evaluator.logged(last)
+        return count
+
+    async def _sweep_batch(
+        self, driver_ids: list[str], now_ns: int, stale_after_ns: int
+    ) -> tuple[int, int]:
+        async with self._pool.acquire() as con, con.transaction():
+            states: dict[str, TrackerState] = {}
+            events: list[Event] = []
+            for driver_id, text in await con.fetch(_LOCK_TRACKERS, driver_ids):
+                if text is None:
+                    continue
+                state, event = sweep_stale(
+                    TrackerState.from_json(text), driver_id, now_ns, stale_after_ns
+                )
+                if event is not None:
+                    states[driver_id] = state
+                    events.append(event)
+            events.sort(key=lambda e: (e.at_ns, e.driver_id))
+            return len(events), await self._write_events(con, states, events)
+
+    async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
+        stored = Zone(
+            zone.zone_id, zone.name, zone.labels, zone.shape, zone.dwell_ns, 1, now_ns, now_ns
+        )
+
+        async def create() -> None:
+            async with self._pool.acquire() as con, con.transaction():
+                status = await con.execute(
+                    f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"  # noqa: S608
+                    " ON CONFLICT (zone_id) DO NOTHING",
+                    *zone_columns(stored),
+                )
+                if _row_count(status) == 0:
+                    raise ZoneExists(zone.zone_id)
+                await con.execute("UPDATE zones_version SET version = version + 1")
+
+        await self.guard.call(create)
+        return stored
+
+    @staticmethod
+    async def _live_zone(con: Any, zone_id: str, expected: int, lock: bool) -> Zone:
+        row = await con.fetchrow(
+            f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id = $1 AND NOT deleted"  # noqa: S608
+            + (" FOR UPDATE" if lock else ""),
+            zone_id,
+        )
+        if row is None:
+            raise ZoneNotFound(zone_id)
+        zone = zone_from_columns(*row)
+        if expected and zone.version != expected:
+            raise VersionMismatch(zone_id, expected, zone.version)
+        return zone
+
+    async def get_zone(self, zone_id: str) -> Zone:
+        async def get() -> Zone:
+            async with self._pool.acquire() as con:
+                return await self._live_zone(con, zone_id, 0, lock=False)
+
+        return await self.guard.call(get)
+
+    async def list_zones(self, after_id: str, limit: int) -> list[Zone]:
+        rows = await self.guard.call(
+            lambda: self._pool.fetch(
+                f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id > $1 AND NOT deleted"  # noqa: S608
+                " ORDER BY zone_id LIMIT $2",
+                after_id,
+                limit,
+            )
+        )
+        return [zone_from_columns(*row) for row in rows]
+
+    async def update_zone(self, zone: Zone, expected_version: int, now_ns: int) -> Zone:
+        async def update() -> Zone:
+            async with self._pool.acquire() as con, con.transaction():
+                old = await self._live_zone(con, zone.zone_id, expected_version, lock=True)
+                new = Zone(
+                    zone.zone_id,
+                    zone.name,
+                    zone.labels,
+                    zone.shape,
+                    zone.dwell_ns,
+                    old.version + 1,
+                    old.created_at_ns,
+                    now_ns,
+                )
+                await con.execute(
+                    "UPDATE zones SET name = $2, labels = $3, shape = $4, dwell_ns = $5,"
+                    " version = $6, created_at_ns = $7, updated_at_ns = $8 WHERE zone_id = $1",
+                    *zone_columns(new),
+                )
+                await con.execute("UPDATE zones_version SET version = version + 1")
+                return new
+
+        return await self.guard.call(update)
+
+    async def delete_zone(self, zone_id: str, expected_version: int, now_ns: int) -> None:
+        async def delete() -> None:
+            async with self._pool.acquire() as con, con.transaction():
+                await self._live_zone(con, zone_id, expected_version, lock=True)
+                await con.execute(
+                    "UPDATE zones SET deleted = true, version = version + 1,"
+                    " updated_at_ns = $2 WHERE zone_id = $1",
+                    zone_id,
+                    now_ns,
+                )
+                await con.execute("UPDATE zones_version SET version = version + 1")
+
+        await self.guard.call(delete)
 
     @staticmethod
     async def _conflicts(
@@ -338,10 +594,29 @@ class PostgresRepository:
         return _row_count(status)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
-        row = await self.guard.call(
-            lambda: self._pool.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
-        )
-        return _driver_from_record(row)
+        evaluator = self._evaluator
+        if evaluator is None:
+            row = await self.guard.call(
+                lambda: self._pool.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
+            )
+            return _driver_from_record(row)
+
+        async def set_and_log() -> tuple[Driver, int]:
+            async with self._pool.acquire() as con, con.transaction():
+                # The upsert locks the row; the tracker state read next holds still.
+                row = await con.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
+                text = await con.fetchval(
+                    "SELECT tracker FROM drivers WHERE driver_id = $1", driver_id
+                )
+                before = NEW_DRIVER if text is None else TrackerState.from_json(text)
+                state, events = evaluator.on_status(before, driver_id, status, at_ns)
+                last = await self._write_events(con, {driver_id: state}, events)
+                return _driver_from_record(row), last
+
+        driver, last = await self.guard.call(set_and_log)
+        if last:
+            evaluator.logged(last)
+        return driver
 
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int

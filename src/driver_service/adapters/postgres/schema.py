@@ -31,6 +31,39 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (driver_id, recorded_at_ns)
     );
     """,
+    # 2: zones (a deleted zone stays as a tombstone: ids are never reused), the zones version
+    # (one row, +1 with every zone change: evaluators reload when it moves), each driver's
+    # event tracker state (beside the row every location commit locks), and the event log
+    # (the outbox, written in the transaction of the update that caused each event; ids are
+    # taken under a transaction-scoped advisory lock, so they follow commit order).
+    """
+    CREATE TABLE zones (
+        zone_id        text    PRIMARY KEY,
+        name           text    NOT NULL,
+        labels         text    NOT NULL,
+        shape          text    NOT NULL,
+        dwell_ns       bigint  NOT NULL,
+        version        bigint  NOT NULL,
+        created_at_ns  bigint  NOT NULL,
+        updated_at_ns  bigint  NOT NULL,
+        deleted        boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE zones_version (
+        id       integer PRIMARY KEY CHECK (id = 1),
+        version  bigint  NOT NULL
+    );
+    INSERT INTO zones_version (id, version) VALUES (1, 0);
+    ALTER TABLE drivers ADD COLUMN tracker text;
+    CREATE TABLE events (
+        id              bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        type            text    NOT NULL,
+        driver_id       text    NOT NULL,
+        zone_id         text    NOT NULL,
+        at_ns           bigint  NOT NULL,
+        recorded_at_ns  bigint  NOT NULL,
+        body            text    NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,6 +3,11 @@
 Reads of current state come from an in-memory mirror that is updated only after a
 commit succeeds, so GetDriver never touches the disk and never sees uncommitted data.
 The data directory is locked: two servers on one file would each trust a stale mirror.
+
+With an `EventEvaluator`, every location and status commit also derives events from the
+updates that advanced (the transactional outbox): the drivers' tracker states and the events
+are written in the same transaction, so an acknowledged update never loses its events. One
+writer thread: event ids follow commit order.
 """
 
 from __future__ import annotations
@@ -21,7 +26,18 @@ from typing import IO, Any, TypeVar
 from driver_service.adapters.sqlite.schema import migrate
 from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
-from driver_service.ports import Recorded
+from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.events import (
+    NEW_DRIVER,
+    Event,
+    LoggedEvent,
+    TrackerState,
+    event_body,
+    event_from_row,
+    sweep_stale,
+)
+from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
+from driver_service.ports import EventEvaluator, Recorded
 
 T = TypeVar("T")
 
@@ -102,6 +118,20 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
+_ZONE_COLUMNS = "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns"
+_TRACKER_UPSERT = (
+    "INSERT INTO driver_trackers (driver_id, state) VALUES (?, ?)"
+    " ON CONFLICT (driver_id) DO UPDATE SET state = excluded.state"
+)
+_EVENT_INSERT = (
+    "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_EVENTS_AFTER = (
+    "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
+    " WHERE id > ? ORDER BY id LIMIT ?"
+)
+
 #: Status.value goes through enum's descriptor machinery (~1.5 us here); a dict does not.
 _STATUS_TEXT = {status: status.value for status in Status}
 
@@ -153,29 +183,35 @@ class SqliteRepository:
         lock: IO[bytes],
         executor: ThreadPoolExecutor,
         drivers: dict[str, Driver],
+        trackers: dict[str, TrackerState] | None = None,
+        evaluator: EventEvaluator | None = None,
     ) -> None:
         self.path = path
         self._connection = connection
         self._lock = lock
         self._executor = executor
         self._drivers = drivers
+        self._trackers: dict[str, TrackerState] = trackers or {}
+        self._evaluator = evaluator
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> SqliteRepository:
+    async def open(
+        cls, path: str | os.PathLike[str], evaluator: EventEvaluator | None = None
+    ) -> SqliteRepository:
         db_path = Path(path)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         lock = _lock_file(db_path.with_name(db_path.name + ".lock"))
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            connection, drivers = await asyncio.get_running_loop().run_in_executor(
+            connection, drivers, trackers = await asyncio.get_running_loop().run_in_executor(
                 executor, _connect_and_load, db_path
             )
         except BaseException:
             executor.shutdown(wait=False)
             lock.close()
             raise
-        return cls(db_path, connection, lock, executor, drivers)
+        return cls(db_path, connection, lock, executor, drivers, trackers, evaluator)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -187,9 +223,12 @@ class SqliteRepository:
         return len(self._drivers)
 
     async def record_locations(self, locations: Sequence[Location]) -> Recorded:
-        return await self._run(lambda: self._record_locations(locations))
+        recorded, last_event_id = await self._run(lambda: self._record_locations(locations))
+        if last_event_id and self._evaluator is not None:
+            self._evaluator.logged(last_event_id)
+        return recorded
 
-    def _record_locations(self, locations: Sequence[Location]) -> Recorded:
+    def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
         # driver (in order, for the bus); then one Driver and one upsert per driver.
         drivers = self._drivers
@@ -239,18 +278,180 @@ class SqliteRepository:
             )
 
         conflicts: tuple[Location, ...] = ()
+        evaluator = self._evaluator
+        states: dict[str, TrackerState] = {}
+        last_event_id = 0
 
         def body(con: sqlite3.Connection) -> None:
-            nonlocal conflicts
+            nonlocal conflicts, states, last_event_id
             before = con.total_changes
             _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
             if con.total_changes - before < len(locations):  # duplicate keys: rare
                 conflicts = self._conflicts(con, locations)
             _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
+            if evaluator is not None and advanced:
+                self._sync_zones(con, evaluator)
+                states, events = evaluator.on_locations(self._trackers, advanced)
+                last_event_id = self._write_events(con, states, events)
 
         self._transaction(body)
         drivers.update(changed)
-        return Recorded(advanced, conflicts)
+        self._trackers.update(states)
+        return Recorded(advanced, conflicts), last_event_id
+
+    # --- events (the outbox) and zones ---------------------------------------------------------
+
+    def _sync_zones(self, con: sqlite3.Connection, evaluator: EventEvaluator) -> None:
+        """Give the evaluator the zones committed now if its version is not the stored one."""
+        (version,) = con.execute("SELECT version FROM zones_version").fetchone()
+        if version == evaluator.zones_version:
+            return
+        live = dict(con.execute("SELECT zone_id, version FROM zones WHERE deleted = 0"))
+        wanted = set(evaluator.outdated_zones(live))
+        fetched = [
+            zone_from_columns(*row)
+            for row in con.execute(f"SELECT {_ZONE_COLUMNS} FROM zones WHERE deleted = 0")  # noqa: S608
+            if row[0] in wanted
+        ]
+        evaluator.load_zones(version, live, fetched)
+
+    @staticmethod
+    def _write_events(
+        con: sqlite3.Connection, states: dict[str, TrackerState], events: Sequence[Event]
+    ) -> int:
+        """Write tracker states and log events in the open transaction; the newest id."""
+        con.executemany(_TRACKER_UPSERT, [(d, s.to_json()) for d, s in states.items()])
+        if not events:
+            return 0
+        now = time.time_ns()
+        con.executemany(
+            _EVENT_INSERT,
+            [(e.type.value, e.driver_id, e.zone_id, e.at_ns, now, event_body(e)) for e in events],
+        )
+        (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
+        return int(last)
+
+    async def read_events(self, after_id: int, limit: int) -> list[LoggedEvent]:
+        def query() -> list[LoggedEvent]:
+            rows = self._connection.execute(_EVENTS_AFTER, (after_id, limit)).fetchall()
+            return [event_from_row(*row) for row in rows]
+
+        return await self._run(query)
+
+    async def last_event_id(self) -> int:
+        def query() -> int:
+            row = self._connection.execute("SELECT max(id) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(query)
+
+    async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
+        def sweep() -> tuple[int, int]:
+            states: dict[str, TrackerState] = {}
+            events: list[Event] = []
+            for driver_id, state in self._trackers.items():
+                new_state, event = sweep_stale(state, driver_id, now_ns, stale_after_ns)
+                if event is not None:
+                    states[driver_id] = new_state
+                    events.append(event)
+            if not events:
+                return 0, 0
+            events.sort(key=lambda e: (e.at_ns, e.driver_id))
+            last = 0
+
+            def body(con: sqlite3.Connection) -> None:
+                nonlocal last
+                last = self._write_events(con, states, events)
+
+            self._transaction(body)
+            self._trackers.update(states)
+            return len(events), last
+
+        count, last = await self._run(sweep)
+        if last and self._evaluator is not None:
+            self._evaluator.logged(last)
+        return count
+
+    async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
+        stored = Zone(
+            zone.zone_id, zone.name, zone.labels, zone.shape, zone.dwell_ns, 1, now_ns, now_ns
+        )
+
+        def body(con: sqlite3.Connection) -> None:
+            taken = con.execute("SELECT 1 FROM zones WHERE zone_id = ?", (zone.zone_id,))
+            if taken.fetchone() is not None:
+                raise ZoneExists(zone.zone_id)
+            con.execute(
+                f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                zone_columns(stored),
+            )
+            con.execute("UPDATE zones_version SET version = version + 1")
+
+        await self._run(lambda: self._transaction(body))
+        return stored
+
+    def _live_version(self, con: sqlite3.Connection, zone_id: str, expected: int) -> Zone:
+        row = con.execute(
+            f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id = ? AND deleted = 0",  # noqa: S608
+            (zone_id,),
+        ).fetchone()
+        if row is None:
+            raise ZoneNotFound(zone_id)
+        zone = zone_from_columns(*row)
+        if expected and zone.version != expected:
+            raise VersionMismatch(zone_id, expected, zone.version)
+        return zone
+
+    async def get_zone(self, zone_id: str) -> Zone:
+        return await self._run(lambda: self._live_version(self._connection, zone_id, 0))
+
+    async def list_zones(self, after_id: str, limit: int) -> list[Zone]:
+        def query() -> list[Zone]:
+            rows = self._connection.execute(
+                f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id > ? AND deleted = 0"  # noqa: S608
+                " ORDER BY zone_id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+            return [zone_from_columns(*row) for row in rows]
+
+        return await self._run(query)
+
+    async def update_zone(self, zone: Zone, expected_version: int, now_ns: int) -> Zone:
+        result: list[Zone] = []
+
+        def body(con: sqlite3.Connection) -> None:
+            old = self._live_version(con, zone.zone_id, expected_version)
+            new = Zone(
+                zone.zone_id,
+                zone.name,
+                zone.labels,
+                zone.shape,
+                zone.dwell_ns,
+                old.version + 1,
+                old.created_at_ns,
+                now_ns,
+            )
+            con.execute(
+                f"REPLACE INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                zone_columns(new),
+            )
+            con.execute("UPDATE zones_version SET version = version + 1")
+            result.append(new)
+
+        await self._run(lambda: self._transaction(body))
+        return result[0]
+
+    async def delete_zone(self, zone_id: str, expected_version: int, now_ns: int) -> None:
+        def body(con: sqlite3.Connection) -> None:
+            self._live_version(con, zone_id, expected_version)
+            con.execute(
+                "UPDATE zones SET deleted = 1, version = version + 1, updated_at_ns = ?"
+                " WHERE zone_id = ?",
+                (now_ns, zone_id),
+            )
+            con.execute("UPDATE zones_version SET version = version + 1")
+
+        await self._run(lambda: self._transaction(body))
 
     def _conflicts(
         self, con: sqlite3.Connection, locations: Sequence[Location]
@@ -279,9 +480,12 @@ class SqliteRepository:
         return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
-        return await self._run(lambda: self._set_status(driver_id, status, at_ns))
+        driver, last_event_id = await self._run(lambda: self._set_status(driver_id, status, at_ns))
+        if last_event_id and self._evaluator is not None:
+            self._evaluator.logged(last_event_id)
+        return driver
 
-    def _set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
+    def _set_status(self, driver_id: str, status: Status, at_ns: int) -> tuple[Driver, int]:
         current = self._drivers.get(driver_id)
         if current is None:
             driver = Driver(driver_id, status, None, at_ns)
@@ -289,9 +493,23 @@ class SqliteRepository:
             driver = Driver(
                 driver_id, status, current.location, max(current.last_seen_at_ns, at_ns)
             )
-        self._transaction(lambda con: con.execute(_driver_upsert(1), _driver_row(driver)))
+        evaluator = self._evaluator
+        state: TrackerState | None = None
+        last_event_id = 0
+
+        def body(con: sqlite3.Connection) -> None:
+            nonlocal state, last_event_id
+            con.execute(_driver_upsert(1), _driver_row(driver))
+            if evaluator is not None:
+                before = self._trackers.get(driver_id, NEW_DRIVER)
+                state, events = evaluator.on_status(before, driver_id, status, at_ns)
+                last_event_id = self._write_events(con, {driver_id: state}, events)
+
+        self._transaction(body)
         self._drivers[driver_id] = driver
-        return driver
+        if state is not None:
+            self._trackers[driver_id] = state
+        return driver, last_event_id
 
     def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
         con = self._connection
@@ -371,7 +589,9 @@ def _lock_file(path: Path) -> IO[bytes]:
     return handle
 
 
-def _connect_and_load(path: Path) -> tuple[sqlite3.Connection, dict[str, Driver]]:
+def _connect_and_load(
+    path: Path,
+) -> tuple[sqlite3.Connection, dict[str, Driver], dict[str, TrackerState]]:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
@@ -387,7 +607,13 @@ def _connect_and_load(path: Path) -> tuple[sqlite3.Connection, dict[str, Driver]
                 " location_at_ns, last_seen_at_ns FROM drivers"
             )
         }
+        trackers = {
+            driver_id: TrackerState.from_json(state)
+            for driver_id, state in connection.execute(
+                "SELECT driver_id, state FROM driver_trackers"
+            )
+        }
     except BaseException:
         connection.close()
         raise
-    return connection, drivers
+    return connection, drivers, trackers

@@ -57,6 +57,41 @@ MIGRATIONS: tuple[str, ...] = (
         value  TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4: zones (a deleted zone stays as a tombstone: ids are never reused), the zones version
+    # (one row, +1 with every zone change: evaluators reload when it moves), each driver's
+    # event tracker state, and the event log (the outbox, written in the transaction of the
+    # update that caused each event; AUTOINCREMENT: ids only grow, even after deletes).
+    """
+    CREATE TABLE zones (
+        zone_id        TEXT    PRIMARY KEY,
+        name           TEXT    NOT NULL,
+        labels         TEXT    NOT NULL,
+        shape          TEXT    NOT NULL,
+        dwell_ns       INTEGER NOT NULL,
+        version        INTEGER NOT NULL,
+        created_at_ns  INTEGER NOT NULL,
+        updated_at_ns  INTEGER NOT NULL,
+        deleted        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE zones_version (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        version  INTEGER NOT NULL
+    );
+    INSERT INTO zones_version (id, version) VALUES (1, 0);
+    CREATE TABLE driver_trackers (
+        driver_id  TEXT PRIMARY KEY,
+        state      TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        type            TEXT    NOT NULL,
+        driver_id       TEXT    NOT NULL,
+        zone_id         TEXT    NOT NULL,
+        at_ns           INTEGER NOT NULL,
+        recorded_at_ns  INTEGER NOT NULL,
+        body            TEXT    NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,91 @@
+"""The EventEvaluator a store calls inside its transactions: zones and the tracker.
+
+It holds the `ZoneIndex` of the zones version it last loaded. The store compares that
+version with the stored one in each transaction that evaluates (one primary-key read) and
+reloads when they differ, so every replica evaluates each update against the zones
+committed before it: the replica that changed a zone and every other one alike, with no
+polling and no notification to miss. A reload parses only the zones whose version changed
+(parsed zones are kept by id and version), so it costs one small query when nothing did.
+
+`logged` forwards the newest committed event id to a listener (app/events.py's feed), which
+wakes this process's watchers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from driver_service.domain import Location, Status
+from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker
+from driver_service.domain.zones import Zone, ZoneIndex
+
+
+class ZoneEvaluator:
+    """Implements ports.EventEvaluator over a swappable ZoneIndex."""
+
+    def __init__(self, tracker: ZoneTracker | None = None) -> None:
+        self._tracker = tracker or ZoneTracker()
+        self._index = ZoneIndex()
+        #: -1: nothing loaded yet, so the first transaction loads whatever is stored.
+        self._version = -1
+        self._listeners: list[Callable[[int], None]] = []
+
+    @property
+    def zones_version(self) -> int:
+        return self._version
+
+    @property
+    def index(self) -> ZoneIndex:
+        return self._index
+
+    def outdated_zones(self, live: Mapping[str, int]) -> list[str]:
+        index = self._index
+        outdated = []
+        for zone_id, version in live.items():
+            zone = index.get(zone_id)
+            if zone is None or zone.version != version:
+                outdated.append(zone_id)
+        return outdated
+
+    def load_zones(self, version: int, live: Mapping[str, int], fetched: Iterable[Zone]) -> None:
+        by_id = {zone.zone_id: zone for zone in fetched}
+        zones: list[Zone] = []
+        for zone_id in live:
+            zone = by_id.get(zone_id) or self._index.get(zone_id)
+            if zone is None:  # the store handed over less than it was asked for: a bug
+                raise RuntimeError(f"zone {zone_id!r} was not loaded")
+            zones.append(zone)
+        self._index = ZoneIndex(zones)
+        self._version = version
+
+    def on_locations(
+        self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        index = self._index
+        found = index.locate_many(
+            [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
+        )
+        tracker = self._tracker
+        new_states: dict[str, TrackerState] = {}
+        events: list[Event] = []
+        for loc, where in zip(advanced, found, strict=True):
+            driver_id = loc.driver_id
+            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            state, caused = tracker.on_location(state, loc, index, where)
+            new_states[driver_id] = state
+            events.extend(caused)
+        return new_states, events
+
+    def on_status(
+        self, state: TrackerState, driver_id: str, status: Status, at_ns: int
+    ) -> tuple[TrackerState, list[Event]]:
+        new_state, events = self._tracker.on_status(state, driver_id, status, at_ns)
+        return new_state, list(events)
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(last_event_id)` after each commit that logged events."""
+        self._listeners.append(listener)
+
+    def logged(self, last_event_id: int) -> None:
+        for listener in self._listeners:
+            listener(last_event_id)

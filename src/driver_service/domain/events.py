@@ -1,0 +1,359 @@
+"""Driver events and the per-driver state machine that derives them from accepted updates.
+
+`ZoneTracker.on_location` is given a driver's `TrackerState` and a location that advanced
+the driver's current location, and returns the new state and the events to log with that
+update. It is pure: the same state, location and zones give the same events on any replica,
+so the state is small, serialisable (`TrackerState.to_json`) and stored with the driver.
+
+Rules (docs/events.md will carry them to users):
+
+- Ordering. A fix at or before the last evaluated fix time changes nothing and emits nothing
+  (the caller already drops out-of-order fixes and duplicates; this is the second line).
+  Within one update events come as: driver.online, zone.exit, zone.enter, zone.dwell, each
+  group by zone id, so a move between adjacent zones reads exit-then-enter.
+- Hysteresis (no flapping on an edge). Every zone has a band of `zones.MARGIN_M` (20 m)
+  either side of its edge. A driver enters when a fix is inside by more than the margin, or
+  when consecutive fixes have stayed inside the zone (in the band) for `settle_ns` (30 s
+  by default; this is how a driver parked just inside an edge, or in a zone thinner than
+  twice the margin, gets in). It exits when a fix is outside by more than the margin, or when
+  consecutive fixes have stayed outside (in the band) for `settle_ns`. A fix on the other
+  side restarts the count, so jitter across an edge changes nothing.
+- Dwell. One zone.dwell per visit, on the first update at least the zone's dwell time after
+  the zone.enter (updates drive evaluation: a driver who stops sending gets its dwell on its
+  next update, if still inside). A zone's dwell of 0 means none.
+- Zone changes. The zones in effect are those of the `ZoneIndex` passed in: a created,
+  replaced or deleted zone counts from the next update. A replaced zone keeps its visits and
+  is judged by its new shape with the same hysteresis. A deleted zone that a driver was
+  inside gets a zone.exit with `zone_deleted` on that driver's next update (so consumers
+  that count occupancy never leak); a visit not yet entered is dropped silently.
+- Online/offline. The first update of a driver, or the first after driver.offline, emits
+  driver.online. `sweep_stale` (run periodically for every online driver) emits
+  driver.offline once no update was seen for more than `stale_after`, timed at the moment the
+  driver became stale (last seen + stale_after), not at the sweep, so every replica agrees.
+  Visits survive going offline: a driver back inside its zone gets no new zone.enter.
+- Status. `on_status` emits driver.status_changed (old, new) when the status differs from the
+  last one known; a driver's first known status is carried by its driver.online instead.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from driver_service.domain.errors import InvalidInput
+from driver_service.domain.model import INITIAL_STATUS, Location, Status
+from driver_service.domain.zones import Where, Zone, ZoneIndex
+
+NANOS = 10**9
+#: How long a driver must stay in a zone's edge band (inside, or outside) for that to count
+#: as entering (or leaving) when no fix went beyond the margin.
+DEFAULT_SETTLE_NS = 30 * NANOS
+
+
+class EventType(enum.StrEnum):
+    """Event types as the log and WatchEvents spell them."""
+
+    ZONE_ENTER = "zone.enter"
+    ZONE_EXIT = "zone.exit"
+    ZONE_DWELL = "zone.dwell"
+    DRIVER_ONLINE = "driver.online"
+    DRIVER_OFFLINE = "driver.offline"
+    DRIVER_STATUS_CHANGED = "driver.status_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event before it is logged: the log adds its id and recorded time.
+
+    `at_ns` is the fix time of the update that caused it (status: when the change was
+    accepted; offline: when the driver became stale). `location` is the fix for zone.* and
+    for a driver.online caused by a location.
+    """
+
+    type: EventType
+    driver_id: str
+    at_ns: int
+    zone_id: str = ""
+    zone_version: int = 0
+    location: Location | None = None
+    old_status: Status | None = None
+    new_status: Status | None = None
+    zone_deleted: bool = False
+
+
+def parse_type_filter(patterns: Iterable[str]) -> frozenset[EventType]:
+    """The event types a WatchEvents `types` filter selects: exact names or globs
+    (``zone.*``); no pattern means every type. A pattern matching no type is refused, so a
+    typo does not silently watch nothing."""
+    selected: set[EventType] = set()
+    given = False
+    for pattern in patterns:
+        given = True
+        matched = {t for t in EventType if fnmatch.fnmatchcase(t.value, pattern)}
+        if not matched:
+            known = ", ".join(t.value for t in EventType)
+            raise InvalidInput(f"event type {pattern!r} matches none of {known}")
+        selected |= matched
+    return frozenset(selected) if given else frozenset(EventType)
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """A driver's relation to one zone it is in or near.
+
+    entered False: inside the zone's band since `since_ns`, not entered yet (settling).
+    entered True: entered at `since_ns`; `outside_since_ns` is the first fix of the current
+    run of fixes outside the zone (in the band), None while inside.
+    """
+
+    zone_id: str
+    entered: bool
+    since_ns: int
+    zone_version: int = 0
+    dwelled: bool = False
+    outside_since_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerState:
+    """What the tracker remembers of one driver between updates; stored with the driver."""
+
+    last_fix_ns: int | None = None
+    last_seen_ns: int | None = None
+    online: bool = False
+    status: Status | None = None
+    visits: tuple[Visit, ...] = ()
+
+    def to_json(self) -> str:
+        """Compact JSON (version 1), stable key order: the form stored beside the driver."""
+        doc: dict[str, Any] = {
+            "v": 1,
+            "fix": self.last_fix_ns,
+            "seen": self.last_seen_ns,
+            "online": self.online,
+            "status": None if self.status is None else self.status.value,
+            "visits": [
+                [v.zone_id, v.entered, v.since_ns, v.zone_version, v.dwelled, v.outside_since_ns]
+                for v in self.visits
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrackerState:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise ValueError("not a version 1 tracker state")
+        status = doc["status"]
+        return cls(
+            last_fix_ns=doc["fix"],
+            last_seen_ns=doc["seen"],
+            online=bool(doc["online"]),
+            status=None if status is None else Status(status),
+            visits=tuple(
+                Visit(zone_id, bool(entered), since, version, bool(dwelled), outside)
+                for zone_id, entered, since, version, dwelled, outside in doc["visits"]
+            ),
+        )
+
+
+NEW_DRIVER = TrackerState()
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneTracker:
+    """Derives a driver's events from its updates (see the module docstring for the rules)."""
+
+    settle_ns: int = DEFAULT_SETTLE_NS
+
+    def on_location(
+        self,
+        state: TrackerState,
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where] | None = None,
+    ) -> tuple[TrackerState, tuple[Event, ...]]:
+        """The state after `location` and the events it causes. `where` is
+        ``zones.locate(lat, lon)`` when the caller computed it already (``locate_many`` over a
+        commit group); otherwise it is computed here."""
+        t = location.recorded_at_ns
+        if state.last_fix_ns is not None and t <= state.last_fix_ns:
+            return state, ()
+        if where is None:
+            where = zones.locate(location.latitude, location.longitude)
+        status = state.status or INITIAL_STATUS
+        online: list[Event] = []
+        if not state.online:
+            online.append(
+                Event(
+                    EventType.DRIVER_ONLINE,
+                    location.driver_id,
+                    t,
+                    location=location,
+                    new_status=status,
+                )
+            )
+        groups: dict[EventType, list[Event]] = {
+            EventType.ZONE_EXIT: [],
+            EventType.ZONE_ENTER: [],
+            EventType.ZONE_DWELL: [],
+        }
+        visits: list[Visit] = []
+        previous = {v.zone_id: v for v in state.visits}
+        for zone_id in sorted(previous.keys() | where.keys()):
+            visit = previous.get(zone_id)
+            zone = zones.get(zone_id)
+            if zone is None:  # deleted since the last update
+                if visit is not None and visit.entered:
+                    groups[EventType.ZONE_EXIT].append(
+                        Event(
+                            EventType.ZONE_EXIT,
+                            location.driver_id,
+                            t,
+                            zone_id,
+                            visit.zone_version,
+                            location,
+                            zone_deleted=True,
+                        )
+                    )
+                continue
+
+            here = where.get(zone_id, Where.OUTSIDE)
+            visit, kinds = self._advance(visit, zone, here, t)
+            if visit is not None:
+                visits.append(visit)
+            for kind in kinds:
+                groups[kind].append(
+                    Event(kind, location.driver_id, t, zone_id, zone.version, location)
+                )
+        new_state = TrackerState(
+            last_fix_ns=t,
+            last_seen_ns=t if state.last_seen_ns is None else max(t, state.last_seen_ns),
+            online=True,
+            status=status,
+            visits=tuple(visits),
+        )
+        return new_state, (*online, *(e for group in groups.values() for e in group))
+
+    def _advance(
+        self, visit: Visit | None, zone: Zone, here: Where, t: int
+    ) -> tuple[Visit | None, tuple[EventType, ...]]:
+        """One zone's visit after a fix at `t` that is `here` relative to it, and the zone
+        events of that fix (enter, exit or dwell; enter never with dwell, as 0 s passed)."""
+        if visit is None or not visit.entered:
+            if here <= Where.OUTSIDE_BAND:
+                return None, ()  # left the band before settling: nothing happened
+            since = t if visit is None else visit.since_ns
+            if here is Where.INSIDE or t - since >= self.settle_ns:
+                return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
+            return Visit(zone.zone_id, False, since, zone.version), ()
+        outside_since = visit.outside_since_ns
+        if here is Where.OUTSIDE or (
+            here is Where.OUTSIDE_BAND
+            and outside_since is not None
+            and t - outside_since >= self.settle_ns
+        ):
+            return None, (EventType.ZONE_EXIT,)
+        if here is not Where.OUTSIDE_BAND:
+            outside_since = None
+        elif outside_since is None:
+            outside_since = t
+        visit = replace(visit, zone_version=zone.version, outside_since_ns=outside_since)
+        if not visit.dwelled and zone.dwell_ns > 0 and t - visit.since_ns >= zone.dwell_ns:
+            return replace(visit, dwelled=True), (EventType.ZONE_DWELL,)
+        return visit, ()
+
+    def on_status(
+        self, state: TrackerState, driver_id: str, status: Status, at_ns: int
+    ) -> tuple[TrackerState, tuple[Event, ...]]:
+        """The state after a status change accepted at `at_ns` (in the store's order) and the
+        events it causes: driver.online if the driver was not, then driver.status_changed
+        if the status differs from the last known one."""
+        events: list[Event] = []
+        if not state.online:
+            shown = state.status or status
+            events.append(Event(EventType.DRIVER_ONLINE, driver_id, at_ns, new_status=shown))
+        if state.status is not None and state.status != status:
+            events.append(
+                Event(
+                    EventType.DRIVER_STATUS_CHANGED,
+                    driver_id,
+                    at_ns,
+                    old_status=state.status,
+                    new_status=status,
+                )
+            )
+        seen = at_ns if state.last_seen_ns is None else max(at_ns, state.last_seen_ns)
+        return replace(state, online=True, status=status, last_seen_ns=seen), tuple(events)
+
+
+def sweep_stale(
+    state: TrackerState, driver_id: str, now_ns: int, stale_after_ns: int
+) -> tuple[TrackerState, Event | None]:
+    """driver.offline for a driver online but unseen for more than `stale_after_ns` (the same
+    test as dispatch's `stale`), timed when it became stale; else the state unchanged."""
+    seen = state.last_seen_ns
+    if not state.online or seen is None or seen >= now_ns - stale_after_ns:
+        return state, None
+    event = Event(EventType.DRIVER_OFFLINE, driver_id, seen + stale_after_ns)
+    return replace(state, online=False), event
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event as the log holds it: `event_id` strictly increasing in log (commit) order,
+    `recorded_at_ns` when the transaction that logged it ran."""
+
+    event_id: int
+    recorded_at_ns: int
+    event: Event
+
+
+def event_body(event: Event) -> str:
+    """The event's fields other than type, driver, zone and time as compact JSON: the form
+    the log stores beside its indexed columns (`event_from_row` reads it back)."""
+    doc: dict[str, Any] = {}
+    loc = event.location
+    if loc is not None:
+        doc["loc"] = [loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees]
+    if event.old_status is not None:
+        doc["old"] = event.old_status.value
+    if event.new_status is not None:
+        doc["new"] = event.new_status.value
+    if event.zone_deleted:
+        doc["deleted"] = True
+    if event.zone_version:
+        doc["zv"] = event.zone_version
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def event_from_row(
+    event_id: int,
+    kind: str,
+    driver_id: str,
+    zone_id: str,
+    at_ns: int,
+    recorded_at_ns: int,
+    body: str,
+) -> LoggedEvent:
+    """A logged event from the log's columns (the inverse of `event_body`)."""
+    doc = json.loads(body)
+    raw = doc.get("loc")
+    location = None if raw is None else Location(driver_id, raw[0], raw[1], raw[2], raw[3], at_ns)
+    old, new = doc.get("old"), doc.get("new")
+    event = Event(
+        EventType(kind),
+        driver_id,
+        at_ns,
+        zone_id,
+        int(doc.get("zv", 0)),
+        location,
+        None if old is None else Status(old),
+        None if new is None else Status(new),
+        bool(doc.get("deleted", False)),
+    )
+    return LoggedEvent(event_id, recorded_at_ns, event)

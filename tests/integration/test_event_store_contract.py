@@ -1,0 +1,228 @@
+"""Zones and the event log (outbox) on both stores: SQLite on a file and PostgreSQL on the
+session's private server must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.evaluation import ZoneEvaluator
+from driver_service.domain import Location, Status
+from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.events import EventType
+from driver_service.domain.zones import Circle, Zone
+
+T0 = 1_717_200_000 * 10**9
+S = 10**9
+#: A circle of 500 m around (52.0, 13.0); 0.01 degrees of latitude are ~1.1 km.
+CENTRE = (52.0, 13.0)
+FAR = 52.05
+
+
+def fix(driver_id: str, t_s: float, lat: float = FAR, lon: float = 13.0) -> Location:
+    return Location(driver_id, lat, lon, 1.0, 0.0, T0 + int(t_s * S))
+
+
+def circle_zone(zone_id: str = "z1", dwell_s: int = 0, radius_m: float = 500.0) -> Zone:
+    return Zone(zone_id, "zone", ("airport",), Circle(*CENTRE, radius_m), dwell_s * S)
+
+
+@dataclass
+class Store:
+    kind: str
+    open: Callable[[ZoneEvaluator], Awaitable[Any]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "drivers.db"
+        return Store("sqlite", lambda ev: SqliteRepository.open(path, evaluator=ev))
+    url: str = request.getfixturevalue("postgres_url")
+    return Store(
+        "postgres", lambda ev: PostgresRepository.open(url, min_size=1, max_size=8, evaluator=ev)
+    )
+
+
+@pytest.fixture
+async def repo(store: Store) -> AsyncIterator[Any]:
+    repository = await store.open(ZoneEvaluator())
+    yield repository
+    await repository.close()
+
+
+async def types_of(repo: Any, after: int = 0) -> list[tuple[str, str, str]]:
+    return [
+        (e.event.type.value, e.event.driver_id, e.event.zone_id)
+        for e in await repo.read_events(after, 10_000)
+    ]
+
+
+async def test_zone_crud_versions_and_tombstones(repo: Any) -> None:
+    created = await repo.create_zone(circle_zone(), 5)
+    assert (created.version, created.created_at_ns, created.updated_at_ns) == (1, 5, 5)
+    assert await repo.get_zone("z1") == created
+    with pytest.raises(ZoneExists):
+        await repo.create_zone(circle_zone(), 6)
+    bigger = circle_zone(radius_m=900.0)
+    with pytest.raises(VersionMismatch):
+        await repo.update_zone(bigger, 7, 8)
+    updated = await repo.update_zone(bigger, 1, 9)
+    assert (updated.version, updated.created_at_ns, updated.updated_at_ns) == (2, 5, 9)
+    assert [z.zone_id for z in await repo.list_zones("", 10)] == ["z1"]
+    with pytest.raises(VersionMismatch):
+        await repo.delete_zone("z1", 1, 10)
+    await repo.delete_zone("z1", 2, 10)
+    with pytest.raises(ZoneNotFound):
+        await repo.get_zone("z1")
+    with pytest.raises(ZoneNotFound):
+        await repo.update_zone(bigger, 0, 11)
+    assert await repo.list_zones("", 10) == []
+    with pytest.raises(ZoneExists):  # never reused
+        await repo.create_zone(circle_zone(), 12)
+
+
+async def test_enter_exit_dwell_are_logged_with_the_commit(store: Store) -> None:
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.create_zone(circle_zone(dwell_s=60), 1)
+        await repo.record_locations([fix("d1", 0), fix("d1", 10, lat=52.0)])
+        await repo.record_locations([fix("d1", 80, lat=52.0)])
+        await repo.record_locations([fix("d1", 90)])
+        assert await types_of(repo) == [
+            ("driver.online", "d1", ""),
+            ("zone.enter", "d1", "z1"),
+            ("zone.dwell", "d1", "z1"),
+            ("zone.exit", "d1", "z1"),
+        ]
+        ids = [e.event_id for e in await repo.read_events(0, 100)]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 4
+        assert await repo.last_event_id() == ids[-1]
+        assert [e.event_id for e in await repo.read_events(ids[1], 100)] == ids[2:]
+        enter = (await repo.read_events(ids[0], 1))[0].event
+        assert enter.location is not None
+        assert enter.location.latitude == 52.0
+        assert enter.zone_version == 1
+    finally:
+        await repo.close()
+    # The tracker state survives a restart: no second driver.online, the visit goes on.
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.record_locations([fix("d1", 100, lat=52.0)])
+        assert (await types_of(repo))[-1] == ("zone.enter", "d1", "z1")
+        assert len(await types_of(repo)) == 5
+    finally:
+        await repo.close()
+
+
+async def test_out_of_order_and_duplicate_fixes_log_nothing(repo: Any) -> None:
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix("d1", 10)])
+    before = await repo.last_event_id()
+    await repo.record_locations([fix("d1", 10)])  # duplicate
+    await repo.record_locations([fix("d1", 5, lat=52.0)])  # older, inside the zone
+    await repo.record_locations([fix("d1", 10, lat=52.0)])  # conflicting duplicate
+    assert await repo.last_event_id() == before
+
+
+async def test_a_zone_change_counts_from_the_next_update(repo: Any) -> None:
+    await repo.record_locations([fix("d1", 0, lat=52.0)])
+    assert await types_of(repo) == [("driver.online", "d1", "")]
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix("d1", 1, lat=52.0)])
+    assert (await types_of(repo))[-1] == ("zone.enter", "d1", "z1")
+    await repo.delete_zone("z1", 0, 2)
+    await repo.record_locations([fix("d1", 2, lat=52.0)])
+    last = (await repo.read_events(0, 100))[-1].event
+    assert (last.type, last.zone_deleted) == (EventType.ZONE_EXIT, True)
+
+
+def postgres_replica(url: str) -> Awaitable[PostgresRepository]:
+    return PostgresRepository.open(url, min_size=1, max_size=8, evaluator=ZoneEvaluator())
+
+
+async def test_a_zone_changed_by_another_replica_is_seen_at_once(postgres_url: str) -> None:
+    """Two replicas on one PostgreSQL: the second never evaluates against the zones it
+    loaded before the change (no zone.enter missed, none logged twice)."""
+    a, b = await postgres_replica(postgres_url), await postgres_replica(postgres_url)
+    try:
+        await b.record_locations([fix("d1", 0, lat=52.0)])  # b has loaded "no zones"
+        await a.create_zone(circle_zone(), 1)
+        await b.record_locations([fix("d1", 1, lat=52.0)])  # b must see z1 now
+        await a.record_locations([fix("d1", 2, lat=52.0)])
+        await b.record_locations([fix("d1", 3, lat=52.0)])
+        assert await types_of(a) == [("driver.online", "d1", ""), ("zone.enter", "d1", "z1")]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_status_and_offline_are_logged_once(store: Store) -> None:
+    a = await store.open(ZoneEvaluator())
+    b = await store.open(ZoneEvaluator()) if store.kind == "postgres" else a
+    try:
+        await a.set_status("d1", Status.BUSY, T0)
+        await a.set_status("d1", Status.BUSY, T0 + 1)
+        await a.set_status("d1", Status.AVAILABLE, T0 + 2)
+        assert await types_of(a) == [
+            ("driver.online", "d1", ""),
+            ("driver.status_changed", "d1", ""),
+        ]
+        counts = await asyncio.gather(
+            a.sweep_offline(T0 + 100 * S, 30 * S), b.sweep_offline(T0 + 100 * S, 30 * S)
+        )
+        assert sum(counts) == 1
+        offline = (await a.read_events(0, 100))[-1].event
+        assert (offline.type, offline.at_ns) == (EventType.DRIVER_OFFLINE, T0 + 2 + 30 * S)
+        assert await a.sweep_offline(T0 + 200 * S, 30 * S) == 0
+        await a.record_locations([fix("d1", 300)])
+        assert (await types_of(a))[-1] == ("driver.online", "d1", "")
+    finally:
+        await a.close()
+        if b is not a:
+            await b.close()
+
+
+async def test_replicas_produce_each_event_once_in_id_order(postgres_url: str) -> None:
+    """Three replicas on one PostgreSQL commit interleaved updates of the same drivers at
+    once: every transition is logged once, and a driver's events are in fix order."""
+    replicas = [await postgres_replica(postgres_url) for _ in range(3)]
+    try:
+        await replicas[0].create_zone(circle_zone(), 1)
+        drivers = [f"d{i}" for i in range(20)]
+
+        async def drive(r: int) -> None:
+            for step in range(30):
+                t = step * 3 + r
+                inside = (t // 10) % 2 == 1
+                batch = [fix(d, t, lat=52.0 if inside else FAR) for d in drivers]
+                await replicas[r].record_locations(batch)
+
+        await asyncio.gather(*(drive(r) for r in range(3)))
+        events = await replicas[0].read_events(0, 100_000)
+        by_driver: dict[str, list[tuple[str, int]]] = {}
+        for e in events:
+            by_driver.setdefault(e.event.driver_id, []).append((e.event.type.value, e.event.at_ns))
+        for d in drivers:
+            got = by_driver[d]
+            assert got[0][0] == "driver.online"
+            kinds = [k for k, _ in got[1:]]
+            # Each enter is followed by one exit, never two of a kind in a row.
+            assert all(x != y for x, y in itertools.pairwise(kinds)), kinds
+            assert kinds.count("zone.enter") >= 2, kinds
+            times = [t for _, t in got]
+            assert times == sorted(times)
+        ids = [e.event_id for e in events]
+        assert ids == sorted(set(ids))
+    finally:
+        for r in replicas:
+            await r.close()

@@ -1,0 +1,371 @@
+"""ZoneTracker on routes: crossing, grazing and jittering on edges, dwell, zone changes
+mid-route, deletion, online/offline and status — the events a consumer would see."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driver_service.domain import InvalidInput, Location, Status
+from driver_service.domain.events import (
+    DEFAULT_SETTLE_NS,
+    NEW_DRIVER,
+    Event,
+    EventType,
+    TrackerState,
+    Visit,
+    ZoneTracker,
+    parse_type_filter,
+    sweep_stale,
+)
+from driver_service.domain.zones import Circle, PolygonShape, Zone, ZoneIndex
+
+S = 10**9
+T0 = 1_800_000_000 * S
+M_PER_DEG = 6_371_008.8 * math.pi / 180.0
+LAT0, LON0 = 52.52, 13.40
+KX = M_PER_DEG * math.cos(math.radians(LAT0))
+
+ENTER, EXIT, DWELL = EventType.ZONE_ENTER, EventType.ZONE_EXIT, EventType.ZONE_DWELL
+ONLINE, OFFLINE = EventType.DRIVER_ONLINE, EventType.DRIVER_OFFLINE
+
+
+def fix(east_m: float, north_m: float, t_s: float, driver: str = "d1") -> Location:
+    lat, lon = LAT0 + north_m / M_PER_DEG, LON0 + east_m / KX
+    return Location(driver, lat, lon, 5.0, 90.0, T0 + int(t_s * S))
+
+
+def square_zone(
+    zone_id: str = "sq", west: float = 0, side: float = 1000, dwell_s: int = 0, version: int = 1
+) -> Zone:
+    corners = [(west, 0), (west + side, 0), (west + side, side), (west, side), (west, 0)]
+    coords = [[[LON0 + e / KX, LAT0 + n / M_PER_DEG] for e, n in corners]]
+    shape = PolygonShape(json.dumps({"type": "Polygon", "coordinates": coords}))
+    return Zone(zone_id, zone_id, (), shape, dwell_ns=dwell_s * S, version=version)
+
+
+def run(
+    route: list[Location],
+    zones: ZoneIndex,
+    state: TrackerState = NEW_DRIVER,
+    tracker: ZoneTracker | None = None,
+) -> tuple[TrackerState, list[Event]]:
+    tracker = tracker or ZoneTracker()
+    events: list[Event] = []
+    for location in route:
+        state, emitted = tracker.on_location(state, location, zones)
+        events.extend(emitted)
+    return state, events
+
+
+def kinds(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.type.value, e.zone_id) for e in events]
+
+
+SQUARE = ZoneIndex([square_zone()])
+
+
+# --- crossing, grazing, jitter ------------------------------------------------------------
+
+
+def test_a_route_across_a_zone_enters_then_exits_at_the_fixes_beyond_the_margin() -> None:
+    route = [fix(x, 500, i) for i, x in enumerate(range(-200, 1300, 50))]
+    _, events = run(route, SQUARE)
+    assert kinds(events) == [("driver.online", ""), ("zone.enter", "sq"), ("zone.exit", "sq")]
+    enter, exit_ = events[1], events[2]
+    # First fix more than 20 m inside: x = 50; first more than 20 m outside: x = 1050.
+    assert enter.location is not None
+    assert enter.at_ns == fix(50, 500, 5).recorded_at_ns
+    assert exit_.at_ns == fix(1050, 500, 25).recorded_at_ns
+    assert enter.zone_version == 1
+
+
+def test_a_route_grazing_the_edge_from_outside_emits_nothing() -> None:
+    # Along the west edge, 10 m outside: within the band, never inside.
+    route = [fix(-10, y, i) for i, y in enumerate(range(0, 1000, 25))]
+    _, events = run(route, SQUARE)
+    assert kinds(events) == [("driver.online", "")]
+
+
+def test_a_route_grazing_just_inside_the_edge_enters_after_settling() -> None:
+    # 10 m inside the west edge for a minute: never deep inside, but inside for 30 s.
+    route = [fix(10, 500, t) for t in range(0, 60, 5)]
+    _, events = run(route, SQUARE)
+    assert kinds(events) == [("driver.online", ""), ("zone.enter", "sq")]
+    assert events[1].at_ns == T0 + DEFAULT_SETTLE_NS
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-19.0, 19.0), min_size=1, max_size=200))
+def test_jitter_across_the_edge_never_flaps(offsets: list[float]) -> None:
+    # A driver parked on the west edge whose fixes scatter +/-19 m across it, one a second,
+    # crossing sides at least every 20 s: never an enter or an exit.
+    route = []
+    for i, x in enumerate(offsets):
+        side = x if (i // 20) % 2 else -x
+        route.append(fix(side if abs(side) > 0.5 else 1.0, 500, i))
+    _, events = run(route, SQUARE)
+    assert [e.type for e in events] == [ONLINE]
+
+
+def test_jitter_after_entering_does_not_exit() -> None:
+    inside = [fix(500, 500, 0)]
+    jitter = [fix(1000 + (15 if i % 2 else -15), 500, 1 + i) for i in range(100)]
+    _, events = run(inside + jitter, SQUARE)
+    assert [e.type for e in events] == [ONLINE, ENTER]
+
+
+def test_stopping_just_outside_exits_after_settling() -> None:
+    route = [fix(500, 500, 0), *(fix(1010, 500, t) for t in range(10, 60, 5))]
+    _, events = run(route, SQUARE)
+    assert [e.type for e in events] == [ONLINE, ENTER, EXIT]
+    assert events[-1].at_ns == T0 + (10 + 30) * S
+
+
+def test_a_fix_back_inside_restarts_the_exit_count() -> None:
+    route = [
+        fix(500, 500, 0),
+        fix(1010, 500, 10),  # outside, in the band: counting from 10 s
+        fix(990, 500, 35),  # inside again: count cleared
+        fix(1010, 500, 45),  # outside from 45 s
+        fix(1010, 500, 70),  # only 25 s: still in
+    ]
+    state, events = run(route, SQUARE)
+    assert [e.type for e in events] == [ONLINE, ENTER]
+    assert state.visits[0].outside_since_ns == T0 + 45 * S
+
+
+def test_a_circle_is_crossed_by_distance() -> None:
+    zones = ZoneIndex([Zone("c", "", (), Circle(LAT0, LON0, 300.0))])
+    route = [fix(0, y, i) for i, y in enumerate(range(-410, 411, 20))]
+    _, events = run(route, zones)
+    enter, exit_ = events[1], events[2]
+    assert (enter.type, exit_.type) == (ENTER, EXIT)
+    assert enter.at_ns == fix(0, -270, 7).recorded_at_ns  # first fix > 20 m inside 300 m
+    assert exit_.at_ns == fix(0, 330, 37).recorded_at_ns  # first fix > 20 m beyond it
+
+
+def test_adjacent_zones_read_exit_then_enter_in_one_update() -> None:
+    zones = ZoneIndex([square_zone("a", 0, 1000), square_zone("b", 1000, 1000)])
+    route = [fix(900, 500, 0), fix(1100, 500, 1)]
+    _, events = run(route, zones)
+    assert kinds(events) == [
+        ("driver.online", ""),
+        ("zone.enter", "a"),
+        ("zone.exit", "a"),
+        ("zone.enter", "b"),
+    ]
+
+
+def test_multipolygon_visits_one_member_then_the_other_as_one_zone() -> None:
+    members = []
+    for west in (0, 400):  # two squares 100 m apart: the gap is beyond both bands
+        corners = [(west, 0), (west + 300, 0), (west + 300, 300), (west, 300), (west, 0)]
+        members.append([[[LON0 + e / KX, LAT0 + n / M_PER_DEG] for e, n in corners]])
+    shape = PolygonShape(json.dumps({"type": "MultiPolygon", "coordinates": members}))
+    zones = ZoneIndex([Zone("m", "", (), shape)])
+    route = [fix(x, 150, i) for i, x in enumerate([150, 350, 550])]
+    _, events = run(route, zones)
+    assert kinds(events)[1:] == [("zone.enter", "m"), ("zone.exit", "m"), ("zone.enter", "m")]
+
+
+def test_a_hole_is_left_and_reentered() -> None:
+    outer = [(0, 0), (1000, 0), (1000, 1000), (0, 1000), (0, 0)]
+    hole = [(400, 400), (600, 400), (600, 600), (400, 600), (400, 400)]
+    coords = [[[LON0 + e / KX, LAT0 + n / M_PER_DEG] for e, n in r] for r in (outer, hole)]
+    zone = Zone("h", "", (), PolygonShape(json.dumps({"type": "Polygon", "coordinates": coords})))
+    route = [fix(x, 500, i) for i, x in enumerate([200, 500, 800])]
+    _, events = run(route, ZoneIndex([zone]))
+    assert kinds(events)[1:] == [("zone.enter", "h"), ("zone.exit", "h"), ("zone.enter", "h")]
+
+
+# --- ordering guard -------------------------------------------------------------------------
+
+
+def test_a_fix_not_newer_than_the_last_one_changes_nothing() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(-500, 500, 10), SQUARE)
+    for stale in (fix(500, 500, 10), fix(500, 500, 9)):
+        after, events = tracker.on_location(state, stale, SQUARE)
+        assert events == ()
+        assert after is state
+
+
+# --- dwell ----------------------------------------------------------------------------------
+
+
+def test_dwell_fires_once_on_the_first_update_after_the_dwell_time() -> None:
+    zones = ZoneIndex([square_zone(dwell_s=60)])
+    route = [fix(500, 500, t) for t in (0, 30, 59, 61, 90, 300)]
+    _, events = run(route, zones)
+    assert [e.type for e in events] == [ONLINE, ENTER, DWELL]
+    assert events[2].at_ns == T0 + 61 * S
+
+
+def test_each_visit_gets_its_own_dwell() -> None:
+    zones = ZoneIndex([square_zone(dwell_s=60)])
+    visit = [fix(500, 500, 0), fix(500, 500, 70)]
+    leave = [fix(2000, 500, 80)]
+    again = [fix(500, 500, 100), fix(500, 500, 170)]
+    _, events = run(visit + leave + again, zones)
+    assert [e.type for e in events] == [ONLINE, ENTER, DWELL, EXIT, ENTER, DWELL]
+
+
+def test_leaving_before_the_dwell_time_gives_no_dwell() -> None:
+    zones = ZoneIndex([square_zone(dwell_s=60)])
+    _, events = run([fix(500, 500, 0), fix(2000, 500, 50), fix(2000, 500, 100)], zones)
+    assert DWELL not in [e.type for e in events]
+
+
+def test_no_dwell_when_the_zone_has_none() -> None:
+    _, events = run([fix(500, 500, t) for t in range(0, 3600, 600)], SQUARE)
+    assert [e.type for e in events] == [ONLINE, ENTER]
+
+
+# --- zone changes mid-route -----------------------------------------------------------------
+
+
+def test_a_zone_created_mid_route_counts_from_the_next_update() -> None:
+    tracker = ZoneTracker()
+    state, events = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), ZoneIndex())
+    assert [e.type for e in events] == [ONLINE]
+    state, events = tracker.on_location(state, fix(510, 500, 1), SQUARE)
+    assert [e.type for e in events] == [ENTER]
+
+
+def test_a_zone_moved_away_mid_route_exits_on_the_next_update() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), SQUARE)
+    moved = SQUARE.with_zone(square_zone(west=5000, version=2))
+    state, events = tracker.on_location(state, fix(510, 500, 1), moved)
+    assert [(e.type, e.zone_deleted, e.zone_version) for e in events] == [(EXIT, False, 2)]
+    assert state.visits == ()
+
+
+def test_a_zone_grown_mid_route_keeps_the_visit_and_takes_the_new_dwell() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), SQUARE)
+    changed = SQUARE.with_zone(square_zone(side=2000, dwell_s=30, version=2))
+    state, events = tracker.on_location(state, fix(1500, 500, 40), changed)
+    assert [(e.type, e.zone_version) for e in events] == [(DWELL, 2)]
+    assert state.visits[0].zone_version == 2
+
+
+def test_a_deleted_zone_exits_with_zone_deleted_on_the_next_update() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), SQUARE)
+    state, events = tracker.on_location(state, fix(510, 500, 1), SQUARE.without_zone("sq"))
+    assert [(e.type, e.zone_id, e.zone_deleted) for e in events] == [(EXIT, "sq", True)]
+    assert state.visits == ()
+
+
+def test_a_deleted_zone_not_yet_entered_is_dropped_silently() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(10, 500, 0), SQUARE)  # settling
+    assert state.visits == (Visit("sq", False, T0, 1),)
+    state, events = tracker.on_location(state, fix(10, 500, 1), ZoneIndex())
+    assert events == ()
+    assert state.visits == ()
+
+
+# --- online / offline / status --------------------------------------------------------------
+
+
+def test_offline_after_stale_after_then_online_on_the_next_update() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), SQUARE)
+    stale_after = 120 * S
+    same, event = sweep_stale(state, "d1", T0 + 120 * S, stale_after)
+    assert event is None  # exactly stale_after: not yet (as dispatch decides)
+    assert same is state
+    state, event = sweep_stale(state, "d1", T0 + 121 * S, stale_after)
+    assert event == Event(OFFLINE, "d1", T0 + 120 * S)
+    assert sweep_stale(state, "d1", T0 + 999 * S, stale_after) == (state, None)  # once
+    state, events = tracker.on_location(state, fix(500, 500, 500), SQUARE)
+    # Back online, still inside: no second enter.
+    assert [e.type for e in events] == [ONLINE]
+    assert events[0].new_status is Status.AVAILABLE
+
+
+def test_a_new_driver_sweeps_to_nothing() -> None:
+    assert sweep_stale(NEW_DRIVER, "d1", T0, S) == (NEW_DRIVER, None)
+
+
+def test_status_changes_emit_old_and_new() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(-500, 500, 0), SQUARE)
+    state, events = tracker.on_status(state, "d1", Status.BUSY, T0 + S)
+    assert events == (
+        Event(
+            EventType.DRIVER_STATUS_CHANGED,
+            "d1",
+            T0 + S,
+            old_status=Status.AVAILABLE,
+            new_status=Status.BUSY,
+        ),
+    )
+    _, events = tracker.on_status(state, "d1", Status.BUSY, T0 + 2 * S)
+    assert events == ()
+
+
+def test_a_first_status_brings_the_driver_online_without_a_change() -> None:
+    state, events = ZoneTracker().on_status(NEW_DRIVER, "d1", Status.BUSY, T0)
+    assert events == (Event(ONLINE, "d1", T0, new_status=Status.BUSY),)
+    assert state.online
+    assert state.last_seen_ns == T0
+
+
+def test_a_status_change_keeps_a_driver_from_going_stale() -> None:
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(-500, 500, 0), SQUARE)
+    state, _ = tracker.on_status(state, "d1", Status.BUSY, T0 + 100 * S)
+    assert sweep_stale(state, "d1", T0 + 150 * S, 120 * S)[1] is None
+
+
+# --- state and filters ----------------------------------------------------------------------
+
+
+def test_state_round_trips_through_json() -> None:
+    zones = ZoneIndex([square_zone("a", dwell_s=10), square_zone("b", 1000)])
+    state, _ = run([fix(500, 500, 0), fix(500, 500, 20), fix(1010, 500, 21)], zones)
+    assert len(state.visits) == 2
+    text = state.to_json()
+    assert TrackerState.from_json(text) == state
+    assert json.loads(text)["v"] == 1
+    assert TrackerState.from_json(NEW_DRIVER.to_json()) == NEW_DRIVER
+
+
+def test_a_state_of_another_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="version 1"):
+        TrackerState.from_json('{"v": 2}')
+
+
+def test_a_replica_continuing_from_stored_state_emits_the_same_events() -> None:
+    route = [fix(x, 500, i * 10) for i, x in enumerate(range(-100, 1200, 40))]
+    _, together = run(route, SQUARE)
+    half = len(route) // 2
+    state, first = run(route[:half], SQUARE)
+    _, second = run(route[half:], SQUARE, TrackerState.from_json(state.to_json()))
+    assert first + second == together
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        ([], set(EventType)),
+        (["zone.*"], {ENTER, EXIT, DWELL}),
+        (["driver.online", "zone.exit"], {ONLINE, EXIT}),
+        (["*"], set(EventType)),
+    ],
+)
+def test_type_filters(patterns: list[str], expected: set[EventType]) -> None:
+    assert parse_type_filter(patterns) == expected
+
+
+def test_a_type_filter_matching_nothing_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"zone\.entr"):
+        parse_type_filter(["zone.entr"])
