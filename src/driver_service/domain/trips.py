@@ -52,7 +52,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from driver_service.domain.errors import InvalidInput
-from driver_service.domain.geo import haversine_m
+from driver_service.domain.geo import haversine_m, short_distance_m
 from driver_service.domain.model import Location
 
 NANOS = 10**9
@@ -271,14 +271,14 @@ class TripDetector:
                 raise ValueError("fixes must come in fix-time order")
             return
         t = self._t
-        leg = haversine_m(prev.latitude, prev.longitude, fix.latitude, fix.longitude)
+        leg = short_distance_m(prev.latitude, prev.longitude, fix.latitude, fix.longitude)
         if leg > t.jitter_m and leg * NANOS > t.max_speed_mps * dt_ns:
             if not self._recovered(fix):
                 return
             prev = self._prev
             assert prev is not None
             dt_ns = fix.recorded_at_ns - prev.recorded_at_ns
-            leg = haversine_m(prev.latitude, prev.longitude, fix.latitude, fix.longitude)
+            leg = short_distance_m(prev.latitude, prev.longitude, fix.latitude, fix.longitude)
         self._rejected = None
         self._prev = fix
         if fix.speed_mps > 0.0:
@@ -319,17 +319,19 @@ class TripDetector:
             return 0.0
         if not moving:
             return 0.0
-        distance = haversine_m(anchor.latitude, anchor.longitude, fix.latitude, fix.longitude)
-        if distance <= self._t.jitter_m:
+        if (
+            short_distance_m(anchor.latitude, anchor.longitude, fix.latitude, fix.longitude)
+            <= self._t.jitter_m
+        ):
             return 0.0
         self._anchor = fix
-        return distance
+        return haversine_m(anchor.latitude, anchor.longitude, fix.latitude, fix.longitude)
 
     def _beyond(self, fix: Location) -> bool:
         place = self._place
         assert place is not None
         return (
-            haversine_m(place.latitude, place.longitude, fix.latitude, fix.longitude)
+            short_distance_m(place.latitude, place.longitude, fix.latitude, fix.longitude)
             > self._t.stop_radius_m
         )
 
