@@ -18,9 +18,16 @@ can never be.
 | DispatchService/SendCommand              | dispatch            | never                          |
 | DispatchService/GetCommandStatus         | dispatch            | never                          |
 | DispatchService/AnswerOffer              | drivers:write       | its own driver_id (and offer)  |
+| HistoryService/GetTrail                  | history:read        | its own driver_id              |
+| HistoryService/GetTrips                  | history:read        | its own driver_id              |
+| HistoryService/GetSummary                | history:read        | its own driver_id              |
+| HistoryService/ForgetDriver              | drivers:forget      | never                          |
 
 A driver may read its own record (the driver app shows it) but never another driver's, and
 answers only offers sent to it (the offer book also checks it is the offer's recipient).
+History is more sensitive than the live position, so a service needs `history:read` for it
+(drivers:read is not enough); a driver reads only its own history and never erases
+anything; erasure has a scope of its own that no other method accepts.
 Malformed ids name no driver: the handler answers them INVALID_ARGUMENT whatever the token.
 """
 
@@ -32,15 +39,27 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-from driver_service._gen.driver.v1 import batch_pb2, dispatch_pb2, driver_pb2
+from driver_service._gen.driver.v1 import batch_pb2, dispatch_pb2, driver_pb2, history_pb2
 from driver_service.interceptors.auth import MethodRule, named_driver_id
-from driver_service.security.tokens import SCOPE_DISPATCH, SCOPE_READ, SCOPE_WRITE
+from driver_service.security.tokens import (
+    SCOPE_DISPATCH,
+    SCOPE_FORGET,
+    SCOPE_HISTORY,
+    SCOPE_READ,
+    SCOPE_WRITE,
+)
 
 DRIVER_SERVICE = driver_pb2.DESCRIPTOR.services_by_name["DriverService"]
 BATCH_SERVICE = batch_pb2.DESCRIPTOR.services_by_name["DriverBatchService"]
 DISPATCH_SERVICE = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]
+HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
 #: Every service of ours the server may register (DispatchService when dispatch is on).
-SERVICES: tuple[ServiceDescriptor, ...] = (DRIVER_SERVICE, BATCH_SERVICE, DISPATCH_SERVICE)
+SERVICES: tuple[ServiceDescriptor, ...] = (
+    DRIVER_SERVICE,
+    BATCH_SERVICE,
+    DISPATCH_SERVICE,
+    HISTORY_SERVICE,
+)
 
 #: Named by a message that acts for more than one driver: unguessable, so it equals no
 #: token's `sub` and a driver token is refused (MethodRule extracts one id per message).
@@ -102,6 +121,10 @@ ENTRIES: tuple[tuple[ServiceDescriptor, str, MethodRule], ...] = (
     (DISPATCH_SERVICE, "SendCommand", MethodRule(SCOPE_DISPATCH)),
     (DISPATCH_SERVICE, "GetCommandStatus", MethodRule(SCOPE_DISPATCH)),
     (DISPATCH_SERVICE, "AnswerOffer", MethodRule(SCOPE_WRITE, _field_driver_id)),
+    (HISTORY_SERVICE, "GetTrail", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "GetTrips", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "GetSummary", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "ForgetDriver", MethodRule(SCOPE_FORGET)),
 )
 
 #: The rules by method path, as the AuthPolicy looks them up.

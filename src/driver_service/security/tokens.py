@@ -31,6 +31,10 @@ MIN_SECRET_BYTES = 32
 SCOPE_READ = "drivers:read"
 SCOPE_WRITE = "drivers:write"
 SCOPE_DISPATCH = "dispatch"
+#: Reading location history (trails, trips): more sensitive than the live position.
+SCOPE_HISTORY = "history:read"
+#: Erasing everything stored about a driver.
+SCOPE_FORGET = "drivers:forget"
 ROLE_DRIVER = "driver"
 ROLE_SERVICE = "service"
 

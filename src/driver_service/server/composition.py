@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.fanout import MemoryBus
+from driver_service.app.history import LocationHistory
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
@@ -21,13 +22,14 @@ from driver_service.observability.metrics.instrumented import (
     InstrumentedBus,
     InstrumentedRepository,
 )
-from driver_service.ports import DriverRepository, LocationBus
-from driver_service.resilience.supervision import TaskSupervisor
+from driver_service.ports import DriverRepository, HistoryStore, LocationBus
+from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from driver_service.adapters.postgres.repository import PostgresRepository
     from driver_service.adapters.redis.bus import RedisBus
     from driver_service.dispatch.ports import CommandRouter
 
@@ -43,13 +45,17 @@ class Services:
 
     tracking: DriverTracking
     dispatch: Dispatch
+    history: LocationHistory
+    retention: Supervised | None = None
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         await self.dispatch.close()
         await self.tracking.close()
 
 
-async def open_store(settings: ServerSettings) -> DriverRepository:
+async def open_store(settings: ServerSettings) -> SqliteRepository | PostgresRepository:
     """The durable store named by `--store` (SQLite file by default)."""
     if settings.uses_postgres:
         from driver_service.adapters.postgres.repository import PostgresRepository
@@ -90,7 +96,13 @@ async def open_live(
 
 async def _build_tracking(
     settings: ServerSettings, metrics: ServiceMetrics | None, with_index: bool
-) -> tuple[DriverTracking, DriverIndex | None, tuple[Redis, RedisBus] | None, list[Fill]]:
+) -> tuple[
+    DriverTracking,
+    DriverIndex | None,
+    tuple[Redis, RedisBus] | None,
+    list[Fill],
+    HistoryStore,
+]:
     """The application over the configured adapters, decorated outermost first:
 
         repository: IndexingRepository → InstrumentedRepository → LiveStateRepository (with
@@ -145,7 +157,7 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return tracking, index, redis, fills
+    return tracking, index, redis, fills, durable
 
 
 async def build_services(
@@ -153,8 +165,11 @@ async def build_services(
 ) -> Services:
     """Tracking and dispatch over the configured adapters, instrumented when `metrics` is
     given (the server always gives it; tests may leave it out)."""
-    tracking, index, redis, fills = await _build_tracking(settings, metrics, with_index=True)
+    tracking, index, redis, fills, durable = await _build_tracking(
+        settings, metrics, with_index=True
+    )
     assert index is not None
+
     try:
         background = await _rebuild_derived_state(settings, tracking, index, redis, fills)
     except BaseException:
@@ -178,7 +193,15 @@ async def build_services(
     if metrics is not None:
         metrics.count_stale_drivers(lambda: dispatch.stale_drivers)
     await dispatch.start()
-    return Services(tracking, dispatch)
+    history = LocationHistory(durable, retention_s=settings.history_retention_s)
+    if metrics is not None:
+        metrics.watch_history(lambda: history.stats)
+    # Retention, partitions made ahead and the size figures: off the hot path, restarted
+    # after a failure (a store that is away is retried at the next pass).
+    retention = tracking.supervisor.start(
+        "history-retention", history.run_retention, Policy.RESTART
+    )
+    return Services(tracking, dispatch, history, retention)
 
 
 async def build_tracking(
@@ -186,7 +209,7 @@ async def build_tracking(
 ) -> DriverTracking:
     """Only the tracking service, without dispatch or its spatial index (for tests and
     benchmarks of the seed's service alone)."""
-    tracking, _, _, _ = await _build_tracking(settings, metrics, with_index=False)
+    tracking, *_ = await _build_tracking(settings, metrics, with_index=False)
     return tracking
 
 

@@ -19,11 +19,14 @@ from driver_service._gen.driver.v1 import (
     dispatch_pb2_grpc,
     driver_pb2,
     driver_pb2_grpc,
+    history_pb2_grpc,
 )
 from driver_service.api import DriverServicer
 from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.dispatch_servicer import DispatchServicer
+from driver_service.api.history_servicer import SERVICE_NAME as HISTORY_SERVICE_NAME
+from driver_service.api.history_servicer import HistoryServicer
 from driver_service.api.rules import RULES
 from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.service import Dispatch
@@ -217,8 +220,9 @@ async def start_server(
 ) -> RunningServer:
     """Start serving `services` (or the tracking service alone); with `metrics`, count every
     call and serve /metrics."""
+    history = None
     if isinstance(services, Services):
-        tracking, dispatch = services.tracking, services.dispatch
+        tracking, dispatch, history = services.tracking, services.dispatch, services.history
     else:
         tracking, dispatch = services, None
     auth = _auth_policy(settings)
@@ -234,6 +238,11 @@ async def start_server(
             DispatchServicer(dispatch), services_server
         )
         services_served.append(DISPATCH_SERVICE_NAME)
+    if history is not None:
+        history_pb2_grpc.add_HistoryServiceServicer_to_server(
+            HistoryServicer(history), services_server
+        )
+        services_served.append(HISTORY_SERVICE_NAME)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services_server)
     if settings.reflection:
