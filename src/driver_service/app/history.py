@@ -206,8 +206,10 @@ class LocationHistory:
 
     async def run_retention(self, every_s: float = RETENTION_EVERY_S) -> None:
         """The supervised background loop (restart policy): a failed pass is logged once
-        and retried at the next."""
+        and retried at the next. The first pass waits one interval: start-up made the
+        storage ahead already, and the first uploads should not meet maintenance."""
         while True:
+            await asyncio.sleep(every_s)
             try:
                 removed = await self.expire_once()
             except Exception as exc:  # noqa: BLE001 - the store is away; the next pass retries
@@ -216,7 +218,6 @@ class LocationHistory:
                 self._failures.succeeded()
                 if removed:
                     log.info("history retention removed %d fixes", removed)
-            await asyncio.sleep(every_s)
 
 
 def _chunks(fixes: list[Location]) -> list[list[Location]]:

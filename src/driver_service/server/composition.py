@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -194,6 +195,12 @@ async def build_services(
         metrics.count_stale_drivers(lambda: dispatch.stale_drivers)
     await dispatch.start()
     history = LocationHistory(durable, retention_s=settings.history_retention_s)
+    # Storage for today's fixes before serving: made later, its ATTACH would make the first
+    # uploads wait for its locks.
+    try:
+        await durable.prepare_history(time.time_ns())
+    except Exception as exc:  # noqa: BLE001 - the retention loop makes them when it can
+        log.warning("making history storage ahead failed, retrying in the background: %r", exc)
     if metrics is not None:
         metrics.watch_history(lambda: history.stats)
     # Retention, partitions made ahead and the size figures: off the hot path, restarted
