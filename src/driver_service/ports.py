@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from driver_service.domain import Driver, Location, Status
@@ -71,6 +72,70 @@ class DriverRepository(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+#: Fixes per page of a history read: one short query each (~10 ms on either store), so a
+#: long range never becomes one huge result and ingestion on SQLite's single writer thread
+#: waits for one page at most.
+HISTORY_PAGE_SIZE = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What erasing one driver removed from the durable store."""
+
+    history_fixes: int
+    driver_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStats:
+    """Size of the stored history, for metrics: `rows` and `bytes` may be estimates (the
+    store's statistics), `oldest_ns` is the oldest fix kept, None when history is empty."""
+
+    rows: int
+    bytes: int
+    oldest_ns: int | None
+
+
+class HistoryStore(Protocol):
+    """Reading, expiring and erasing location history (the durable adapters implement it
+    beside DriverRepository)."""
+
+    def history_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[Location]]:
+        """The fixes of one driver with since_ns <= recorded_at_ns < until_ns in fix-time
+        order (a fix that arrived late is in its place; one fix per timestamp), in pages of
+        at most `page_size`, one short query each (keyset on the fix time, no open cursor
+        between pages). Raises DriverNotFound (on the first iteration) for a driver the
+        store does not know; a known driver without fixes in the range yields nothing."""
+        ...
+
+    async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
+        """One step of retention: remove fixes older than `before_ns`, never one at or after
+        it; return how many were removed (0: nothing left to remove now; call again while
+        it is positive). SQLite removes at most `batch` rows in one short transaction;
+        PostgreSQL drops whole daily partitions (rows of the day that holds `before_ns`
+        wait for that day to pass; readers clamp ranges to the window, so they never see
+        them) and returns the dropped partitions' estimated rows."""
+        ...
+
+    async def prepare_history(self, now_ns: int) -> None:
+        """Make storage for the fixes to come ahead of time (PostgreSQL: the daily
+        partitions around `now_ns`); nothing to do on SQLite."""
+        ...
+
+    async def history_stats(self) -> HistoryStats: ...
+
+    async def forget_driver(self, driver_id: str) -> Forgotten:
+        """Erase the driver's history and current state (in short batches). A driver
+        unknown to the store raises DriverNotFound."""
+        ...
 
 
 class SubscriptionClosed(Exception):

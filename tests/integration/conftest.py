@@ -81,3 +81,12 @@ def stub(channel: grpc.aio.Channel) -> pb_grpc.DriverServiceStub:
 async def client(target: str) -> AsyncIterator[DriverClient]:
     async with DriverClient(target) as c:
         yield c
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store on each kind the server supports: a SQLite file, or a private PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "drivers.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url

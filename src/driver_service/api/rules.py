@@ -24,11 +24,18 @@ can never be.
 | ZoneService/UpdateZone                   | zones               | never                          |
 | ZoneService/DeleteZone                   | zones               | never                          |
 | EventService/WatchEvents                 | events              | its own driver's events only   |
+| HistoryService/GetTrail                  | history:read        | its own driver_id              |
+| HistoryService/GetTrips                  | history:read        | its own driver_id              |
+| HistoryService/GetSummary                | history:read        | its own driver_id              |
+| HistoryService/ForgetDriver              | drivers:forget      | never                          |
 
 A driver may read its own record (the driver app shows it) but never another driver's, and
 answers only offers sent to it (the offer book also checks it is the offer's recipient).
 A driver watching events may name only itself in `driver_ids`; the servicer then limits the
 stream to its own driver whatever the request says.
+History is more sensitive than the live position, so a service needs `history:read` for it
+(drivers:read is not enough); a driver reads only its own history and never erases
+anything; erasure has a scope of its own that no other method accepts.
 Malformed ids name no driver: the handler answers them INVALID_ARGUMENT whatever the token.
 """
 
@@ -40,11 +47,20 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
-from driver_service._gen.driver.v1 import batch_pb2, dispatch_pb2, driver_pb2, events_pb2, zones_pb2
+from driver_service._gen.driver.v1 import (
+    batch_pb2,
+    dispatch_pb2,
+    driver_pb2,
+    events_pb2,
+    history_pb2,
+    zones_pb2,
+)
 from driver_service.interceptors.auth import MethodRule, named_driver_id
 from driver_service.security.tokens import (
     SCOPE_DISPATCH,
     SCOPE_EVENTS,
+    SCOPE_FORGET,
+    SCOPE_HISTORY,
     SCOPE_READ,
     SCOPE_WRITE,
     SCOPE_ZONES,
@@ -55,6 +71,7 @@ BATCH_SERVICE = batch_pb2.DESCRIPTOR.services_by_name["DriverBatchService"]
 DISPATCH_SERVICE = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]
 ZONE_SERVICE = zones_pb2.DESCRIPTOR.services_by_name["ZoneService"]
 EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"]
+HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
 #: Every service of ours the server may register (DispatchService when dispatch is on).
 SERVICES: tuple[ServiceDescriptor, ...] = (
     DRIVER_SERVICE,
@@ -62,6 +79,7 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     DISPATCH_SERVICE,
     ZONE_SERVICE,
     EVENT_SERVICE,
+    HISTORY_SERVICE,
 )
 
 #: Named by a message that acts for more than one driver: unguessable, so it equals no
@@ -130,6 +148,10 @@ ENTRIES: tuple[tuple[ServiceDescriptor, str, MethodRule], ...] = (
     (ZONE_SERVICE, "UpdateZone", MethodRule(SCOPE_ZONES)),
     (ZONE_SERVICE, "DeleteZone", MethodRule(SCOPE_ZONES)),
     (EVENT_SERVICE, "WatchEvents", MethodRule(SCOPE_EVENTS, _lookup_driver_id)),
+    (HISTORY_SERVICE, "GetTrail", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "GetTrips", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "GetSummary", MethodRule(SCOPE_HISTORY, _field_driver_id)),
+    (HISTORY_SERVICE, "ForgetDriver", MethodRule(SCOPE_FORGET)),
 )
 
 #: The rules by method path, as the AuthPolicy looks them up.

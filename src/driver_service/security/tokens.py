@@ -35,6 +35,10 @@ SCOPE_DISPATCH = "dispatch"
 SCOPE_ZONES = "zones"
 #: Consumers of the event log (EventService.WatchEvents).
 SCOPE_EVENTS = "events"
+#: Reading location history (trails, trips): more sensitive than the live position.
+SCOPE_HISTORY = "history:read"
+#: Erasing everything stored about a driver.
+SCOPE_FORGET = "drivers:forget"
 ROLE_DRIVER = "driver"
 ROLE_SERVICE = "service"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.app.events import EventFeed
 from driver_service.app.fanout import MemoryBus
+from driver_service.app.history import LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
@@ -26,7 +28,7 @@ from driver_service.observability.metrics.instrumented import (
     InstrumentedRepository,
 )
 from driver_service.ports import DriverRepository, LocationBus
-from driver_service.resilience.supervision import TaskSupervisor
+from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ class Services:
     zones: ZoneAdmin
     events: EventFeed
     sweeper: OfflineSweeper
+    history: LocationHistory
+    retention: Supervised | None = None
 
     async def close_events(self) -> None:
         """Stop the offline sweeper and end every WatchEvents stream."""
@@ -62,6 +66,8 @@ class Services:
         await self.events.close()
 
     async def close(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         await self.close_events()
         await self.dispatch.close()
         await self.tracking.close()
@@ -190,6 +196,7 @@ async def build_services(
     built = await _build_tracking(settings, metrics, with_index=True)
     tracking, index, redis, fills = built.tracking, built.index, built.redis, built.fills
     assert index is not None
+
     try:
         background = await _rebuild_derived_state(settings, tracking, index, redis, fills)
     except BaseException:
@@ -229,7 +236,21 @@ async def build_services(
         raise
     built.evaluator.add_listener(feed.notify)
     sweeper.start()
-    return Services(tracking, dispatch, ZoneAdmin(built.durable), feed, sweeper)
+    history = LocationHistory(built.durable, retention_s=settings.history_retention_s)
+    # Storage for today's fixes before serving: made later, its ATTACH would make the first
+    # uploads wait for its locks.
+    try:
+        await built.durable.prepare_history(time.time_ns())
+    except Exception as exc:  # noqa: BLE001 - the retention loop makes them when it can
+        log.warning("making history storage ahead failed, retrying in the background: %r", exc)
+    if metrics is not None:
+        metrics.watch_history(lambda: history.stats)
+    # Retention, partitions made ahead and the size figures: off the hot path, restarted
+    # after a failure (a store that is away is retried at the next pass).
+    retention = tracking.supervisor.start(
+        "history-retention", history.run_retention, Policy.RESTART
+    )
+    return Services(tracking, dispatch, ZoneAdmin(built.durable), feed, sweeper, history, retention)
 
 
 async def build_tracking(

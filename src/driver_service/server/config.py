@@ -45,6 +45,24 @@ class ConfigError(ValueError):
     """One or more settings are invalid; one line per mistake, naming the setting."""
 
 
+#: Seven days: enough to answer "what happened last week", and a default install's disk
+#: holds it (docs/history.md gives the sizes).
+DEFAULT_HISTORY_RETENTION = "7d"
+_RETENTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def parse_retention_s(text: str) -> float:
+    """`7d`, `36h`, `90m`, `3600` (seconds), `2w`; 0 means forever."""
+    match = _RETENTION.match(text)
+    if match is None:
+        raise ConfigError(
+            f"--history-retention {text!r} is not a duration: write e.g. 7d, 36h, 90m or 0"
+            " (keep forever)"
+        )
+    return float(match.group(1)) * _RETENTION_UNITS[match.group(2) or "s"]
+
+
 def _setting(default: Any, help_text: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"help": help_text, "secret": secret})
 
@@ -99,6 +117,11 @@ class ServerSettings:
     )
     stale_after: float = _setting(
         120.0, "seconds without an event after which a driver is stale (not dispatched)"
+    )
+    history_retention: str = _setting(
+        DEFAULT_HISTORY_RETENTION,
+        "how long location history is kept, e.g. 7d, 36h, 90m; 0 keeps it forever "
+        "(~4 GB a day per 1,000 drivers reporting every second)",
     )
     rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
     rate_burst: float = _setting(
@@ -235,6 +258,13 @@ class ServerSettings:
             for name in ("redis_timeout", "store_timeout")
             if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
+        try:
+            retention = parse_retention_s(self.history_retention)
+        except ConfigError as exc:
+            errors.append(str(exc))
+        else:
+            if 0 < retention < 3600:
+                errors.append("--history-retention must be 0 (forever) or at least 1h")
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
@@ -248,6 +278,11 @@ class ServerSettings:
         if self.log_format not in LOG_FORMATS:
             errors.append(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
         return errors
+
+    @property
+    def history_retention_s(self) -> float:
+        """The retention in seconds; 0 keeps history forever."""
+        return parse_retention_s(self.history_retention)
 
     def keepalive(self) -> KeepaliveSettings:
         return KeepaliveSettings(

@@ -21,6 +21,7 @@ from driver_service._gen.driver.v1 import (
     driver_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    history_pb2_grpc,
     zones_pb2,
     zones_pb2_grpc,
 )
@@ -29,6 +30,8 @@ from driver_service.api.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from driver_service.api.batch_servicer import add_batch_service
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.api.event_servicer import EventServicer
+from driver_service.api.history_servicer import SERVICE_NAME as HISTORY_SERVICE_NAME
+from driver_service.api.history_servicer import HistoryServicer
 from driver_service.api.rules import RULES
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.tracking import DriverTracking
@@ -251,6 +254,10 @@ async def start_server(
             EventServicer(full.events), services_server
         )
         services_served += [ZONE_SERVICE_NAME, EVENT_SERVICE_NAME]
+        history_pb2_grpc.add_HistoryServiceServicer_to_server(
+            HistoryServicer(full.history), services_server
+        )
+        services_served.append(HISTORY_SERVICE_NAME)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services_server)
     if settings.reflection:

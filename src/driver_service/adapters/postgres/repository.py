@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 import driver_service.adapters.postgres.schema as postgres_schema
-from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain import INITIAL_STATUS, Driver, DriverNotFound, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
 from driver_service.domain.events import (
@@ -47,7 +48,13 @@ from driver_service.domain.events import (
     sweep_stale,
 )
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
-from driver_service.ports import EventEvaluator, Recorded
+from driver_service.ports import (
+    HISTORY_PAGE_SIZE,
+    EventEvaluator,
+    Forgotten,
+    HistoryStats,
+    Recorded,
+)
 from driver_service.resilience.guard import DependencyGuard
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
@@ -171,6 +178,66 @@ _HISTORY = (
     " FROM location_history WHERE driver_id = $1 AND recorded_at_ns >= $2"
     " AND recorded_at_ns < $3 ORDER BY recorded_at_ns LIMIT $4"
 )
+
+_HISTORY_PAGE = (
+    "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
+    " FROM location_history WHERE driver_id = $1 AND recorded_at_ns >= $2"
+    " AND recorded_at_ns < $3 ORDER BY recorded_at_ns LIMIT $4"
+)
+_DRIVER_EXISTS = "SELECT EXISTS (SELECT 1 FROM drivers WHERE driver_id = $1)"
+_FORGET_HISTORY = (
+    "DELETE FROM location_history WHERE driver_id = $1 AND recorded_at_ns IN"
+    " (SELECT recorded_at_ns FROM location_history WHERE driver_id = $1"
+    " ORDER BY recorded_at_ns LIMIT $2)"
+)
+#: Rows one erasure transaction deletes (each well within --store-timeout).
+FORGET_BATCH = 10_000
+_DAY_NS = 86_400 * 10**9
+_PARTITION_PREFIX = "location_history_d"
+#: Daily partitions made ahead of the current day (and one behind, for late fixes).
+PARTITIONS_AHEAD = 3
+#: Serializes partition maintenance between replicas ("drvparts" as a signed 64-bit int).
+_PARTITION_LOCK_KEY = int.from_bytes(b"drvparts", "big", signed=True)
+#: Partition maintenance waits for locks (ATTACH, DETACH CONCURRENTLY) longer than a call.
+_MAINTENANCE_TIMEOUT_S = 60.0
+_MOVE_FROM_DEFAULT = (
+    "DELETE FROM location_history_default WHERE recorded_at_ns >= $1 AND recorded_at_ns < $2"
+    " RETURNING *"
+)
+_PARTITIONS = (
+    "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_inherits i"
+    " JOIN pg_class c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'location_history'::regclass ORDER BY c.relname"
+)
+_HISTORY_SIZE = (
+    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,"
+    " coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_inherits i"
+    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'location_history'::regclass"
+)
+# The oldest fix: per driver, the first entry of the primary key (no index on time alone,
+# which every insert would have to maintain).
+_OLDEST_FIX = (
+    "SELECT min(x.recorded_at_ns) FROM drivers AS d CROSS JOIN LATERAL"
+    " (SELECT h.recorded_at_ns FROM location_history AS h WHERE h.driver_id = d.driver_id"
+    " ORDER BY h.recorded_at_ns LIMIT 1) AS x"
+)
+
+
+def partition_name(day: int) -> str:
+    """The daily partition of UTC day `day` (days since the epoch): location_history_dYYYYMMDD."""
+    date = datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
+    return f"{_PARTITION_PREFIX}{date:%Y%m%d}"
+
+
+def partition_day(name: str) -> int | None:
+    """The day of a daily partition's name; None for another table (the default one)."""
+    if not name.startswith(_PARTITION_PREFIX):
+        return None
+    try:
+        date = datetime.datetime.strptime(name[len(_PARTITION_PREFIX) :], "%Y%m%d").date()
+    except ValueError:
+        return None
+    return (date - datetime.date(1970, 1, 1)).days
 
 
 def is_postgres_url(url: str) -> bool:
@@ -625,6 +692,123 @@ class PostgresRepository:
             lambda: self._pool.fetch(_HISTORY, driver_id, start_ns, end_ns, limit)
         )
         return [Location(driver_id, *row) for row in rows]
+
+    async def history_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[Location]]:
+        """Keyset pages along the primary key (driver, time), each one short query within
+        the store's timeout; partitions outside the range are pruned."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if not await self.guard.call(lambda: self._pool.fetchval(_DRIVER_EXISTS, driver_id)):
+            raise DriverNotFound(driver_id)
+        after = since_ns
+        while after < until_ns:
+
+            def query(after: int = after) -> Any:
+                return self._pool.fetch(_HISTORY_PAGE, driver_id, after, until_ns, page_size)
+
+            rows = await self.guard.call(query)
+            page = [Location(driver_id, *row) for row in rows]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].recorded_at_ns + 1
+
+    async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
+        """Detach (concurrently: ingestion keeps writing) and drop every daily partition that
+        ends at or before `before_ns`, and delete such fixes from the default partition.
+        Returns the dropped partitions' estimated rows plus the default's deleted rows."""
+        removed = 0
+        async with self._pool.acquire() as con:
+            for name, estimate in await con.fetch(_PARTITIONS, timeout=_MAINTENANCE_TIMEOUT_S):
+                day = partition_day(name)
+                if day is None or (day + 1) * _DAY_NS > before_ns:
+                    continue
+                await con.execute(
+                    f'ALTER TABLE location_history DETACH PARTITION "{name}" CONCURRENTLY',
+                    timeout=_MAINTENANCE_TIMEOUT_S,
+                )
+                await con.execute(f'DROP TABLE "{name}"', timeout=_MAINTENANCE_TIMEOUT_S)
+                removed += estimate
+            status = await con.execute(
+                "DELETE FROM location_history_default WHERE recorded_at_ns < $1",
+                before_ns,
+                timeout=_MAINTENANCE_TIMEOUT_S,
+            )
+        return removed + _row_count(status)
+
+    async def prepare_history(self, now_ns: int) -> None:
+        """Make the daily partitions from yesterday to PARTITIONS_AHEAD days ahead; rows of
+        such a day already in the default partition move into it."""
+        today = now_ns // _DAY_NS
+        async with self._pool.acquire() as con:
+            for day in range(today - 1, today + PARTITIONS_AHEAD + 1):
+                await self._make_partition(con, day)
+
+    @staticmethod
+    async def _make_partition(con: Any, day: int) -> None:
+        name = partition_name(day)
+        low, high = day * _DAY_NS, (day + 1) * _DAY_NS
+        async with con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", _PARTITION_LOCK_KEY)
+            if await con.fetchval("SELECT to_regclass($1) IS NOT NULL", name):
+                return
+            await con.execute(
+                f'CREATE TABLE "{name}" (LIKE location_history INCLUDING DEFAULTS)',
+                timeout=_MAINTENANCE_TIMEOUT_S,
+            )
+            # `name` is made by partition_name (letters and digits), never from input.
+            into = f'INSERT INTO "{name}" SELECT * FROM moved'  # noqa: S608
+            move = f"WITH moved AS ({_MOVE_FROM_DEFAULT}) {into}"
+            await con.execute(
+                move,
+                low,
+                high,
+                timeout=_MAINTENANCE_TIMEOUT_S,
+            )
+            await con.execute(
+                f'ALTER TABLE location_history ATTACH PARTITION "{name}"'
+                f" FOR VALUES FROM ({low}) TO ({high})",
+                timeout=_MAINTENANCE_TIMEOUT_S,
+            )
+
+    async def history_stats(self) -> HistoryStats:
+        async with self._pool.acquire() as con:
+            rows, size = await con.fetchrow(_HISTORY_SIZE, timeout=_MAINTENANCE_TIMEOUT_S)
+            oldest = await con.fetchval(_OLDEST_FIX, timeout=_MAINTENANCE_TIMEOUT_S)
+        return HistoryStats(rows, size, oldest)
+
+    async def forget_driver(self, driver_id: str) -> Forgotten:
+        """History in transactions of FORGET_BATCH rows, then the driver's row together
+        with any fix that arrived meanwhile."""
+        if not await self.guard.call(lambda: self._pool.fetchval(_DRIVER_EXISTS, driver_id)):
+            raise DriverNotFound(driver_id)
+        fixes = 0
+        while True:
+            status = await self.guard.call(
+                lambda: self._pool.execute(_FORGET_HISTORY, driver_id, FORGET_BATCH)
+            )
+            removed = _row_count(status)
+            fixes += removed
+            if removed < FORGET_BATCH:
+                break
+
+        async def last() -> tuple[int, int]:
+            async with self._pool.acquire() as con, con.transaction():
+                late = await con.execute(
+                    "DELETE FROM location_history WHERE driver_id = $1", driver_id
+                )
+                row = await con.execute("DELETE FROM drivers WHERE driver_id = $1", driver_id)
+            return _row_count(late), _row_count(row)
+
+        late, records = await self.guard.call(last)
+        return Forgotten(fixes + late, records)
 
     async def drivers_seen_since(
         self, seen_since_ns: int, page_size: int = 1000

@@ -64,6 +64,43 @@ MIGRATIONS: tuple[str, ...] = (
         body            text    NOT NULL
     );
     """,
+    # 3: history range-partitioned by fix time, one partition per UTC day, so that retention
+    # drops whole days (no DELETE, no vacuum debt on the hot table). The server makes the
+    # partitions of the coming days ahead (PostgresRepository.prepare_history); a fix outside
+    # every daily partition lands in the default one and moves to its day's partition when
+    # that is made. Existing rows move into the daily partitions of their days.
+    """
+    ALTER TABLE location_history RENAME TO location_history_unpartitioned;
+    ALTER TABLE location_history_unpartitioned
+        RENAME CONSTRAINT location_history_pkey TO location_history_unpartitioned_pkey;
+    CREATE TABLE location_history (
+        driver_id        text             NOT NULL,
+        recorded_at_ns   bigint           NOT NULL,
+        latitude         double precision NOT NULL,
+        longitude        double precision NOT NULL,
+        speed_mps        double precision NOT NULL,
+        heading_degrees  double precision NOT NULL,
+        PRIMARY KEY (driver_id, recorded_at_ns)
+    ) PARTITION BY RANGE (recorded_at_ns);
+    CREATE TABLE location_history_default PARTITION OF location_history DEFAULT;
+    DO $$
+    DECLARE
+        day bigint;
+    BEGIN
+        FOR day IN
+            SELECT DISTINCT recorded_at_ns / 86400000000000 FROM location_history_unpartitioned
+            WHERE recorded_at_ns >= 0
+        LOOP
+            EXECUTE format(
+                'CREATE TABLE %I PARTITION OF location_history FOR VALUES FROM (%s) TO (%s)',
+                'location_history_d' || to_char(to_timestamp(day * 86400) AT TIME ZONE 'UTC',
+                                                'YYYYMMDD'),
+                day * 86400000000000, (day + 1) * 86400000000000);
+        END LOOP;
+    END $$;
+    INSERT INTO location_history SELECT * FROM location_history_unpartitioned;
+    DROP TABLE location_history_unpartitioned;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from driver_service.adapters.sqlite.schema import migrate
-from driver_service.domain import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain import INITIAL_STATUS, Driver, DriverNotFound, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
 from driver_service.domain.events import (
@@ -37,7 +37,13 @@ from driver_service.domain.events import (
     sweep_stale,
 )
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
-from driver_service.ports import EventEvaluator, Recorded
+from driver_service.ports import (
+    HISTORY_PAGE_SIZE,
+    EventEvaluator,
+    Forgotten,
+    HistoryStats,
+    Recorded,
+)
 
 T = TypeVar("T")
 
@@ -131,6 +137,26 @@ _EVENTS_AFTER = (
     "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
     " WHERE id > ? ORDER BY id LIMIT ?"
 )
+_HISTORY_PAGE = (
+    "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
+    " FROM location_history INDEXED BY location_history_by_driver"
+    " WHERE driver_id = ? AND recorded_at_ns >= ? AND recorded_at_ns < ?"
+    " ORDER BY recorded_at_ns LIMIT ?"
+)
+# Oldest first along the primary key (time first): each batch is a short range at the
+# left edge of the tree, found without a scan.
+_EXPIRE = (
+    "DELETE FROM location_history WHERE (recorded_at_ns, driver_id) IN"
+    " (SELECT recorded_at_ns, driver_id FROM location_history WHERE recorded_at_ns < ?"
+    " ORDER BY recorded_at_ns LIMIT ?)"
+)
+_FORGET_HISTORY = (
+    "DELETE FROM location_history WHERE driver_id = ? AND recorded_at_ns IN"
+    " (SELECT recorded_at_ns FROM location_history INDEXED BY location_history_by_driver"
+    " WHERE driver_id = ? ORDER BY recorded_at_ns LIMIT ?)"
+)
+#: Rows one erasure transaction deletes before the writer thread takes the next commit.
+FORGET_BATCH = 10_000
 
 #: Status.value goes through enum's descriptor machinery (~1.5 us here); a dict does not.
 _STATUS_TEXT = {status: status.value for status in Status}
@@ -194,6 +220,9 @@ class SqliteRepository:
         self._trackers: dict[str, TrackerState] = trackers or {}
         self._evaluator = evaluator
         self._closed = False
+        #: Rows of history, counted once at open and kept by every insert and delete (a
+        #: count(*) would scan the table on the writer thread).
+        self.history_rows = 0
 
     @classmethod
     async def open(
@@ -211,7 +240,11 @@ class SqliteRepository:
             executor.shutdown(wait=False)
             lock.close()
             raise
-        return cls(db_path, connection, lock, executor, drivers, trackers, evaluator)
+        repository = cls(db_path, connection, lock, executor, drivers, trackers, evaluator)
+        repository.history_rows = await repository._run(
+            lambda: int(connection.execute("SELECT count(*) FROM location_history").fetchone()[0])
+        )
+        return repository
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -227,6 +260,34 @@ class SqliteRepository:
         if last_event_id and self._evaluator is not None:
             self._evaluator.logged(last_event_id)
         return recorded
+
+    def _driver_rows(self, newest: dict[str, Location]) -> tuple[dict[str, Driver], list[object]]:
+        """Each driver as it will be after the commit, and its upsert row (flattened)."""
+        drivers = self._drivers
+        changed: dict[str, Driver] = {}
+        rows: list[object] = []
+        for driver_id, loc in newest.items():
+            at_ns = loc.recorded_at_ns
+            current = drivers.get(driver_id)
+            if current is None:
+                driver = Driver(driver_id, INITIAL_STATUS, loc, at_ns)
+            else:
+                seen = current.last_seen_at_ns
+                driver = Driver(driver_id, current.status, loc, seen if seen > at_ns else at_ns)
+            changed[driver_id] = driver
+            rows.extend(
+                (
+                    driver_id,
+                    _STATUS_TEXT[driver.status],
+                    loc.latitude,
+                    loc.longitude,
+                    loc.speed_mps,
+                    loc.heading_degrees,
+                    at_ns,
+                    driver.last_seen_at_ns,
+                )
+            )
+        return changed, rows
 
     def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
@@ -253,40 +314,20 @@ class SqliteRepository:
                 continue
             newest[driver_id] = loc
             advanced.append(loc)
-        changed: dict[str, Driver] = {}
-        rows: list[object] = []
-        for driver_id, loc in newest.items():
-            at_ns = loc.recorded_at_ns
-            current = drivers.get(driver_id)
-            if current is None:
-                driver = Driver(driver_id, INITIAL_STATUS, loc, at_ns)
-            else:
-                seen = current.last_seen_at_ns
-                driver = Driver(driver_id, current.status, loc, seen if seen > at_ns else at_ns)
-            changed[driver_id] = driver
-            rows.extend(
-                (
-                    driver_id,
-                    _STATUS_TEXT[driver.status],
-                    loc.latitude,
-                    loc.longitude,
-                    loc.speed_mps,
-                    loc.heading_degrees,
-                    at_ns,
-                    driver.last_seen_at_ns,
-                )
-            )
+        changed, rows = self._driver_rows(newest)
 
         conflicts: tuple[Location, ...] = ()
         evaluator = self._evaluator
         states: dict[str, TrackerState] = {}
         last_event_id = 0
+        inserted = 0
 
         def body(con: sqlite3.Connection) -> None:
-            nonlocal conflicts, states, last_event_id
+            nonlocal conflicts, states, last_event_id, inserted
             before = con.total_changes
             _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
-            if con.total_changes - before < len(locations):  # duplicate keys: rare
+            inserted = con.total_changes - before
+            if inserted < len(locations):  # duplicate keys: rare
                 conflicts = self._conflicts(con, locations)
             _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
             if evaluator is not None and advanced:
@@ -297,6 +338,7 @@ class SqliteRepository:
         self._transaction(body)
         drivers.update(changed)
         self._trackers.update(states)
+        self.history_rows += inserted
         return Recorded(advanced, conflicts), last_event_id
 
     # --- events (the outbox) and zones ---------------------------------------------------------
@@ -538,6 +580,97 @@ class SqliteRepository:
             return [Location(driver_id, *row) for row in rows]
 
         return await self._run(query)
+
+    async def history_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[Location]]:
+        """Keyset pages along location_history_by_driver, each read on the writer thread
+        between commits (ingestion waits for one page at most)."""
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if driver_id not in self._drivers:
+            raise DriverNotFound(driver_id)
+        after = since_ns
+        while after < until_ns:
+
+            def query(after: int = after) -> list[Location]:
+                rows = self._connection.execute(
+                    _HISTORY_PAGE, (driver_id, after, until_ns, page_size)
+                ).fetchall()
+                return [Location(driver_id, *row) for row in rows]
+
+            page = await self._run(query)
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].recorded_at_ns + 1
+
+    async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
+        def expire(con: sqlite3.Connection) -> int:
+            return con.execute(_EXPIRE, (before_ns, batch)).rowcount
+
+        removed = await self._run(lambda: self._transaction_value(expire))
+        self.history_rows -= removed
+        return removed
+
+    async def prepare_history(self, now_ns: int) -> None:
+        """SQLite needs no storage made ahead."""
+
+    async def history_stats(self) -> HistoryStats:
+        def query() -> HistoryStats:
+            con = self._connection
+            (page_count,) = con.execute("PRAGMA page_count").fetchone()
+            (page_size,) = con.execute("PRAGMA page_size").fetchone()
+            (oldest,) = con.execute("SELECT min(recorded_at_ns) FROM location_history").fetchone()
+            return HistoryStats(self.history_rows, page_count * page_size, oldest)
+
+        return await self._run(query)
+
+    async def forget_driver(self, driver_id: str) -> Forgotten:
+        """History in transactions of FORGET_BATCH rows (ingestion's commits run between
+        them), then the driver's row; the mirror forgets it last."""
+        if driver_id not in self._drivers:
+            raise DriverNotFound(driver_id)
+        fixes = 0
+        while True:
+            removed = await self._run(
+                lambda: self._transaction_value(
+                    lambda con: (
+                        con.execute(_FORGET_HISTORY, (driver_id, driver_id, FORGET_BATCH)).rowcount
+                    )
+                )
+            )
+            fixes += removed
+            self.history_rows -= removed
+            if removed < FORGET_BATCH:
+                break
+
+        def forget_row(con: sqlite3.Connection) -> int:
+            # Fixes that arrived since the last batch go with the row, in one transaction.
+            late = con.execute(
+                "DELETE FROM location_history WHERE driver_id = ?", (driver_id,)
+            ).rowcount
+            con.execute("DELETE FROM drivers WHERE driver_id = ?", (driver_id,))
+            return late
+
+        def last() -> int:
+            late = self._transaction_value(forget_row)
+            self._drivers.pop(driver_id, None)
+            return late
+
+        late = await self._run(last)
+        self.history_rows -= late
+        return Forgotten(fixes + late, 1)
+
+    def _transaction_value(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        result: list[T] = []
+        self._transaction(lambda con: result.append(body(con)))
+        return result[0]
 
     async def drivers_seen_since(
         self, seen_since_ns: int, page_size: int = 1000

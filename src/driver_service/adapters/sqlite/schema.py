@@ -92,6 +92,12 @@ MIGRATIONS: tuple[str, ...] = (
         body            TEXT    NOT NULL
     );
     """,
+    # 5: history read by driver (HistoryService): the fixes of one driver in a time range
+    # without scanning every driver's fixes of that range. The entries hold the key only
+    # (driver, time); the row is then found by its primary key (time, driver).
+    """
+    CREATE INDEX location_history_by_driver ON location_history (driver_id, recorded_at_ns);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

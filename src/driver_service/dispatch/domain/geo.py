@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import math
 
-#: Mean Earth radius (IUGG), metres: distances are on this sphere, as riders and drivers see them.
-EARTH_RADIUS_M = 6_371_008.8
+# One sphere and one great-circle formula for the whole service: history sums and dispatch
+# searches count the same metre.
+from driver_service.domain.geo import EARTH_RADIUS_M, haversine_m
+
 #: Largest search radius: beyond it "nearby" is not a dispatch question.
 MAX_RADIUS_M = 100_000.0
 #: Slack added to cell and band bounds so float rounding never drops a driver on the edge.
 _EPS_DEG = 1e-9
 
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres; exact at the poles and across the antimeridian."""
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
-    s_lat = math.sin((p2 - p1) * 0.5)
-    s_lon = math.sin(math.radians(lon2 - lon1) * 0.5)
-    a = s_lat * s_lat + math.cos(p1) * math.cos(p2) * s_lon * s_lon
-    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+__all__ = [
+    "EARTH_RADIUS_M",
+    "MAX_RADIUS_M",
+    "haversine_m",
+    "latitude_band",
+    "longitude_half_width",
+]
 
 
 def latitude_band(latitude: float, radius_m: float) -> tuple[float, float, bool]:

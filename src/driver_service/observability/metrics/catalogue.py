@@ -23,6 +23,7 @@ from driver_service.observability.metrics.grpc_labels import (
     grpc_code_label,
     split_method,
 )
+from driver_service.ports import HistoryStats
 
 #: RPC latency: from 100 µs (an in-memory read) to 10 s (a slow store); streams beyond are +Inf.
 RPC_BUCKETS: Final = (
@@ -203,6 +204,25 @@ class ServiceMetrics:
     def count_stale_drivers(self, count: Callable[[], float]) -> None:
         """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""
         self.stale_drivers.set_function(count)
+
+    def watch_history(self, stats: Callable[[], HistoryStats]) -> None:
+        """Export the history's size from `stats` (the retention loop's last figures)."""
+        reg = self.registry
+        Gauge(
+            "driver_service_history_rows",
+            "Fixes of location history stored (PostgreSQL: the planner's estimate).",
+            registry=reg,
+        ).set_function(lambda: stats().rows)
+        Gauge(
+            "driver_service_history_bytes",
+            "Bytes of the store (SQLite: the whole file) or of history (PostgreSQL), approximate.",
+            registry=reg,
+        ).set_function(lambda: stats().bytes)
+        Gauge(
+            "driver_service_history_oldest_fix_seconds",
+            "Fix time (Unix seconds) of the oldest fix kept; 0 while history is empty.",
+            registry=reg,
+        ).set_function(lambda: (stats().oldest_ns or 0) / 1e9)
 
     def watch_process(self, loop: asyncio.AbstractEventLoop) -> None:
         """Export the process's memory, CPU and descriptors (`process_*`) and the tasks alive in
