@@ -78,7 +78,8 @@ def test_history_trips_and_forget_from_the_command_line(launcher: Launcher, data
     assert "http://www.topografix.com/GPX/1/1" in out.stdout
     gpx = gpxpy.parse(out.stdout)
     assert gpx.version == "1.1"
-    assert len(gpx.tracks) == 1 and len(gpx.tracks[0].segments) == 1
+    assert len(gpx.tracks) == 1
+    assert len(gpx.tracks[0].segments) == 1
     assert gpx.tracks[0].name == DRIVER
     trkpts = gpx.tracks[0].segments[0].points
     assert [(p.latitude, p.longitude, p.time) for p in trkpts] == [
@@ -96,7 +97,8 @@ def test_history_trips_and_forget_from_the_command_line(launcher: Launcher, data
     assert isinstance(line, LineString)
     assert list(line.coords) == [(f.longitude, f.latitude) for f in fixes]
     props = feature["properties"]
-    assert props["driver_id"] == DRIVER and props["points"] == 1801
+    assert props["driver_id"] == DRIVER
+    assert props["points"] == 1801
     assert props["coordTimes"][0] == iso(fixes[0].recorded_at_ns)
 
     # Thinned for display: far fewer points, endpoints kept, every point a real fix, and
@@ -107,7 +109,8 @@ def test_history_trips_and_forget_from_the_command_line(launcher: Launcher, data
     assert geojson.loads(out.stdout).is_valid
     thin = shape(json.loads(out.stdout)["geometry"])
     assert 3 <= len(thin.coords) < 100
-    assert thin.coords[0] == line.coords[0] and thin.coords[-1] == line.coords[-1]
+    assert thin.coords[0] == line.coords[0]
+    assert thin.coords[-1] == line.coords[-1]
     assert set(thin.coords) <= set(line.coords)
     assert thin.hausdorff_distance(line) * 111_000 < 30  # degrees -> metres, loosely
     out = cli(server.target, "history", DRIVER, "--since", "2h", "--format", "json",
@@ -138,21 +141,26 @@ def test_history_trips_and_forget_from_the_command_line(launcher: Launcher, data
 
     # Bad input: a clear error, no traceback.
     bad = cli(server.target, "history", DRIVER, "--since", "yesterday")
-    assert bad.returncode == 2 and "not a time" in bad.stderr
+    assert bad.returncode == 2
+    assert "not a time" in bad.stderr
     unknown = cli(server.target, "history", "nobody-here", "--since", "1h")
-    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr
 
     # forget: destructive, so off a terminal it needs --yes (and erases nothing without).
     refused = cli(server.target, "forget", DRIVER)
-    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
     still = cli(server.target, "history", DRIVER, "--since", "2h", "--json")
     assert len(still.stdout.splitlines()) == 1801
     erased = cli(server.target, "forget", DRIVER, "--yes", "--json")
     assert erased.returncode == 0, erased.stderr
     answer = json.loads(erased.stdout)
-    assert answer["history_fixes"] == 1801 and answer["driver_records"] == 1
+    assert answer["history_fixes"] == 1801
+    assert answer["driver_records"] == 1
     gone = cli(server.target, "history", DRIVER, "--since", "2h")
-    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    assert gone.returncode == 1
+    assert "NOT_FOUND" in gone.stderr
 
 
 def _ts(ns: int) -> object:
