@@ -25,6 +25,7 @@ PARTS = (
     "sessions",
     "nearby",
     "workers",
+    "history",
 )
 
 
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 queries = 200 if args.quick else 2_000
                 code = bench_nearby.main(["--queries", str(queries)])
                 result = {"meets_p99_target": code == 0}
+            elif part == "history":
+                from bench import history
+
+                stores, why = postgres_stores(stack)
+                result = history.run(work, repeats=repeats, stores=stores)
+                result["postgres_store"] = "measured" if stores else f"skipped: {why}"
             else:
                 from bench import workers
 

@@ -82,10 +82,14 @@ HISTORY_PAGE_SIZE = 5000
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
-    """What erasing one driver removed from the durable store."""
+    """What erasing one driver removed from the durable store: history, the current state
+    row, the zones/events tracker state, and the driver's events in the event log (they
+    carry positions: erasure removes them too, see docs/history.md)."""
 
     history_fixes: int
     driver_records: int
+    tracker_states: int = 0
+    events: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,8 @@ class HistoryStore(Protocol):
     async def history_stats(self) -> HistoryStats: ...
 
     async def forget_driver(self, driver_id: str) -> Forgotten:
-        """Erase the driver's history and current state (in short batches). A driver
-        unknown to the store raises DriverNotFound."""
+        """Erase the driver's history (in short batches), current state, tracker state and
+        logged events. A driver unknown to the store raises DriverNotFound."""
         ...
 
 

@@ -17,6 +17,7 @@ from driver_service.cli import (
     certs_command,
     client_commands,
     dispatch_commands,
+    history_commands,
     migrate_command,
     serve_command,
     session_command,
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     session_command.register(commands)
     simulate_command.register(commands)
     dispatch_commands.register(commands)
+    history_commands.register(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.app.events import EventFeed
 from driver_service.app.fanout import MemoryBus
-from driver_service.app.history import LocationHistory
+from driver_service.app.history import Forgetter, LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
@@ -125,6 +125,8 @@ class _Built:
     fills: list[Fill]
     durable: SqliteRepository | PostgresRepository
     evaluator: ZoneEvaluator
+    #: Erasure of a driver's live state (Redis's hash), beside the index's and the store's.
+    forget_live: list[Forgetter]
 
 
 async def _build_tracking(
@@ -151,11 +153,13 @@ async def _build_tracking(
         raise
     # Derived state a rebuild fills from the store: Redis's live hashes, then the index.
     fills: list[Fill] = []
+    forget_live: list[Forgetter] = []
     if redis is not None:
         from driver_service.adapters.redis.live import LiveStateRepository
 
         assert isinstance(repository, LiveStateRepository)
         fills.append(repository.fill)
+        forget_live.append(repository.forget)
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
     )
@@ -185,7 +189,9 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return _Built(tracking, index, redis, fills, durable, evaluator)
+    if index is not None:
+        forget_live.append(index.forget)
+    return _Built(tracking, index, redis, fills, durable, evaluator, forget_live)
 
 
 async def build_services(
@@ -236,7 +242,14 @@ async def build_services(
         raise
     built.evaluator.add_listener(feed.notify)
     sweeper.start()
-    history = LocationHistory(built.durable, retention_s=settings.history_retention_s)
+    # Erasure reaches every store of the driver: commands, live state and the index, then
+    # the durable store (history, current state, tracker state, logged events).
+    history = LocationHistory(
+        built.durable,
+        retention_s=settings.history_retention_s,
+        forget_commands=dispatch.commands.forget,
+        forget_live=built.forget_live,
+    )
     # Storage for today's fixes before serving: made later, its ATTACH would make the first
     # uploads wait for its locks.
     try:

@@ -799,16 +799,26 @@ class PostgresRepository:
             if removed < FORGET_BATCH:
                 break
 
-        async def last() -> tuple[int, int]:
+        async def last() -> tuple[int, int, int, int]:
             async with self._pool.acquire() as con, con.transaction():
                 late = await con.execute(
                     "DELETE FROM location_history WHERE driver_id = $1", driver_id
                 )
-                row = await con.execute("DELETE FROM drivers WHERE driver_id = $1", driver_id)
-            return _row_count(late), _row_count(row)
+                # The tracker state is a column of the driver's row: it goes with it.
+                tracker = await con.fetchval(
+                    "DELETE FROM drivers WHERE driver_id = $1 RETURNING tracker IS NOT NULL",
+                    driver_id,
+                )
+                events = await con.execute("DELETE FROM events WHERE driver_id = $1", driver_id)
+            return (
+                _row_count(late),
+                0 if tracker is None else 1,
+                1 if tracker else 0,
+                _row_count(events),
+            )
 
-        late, records = await self.guard.call(last)
-        return Forgotten(fixes + late, records)
+        late, records, trackers, events = await self.guard.call(last)
+        return Forgotten(fixes + late, records, trackers, events)
 
     async def drivers_seen_since(
         self, seen_since_ns: int, page_size: int = 1000

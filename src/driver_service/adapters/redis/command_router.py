@@ -349,6 +349,41 @@ class RedisCommandRouter:
         now = self._clock_ns()
         return sum(1 for s, x in rows if s == b"QUEUED" and int(x) > now)
 
+    async def forget(self, driver_id: str) -> int:
+        """Erase the driver's queue and every command hash naming the driver (queued ones
+        and those kept for their outcome): a SCAN of the command hashes (there are as many
+        as commands sent within ttl + retention), then one DEL. A claim racing the erasure
+        finds the hash gone and delivers nothing."""
+        found: list[bytes] = []
+        mine = driver_id.encode()
+        try:
+            cursor = 0
+            while True:
+                async with self._guard.bounded():  # one bound per step, not for the scan
+                    cursor, keys = await self._client.scan(
+                        cursor, match=self._hash_prefix + "*", count=1000
+                    )
+                    if keys:
+                        async with self._client.pipeline(transaction=False) as pipe:
+                            for key in keys:
+                                pipe.hget(key, "d")
+                            owners = await pipe.execute()
+                        found += [
+                            k
+                            for k, d in zip(cast(list[bytes], keys), owners, strict=True)
+                            if d == mine
+                        ]
+                if cursor == 0:
+                    break
+            async with self._guard.bounded(), self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._queue_key(driver_id))
+                if found:
+                    pipe.delete(*found)
+                deleted = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("command store is unavailable") from exc
+        return int(deleted[1]) if found else 0
+
     async def connected(self, driver_id: str) -> bool:
         """Whether some replica listens for the driver's commands (holds its session)."""
         try:

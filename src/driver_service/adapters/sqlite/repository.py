@@ -650,22 +650,28 @@ class SqliteRepository:
             if removed < FORGET_BATCH:
                 break
 
-        def forget_row(con: sqlite3.Connection) -> int:
-            # Fixes that arrived since the last batch go with the row, in one transaction.
+        def forget_row(con: sqlite3.Connection) -> tuple[int, int, int]:
+            # Fixes that arrived since the last batch go with the row, in one transaction,
+            # with the tracker state and the driver's logged events (they carry positions).
             late = con.execute(
                 "DELETE FROM location_history WHERE driver_id = ?", (driver_id,)
             ).rowcount
             con.execute("DELETE FROM drivers WHERE driver_id = ?", (driver_id,))
-            return late
+            trackers = con.execute(
+                "DELETE FROM driver_trackers WHERE driver_id = ?", (driver_id,)
+            ).rowcount
+            events = con.execute("DELETE FROM events WHERE driver_id = ?", (driver_id,)).rowcount
+            return late, trackers, events
 
-        def last() -> int:
-            late = self._transaction_value(forget_row)
+        def last() -> tuple[int, int, int]:
+            counts = self._transaction_value(forget_row)
             self._drivers.pop(driver_id, None)
-            return late
+            self._trackers.pop(driver_id, None)
+            return counts
 
-        late = await self._run(last)
+        late, trackers, events = await self._run(last)
         self.history_rows -= late
-        return Forgotten(fixes + late, 1)
+        return Forgotten(fixes + late, 1, trackers, events)
 
     def _transaction_value(self, body: Callable[[sqlite3.Connection], T]) -> T:
         result: list[T] = []
