@@ -7,11 +7,17 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import create_redis_client
 from tests.helpers.postgres import PostgresServer, create_database
 from tests.helpers.redis import RedisServer
+
+# Properties are checked for what they assert, not for speed: the suite runs its tiers in
+# parallel on two cores, where one example can take longer than hypothesis's 200 ms default.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 _skipped: list[str] = []
 
