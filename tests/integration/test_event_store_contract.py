@@ -226,3 +226,20 @@ async def test_replicas_produce_each_event_once_in_id_order(postgres_url: str) -
     finally:
         for r in replicas:
             await r.close()
+
+
+async def test_expire_events_removes_a_prefix_in_batches_and_keeps_the_newest(repo: Any) -> None:
+    await repo.create_zone(circle_zone(), 1)
+    for i in range(4):  # online, then an enter and an exit per round trip
+        await repo.record_locations([fix("d1", 2 * i, lat=52.0), fix("d1", 2 * i + 1)])
+    ids = [e.event_id for e in await repo.read_events(0, 100)]
+    assert len(ids) == 9
+    recorded = [e.recorded_at_ns for e in await repo.read_events(0, 100)]
+    assert await repo.oldest_event_id() == ids[0]
+    assert await repo.expire_events(recorded[0], 100) == 0  # nothing recorded before it
+    assert await repo.expire_events(recorded[-1] + 1, 2) == 2  # a batch at a time
+    assert await repo.oldest_event_id() == ids[2]
+    while await repo.expire_events(recorded[-1] + 1, 2):
+        pass
+    assert [e.event_id for e in await repo.read_events(0, 100)] == [ids[-1]]  # the newest stays
+    assert await repo.oldest_event_id() == await repo.last_event_id() == ids[-1]
