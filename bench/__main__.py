@@ -25,6 +25,7 @@ PARTS = (
     "sessions",
     "nearby",
     "workers",
+    "zones",
 )
 
 
@@ -119,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                 queries = 200 if args.quick else 2_000
                 code = bench_nearby.main(["--queries", str(queries)])
                 result = {"meets_p99_target": code == 0}
+            elif part == "zones":
+                from bench import zones
+
+                result = zones.run(
+                    work,
+                    repeats=repeats,
+                    zones=10_000,
+                    total=10_000 if args.quick else 50_000,
+                    crossings=100 if args.quick else 500,
+                )
             else:
                 from bench import workers
 
