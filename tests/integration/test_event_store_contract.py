@@ -243,3 +243,51 @@ async def test_expire_events_removes_a_prefix_in_batches_and_keeps_the_newest(re
         pass
     assert [e.event_id for e in await repo.read_events(0, 100)] == [ids[-1]]  # the newest stays
     assert await repo.oldest_event_id() == await repo.last_event_id() == ids[-1]
+
+
+async def test_events_and_their_update_commit_together_or_not_at_all(
+    repo: Any, store: Store
+) -> None:
+    """The outbox: if logging the events fails, the update that caused them is not stored
+    either (and is not acknowledged); once logging works again, it stores both."""
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix("d1", 0)])
+    before = await repo.last_event_id()
+    if store.kind == "sqlite":
+        fail_sql = [
+            "CREATE TRIGGER no_events BEFORE INSERT ON events"
+            " BEGIN SELECT RAISE(ABORT, 'events refused'); END"
+        ]
+        undo_sql = ["DROP TRIGGER no_events"]
+    else:
+        fail_sql = [
+            "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'events refused'; END $$",
+            "CREATE TRIGGER no_events BEFORE INSERT ON events"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+        ]
+        undo_sql = ["DROP TRIGGER no_events ON events", "DROP FUNCTION refuse_events()"]
+
+    async def run(statements: list[str]) -> None:
+        if store.kind == "sqlite":
+            for sql in statements:
+                repo._connection.execute(sql)
+        else:
+            async with repo._pool.acquire() as con:
+                for sql in statements:
+                    await con.execute(sql)
+
+    async def stored_fixes() -> int:
+        sql = "SELECT count(*) FROM location_history WHERE driver_id = 'd1'"
+        if store.kind == "sqlite":
+            return int(repo._connection.execute(sql).fetchone()[0])
+        return int(await repo._pool.fetchval(sql))
+
+    await run(fail_sql)
+    with pytest.raises(Exception, match=r"events refused|unavailable|Unavailable"):
+        await repo.record_locations([fix("d1", 10, lat=52.0)])
+    assert await stored_fixes() == 1, "the update was stored without its events"
+    assert await repo.last_event_id() == before
+    await run(undo_sql)
+    await repo.record_locations([fix("d1", 10, lat=52.0)])
+    assert (await types_of(repo))[-1] == ("zone.enter", "d1", "z1")
