@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.zones [--zones 10000] [--total 50000] [--repeats 3]
 
-cpu      DriverTracking's upload path (validation, rate limit, LocationWriter group commit,
+cpu      (twice: drivers moving ~10 m per update, as they drive; then bench/ingest's updates,
+         which jump kilometres between a driver's updates, so each crosses many zones)
+         DriverTracking's upload path (validation, rate limit, LocationWriter group commit,
          SqliteRepository with its ZoneEvaluator: the transactional outbox) fed --total
          updates (bench/ingest's, in Berlin, 10,000 drivers), paired in the same process:
          a store with no zones, then one with --zones zones (bench/zone_index's: 70 % star
@@ -64,10 +66,26 @@ async def _fill(path: Path, zones: list[Zone]) -> float:
         await repo.close()
 
 
-async def _ingest(path: Path, total: int) -> tuple[float, int, float]:
+def driving(i: int, base_ns: int) -> pb.LocationUpdate:
+    """Update `i` of 10,000 drivers each moving ~10 m east per update (one a second): how
+    drivers move, crossing a zone's edge now and then."""
+    n, step = i % 10_000, i // 10_000
+    msg = pb.LocationUpdate(
+        driver_id=f"drv-{n}",
+        latitude=52.3 + (n % 100) / 500,
+        longitude=13.2 + (n // 100) / 500 + step * 0.00015,
+        speed_mps=10.0,
+        heading_degrees=90.0,
+    )
+    msg.timestamp.FromNanoseconds(base_ns + step * S + n)
+    return msg
+
+
+async def _ingest(path: Path, total: int, moving: bool) -> tuple[float, int, float]:
     """(CPU seconds, events logged, seconds of the first commit) for `total` updates."""
     base = time.time_ns() - 3600 * S
-    rows = [astuple(pb_to_location(update(i, base))) for i in range(total)]
+    make = driving if moving else update
+    rows = [astuple(pb_to_location(make(i, base))) for i in range(total)]
     repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator())
     tracking = DriverTracking(repo, MemoryBus(), rate_limiter=RateLimiter(100, 20_000))
     await tracking.start()
@@ -89,7 +107,9 @@ async def _ingest(path: Path, total: int) -> tuple[float, int, float]:
         await tracking.close()
 
 
-def cpu_part(work: Path, zones: int, total: int, repeats: int) -> dict[str, Any]:
+def cpu_part(
+    work: Path, zones: int, total: int, repeats: int, moving: bool = True
+) -> dict[str, Any]:
     zone_list = make_zones(zones, random.Random(7))
     per_update: dict[str, list[float]] = {"none": [], "zones": []}
     events: list[int] = []
@@ -101,7 +121,7 @@ def cpu_part(work: Path, zones: int, total: int, repeats: int) -> dict[str, Any]
             path = work / f"zones-{r}-{kind}.sqlite3"
             if kind == "zones":
                 fill_s = asyncio.run(_fill(path, zone_list))
-            cpu, logged, startup = asyncio.run(_ingest(path, total))
+            cpu, logged, startup = asyncio.run(_ingest(path, total, moving))
             per_update[kind].append(cpu / (total - 1) * 1e6)
             if kind == "zones":
                 events.append(logged)
@@ -181,7 +201,8 @@ async def _latency(work: Path, crossings: int) -> dict[str, Any]:
 
 
 def run(work: Path, repeats: int, zones: int, total: int, crossings: int) -> dict[str, Any]:
-    result = cpu_part(work, zones, total, repeats)
+    result = cpu_part(work, zones, total, repeats, moving=True)
+    result["teleporting"] = cpu_part(work, zones, total, repeats, moving=False)
     result["latency"] = asyncio.run(_latency(work, crossings))
     return result
 

@@ -271,9 +271,12 @@ async def test_online_status_and_offline(api: Api) -> None:
     assert got[2].time.ToNanoseconds() >= got[0].time.ToNanoseconds() + S
 
 
-async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api) -> None:
+@pytest.mark.parametrize("ring", [10_000, 16], ids=["ring", "small-ring"])
+async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api, ring: int) -> None:
     """Watchers join at random moments with after_id=0 while 20 drivers go in and out of a
-    zone: each must see exactly the log, in order, across its hand-over from replay to live."""
+    zone: each must see exactly the log, in order, across its hand-over from replay to live.
+    With a small ring, each replays from the log first and hands over to the ring."""
+    api.services.events._ring_size = ring
     await api.zones.CreateZone(zpb.CreateZoneRequest(zone=circle("z")), metadata=api.md("zones"))
     drivers = [f"d{i}" for i in range(20)]
     rounds = 30
