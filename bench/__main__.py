@@ -26,6 +26,7 @@ PARTS = (
     "nearby",
     "workers",
     "history",
+    "zones",
 )
 
 
@@ -126,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                 stores, why = postgres_stores(stack)
                 result = history.run(work, repeats=repeats, stores=stores)
                 result["postgres_store"] = "measured" if stores else f"skipped: {why}"
+            elif part == "zones":
+                from bench import zones
+
+                result = zones.run(
+                    work,
+                    repeats=repeats,
+                    zones=10_000,
+                    total=10_000 if args.quick else 50_000,
+                    crossings=100 if args.quick else 500,
+                )
             else:
                 from bench import workers
 

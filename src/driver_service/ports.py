@@ -247,6 +247,17 @@ class EventLog(Protocol):
         """The newest logged event's id, 0 for an empty log."""
         ...
 
+    async def oldest_event_id(self) -> int:
+        """The oldest retained event's id, 0 for an empty log."""
+        ...
+
+    async def expire_events(self, before_ns: int, batch: int) -> int:
+        """One step of retention: remove at most `batch` of the oldest events, only a prefix
+        of the log (by id) whose every event was recorded before `before_ns`, and never the
+        newest event (so the oldest retained id always tells how far the log was cut).
+        Return how many were removed."""
+        ...
+
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
         """Log driver.offline for each online driver unseen for more than `stale_after_ns`;
         idempotent across replicas (the state changes under the driver's lock, so only

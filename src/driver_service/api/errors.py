@@ -16,7 +16,7 @@ from driver_service.domain import (
     ShuttingDown,
     StoreUnavailable,
 )
-from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.errors import EventsExpired, VersionMismatch, ZoneExists, ZoneNotFound
 
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     CommandNotFound: grpc.StatusCode.NOT_FOUND,
@@ -27,6 +27,7 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
     ZoneNotFound: grpc.StatusCode.NOT_FOUND,
     ZoneExists: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

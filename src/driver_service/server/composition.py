@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
-from driver_service.app.events import EventFeed
+from driver_service.app.events import EventFeed, EventRetention
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.history import Forgetter, LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
@@ -59,9 +59,13 @@ class Services:
     sweeper: OfflineSweeper
     history: LocationHistory
     retention: Supervised | None = None
+    event_retention: Supervised | None = None
 
     async def close_events(self) -> None:
-        """Stop the offline sweeper and end every WatchEvents stream."""
+        """Stop the offline sweeper and the log's retention, end every WatchEvents stream."""
+        if self.event_retention is not None:
+            await self.event_retention.stop()
+            self.event_retention = None
         await self.sweeper.close()
         await self.events.close()
 
@@ -263,7 +267,22 @@ async def build_services(
     retention = tracking.supervisor.start(
         "history-retention", history.run_retention, Policy.RESTART
     )
-    return Services(tracking, dispatch, ZoneAdmin(built.durable), feed, sweeper, history, retention)
+    # The event log's retention, the same way (its first pass at once: a short one).
+    event_retention = tracking.supervisor.start(
+        "event-retention",
+        EventRetention(built.durable, settings.event_retention_s).run,
+        Policy.RESTART,
+    )
+    return Services(
+        tracking,
+        dispatch,
+        ZoneAdmin(built.durable),
+        feed,
+        sweeper,
+        history,
+        retention,
+        event_retention,
+    )
 
 
 async def build_tracking(

@@ -48,17 +48,17 @@ class ConfigError(ValueError):
 #: Seven days: enough to answer "what happened last week", and a default install's disk
 #: holds it (docs/history.md gives the sizes).
 DEFAULT_HISTORY_RETENTION = "7d"
+DEFAULT_EVENT_RETENTION = "7d"
 _RETENTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
-def parse_retention_s(text: str) -> float:
+def parse_retention_s(text: str, flag: str = "--history-retention") -> float:
     """`7d`, `36h`, `90m`, `3600` (seconds), `2w`; 0 means forever."""
     match = _RETENTION.match(text)
     if match is None:
         raise ConfigError(
-            f"--history-retention {text!r} is not a duration: write e.g. 7d, 36h, 90m or 0"
-            " (keep forever)"
+            f"{flag} {text!r} is not a duration: write e.g. 7d, 36h, 90m or 0 (keep forever)"
         )
     return float(match.group(1)) * _RETENTION_UNITS[match.group(2) or "s"]
 
@@ -122,6 +122,10 @@ class ServerSettings:
         DEFAULT_HISTORY_RETENTION,
         "how long location history is kept, e.g. 7d, 36h, 90m; 0 keeps it forever "
         "(~4 GB a day per 1,000 drivers reporting every second)",
+    )
+    event_retention: str = _setting(
+        DEFAULT_EVENT_RETENTION,
+        "how long the event log (WatchEvents' replay) is kept, e.g. 7d, 36h; 0 keeps it forever",
     )
     rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
     rate_burst: float = _setting(
@@ -265,6 +269,13 @@ class ServerSettings:
         else:
             if 0 < retention < 3600:
                 errors.append("--history-retention must be 0 (forever) or at least 1h")
+        try:
+            retention = parse_retention_s(self.event_retention, "--event-retention")
+        except ConfigError as exc:
+            errors.append(str(exc))
+        else:
+            if 0 < retention < 3600:
+                errors.append("--event-retention must be 0 (forever) or at least 1h")
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
@@ -283,6 +294,11 @@ class ServerSettings:
     def history_retention_s(self) -> float:
         """The retention in seconds; 0 keeps history forever."""
         return parse_retention_s(self.history_retention)
+
+    @property
+    def event_retention_s(self) -> float:
+        """The event log's retention in seconds; 0 keeps it forever."""
+        return parse_retention_s(self.event_retention, "--event-retention")
 
     def keepalive(self) -> KeepaliveSettings:
         return KeepaliveSettings(

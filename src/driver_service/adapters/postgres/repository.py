@@ -160,6 +160,11 @@ _INSERT_EVENTS = (
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],"
     " $6::text[]) RETURNING id"
 )
+#: The first event (by id) to keep: the oldest recorded at or after the cutoff.
+_FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= $1 ORDER BY id LIMIT 1"
+_EXPIRE_EVENTS = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2)"
+)
 _EVENTS_AFTER = (
     "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
     " WHERE id > $1 ORDER BY id LIMIT $2"
@@ -483,6 +488,22 @@ class PostgresRepository:
     async def last_event_id(self) -> int:
         value = await self.guard.call(lambda: self._pool.fetchval("SELECT max(id) FROM events"))
         return int(value or 0)
+
+    async def oldest_event_id(self) -> int:
+        value = await self.guard.call(lambda: self._pool.fetchval("SELECT min(id) FROM events"))
+        return int(value or 0)
+
+    async def expire_events(self, before_ns: int, batch: int) -> int:
+        """Off the hot path: no advisory lock (deleting the oldest ids never reorders the
+        log), a short transaction per batch."""
+        async with self._pool.acquire() as con:
+            newest = await con.fetchval("SELECT max(id) FROM events")
+            if newest is None:
+                return 0
+            first_kept = await con.fetchval(_FIRST_KEPT_EVENT, before_ns)
+            end = newest if first_kept is None else min(int(first_kept), int(newest))
+            status = await con.execute(_EXPIRE_EVENTS, end, batch, timeout=_MAINTENANCE_TIMEOUT_S)
+        return _row_count(status)
 
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
         """Candidates from one scan; each batch then locked, checked again under the lock
