@@ -132,8 +132,7 @@
     const corner = map.getBounds().getNorthEast();
     const radius = Math.min(MAX_RADIUS_M, Math.max(100, center.distanceTo(corner)));
     const q = new URLSearchParams({ latitude: center.lat, longitude: center.lng, radius_m: radius, limit: 1000 });
-    for (const s of ["AVAILABLE", "BUSY", "OFFLINE"]) q.append("statuses", s);
-    q.set("max_age", "86400s");
+    for (const s of ["AVAILABLE", "BUSY"]) q.append("statuses", s);
     state.fleetStream = sse("/v1/fleet:stream?" + q, (event, body) => {
       if (event !== "drivers") return;
       const seen = new Set();
