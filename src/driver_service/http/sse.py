@@ -54,6 +54,10 @@ async def sse_stream(
                     item = pending.result()
                 except StopAsyncIteration:
                     return
+                except Exception as exc:  # noqa: BLE001 - e.g. UNAVAILABLE on shutdown
+                    message = getattr(exc, "message", None) or "stream failed"
+                    yield encode(SseItem({"reason": message}, event="end"))
+                    return
                 pending = None
                 yield encode(item)
             elif stop in done:
