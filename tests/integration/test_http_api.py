@@ -417,5 +417,7 @@ async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
         started = time.monotonic()
         for _ in range(20):
             assert (await http.get("/v1/drivers/nobody")).status_code == 404
-        assert time.monotonic() - started < 2
+        # Generous: other tests share the machine's cores; a held-up server would take the
+        # client's 10 s timeout on the first request.
+        assert time.monotonic() - started < 8
     writer.close()

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -437,6 +437,8 @@ def _endpoint(route: str, handler: Handler) -> Handler:
             return error_response(error, headers)
         except DomainError as error:
             return error_response(HttpError(status_for(error), str(error)))
+        except ClientDisconnect:  # the caller hung up mid-body: nothing to answer, no fault
+            return Response(status_code=499)
         except Exception:
             log.exception("http %s failed", route)
             return error_response(HttpError(grpc.StatusCode.INTERNAL, "internal error"))
