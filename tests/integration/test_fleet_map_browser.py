@@ -21,7 +21,9 @@ from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
 from tests.helpers.http_server import HttpFixture, http_server
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "fleet-map.png"
+#: Written on success too: copy it to docs/fleet-map.png to refresh the README's picture (a
+#: test never rewrites a tracked file).
+SCREENSHOT = ARTIFACTS / "fleet-map.png"
 
 
 def _browser() -> webdriver.Chrome:
