@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -113,3 +114,12 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the item (`item.rep_call`), for fixtures that act on failure
+    (the browser test's screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

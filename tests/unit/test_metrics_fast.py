@@ -196,6 +196,16 @@ SERIES = [
         "counter",
         "Supervised background tasks that ended unexpectedly, by task (restarted or fatal).",
     ),
+    (
+        "driver_service_http_requests_total",
+        "counter",
+        "HTTP requests of the JSON API, streams and map, by route, method and status.",
+    ),
+    (
+        "driver_service_http_request_seconds",
+        "histogram",
+        "Time from an HTTP request to its response's end (whole stream for SSE).",
+    ),
 ]
 
 

@@ -77,6 +77,23 @@ class ServerSettings:
         DEFAULT_ADMIN_LISTEN,
         "plaintext admin address: gRPC health for probes and HTTP GET /metrics; empty: off",
     )
+    http_listen: str = _setting(
+        "",
+        "address of the HTTP front door (JSON API, SSE, fleet map), HOST:PORT; HTTPS with the "
+        "gRPC server's certificate (plaintext only with --insecure); empty: off",
+    )
+    http_cors_origin: tuple[str, ...] = _setting(
+        (), "origins allowed to call the HTTP API from a browser (comma-separated); none: closed"
+    )
+    http_max_body_bytes: int = _setting(
+        1024 * 1024, "largest HTTP request body accepted (413 past it), bytes"
+    )
+    http_heartbeat: float = _setting(15.0, "seconds between SSE heartbeat comments")
+    map_tiles: str = _setting(
+        "",
+        "fleet map background tiles, a URL template such as https://HOST/{z}/{x}/{y}.png; "
+        "empty: a plain grid with coordinates (no network)",
+    )
     workers: int = _setting(
         1, "server processes sharing the port (SO_REUSEPORT); > 1 needs --bus redis://"
     )
@@ -163,7 +180,7 @@ class ServerSettings:
 
     def _address_errors(self) -> list[str]:
         errors: list[str] = []
-        for name in ("listen", "admin_listen"):
+        for name in ("listen", "admin_listen", "http_listen"):
             value = getattr(self, name)
             if value or name == "listen":
                 try:
@@ -175,6 +192,19 @@ class ServerSettings:
                 parse_sqlite_url(self.store)
             except ConfigError as exc:
                 errors.append(f"--store: {exc}")
+        if self.map_tiles and not (
+            self.map_tiles.startswith(("https://", "http://"))
+            and all(part in self.map_tiles for part in ("{z}", "{x}", "{y}"))
+        ):
+            errors.append(
+                f"--map-tiles: {self.map_tiles!r} is not an http(s) URL template with {{z}}, "
+                "{x} and {y}"
+            )
+        errors.extend(
+            f"--http-cors-origin: {origin!r} is not an origin such as https://ops.example"
+            for origin in self.http_cors_origin
+            if not re.fullmatch(r"https?://[^/\s*]+", origin)
+        )
         if self.bus != "memory" and not self.bus.startswith(REDIS_SCHEMES):
             errors.append(f"--bus: {mask_url(self.bus)!r} is not memory or a redis:// URL")
         return errors
@@ -254,9 +284,12 @@ class ServerSettings:
                 "max_connection_age",
                 "max_connection_age_grace",
                 "keepalive_min_time",
+                "http_heartbeat",
             )
             if not getattr(self, name) > 0
         )
+        if not 1024 <= self.http_max_body_bytes <= 64 * 1024 * 1024:
+            errors.append("--http-max-body-bytes must be between 1024 and 67108864")
         errors.extend(
             f"{flag(name)} must be > 0 and at most {MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
             for name in ("redis_timeout", "store_timeout")
