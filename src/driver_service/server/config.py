@@ -268,6 +268,22 @@ class ServerSettings:
                 errors.append("--workers > 1 needs a fixed --listen port for workers to share")
         return errors
 
+    def _retention_errors(self) -> list[str]:
+        """Each retention is a duration: 0 keeps forever, else at least an hour."""
+        errors = []
+        for name, value in (
+            ("--history-retention", self.history_retention),
+            ("--event-retention", self.event_retention),
+        ):
+            try:
+                retention = parse_retention_s(value, name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+            else:
+                if 0 < retention < 3600:
+                    errors.append(f"{name} must be 0 (forever) or at least 1h")
+        return errors
+
     def _limit_errors(self) -> list[str]:
         errors = [
             f"{flag(name)} must be >= 0"
@@ -295,20 +311,7 @@ class ServerSettings:
             for name in ("redis_timeout", "store_timeout")
             if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
-        try:
-            retention = parse_retention_s(self.history_retention)
-        except ConfigError as exc:
-            errors.append(str(exc))
-        else:
-            if 0 < retention < 3600:
-                errors.append("--history-retention must be 0 (forever) or at least 1h")
-        try:
-            retention = parse_retention_s(self.event_retention, "--event-retention")
-        except ConfigError as exc:
-            errors.append(str(exc))
-        else:
-            if 0 < retention < 3600:
-                errors.append("--event-retention must be 0 (forever) or at least 1h")
+        errors.extend(self._retention_errors())
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
