@@ -764,7 +764,7 @@ class PostgresRepository:
                 pending.add_done_callback(_ignore_result)
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
-        """Detach (concurrently: ingestion keeps writing) and drop every daily partition that
+        """Detach (a brief lock of the parent) and drop every daily partition that
         ends at or before `before_ns`, and delete such fixes from the default partition.
         Returns the dropped partitions' estimated rows plus the default's deleted rows."""
         removed = 0
@@ -773,8 +773,10 @@ class PostgresRepository:
                 day = partition_day(name)
                 if day is None or (day + 1) * _DAY_NS > before_ns:
                     continue
+                # Not CONCURRENTLY: PostgreSQL refuses that while a default partition exists.
+                # The plain detach holds the parent's lock for a moment (no rows are moved).
                 await con.execute(
-                    f'ALTER TABLE location_history DETACH PARTITION "{name}" CONCURRENTLY',
+                    f'ALTER TABLE location_history DETACH PARTITION "{name}"',
                     timeout=_MAINTENANCE_TIMEOUT_S,
                 )
                 await con.execute(f'DROP TABLE "{name}"', timeout=_MAINTENANCE_TIMEOUT_S)
