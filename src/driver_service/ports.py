@@ -79,6 +79,10 @@ class DriverRepository(Protocol):
 #: waits for one page at most.
 HISTORY_PAGE_SIZE = 5000
 
+#: One stored fix of a known driver as a history read returns it, without building a
+#: Location: (latitude, longitude, speed_mps, heading_degrees, recorded_at_ns).
+HistoryRow = tuple[float, float, float, float, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
@@ -118,6 +122,18 @@ class HistoryStore(Protocol):
         at most `page_size`, one short query each (keyset on the fix time, no open cursor
         between pages). Raises DriverNotFound (on the first iteration) for a driver the
         store does not know; a known driver without fixes in the range yields nothing."""
+        ...
+
+    def history_row_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[HistoryRow]]:
+        """What history_pages yields, as plain rows (the fast path of an unthinned trail):
+        the same order, pages and errors; the next page may be read while the caller
+        works on this one."""
         ...
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:

@@ -151,3 +151,23 @@ async def test_postgres_partitions_are_made_ahead_and_take_default_rows(
         assert await read(repo, "a", far, far + 1) != []
     finally:
         await repo.close()
+
+
+async def test_postgres_retention_drops_an_expired_daily_partition(postgres_url: str) -> None:
+    """With the default partition beside it (PostgreSQL refuses a concurrent detach then)."""
+    repo = await PostgresRepository.open(postgres_url, min_size=1, max_size=2)
+    try:
+        old, new = T0 + 40 * DAY, T0 + 42 * DAY
+        await repo.prepare_history(old)
+        await repo.record_locations(
+            [Location("a", 1.0, 2.0, 0.0, 0.0, old), Location("a", 1.0, 2.0, 0.0, 0.0, new)]
+        )
+        await repo.expire_history(new - DAY)
+        async with repo._pool.acquire() as con:
+            assert not await con.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)",
+                partition_name(old // DAY),
+            )
+        assert [x.recorded_at_ns for x in await read(repo, "a", T0, new + 1)] == [new]
+    finally:
+        await repo.close()

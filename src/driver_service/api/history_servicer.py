@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import struct
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -12,10 +13,10 @@ from driver_service._gen.driver.v1 import history_pb2 as hpb
 from driver_service._gen.driver.v1 import history_pb2_grpc as hpb_grpc
 from driver_service.api.errors import AbortOnDomainError
 from driver_service.app.history import LocationHistory
-from driver_service.domain import Location
 from driver_service.domain.trips import DEFAULT_THRESHOLDS, Stop, Trip, TripThresholds
 from driver_service.interceptors import current_principal
-from driver_service.wire import ns_to_timestamp, timestamp_to_ns
+from driver_service.ports import HistoryRow
+from driver_service.wire import NANOS, ns_to_timestamp, timestamp_to_ns
 
 SERVICE_NAME = hpb.DESCRIPTOR.services_by_name["HistoryService"].full_name
 
@@ -51,13 +52,66 @@ def thresholds_from(msg: hpb.TripThresholds) -> TripThresholds:
     )
 
 
-def _point(x: Location) -> hpb.TrailPoint:
+# TrailChunk in its wire encoding, written here point by point and parsed by protobuf's C
+# code in one go: ~10x cheaper than a TrailPoint and a Timestamp object per fix. Field
+# numbers and types are history.proto's (TrailChunk.points = 1; TrailPoint: latitude 1
+# double, longitude 2 double, speed_mps 3 float, heading_degrees 4 float, recorded_at 5
+# Timestamp: seconds 1 int64, nanos 2 int32). A zero field written here is dropped when
+# the parsed message is serialized again, so the bytes on the wire are protobuf's own.
+_POINT_HEAD = struct.Struct("<BdBdBfBfB").pack
+#: The common point: whole seconds between 1978 and 3058 (a 5-byte varint), no nanos.
+_POINT_WHOLE_SECOND = struct.Struct("<BBBdBdBfBfBBBBBBBB").pack
+_SECONDS_5_BYTES = range(1 << 28, 1 << 35)
+
+
+def _varint(value: int) -> bytes:
+    value &= 0xFFFF_FFFF_FFFF_FFFF  # negative int64: ten bytes, two's complement
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def trail_chunk(rows: Sequence[HistoryRow]) -> hpb.TrailChunk:
+    """The TrailChunk of these rows, equal to one built field by field (unit-tested)."""
+    parts: list[bytes] = []
+    append = parts.append
+    try:
+        for latitude, longitude, speed, heading, at_ns in rows:
+            seconds, nanos = divmod(at_ns, NANOS)
+            if nanos == 0 and seconds in _SECONDS_5_BYTES:
+                # fmt: off
+                append(_POINT_WHOLE_SECOND(
+                    0x0A, 36, 0x09, latitude, 0x11, longitude, 0x1D, speed, 0x25, heading,
+                    0x2A, 6, 0x08, (seconds & 0x7F) | 0x80, (seconds >> 7 & 0x7F) | 0x80,
+                    (seconds >> 14 & 0x7F) | 0x80, (seconds >> 21 & 0x7F) | 0x80, seconds >> 28,
+                ))
+                # fmt: on
+                continue
+            stamp = (b"\x08" + _varint(seconds) if seconds else b"") + (
+                b"\x10" + _varint(nanos) if nanos else b""
+            )
+            body = (
+                _POINT_HEAD(0x09, latitude, 0x11, longitude, 0x1D, speed, 0x25, heading, 0x2A)
+                + bytes((len(stamp),))
+                + stamp
+            )
+            append(b"\x0a" + bytes((len(body),)) + body)
+    except (OverflowError, struct.error):  # a speed or heading beyond float32: protobuf's way
+        return hpb.TrailChunk(points=[_row_point(row) for row in rows])
+    return hpb.TrailChunk.FromString(b"".join(parts))
+
+
+def _row_point(row: HistoryRow) -> hpb.TrailPoint:
+    latitude, longitude, speed, heading, at_ns = row
     return hpb.TrailPoint(
-        latitude=x.latitude,
-        longitude=x.longitude,
-        speed_mps=x.speed_mps,
-        heading_degrees=x.heading_degrees,
-        recorded_at=ns_to_timestamp(x.recorded_at_ns),
+        latitude=latitude,
+        longitude=longitude,
+        speed_mps=speed,
+        heading_degrees=heading,
+        recorded_at=ns_to_timestamp(at_ns),
     )
 
 
@@ -94,7 +148,7 @@ class HistoryServicer(hpb_grpc.HistoryServiceServicer):
     ) -> AsyncIterator[hpb.TrailChunk]:
         since, until = _range(request)
         async with AbortOnDomainError(context):
-            chunks = self._history.trail(
+            chunks = self._history.trail_rows(
                 request.driver_id,
                 since,
                 until,
@@ -102,7 +156,7 @@ class HistoryServicer(hpb_grpc.HistoryServiceServicer):
                 request.max_points or None,
             )
             async for chunk in chunks:
-                yield hpb.TrailChunk(points=[_point(x) for x in chunk])
+                yield trail_chunk(chunk)
 
     async def GetTrips(  # noqa: N802
         self, request: hpb.GetTripsRequest, context: grpc.aio.ServicerContext[Any, Any]

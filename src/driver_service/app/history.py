@@ -20,7 +20,7 @@ from driver_service.domain.trips import (
     TripThresholds,
     summarize,
 )
-from driver_service.ports import Forgotten, HistoryStats, HistoryStore
+from driver_service.ports import Forgotten, HistoryRow, HistoryStats, HistoryStore
 from driver_service.resilience.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,51 @@ class LocationHistory:
         async for page in pages:
             yield page
 
+    async def _row_pages(
+        self, driver_id: str, since_ns: int, until_ns: int
+    ) -> AsyncIterator[list[HistoryRow]]:
+        since_ns, until_ns = self.window(driver_id, since_ns, until_ns)
+        pages = self.store.history_row_pages(driver_id, since_ns, until_ns)
+        if since_ns == until_ns:  # all of it is past the retention: known driver, no fixes
+            async for _ in pages:
+                break
+            return
+        async for page in pages:
+            yield page
+
     # --- trail -----------------------------------------------------------------------------
+    async def trail_rows(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        tolerance_m: float = 0.0,
+        max_points: int | None = None,
+    ) -> AsyncIterator[list[HistoryRow]]:
+        """`trail` as plain rows, for encoding: without thinning the store's rows go out as
+        they are (no Location built per fix); with thinning, `trail`'s fixes as rows."""
+        validate_thinning(tolerance_m, max_points)
+        if tolerance_m > 0.0 or max_points is not None:
+            async for chunk in self.trail(driver_id, since_ns, until_ns, tolerance_m, max_points):
+                yield [
+                    (x.latitude, x.longitude, x.speed_mps, x.heading_degrees, x.recorded_at_ns)
+                    for x in chunk
+                ]
+            return
+        pending: list[HistoryRow] = []
+        async for page in self._row_pages(driver_id, since_ns, until_ns):
+            if not pending and len(page) % TRAIL_CHUNK_POINTS == 0:
+                for i in range(0, len(page), TRAIL_CHUNK_POINTS):
+                    yield page[i : i + TRAIL_CHUNK_POINTS]
+                continue
+            pending.extend(page)
+            full = len(pending) - len(pending) % TRAIL_CHUNK_POINTS
+            for i in range(0, full, TRAIL_CHUNK_POINTS):
+                yield pending[i : i + TRAIL_CHUNK_POINTS]
+            del pending[:full]
+        for i in range(0, len(pending), TRAIL_CHUNK_POINTS):
+            yield pending[i : i + TRAIL_CHUNK_POINTS]
+
     async def trail(
         self,
         driver_id: str,

@@ -52,6 +52,7 @@ from driver_service.ports import (
     HISTORY_PAGE_SIZE,
     EventEvaluator,
     Forgotten,
+    HistoryRow,
     HistoryStats,
     Recorded,
 )
@@ -721,28 +722,49 @@ class PostgresRepository:
         until_ns: int,
         page_size: int = HISTORY_PAGE_SIZE,
     ) -> AsyncIterator[list[Location]]:
+        async for rows in self.history_row_pages(driver_id, since_ns, until_ns, page_size):
+            yield [Location(driver_id, *row) for row in rows]
+
+    async def history_row_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[HistoryRow]]:
         """Keyset pages along the primary key (driver, time), each one short query within
-        the store's timeout; partitions outside the range are pruned."""
+        the store's timeout; partitions outside the range are pruned. The next page is
+        fetched while the caller works on this one."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         if not await self.guard.call(lambda: self._pool.fetchval(_DRIVER_EXISTS, driver_id)):
             raise DriverNotFound(driver_id)
-        after = since_ns
-        while after < until_ns:
+        if since_ns >= until_ns:
+            return
 
-            def query(after: int = after) -> Any:
-                return self._pool.fetch(_HISTORY_PAGE, driver_id, after, until_ns, page_size)
+        async def query(after: int) -> list[HistoryRow]:
+            # Records unpack and index like the tuples of the port.
+            rows: list[HistoryRow] = await self.guard.call(
+                lambda: self._pool.fetch(_HISTORY_PAGE, driver_id, after, until_ns, page_size)
+            )
+            return rows
 
-            rows = await self.guard.call(query)
-            page = [Location(driver_id, *row) for row in rows]
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after = page[-1].recorded_at_ns + 1
+        pending: asyncio.Task[list[HistoryRow]] | None = asyncio.ensure_future(query(since_ns))
+        try:
+            while pending is not None:
+                page = await pending
+                pending = None
+                if len(page) == page_size and (after := page[-1][4] + 1) < until_ns:
+                    pending = asyncio.ensure_future(query(after))
+                if page:
+                    yield page
+        finally:
+            if pending is not None:  # the reader stopped early: the read ahead is dropped
+                pending.cancel()
+                pending.add_done_callback(_ignore_result)
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
-        """Detach (concurrently: ingestion keeps writing) and drop every daily partition that
+        """Detach (a brief lock of the parent) and drop every daily partition that
         ends at or before `before_ns`, and delete such fixes from the default partition.
         Returns the dropped partitions' estimated rows plus the default's deleted rows."""
         removed = 0
@@ -751,8 +773,10 @@ class PostgresRepository:
                 day = partition_day(name)
                 if day is None or (day + 1) * _DAY_NS > before_ns:
                     continue
+                # Not CONCURRENTLY: PostgreSQL refuses that while a default partition exists.
+                # The plain detach holds the parent's lock for a moment (no rows are moved).
                 await con.execute(
-                    f'ALTER TABLE location_history DETACH PARTITION "{name}" CONCURRENTLY',
+                    f'ALTER TABLE location_history DETACH PARTITION "{name}"',
                     timeout=_MAINTENANCE_TIMEOUT_S,
                 )
                 await con.execute(f'DROP TABLE "{name}"', timeout=_MAINTENANCE_TIMEOUT_S)
@@ -876,3 +900,9 @@ class PostgresRepository:
         except TimeoutError:
             with contextlib.suppress(Exception):
                 self._pool.terminate()
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    """Retrieves the outcome of a read nobody waits for any more (no 'never retrieved')."""
+    if not future.cancelled():
+        future.exception()

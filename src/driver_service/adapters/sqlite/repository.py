@@ -41,6 +41,7 @@ from driver_service.ports import (
     HISTORY_PAGE_SIZE,
     EventEvaluator,
     Forgotten,
+    HistoryRow,
     HistoryStats,
     Recorded,
 )
@@ -611,27 +612,49 @@ class SqliteRepository:
         until_ns: int,
         page_size: int = HISTORY_PAGE_SIZE,
     ) -> AsyncIterator[list[Location]]:
+        async for rows in self.history_row_pages(driver_id, since_ns, until_ns, page_size):
+            yield [Location(driver_id, *row) for row in rows]
+
+    async def history_row_pages(
+        self,
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+        page_size: int = HISTORY_PAGE_SIZE,
+    ) -> AsyncIterator[list[HistoryRow]]:
         """Keyset pages along location_history_by_driver, each read on the writer thread
-        between commits (ingestion waits for one page at most)."""
+        between commits (ingestion waits for one page at most). The next page is read
+        while the caller works on this one (SQLite lets go of the GIL while it steps)."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         if driver_id not in self._drivers:
             raise DriverNotFound(driver_id)
-        after = since_ns
-        while after < until_ns:
+        if since_ns >= until_ns:
+            return
+        con = self._connection
 
-            def query(after: int = after) -> list[Location]:
-                rows = self._connection.execute(
-                    _HISTORY_PAGE, (driver_id, after, until_ns, page_size)
-                ).fetchall()
-                return [Location(driver_id, *row) for row in rows]
+        def query(after: int) -> list[HistoryRow]:
+            rows: list[HistoryRow] = con.execute(
+                _HISTORY_PAGE, (driver_id, after, until_ns, page_size)
+            ).fetchall()
+            return rows
 
-            page = await self._run(query)
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after = page[-1].recorded_at_ns + 1
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[list[HistoryRow]] | None = loop.run_in_executor(
+            self._executor, query, since_ns
+        )
+        try:
+            while pending is not None:
+                page = await pending
+                pending = None
+                if len(page) == page_size and (after := page[-1][4] + 1) < until_ns:
+                    pending = loop.run_in_executor(self._executor, query, after)
+                if page:
+                    yield page
+        finally:
+            if pending is not None:  # the reader stopped early: the read ahead is dropped
+                pending.cancel()
+                pending.add_done_callback(_ignore_result)
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
         def expire(con: sqlite3.Connection) -> int:
@@ -779,3 +802,9 @@ def _connect_and_load(
         connection.close()
         raise
     return connection, drivers, trackers
+
+
+def _ignore_result(future: asyncio.Future[Any]) -> None:
+    """Retrieves the outcome of a read nobody waits for any more (no 'never retrieved')."""
+    if not future.cancelled():
+        future.exception()
