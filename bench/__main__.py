@@ -27,6 +27,7 @@ PARTS = (
     "workers",
     "history",
     "zones",
+    "http",
 )
 
 
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                     zones=10_000,
                     total=10_000 if args.quick else 50_000,
                     crossings=100 if args.quick else 500,
+                )
+            elif part == "http":
+                from bench import http
+
+                result = http.run(
+                    work, repeats=repeats, duration_s=duration, rounds=5 if args.quick else 20
                 )
             else:
                 from bench import workers

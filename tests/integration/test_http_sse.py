@@ -4,7 +4,11 @@ a duplicate, heartbeats keep an idle stream open, live locations arrive, shutdow
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import re
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from driver_service.http.sse import DropOldest
 from tests.helpers.http_server import HttpFixture, http_server
 
 
@@ -102,3 +107,130 @@ async def test_heartbeats_then_live_locations_then_shutdown_ends_the_streams(
         await door.stop(5)
         await asyncio.wait_for(reader, 5)  # ended by the server, not cut
         assert got[-1].get("event") == "end"
+
+
+class StallingReader:
+    """An SSE request over HTTPS whose reader reads only when told. Its socket holds little
+    (a small receive buffer and segment size), and the server's side of it gets a small send
+    buffer: on loopback the kernel would otherwise take ~2,000 frames before pushing back,
+    where on a slow mobile link it is the network that does."""
+
+    def __init__(self, door: HttpFixture, token: str, path: str) -> None:
+        port = int(door.base_url.rsplit(":", 1)[1])
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 88)
+        raw.settimeout(10)
+        raw.connect(("127.0.0.1", port))
+        context = ssl.create_default_context(cafile=str(door.certs.ca_cert))
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        request = f"GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n"
+        self.sock.sendall(request.encode())
+        self.local = self.sock.getsockname()
+        self.text = ""
+
+    def server_side(self, door: HttpFixture) -> Any:
+        assert door.running.http is not None
+        for conn in door.running.http.server.server_state.connections:
+            if conn.transport.get_extra_info("peername") == self.local:
+                return conn
+        raise AssertionError("no server connection for the stalling reader")
+
+    def shrink_server_buffer(self, door: HttpFixture) -> None:
+        peer = self.server_side(door).transport.get_extra_info("socket")
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    async def read_until(self, pattern: str, count: int = 1) -> list[str]:
+        """Read until `pattern` (a regex with one group) matched `count` times in all read."""
+        while len(found := re.findall(pattern, self.text, re.MULTILINE)) < count:
+            data = await asyncio.to_thread(self.sock.recv, 65536)
+            assert data, f"the server closed the stream after {found[-3:]} ({len(found)})"
+            self.text += data.decode(errors="replace")
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def live_buffers() -> list[DropOldest]:
+    return [o for o in gc.get_objects() if isinstance(o, DropOldest)]
+
+
+async def timed_uploads(http: httpx.AsyncClient, driver_id: str, lats: list[float]) -> float:
+    t0 = time.monotonic()
+    for lat in lats:
+        await upload(http, driver_id, lat)
+    return time.monotonic() - t0
+
+
+LATITUDE = r'^data: \{"driverId":"drv-slow","latitude":([0-9.]+)'
+UPDATES = 1_000  # ~185 KB of location frames: twice what the sockets hold once shrunk
+
+
+async def test_slow_reader_of_live_locations_gets_the_newest_and_never_slows_ingestion(
+    door: HttpFixture,
+) -> None:
+    """A reader that stops reading while its driver moves 1,000 times: ingestion keeps its pace,
+    the server keeps at most 16 locations for it (the oldest dropped), and when it reads again
+    the newest location comes after no more than what was already in the sockets."""
+    token = door.token()
+    step = 1e-5
+    async with door.client(token) as http:
+        await upload(http, "drv-slow", 50.0)
+        baseline = await timed_uploads(http, "drv-base", [50.0 + i * step for i in range(100)])
+        reader = await asyncio.to_thread(
+            StallingReader, door, token, "/v1/drivers/drv-slow/locations:stream"
+        )
+        try:
+            assert await reader.read_until(LATITUDE) == ["50.0"]
+            reader.shrink_server_buffer(door)
+            # Not reading from here on.
+            lats = [50.0 + (i + 1) * step for i in range(UPDATES)]
+            stalled = await timed_uploads(http, "drv-slow", lats)
+            # Ingestion did not wait for the reader: about as fast per update as before.
+            assert stalled / UPDATES < 3 * baseline / 100 + 0.005, (stalled, baseline)
+            # The newest fix acknowledged (an upload answers after its commit); a commit
+            # publishes each driver's newest fix, so wait for one at least as new.
+            newest = lats[-1]
+            seen: list[str] = []
+            while not seen or float(seen[-1]) < newest:
+                seen = await reader.read_until(LATITUDE, len(seen) + 1)
+        finally:
+            reader.close()
+    received = [float(x) for x in seen[1:]]
+    assert received == sorted(received)  # in order, oldest first
+    assert received[-1] == newest
+    # What the sockets held when they pushed back, then the 16 buffered: not all 1,000.
+    assert len(received) < UPDATES * 3 // 4, len(received)
+    buffer = max(live_buffers(), key=lambda b: b.dropped)  # this test's stream
+    assert buffer.dropped > UPDATES // 4, "the stream never backed up into the server"
+    assert len(buffer._items) <= 16  # bounded: the server's memory does not grow
+
+
+async def test_slow_reader_of_the_event_feed_misses_no_event(door: HttpFixture) -> None:
+    """The event feed is never thinned: a reader that stops while 1,200 events happen (far
+    more than the sockets hold) then reads every one of them, in order, without a gap."""
+    token = door.token()
+    count = 1_200
+    async with door.client(token) as http:
+        await upload(http, "drv-ev-first", 50.0)
+        reader = await asyncio.to_thread(
+            StallingReader, door, token, "/v1/events:stream?after_id=0"
+        )
+        try:
+            (first,) = await reader.read_until(r"^id: (\d+)")
+            reader.shrink_server_buffer(door)
+            for start in range(0, count, 200):  # a driver.online event for each new driver
+                batch = [
+                    {"driverId": f"drv-ev-{n:05d}", "latitude": 50.0, "longitude": 13.4}
+                    for n in range(start, start + 200)
+                ]
+                reply = await http.post("/v1/locations:batchUpload", json={"locations": batch})
+                assert reply.status_code == 200, reply.text
+            await asyncio.sleep(2)  # the feed has caught up with the log by then
+            backed_up = reader.server_side(door).flow.write_paused
+            ids = await reader.read_until(r"^id: (\d+)", count + 1)
+        finally:
+            reader.close()
+    assert [int(i) for i in ids] == list(range(int(first), int(first) + count + 1))
+    assert backed_up, "the feed never backed up into the server"

@@ -23,10 +23,25 @@ from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from driver_service.http.app import FrontDoor, build_app
 
 log = logging.getLogger(__name__)
+
+#: Bytes a connection's transport may hold before the writer waits (the TLS transport's own
+#: default is 512 KiB, some 3,000 location frames: a slow SSE reader would get that many
+#: stale locations before the newest, whatever the per-client buffer of 16 drops).
+WRITE_BUFFER_HIGH = 16 * 1024
+
+
+class _H11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a small write buffer, so that a reader that does
+    not read pushes back on its stream at once (sse.DropOldest then keeps only the newest)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        super().connection_made(transport)
 
 
 class ReloadingTls:
@@ -71,6 +86,9 @@ def bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Accepted connections inherit it: without, a response written in two pieces (head,
+        # then body) waits ~40 ms for the client's delayed ACK (Nagle's algorithm).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(2048)
         sock.setblocking(False)
@@ -123,7 +141,7 @@ async def start_http(
         access_log=False,
         server_header=False,
         date_header=True,
-        http="h11",
+        http=_H11,
         ws="none",
         timeout_keep_alive=30,
         ssl_context_factory=None if reloading is None else (lambda _c, _d: reloading.context),
