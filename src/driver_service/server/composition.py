@@ -16,18 +16,21 @@ from driver_service.app.history import LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
+from driver_service.app.webhook_delivery import DeliveryHooks, WebhookDelivery
+from driver_service.app.webhooks import WebhookAdmin
 from driver_service.app.zones import ZoneAdmin
 from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
 from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.ports import DriverIndex
 from driver_service.dispatch.rebuild import Fill, rebuild_memory_index
 from driver_service.dispatch.service import BackgroundLoop, Dispatch
+from driver_service.domain.webhooks import RetryPolicy
 from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.observability.metrics.instrumented import (
     InstrumentedBus,
     InstrumentedRepository,
 )
-from driver_service.ports import DriverRepository, LocationBus
+from driver_service.ports import DriverRepository, LocationBus, WebhookStore, WebhookTransport
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 
@@ -58,11 +61,16 @@ class Services:
     events: EventFeed
     sweeper: OfflineSweeper
     history: LocationHistory
+    webhooks: WebhookAdmin
+    delivery: WebhookDelivery
+    transport: WebhookTransport
     retention: Supervised | None = None
 
     async def close_events(self) -> None:
-        """Stop the offline sweeper and end every WatchEvents stream."""
+        """Stop the offline sweeper, webhook delivery and every WatchEvents stream."""
         await self.sweeper.close()
+        await self.delivery.close()
+        await self.transport.close()
         await self.events.close()
 
     async def close(self) -> None:
@@ -235,6 +243,11 @@ async def build_services(
         await tracking.close()
         raise
     built.evaluator.add_listener(feed.notify)
+    delivery, admin, transport = await build_webhooks(
+        settings, built.durable, tracking.supervisor, metrics
+    )
+    built.evaluator.add_listener(delivery.notify)
+    delivery.start()
     sweeper.start()
     history = LocationHistory(built.durable, retention_s=settings.history_retention_s)
     # Storage for today's fixes before serving: made later, its ATTACH would make the first
@@ -250,7 +263,84 @@ async def build_services(
     retention = tracking.supervisor.start(
         "history-retention", history.run_retention, Policy.RESTART
     )
-    return Services(tracking, dispatch, ZoneAdmin(built.durable), feed, sweeper, history, retention)
+    return Services(
+        tracking,
+        dispatch,
+        ZoneAdmin(built.durable),
+        feed,
+        sweeper,
+        history,
+        admin,
+        delivery,
+        transport,
+        retention,
+    )
+
+
+def retry_policy(settings: ServerSettings) -> RetryPolicy:
+    return RetryPolicy(
+        timeout_s=settings.webhook_timeout,
+        max_age_s=settings.webhook_max_age,
+        base_s=settings.webhook_retry_base,
+        cap_s=settings.webhook_retry_cap,
+        circuit_threshold=settings.webhook_circuit_threshold,
+        circuit_cooldown_s=settings.webhook_circuit_cooldown,
+    )
+
+
+async def build_webhooks(
+    settings: ServerSettings,
+    durable: SqliteRepository | PostgresRepository,
+    supervisor: TaskSupervisor,
+    metrics: ServiceMetrics | None,
+) -> tuple[WebhookDelivery, WebhookAdmin, WebhookTransport]:
+    """Webhook endpoints in the durable store, delivered over httpx by a supervised loop
+    (not started here), on every replica (leases share the work)."""
+    from driver_service.adapters.http.webhook_transport import HttpxWebhookTransport
+
+    store: WebhookStore
+    if isinstance(durable, SqliteRepository):
+        from driver_service.adapters.sqlite.webhooks import SqliteWebhookStore
+
+        store = await SqliteWebhookStore(durable).open()
+    else:
+        from driver_service.adapters.postgres.webhooks import PostgresWebhookStore
+
+        store = await PostgresWebhookStore(durable).open()
+    transport = HttpxWebhookTransport(
+        allow_private=settings.webhook_allow_private,
+        max_connections=settings.webhook_max_concurrent,
+    )
+    hooks = DeliveryHooks()
+    if metrics is not None:
+        m = metrics
+        hooks = DeliveryHooks(
+            on_attempt=lambda o: m.count_webhook_attempt(
+                o.endpoint_id, o.kind, o.duration_s, o.lag_s
+            ),
+            on_dead_letter=m.count_dead_letter,
+        )
+    delivery = WebhookDelivery(
+        store,
+        durable,
+        transport,
+        supervisor,
+        retry_policy(settings),
+        allow_http=settings.webhook_allow_http,
+        max_concurrent=settings.webhook_max_concurrent,
+        poll_s=EVENT_POLL_S_SHARED if settings.uses_postgres else EVENT_POLL_S_ALONE,
+        hooks=hooks,
+    )
+    if metrics is not None:
+        metrics.watch_webhooks(
+            lambda: delivery.queue_depth,
+            lambda: delivery.open_circuits,
+            lambda: delivery.dead_letters,
+        )
+    admin = WebhookAdmin(
+        store, durable, transport, delivery, allow_http=settings.webhook_allow_http
+    )
+    return delivery, admin, transport
 
 
 async def build_tracking(

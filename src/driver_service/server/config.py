@@ -123,6 +123,31 @@ class ServerSettings:
         "how long location history is kept, e.g. 7d, 36h, 90m; 0 keeps it forever "
         "(~4 GB a day per 1,000 drivers reporting every second)",
     )
+    webhook_allow_http: bool = _setting(
+        False, "let webhooks use plain http:// URLs (development and tests only)"
+    )
+    webhook_allow_private: bool = _setting(
+        False,
+        "let webhooks call loopback, link-local, private and unspecified addresses "
+        "(development and tests only: a webhook URL is a classic SSRF vector)",
+    )
+    webhook_timeout: float = _setting(10.0, "seconds one webhook POST may take")
+    webhook_max_age: float = _setting(
+        86_400.0, "seconds an event is retried before it becomes a dead letter"
+    )
+    webhook_max_concurrent: int = _setting(
+        64, "webhook deliveries in flight at once, over all endpoints"
+    )
+    webhook_retry_base: float = _setting(
+        1.0, "first webhook retry wait, seconds (doubled per attempt, with jitter)"
+    )
+    webhook_retry_cap: float = _setting(600.0, "longest wait between webhook retries, seconds")
+    webhook_circuit_threshold: int = _setting(
+        5, "failed attempts in a row after which an endpoint's circuit opens"
+    )
+    webhook_circuit_cooldown: float = _setting(
+        60.0, "seconds an endpoint with an open circuit waits before one probe"
+    )
     rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
     rate_burst: float = _setting(
         20_000.0, "updates a driver may send at once above the rate (an offline backlog)"
@@ -250,8 +275,18 @@ class ServerSettings:
                 "max_connection_age",
                 "max_connection_age_grace",
                 "keepalive_min_time",
+                "webhook_timeout",
+                "webhook_max_age",
+                "webhook_retry_base",
+                "webhook_retry_cap",
+                "webhook_circuit_cooldown",
             )
             if not getattr(self, name) > 0
+        )
+        errors.extend(
+            f"{flag(name)} must be >= 1"
+            for name in ("webhook_max_concurrent", "webhook_circuit_threshold")
+            if getattr(self, name) < 1
         )
         errors.extend(
             f"{flag(name)} must be > 0 and at most {MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
