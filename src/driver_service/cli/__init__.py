@@ -23,6 +23,7 @@ from driver_service.cli import (
     simulate_command,
     token_command,
     upload_command,
+    webhook_commands,
 )
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     session_command.register(commands)
     simulate_command.register(commands)
     dispatch_commands.register(commands)
+    webhook_commands.register(commands)
     return parser
 
 
