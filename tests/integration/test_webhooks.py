@@ -221,19 +221,25 @@ async def test_a_hanging_endpoint_slows_neither_ingestion_nor_other_endpoints(
             await api.online([f"{prefix}-{batch}-{i}" for i in range(50)])
         return 500 / (time.perf_counter() - started)
 
-    baseline = await ingest_rate("base")
+    # Best of two runs each: other tests running in parallel make single figures noisy.
+    baseline = max([await ingest_rate("base1"), await ingest_rate("base2")])
     hanging = Receiver(mode="hang", hang_s=30).start()
     try:
         for _ in range(3):
             await api.add(hanging.url, new_secret())
-        await api.add(receiver.url, new_secret())
         await api.online(["warm"])
         await eventually(lambda: len(hanging.all()) >= 3, 5, "the hanging endpoints called")
-        with_hang = await ingest_rate("hang")
-        # The healthy endpoint gets everything while three others hang.
-        await eventually(lambda: len(receiver.delivered()) >= 501, 15, "healthy endpoint")
+        with_hang = max([await ingest_rate("hang1"), await ingest_rate("hang2")])
+        # Another endpoint, added now for the last 300 events, gets them while three hang.
+        head = int((await api.logged_ids())[-1])
+        request = wpb.AddWebhookRequest(
+            webhook=wpb.Webhook(url=receiver.url), secret=new_secret(), after_id=head - 300
+        )
+        await api.hooks.AddWebhook(request, metadata=api.md("webhooks"))
+        await eventually(lambda: len(receiver.delivered()) >= 300, 15, "healthy endpoint")
     finally:
         hanging.stop()
+    # A dead receiver costs ingestion nothing but its share of a timer: a generous bound.
     assert with_hang > 0.5 * baseline, (baseline, with_hang)
 
 

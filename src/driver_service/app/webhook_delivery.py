@@ -48,7 +48,11 @@ NANOS = 10**9
 #: Events read from the log per page while looking for an endpoint's next match.
 PAGE = 200
 #: The loop looks for work at most this often (each look is a read of the store).
-MIN_CLAIM_INTERVAL_S = 0.02
+MIN_CLAIM_INTERVAL_S = 0.05
+#: Wake-up timers kept to cancel on close (older ones have fired; pruned past this).
+TIMERS_KEPT = 1000
+#: A delivering endpoint's cursor is written at most this often.
+SAVE_EVERY_S = 0.2
 #: Queue depth and open circuits are measured this often.
 MEASURE_EVERY_S = 1.0
 #: Errors kept per endpoint, characters.
@@ -115,6 +119,7 @@ class WebhookDelivery:
         self.queue_depth = 0
         self.open_circuits = 0
         self.dead_letters = 0
+        self._timers: set[asyncio.TimerHandle] = set()
 
     def start(self) -> None:
         self._task = self._supervisor.start("webhook-delivery", self._run, Policy.RESTART)
@@ -173,6 +178,8 @@ class WebhookDelivery:
 
     async def _serve(self, endpoint: Endpoint) -> None:
         """Deliver the endpoint's items in order until it is caught up or an attempt fails."""
+        saved, saved_at = endpoint.cursor, time.monotonic()
+        buffer: list[LoggedEvent] = []
         try:
             while True:
                 replay = await self._store.next_replay(endpoint.endpoint_id)
@@ -186,9 +193,9 @@ class WebhookDelivery:
                         continue
                     kept = await self._attempt(endpoint, events[0], replay=True)
                 else:
-                    event, cursor = await self._next_event(endpoint)
+                    event, cursor = await self._next_event(endpoint, buffer)
                     if event is None:
-                        if cursor != endpoint.cursor:
+                        if cursor != saved:
                             endpoint = replace(endpoint, cursor=cursor)
                             await self._store.save_progress(endpoint, self.owner, 0)
                         return
@@ -198,17 +205,34 @@ class WebhookDelivery:
                 if kept is None:
                     return  # failed (retry later) or the lease was lost
                 endpoint = kept
+                # The cursor is written at most every SAVE_EVERY_S (and when the task ends):
+                # one commit per delivered event would compete with ingestion for the store
+                # (SQLite's one writer). A crash re-delivers at most that much: at least once.
+                if endpoint.cursor != saved and time.monotonic() - saved_at >= SAVE_EVERY_S:
+                    if not await self._store.save_progress(
+                        endpoint, self.owner, self._lease_until()
+                    ):
+                        return
+                    saved, saved_at = endpoint.cursor, time.monotonic()
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._store.release(endpoint.endpoint_id, self.owner))
 
-    async def _next_event(self, endpoint: Endpoint) -> tuple[LoggedEvent | None, int]:
+    async def _next_event(
+        self, endpoint: Endpoint, buffer: list[LoggedEvent]
+    ) -> tuple[LoggedEvent | None, int]:
         """The first matching event after the cursor, and the cursor moved past the
         non-matching ones before it."""
         types = parse_type_filter(endpoint.types)
         cursor = endpoint.cursor
         while True:
-            page = await self._log.read_events(cursor, PAGE)
+            # The page read last time usually holds the next events: one read of the log per
+            # PAGE events, not per delivery.
+            page = [e for e in buffer if e.event_id > cursor]
+            from_log = not page
+            if from_log:
+                page = await self._log.read_events(cursor, PAGE)
+                buffer[:] = page
             for logged in page:
                 e = logged.event
                 if (
@@ -218,8 +242,9 @@ class WebhookDelivery:
                 ):
                     return logged, cursor
                 cursor = logged.event_id
-            if len(page) < PAGE:
+            if from_log and len(page) < PAGE:
                 return None, cursor
+            buffer.clear()  # used up: read the log next
 
     def _lease_until(self) -> int:
         return self._clock() + self._lease_ns
@@ -247,7 +272,7 @@ class WebhookDelivery:
                     done, self.owner, logged.event_id, self._lease_until()
                 )
             else:
-                still = await self._store.save_progress(done, self.owner, self._lease_until())
+                still = True  # written by _serve, batched
             return done if still else None
         attempts = endpoint.attempts + 1
         first_failure = endpoint.first_failure_ns or now
@@ -295,7 +320,10 @@ class WebhookDelivery:
 
     def _wake_after(self, delay_s: float) -> None:
         """Look for work again when this endpoint is due (the poll would, later)."""
-        asyncio.get_running_loop().call_later(delay_s, self._wake.set)
+        loop = asyncio.get_running_loop()
+        if len(self._timers) > TIMERS_KEPT:  # drop the ones that have fired
+            self._timers = {t for t in self._timers if t.when() > loop.time()}
+        self._timers.add(loop.call_later(delay_s, self._wake.set))
 
     async def send(self, endpoint: Endpoint, logged: LoggedEvent) -> Outcome:
         body = event_payload(logged)
@@ -340,6 +368,9 @@ class WebhookDelivery:
         self._active.clear()
 
     async def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         if self._task is not None:
             await self._task.stop()
             self._task = None

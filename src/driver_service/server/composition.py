@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ REDIS_PREFIX = "ds:"
 #: one process's own events wake it at once.
 EVENT_POLL_S_SHARED = 0.1
 EVENT_POLL_S_ALONE = 1.0
+#: How long shutdown waits for webhook delivery and its HTTP client to close.
+CLOSE_WEBHOOKS_S = 5.0
 
 
 @dataclass
@@ -69,8 +72,12 @@ class Services:
     async def close_events(self) -> None:
         """Stop the offline sweeper, webhook delivery and every WatchEvents stream."""
         await self.sweeper.close()
-        await self.delivery.close()
-        await self.transport.close()
+        # Bounded: an HTTP request stuck in the client must never hold up shutdown.
+        for step in (self.delivery.close, self.transport.close):
+            try:
+                await asyncio.wait_for(step(), CLOSE_WEBHOOKS_S)
+            except TimeoutError:
+                log.warning("closing webhook delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
         await self.events.close()
 
     async def close(self) -> None:
