@@ -10,7 +10,7 @@ DATA   ?= data
 PYTEST_WORKERS ?= 2
 LINT_PATHS := $(wildcard src tests scripts bench)
 
-.PHONY: install run proto lint typecheck test test-deps test-fast bench clean
+.PHONY: install run proto openapi lint typecheck test test-deps test-fast bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: install
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py
+
+openapi: install
+	$(BIN)/python scripts/gen_openapi.py
 
 lint: install
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -25,6 +25,8 @@ PARTS = (
     "sessions",
     "nearby",
     "workers",
+    "history",
+    "zones",
 )
 
 
@@ -119,6 +121,22 @@ def main(argv: list[str] | None = None) -> int:
                 queries = 200 if args.quick else 2_000
                 code = bench_nearby.main(["--queries", str(queries)])
                 result = {"meets_p99_target": code == 0}
+            elif part == "history":
+                from bench import history
+
+                stores, why = postgres_stores(stack)
+                result = history.run(work, repeats=repeats, stores=stores)
+                result["postgres_store"] = "measured" if stores else f"skipped: {why}"
+            elif part == "zones":
+                from bench import zones
+
+                result = zones.run(
+                    work,
+                    repeats=repeats,
+                    zones=10_000,
+                    total=10_000 if args.quick else 50_000,
+                    crossings=100 if args.quick else 500,
+                )
             else:
                 from bench import workers
 

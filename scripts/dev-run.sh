@@ -6,6 +6,7 @@ BIN=${BIN:-.venv/bin}
 DATA=${DATA:-data}
 LISTEN=${LISTEN:-127.0.0.1:50051}
 ADMIN_LISTEN=${ADMIN_LISTEN:-127.0.0.1:9090}
+HTTP_LISTEN=${HTTP_LISTEN:-127.0.0.1:8443}
 mkdir -p "$DATA"
 # Absolute paths: the printed `export` line must work from any directory.
 DATA=$(cd "$DATA" && pwd)
@@ -18,6 +19,9 @@ if [ ! -f "$SECRET" ]; then
 fi
 TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope drivers:write --scope dispatch \
   --ttl 24h --secret-file "$SECRET")
+# The fleet map reads drivers, nearby search, zones, events and history.
+MAP_TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope dispatch --scope zones \
+  --scope events --scope history:read --ttl 24h --secret-file "$SECRET")
 
 cat <<TXT
 driver-service (development): mTLS and bearer tokens on $LISTEN, data in $DATA
@@ -28,7 +32,13 @@ In another terminal, to use the CLI:
          DRIVER_SERVICE_TOKEN=$TOKEN
   $BIN/driver-service upload drv-1 --route --points 50 && $BIN/driver-service get drv-1
 
+Fleet map: https://$HTTP_LISTEN/  (trust $CERTS/ca.crt in the browser, or accept the warning)
+Token to paste into the map (kept for the browser tab only):
+
+  $MAP_TOKEN
+
 TXT
 exec "$BIN/driver-service" serve --listen "$LISTEN" --admin-listen "$ADMIN_LISTEN" --data-dir "$DATA" \
+  --http-listen "$HTTP_LISTEN" \
   --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-client-ca "$CERTS/ca.crt" \
   --token-secret-file "$SECRET"

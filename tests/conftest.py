@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from hypothesis import settings
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import create_redis_client
 from tests.helpers.postgres import PostgresServer, create_database
 from tests.helpers.redis import RedisServer
+
+# Properties are checked for what they assert, not for speed: the suite runs its tiers in
+# parallel on two cores, where one example can take longer than hypothesis's 200 ms default.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 _skipped: list[str] = []
 
@@ -107,3 +114,12 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Each phase's report on the item (`item.rep_call`), for fixtures that act on failure
+    (the browser test's screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -83,10 +83,14 @@ HISTORY_PAGE_SIZE = 5000
 
 @dataclass(frozen=True, slots=True)
 class Forgotten:
-    """What erasing one driver removed from the durable store."""
+    """What erasing one driver removed from the durable store: history, the current state
+    row, the zones/events tracker state, and the driver's events in the event log (they
+    carry positions: erasure removes them too, see docs/history.md)."""
 
     history_fixes: int
     driver_records: int
+    tracker_states: int = 0
+    events: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +138,8 @@ class HistoryStore(Protocol):
     async def history_stats(self) -> HistoryStats: ...
 
     async def forget_driver(self, driver_id: str) -> Forgotten:
-        """Erase the driver's history and current state (in short batches). A driver
-        unknown to the store raises DriverNotFound."""
+        """Erase the driver's history (in short batches), current state, tracker state and
+        logged events. A driver unknown to the store raises DriverNotFound."""
         ...
 
 
@@ -242,6 +246,17 @@ class EventLog(Protocol):
 
     async def last_event_id(self) -> int:
         """The newest logged event's id, 0 for an empty log."""
+        ...
+
+    async def oldest_event_id(self) -> int:
+        """The oldest retained event's id, 0 for an empty log."""
+        ...
+
+    async def expire_events(self, before_ns: int, batch: int) -> int:
+        """One step of retention: remove at most `batch` of the oldest events, only a prefix
+        of the log (by id) whose every event was recorded before `before_ns`, and never the
+        newest event (so the oldest retained id always tells how far the log was cut).
+        Return how many were removed."""
         ...
 
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:

@@ -65,6 +65,7 @@ def start_dev_server(workdir: Path) -> DevServer:
             "DATA": "data",
             "LISTEN": f"127.0.0.1:{free_port()}",
             "ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
+            "HTTP_LISTEN": f"127.0.0.1:{free_port()}",
         }
     )
     proc = subprocess.Popen(

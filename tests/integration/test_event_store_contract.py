@@ -226,3 +226,68 @@ async def test_replicas_produce_each_event_once_in_id_order(postgres_url: str) -
     finally:
         for r in replicas:
             await r.close()
+
+
+async def test_expire_events_removes_a_prefix_in_batches_and_keeps_the_newest(repo: Any) -> None:
+    await repo.create_zone(circle_zone(), 1)
+    for i in range(4):  # online, then an enter and an exit per round trip
+        await repo.record_locations([fix("d1", 2 * i, lat=52.0), fix("d1", 2 * i + 1)])
+    ids = [e.event_id for e in await repo.read_events(0, 100)]
+    assert len(ids) == 9
+    recorded = [e.recorded_at_ns for e in await repo.read_events(0, 100)]
+    assert await repo.oldest_event_id() == ids[0]
+    assert await repo.expire_events(recorded[0], 100) == 0  # nothing recorded before it
+    assert await repo.expire_events(recorded[-1] + 1, 2) == 2  # a batch at a time
+    assert await repo.oldest_event_id() == ids[2]
+    while await repo.expire_events(recorded[-1] + 1, 2):
+        pass
+    assert [e.event_id for e in await repo.read_events(0, 100)] == [ids[-1]]  # the newest stays
+    assert await repo.oldest_event_id() == await repo.last_event_id() == ids[-1]
+
+
+async def test_events_and_their_update_commit_together_or_not_at_all(
+    repo: Any, store: Store
+) -> None:
+    """The outbox: if logging the events fails, the update that caused them is not stored
+    either (and is not acknowledged); once logging works again, it stores both."""
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix("d1", 0)])
+    before = await repo.last_event_id()
+    if store.kind == "sqlite":
+        fail_sql = [
+            "CREATE TRIGGER no_events BEFORE INSERT ON events"
+            " BEGIN SELECT RAISE(ABORT, 'events refused'); END"
+        ]
+        undo_sql = ["DROP TRIGGER no_events"]
+    else:
+        fail_sql = [
+            "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'events refused'; END $$",
+            "CREATE TRIGGER no_events BEFORE INSERT ON events"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+        ]
+        undo_sql = ["DROP TRIGGER no_events ON events", "DROP FUNCTION refuse_events()"]
+
+    async def run(statements: list[str]) -> None:
+        if store.kind == "sqlite":
+            for sql in statements:
+                repo._connection.execute(sql)
+        else:
+            async with repo._pool.acquire() as con:
+                for sql in statements:
+                    await con.execute(sql)
+
+    async def stored_fixes() -> int:
+        sql = "SELECT count(*) FROM location_history WHERE driver_id = 'd1'"
+        if store.kind == "sqlite":
+            return int(repo._connection.execute(sql).fetchone()[0])
+        return int(await repo._pool.fetchval(sql))
+
+    await run(fail_sql)
+    with pytest.raises(Exception, match=r"events refused|unavailable|Unavailable"):
+        await repo.record_locations([fix("d1", 10, lat=52.0)])
+    assert await stored_fixes() == 1, "the update was stored without its events"
+    assert await repo.last_event_id() == before
+    await run(undo_sql)
+    await repo.record_locations([fix("d1", 10, lat=52.0)])
+    assert (await types_of(repo))[-1] == ("zone.enter", "d1", "z1")

@@ -21,6 +21,7 @@ from driver_service._gen.driver.v1 import events_pb2 as epb
 from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
 from driver_service._gen.driver.v1 import zones_pb2_grpc as zpb_grpc
+from driver_service.app.events import EventRetention
 from driver_service.security import TokenIssuer
 from driver_service.server.composition import Services, build_services
 from driver_service.server.config import ServerSettings
@@ -270,9 +271,12 @@ async def test_online_status_and_offline(api: Api) -> None:
     assert got[2].time.ToNanoseconds() >= got[0].time.ToNanoseconds() + S
 
 
-async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api) -> None:
+@pytest.mark.parametrize("ring", [10_000, 16], ids=["ring", "small-ring"])
+async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api, ring: int) -> None:
     """Watchers join at random moments with after_id=0 while 20 drivers go in and out of a
-    zone: each must see exactly the log, in order, across its hand-over from replay to live."""
+    zone: each must see exactly the log, in order, across its hand-over from replay to live.
+    With a small ring, each replays from the log first and hands over to the ring."""
+    api.services.events._ring_size = ring
     await api.zones.CreateZone(zpb.CreateZoneRequest(zone=circle("z")), metadata=api.md("zones"))
     drivers = [f"d{i}" for i in range(20)]
     rounds = 30
@@ -352,3 +356,43 @@ async def test_auth_rules_of_zones_and_events(api: Api) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await first(api.md("events"), after_id=0, types=["zone.entr*"])
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_retention_cuts_the_log_and_an_older_after_id_is_out_of_range(api: Api) -> None:
+    """Expired events go (a prefix of the log, never the newest); a replay from an id they
+    removed is OUT_OF_RANGE naming the oldest id available; `replay_only` ends the stream."""
+    md = api.md("events")
+    await api.zones.CreateZone(zpb.CreateZoneRequest(zone=circle("air")), metadata=api.md("zones"))
+    await api.upload("ret-1", [(0, OUT), (1, CENTRE[0]), (2, OUT)])
+    old = await api.logged()
+    time.sleep(0.01)
+    cutoff = time.time_ns()
+    await api.upload("ret-1", [(3, CENTRE[0]), (4, OUT)])
+    kept = (await api.logged())[len(old) :]
+    assert len(old) == 3
+    assert len(kept) == 2
+
+    # The retention's clock an hour past the cutoff: only the first upload's events expire.
+    retention = EventRetention(api.services.events._log, 3600, lambda: cutoff + 3600 * S)
+    assert await retention.expire_once() == 3
+    assert [e.id for e in await api.logged()] == [e.id for e in kept]
+
+    async def replay(after: int) -> list[epb.Event]:
+        request = epb.WatchEventsRequest(after_id=after, replay_only=True)
+        async with asyncio.timeout(10):
+            return [e async for e in api.events.WatchEvents(request, metadata=md)]
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await replay(old[0].id)
+    assert info.value.code() is grpc.StatusCode.OUT_OF_RANGE
+    assert f"oldest event available is {kept[0].id}" in (info.value.details() or "")
+    assert [e.id for e in await replay(kept[0].id - 1)] == [e.id for e in kept]
+    assert [e.id for e in await replay(0)] == [e.id for e in kept]  # 0: all that is retained
+    # Everything expired: the newest event stays, so how far the log was cut is still known.
+    later = EventRetention(api.services.events._log, 3600, lambda: time.time_ns() + 7200 * S)
+    assert await later.expire_once() == 1
+    assert [e.id for e in await replay(0)] == [kept[-1].id]
+    assert [e.id for e in await replay(kept[0].id)] == [kept[-1].id]  # nothing lost after it
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await replay(kept[0].id - 1)
+    assert info.value.code() is grpc.StatusCode.OUT_OF_RANGE

@@ -218,6 +218,16 @@ SERIES = [
         "counter",
         "Events set aside as dead letters after their last attempt, by endpoint.",
     ),
+    (
+        "driver_service_http_requests_total",
+        "counter",
+        "HTTP requests of the JSON API, streams and map, by route, method and status.",
+    ),
+    (
+        "driver_service_http_request_seconds",
+        "histogram",
+        "Time from an HTTP request to its response's end (whole stream for SSE).",
+    ),
 ]
 
 

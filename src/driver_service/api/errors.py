@@ -16,7 +16,7 @@ from driver_service.domain import (
     ShuttingDown,
     StoreUnavailable,
 )
-from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.errors import EventsExpired, VersionMismatch, ZoneExists, ZoneNotFound
 from driver_service.domain.webhooks import WebhookExists, WebhookNotFound
 
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
@@ -30,6 +30,7 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
     WebhookNotFound: grpc.StatusCode.NOT_FOUND,
     WebhookExists: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,

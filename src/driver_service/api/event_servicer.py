@@ -3,6 +3,7 @@
 Filters are checked first (an unknown type pattern or a malformed id: INVALID_ARGUMENT).
 A driver token watches only its own driver: its `driver_ids` may name only itself (the
 rule in api/rules.py refuses others) and an empty list means its own driver, not all.
+An `after_id` older than the retained log: OUT_OF_RANGE saying the oldest id available.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import grpc
 
 from driver_service._gen.driver.v1 import events_pb2 as epb
 from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
-from driver_service.api.errors import abort_with
+from driver_service.api.errors import AbortOnDomainError, abort_with
 from driver_service.app.events import EventFeed
 from driver_service.domain import DomainError, validate_driver_id
 from driver_service.domain.events import LoggedEvent, parse_type_filter
@@ -77,5 +78,6 @@ class EventServicer(epb_grpc.EventServiceServicer):
             )
 
         after = request.after_id if request.HasField("after_id") else None
-        async for logged in self._feed.watch(after, match):
-            yield event_to_pb(logged)
+        async with AbortOnDomainError(context):  # EventsExpired: OUT_OF_RANGE
+            async for logged in self._feed.watch(after, match, replay_only=request.replay_only):
+                yield event_to_pb(logged)

@@ -145,4 +145,6 @@ class HistoryServicer(hpb_grpc.HistoryServiceServicer):
             driver_records=erasure.driver_records,
             queued_commands=erasure.queued_commands,
             live_entries=erasure.live_entries,
+            tracker_states=erasure.tracker_states,
+            events=erasure.events,
         )

@@ -14,6 +14,10 @@ from the log (a page at a time), and moves its cursor past every event it looked
 filtered out). Replay and follow are the same loop, so the hand-over is seamless by
 construction. A slow watcher holds nothing up: the follower never waits for it, and once
 the ring has moved past its cursor it reads the log until it catches up.
+
+A replay from an id the log's retention has removed fails with EventsExpired (OUT_OF_RANGE)
+rather than skip events, at the start and whenever a read of the log finds a gap after the
+cursor that the retention made. EventRetention removes expired events off the hot path.
 """
 
 from __future__ import annotations
@@ -21,11 +25,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
+from driver_service.domain.errors import EventsExpired
 from driver_service.domain.events import LoggedEvent
 from driver_service.ports import EventLog
+from driver_service.resilience.failure_log import FailureLog
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
+
+log = logging.getLogger(__name__)
 
 #: Events kept in memory for watchers that follow closely.
 DEFAULT_RING_SIZE = 10_000
@@ -75,8 +85,11 @@ class EventFeed:
 
     async def _follow(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a stop that lands as the wake-up
+            # completes is swallowed by wait_for, and the feed would run on past close().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
             self._wake.clear()
             while True:
                 events = await self._log.read_events(self._head, PAGE)
@@ -101,16 +114,29 @@ class EventFeed:
     async def last_event_id(self) -> int:
         return max(self._head, await self._log.last_event_id())
 
-    async def watch(self, after_id: int | None, match: Match) -> AsyncIterator[LoggedEvent]:
-        """Matching events after `after_id` (None: from now on), oldest first, forever."""
-        cursor = await self.last_event_id() if after_id is None else after_id
+    async def watch(
+        self, after_id: int | None, match: Match, *, replay_only: bool = False
+    ) -> AsyncIterator[LoggedEvent]:
+        """Matching events after `after_id` (None: from now on), oldest first, forever; with
+        `replay_only`, only those logged before the call (the stream then ends).
+        EventsExpired if events after `after_id` were removed by the retention."""
+        head = await self.last_event_id()
+        cursor = head if after_id is None else after_id
+        if cursor > 0:
+            await self._check_retained(cursor)
+        else:  # the whole retained log (this process's ring may hold expired events still)
+            cursor = max(0, await self._log.oldest_event_id() - 1)
         while not self._closed:
+            if replay_only and cursor >= head:
+                return
             advanced = self._advanced  # taken before looking: no wake-up can be missed
             if cursor >= self._ring_from:
                 start = bisect.bisect_right(self._ids, cursor)
                 batch = self._ring[start : start + PAGE]
             else:
                 batch = await self._log.read_events(cursor, PAGE)
+                if batch and batch[0].event_id > cursor + 1:
+                    await self._check_retained(cursor)  # a gap: holes, or expired events?
                 if not batch:
                     cursor = max(cursor, self._ring_from)  # only rolled-back ids between
                     continue
@@ -118,9 +144,20 @@ class EventFeed:
                 await advanced.wait()
                 continue
             for event in batch:
+                if replay_only and event.event_id > head:
+                    return
                 cursor = event.event_id
                 if match(event):
                     yield event
+
+    async def _check_retained(self, cursor: int) -> None:
+        """EventsExpired if the retention removed events after `cursor`. The retention never
+        removes the newest event, so an oldest retained id more than one past the cursor
+        means events after it are gone (or, rarely, only rolled-back ids lie between:
+        resuming from the oldest retained id minus one then loses nothing either)."""
+        oldest = await self._log.oldest_event_id()
+        if oldest > cursor + 1:
+            raise EventsExpired(cursor, oldest)
 
     async def close(self) -> None:
         self._closed = True
@@ -128,3 +165,47 @@ class EventFeed:
         if self._task is not None:
             await self._task.stop()
             self._task = None
+
+
+#: How often the event log's retention runs.
+EVENT_RETENTION_EVERY_S = 600.0
+#: Events one retention transaction removes; ingestion's commits run between them.
+EVENT_EXPIRY_BATCH = 5_000
+
+
+class EventRetention:
+    """Removes events older than `retention_s` (0 keeps them forever) in small transactions,
+    off the hot path: a supervised loop, a failed pass logged once and retried."""
+
+    def __init__(
+        self,
+        log_: EventLog,
+        retention_s: float,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._log = log_
+        self.retention_ns = int(retention_s * 1e9)
+        self._clock_ns = clock_ns
+        self._failures = FailureLog(log, "event log retention", level=logging.WARNING)
+
+    async def expire_once(self) -> int:
+        if self.retention_ns <= 0:
+            return 0
+        cutoff = self._clock_ns() - self.retention_ns
+        removed = 0
+        while (step := await self._log.expire_events(cutoff, EVENT_EXPIRY_BATCH)) > 0:
+            removed += step
+            await asyncio.sleep(0)
+        return removed
+
+    async def run(self, every_s: float = EVENT_RETENTION_EVERY_S) -> None:
+        while True:
+            try:
+                removed = await self.expire_once()
+            except Exception as exc:  # noqa: BLE001 - the store is away; the next pass retries
+                self._failures.failed(exc)
+            else:
+                self._failures.succeeded()
+                if removed:
+                    log.info("event log retention removed %d events", removed)
+            await asyncio.sleep(every_s)

@@ -47,6 +47,8 @@ class Erasure:
     driver_records: int
     queued_commands: int
     live_entries: int
+    tracker_states: int = 0
+    events: int = 0
 
 
 #: Removes one driver's data from a store beside the durable one (live state, spatial index,
@@ -176,16 +178,26 @@ class LocationHistory:
         for forget in self._forget_live:
             live += await forget(driver_id)
         stored: Forgotten = await self.store.forget_driver(driver_id)
-        erasure = Erasure(driver_id, stored.history_fixes, stored.driver_records, commands, live)
+        erasure = Erasure(
+            driver_id,
+            stored.history_fixes,
+            stored.driver_records,
+            commands,
+            live,
+            stored.tracker_states,
+            stored.events,
+        )
         log.warning(
             "driver erased: %s by %s (history fixes %d, driver records %d, queued commands %d,"
-            " live entries %d)",
+            " live entries %d, tracker states %d, events %d)",
             driver_id,
             by,
             erasure.history_fixes,
             erasure.driver_records,
             erasure.queued_commands,
             erasure.live_entries,
+            erasure.tracker_states,
+            erasure.events,
         )
         return erasure
 

@@ -57,6 +57,8 @@ SAVE_EVERY_S = 0.2
 MEASURE_EVERY_S = 1.0
 #: Errors kept per endpoint, characters.
 MAX_ERROR = 300
+#: At shutdown, how long cancelled deliveries may take to release their leases (twice at most).
+RELEASE_WAIT_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +134,12 @@ class WebhookDelivery:
         measured = 0.0
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11 a stop that lands as the
+                # wake-up completes is swallowed by wait_for (it returns the wake-up), and
+                # this loop would run on past its stop, holding shutdown up.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                    async with asyncio.timeout(self._poll_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 head = await self._log.last_event_id()
                 if time.monotonic() - measured >= MEASURE_EVERY_S:
@@ -360,14 +366,24 @@ class WebhookDelivery:
         return await self._transport.post(url, headers, body, self.policy.timeout_s)
 
     async def _cancel_active(self) -> None:
+        """Cancel the deliveries in flight (an interrupted one is delivered again later: at
+        least once) and give them RELEASE_WAIT_S to hand their leases back; a release still
+        waiting on a busy or absent store is then abandoned (SQLite clears leases at open,
+        PostgreSQL's expire), so this never takes much over twice that."""
         tasks = list(self._active.values())
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(tasks, timeout=RELEASE_WAIT_S)
+            for task in pending:
+                task.cancel()  # ends the shielded wait for the release
+            if pending:
+                await asyncio.wait(pending, timeout=RELEASE_WAIT_S)
         self._active.clear()
 
     async def close(self) -> None:
+        """Stop delivering, promptly: without endpoints at once, with deliveries in flight
+        within about 2 * RELEASE_WAIT_S."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

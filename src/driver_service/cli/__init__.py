@@ -17,6 +17,7 @@ from driver_service.cli import (
     certs_command,
     client_commands,
     dispatch_commands,
+    history_commands,
     migrate_command,
     serve_command,
     session_command,
@@ -24,6 +25,7 @@ from driver_service.cli import (
     token_command,
     upload_command,
     webhook_commands,
+    zone_commands,
 )
 
 
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_command.register(commands)
     dispatch_commands.register(commands)
     webhook_commands.register(commands)
+    history_commands.register(commands)
+    zone_commands.register(commands)
     return parser
 
 

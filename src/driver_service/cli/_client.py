@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import grpc
+
 from driver_service.cli._env import add_env_option
 from driver_service.client import (
     DEFAULT_TARGET,
@@ -12,6 +14,7 @@ from driver_service.client import (
     ClientConfigError,
     ClientSettings,
     DriverClient,
+    channel_options,
 )
 
 
@@ -48,3 +51,18 @@ def make_client(args: argparse.Namespace) -> DriverClient:
         return DriverClient.from_settings(client_settings(args), timeout=args.timeout)
     except ClientConfigError as exc:
         raise SystemExit(f"driver-service: {exc}") from None
+
+
+def open_channel(args: argparse.Namespace) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
+    """A channel and call metadata from the common options, for commands that call the
+    generated stubs of services the client library does not wrap (zones, events)."""
+    settings = client_settings(args)
+    try:
+        credentials = settings.credentials()
+    except ClientConfigError as exc:
+        raise SystemExit(f"driver-service: {exc}") from None
+    if credentials is not None:
+        channel = grpc.aio.secure_channel(args.target, credentials, options=channel_options())
+    else:
+        channel = grpc.aio.insecure_channel(args.target, options=channel_options())
+    return channel, settings.metadata()

@@ -25,7 +25,8 @@ def register(commands: Any) -> None:
         help="print a signed JWT for a driver or a service",
         description="Print a signed JWT on stdout. A driver token (--driver ID) acts only for "
         "that driver; a service token carries --scope values (drivers:read, drivers:write, "
-        "dispatch). For development: production tokens come from your identity provider.",
+        "dispatch, zones, events, history:read, drivers:forget). For development: production "
+        "tokens come from your identity provider.",
     )
     who = issue.add_mutually_exclusive_group(required=True)
     who.add_argument("--driver", metavar="ID", help="driver id (the token's sub)")

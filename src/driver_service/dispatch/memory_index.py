@@ -261,6 +261,19 @@ class MemoryDriverIndex:
             del entries[driver_id]
         return len(stale)
 
+    async def forget(self, driver_id: str) -> int:
+        """One entry per known driver here (its cell, searchable and stale marks go with it)."""
+        entry = self._entries.pop(driver_id, None)
+        if entry is not None and entry.cell >= 0:
+            bucket = self._cells[entry.cell]
+            del bucket[driver_id]
+            if not bucket:
+                del self._cells[entry.cell]
+        self._live.pop(driver_id, None)
+        self._stale.pop(driver_id, None)
+        gone = self._gone.pop(driver_id, None)
+        return int(entry is not None or gone is not None)
+
     def __len__(self) -> int:
         """Searchable drivers (for tests and the benchmark)."""
         return len(self._live)

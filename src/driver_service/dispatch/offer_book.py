@@ -158,6 +158,24 @@ class OfferBook:
         queue = self._queues.get(driver_id)
         return 0 if queue is None else len(queue)
 
+    def forget(self, driver_id: str) -> int:
+        """Erase every command of the driver (erasure): its queue, and the commands kept
+        for their outcome. A queued or delivered one still open settles EXPIRED first, so
+        whoever waits for it wakes; none is delivered afterwards. Returns how many."""
+        self._queues.pop(driver_id, None)
+        mine = [c for c in self._commands.values() if c.driver_id == driver_id]
+        now = self._clock_ns()
+        for command in mine:
+            if command.timer is not None:
+                command.timer.cancel()
+                command.timer = None
+            if not command.settled.is_set():
+                command.state = CommandState.EXPIRED
+                command.settled_at_ns = now
+                command.settled.set()
+            del self._commands[command.command_id]
+        return len(mine)
+
     def close(self) -> None:
         """Cancel every timer (on shutdown)."""
         for command in self._commands.values():
@@ -194,6 +212,9 @@ class MemoryCommandRouter:
 
     async def connected(self, driver_id: str) -> bool:
         return self._sessions.has_session(driver_id)
+
+    async def forget(self, driver_id: str) -> int:
+        return self.book.forget(driver_id)
 
     def on_session(self, driver_id: str) -> None:
         self.book.on_session(driver_id)

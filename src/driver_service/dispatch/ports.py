@@ -64,6 +64,11 @@ class DriverIndex(Protocol):
         return how many known, non-OFFLINE drivers are stale now."""
         ...
 
+    async def forget(self, driver_id: str) -> int:
+        """Erase the driver from the index (searchable, stale and gone entries alike);
+        return how many entries held it."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -109,6 +114,12 @@ class CommandRouter(Protocol):
 
     async def connected(self, driver_id: str) -> bool:
         """Whether the driver has an open session that commands can reach."""
+        ...
+
+    async def forget(self, driver_id: str) -> int:
+        """Erase every command of the driver: queued ones (never delivered afterwards; a
+        waiter sees them EXPIRED or not found) and settled ones kept for their outcome.
+        Return how many commands were removed."""
         ...
 
     def on_session(self, driver_id: str) -> None: ...

@@ -6,6 +6,7 @@
     ├── ZoneNotFound       no such zone, or it was deleted (NOT_FOUND)
     ├── ZoneExists         a zone id already used, by a live or a deleted zone (ALREADY_EXISTS)
     ├── VersionMismatch    an update or delete expected another version (FAILED_PRECONDITION)
+    ├── EventsExpired      a replay from an id older than the retained event log (OUT_OF_RANGE)
     ├── RateLimited        a driver sends faster than allowed (RESOURCE_EXHAUSTED)
     ├── StoreUnavailable   durable storage failed; retry later (UNAVAILABLE)
     └── ShuttingDown       this server is stopping; reconnect elsewhere (UNAVAILABLE)
@@ -64,3 +65,15 @@ class VersionMismatch(DomainError):
             f"zone {zone_id!r} is at version {stored}, not the expected {expected}; "
             "read it again and retry"
         )
+
+
+class EventsExpired(DomainError):
+    """A replay asked for events the log's retention has already removed."""
+
+    def __init__(self, after_id: int, oldest_id: int) -> None:
+        super().__init__(
+            f"after_id {after_id} is older than the retained event log: the oldest event "
+            f"available is {oldest_id}; replay from after_id {oldest_id - 1} (or 0 for all of it)"
+        )
+        self.after_id = after_id
+        self.oldest_id = oldest_id

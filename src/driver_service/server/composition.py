@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
-from driver_service.app.events import EventFeed
+from driver_service.app.events import EventFeed, EventRetention
 from driver_service.app.fanout import MemoryBus
-from driver_service.app.history import LocationHistory
+from driver_service.app.history import Forgetter, LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
@@ -50,8 +50,10 @@ REDIS_PREFIX = "ds:"
 #: one process's own events wake it at once.
 EVENT_POLL_S_SHARED = 0.1
 EVENT_POLL_S_ALONE = 1.0
-#: How long shutdown waits for webhook delivery and its HTTP client to close.
-CLOSE_WEBHOOKS_S = 5.0
+#: The most shutdown waits for webhook delivery and its HTTP client to close (delivery stops
+#: at once without endpoints, within about 0.5 s with deliveries in flight); it comes before
+#: the calls in flight drain, so it is kept well inside any --shutdown-grace.
+CLOSE_WEBHOOKS_S = 1.0
 
 
 @dataclass
@@ -68,17 +70,36 @@ class Services:
     delivery: WebhookDelivery
     transport: WebhookTransport
     retention: Supervised | None = None
+    event_retention: Supervised | None = None
+    _overrun: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def close_events(self) -> None:
-        """Stop the offline sweeper, webhook delivery and every WatchEvents stream."""
+        """Stop the offline sweeper, the log's retention and webhook delivery, end every
+        WatchEvents stream."""
+        if self.event_retention is not None:
+            await self.event_retention.stop()
+            self.event_retention = None
         await self.sweeper.close()
-        # Bounded: an HTTP request stuck in the client must never hold up shutdown.
-        for step in (self.delivery.close, self.transport.close):
-            try:
-                await asyncio.wait_for(step(), CLOSE_WEBHOOKS_S)
-            except TimeoutError:
-                log.warning("closing webhook delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
+        await self._close_webhooks()
         await self.events.close()
+
+    async def _close_webhooks(self) -> None:
+        """Stop delivery, then close its HTTP client, within CLOSE_WEBHOOKS_S whatever
+        happens: shutdown does not wait for a step that overruns (asyncio.wait_for would,
+        for the cancelled step to end)."""
+
+        async def steps() -> None:
+            await self.delivery.close()
+            await self.transport.close()
+
+        closing = asyncio.ensure_future(steps())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_WEBHOOKS_S)
+        if not done:
+            closing.cancel()
+            self._overrun = closing  # referenced until it ends
+            log.warning("closing webhook delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
+        elif closing.exception() is not None:
+            log.warning("closing webhook delivery failed: %r", closing.exception())
 
     async def close(self) -> None:
         if self.retention is not None:
@@ -140,6 +161,8 @@ class _Built:
     fills: list[Fill]
     durable: SqliteRepository | PostgresRepository
     evaluator: ZoneEvaluator
+    #: Erasure of a driver's live state (Redis's hash), beside the index's and the store's.
+    forget_live: list[Forgetter]
 
 
 async def _build_tracking(
@@ -166,11 +189,13 @@ async def _build_tracking(
         raise
     # Derived state a rebuild fills from the store: Redis's live hashes, then the index.
     fills: list[Fill] = []
+    forget_live: list[Forgetter] = []
     if redis is not None:
         from driver_service.adapters.redis.live import LiveStateRepository
 
         assert isinstance(repository, LiveStateRepository)
         fills.append(repository.fill)
+        forget_live.append(repository.forget)
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
     )
@@ -200,7 +225,9 @@ async def _build_tracking(
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)
     await tracking.start()
-    return _Built(tracking, index, redis, fills, durable, evaluator)
+    if index is not None:
+        forget_live.append(index.forget)
+    return _Built(tracking, index, redis, fills, durable, evaluator, forget_live)
 
 
 async def build_services(
@@ -256,7 +283,14 @@ async def build_services(
     built.evaluator.add_listener(delivery.notify)
     delivery.start()
     sweeper.start()
-    history = LocationHistory(built.durable, retention_s=settings.history_retention_s)
+    # Erasure reaches every store of the driver: commands, live state and the index, then
+    # the durable store (history, current state, tracker state, logged events).
+    history = LocationHistory(
+        built.durable,
+        retention_s=settings.history_retention_s,
+        forget_commands=dispatch.commands.forget,
+        forget_live=built.forget_live,
+    )
     # Storage for today's fixes before serving: made later, its ATTACH would make the first
     # uploads wait for its locks.
     try:
@@ -270,6 +304,12 @@ async def build_services(
     retention = tracking.supervisor.start(
         "history-retention", history.run_retention, Policy.RESTART
     )
+    # The event log's retention, the same way (its first pass at once: a short one).
+    event_retention = tracking.supervisor.start(
+        "event-retention",
+        EventRetention(built.durable, settings.event_retention_s).run,
+        Policy.RESTART,
+    )
     return Services(
         tracking,
         dispatch,
@@ -281,6 +321,7 @@ async def build_services(
         delivery,
         transport,
         retention,
+        event_retention,
     )
 
 

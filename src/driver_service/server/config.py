@@ -48,17 +48,17 @@ class ConfigError(ValueError):
 #: Seven days: enough to answer "what happened last week", and a default install's disk
 #: holds it (docs/history.md gives the sizes).
 DEFAULT_HISTORY_RETENTION = "7d"
+DEFAULT_EVENT_RETENTION = "7d"
 _RETENTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
-def parse_retention_s(text: str) -> float:
+def parse_retention_s(text: str, flag: str = "--history-retention") -> float:
     """`7d`, `36h`, `90m`, `3600` (seconds), `2w`; 0 means forever."""
     match = _RETENTION.match(text)
     if match is None:
         raise ConfigError(
-            f"--history-retention {text!r} is not a duration: write e.g. 7d, 36h, 90m or 0"
-            " (keep forever)"
+            f"{flag} {text!r} is not a duration: write e.g. 7d, 36h, 90m or 0 (keep forever)"
         )
     return float(match.group(1)) * _RETENTION_UNITS[match.group(2) or "s"]
 
@@ -76,6 +76,23 @@ class ServerSettings:
     admin_listen: str = _setting(
         DEFAULT_ADMIN_LISTEN,
         "plaintext admin address: gRPC health for probes and HTTP GET /metrics; empty: off",
+    )
+    http_listen: str = _setting(
+        "",
+        "address of the HTTP front door (JSON API, SSE, fleet map), HOST:PORT; HTTPS with the "
+        "gRPC server's certificate (plaintext only with --insecure); empty: off",
+    )
+    http_cors_origin: tuple[str, ...] = _setting(
+        (), "origins allowed to call the HTTP API from a browser (comma-separated); none: closed"
+    )
+    http_max_body_bytes: int = _setting(
+        1024 * 1024, "largest HTTP request body accepted (413 past it), bytes"
+    )
+    http_heartbeat: float = _setting(15.0, "seconds between SSE heartbeat comments")
+    map_tiles: str = _setting(
+        "",
+        "fleet map background tiles, a URL template such as https://HOST/{z}/{x}/{y}.png; "
+        "empty: a plain grid with coordinates (no network)",
     )
     workers: int = _setting(
         1, "server processes sharing the port (SO_REUSEPORT); > 1 needs --bus redis://"
@@ -148,6 +165,10 @@ class ServerSettings:
     webhook_circuit_cooldown: float = _setting(
         60.0, "seconds an endpoint with an open circuit waits before one probe"
     )
+    event_retention: str = _setting(
+        DEFAULT_EVENT_RETENTION,
+        "how long the event log (WatchEvents' replay) is kept, e.g. 7d, 36h; 0 keeps it forever",
+    )
     rate_limit: float = _setting(100.0, "location updates per second per driver; 0 disables")
     rate_burst: float = _setting(
         20_000.0, "updates a driver may send at once above the rate (an offline backlog)"
@@ -184,7 +205,7 @@ class ServerSettings:
 
     def _address_errors(self) -> list[str]:
         errors: list[str] = []
-        for name in ("listen", "admin_listen"):
+        for name in ("listen", "admin_listen", "http_listen"):
             value = getattr(self, name)
             if value or name == "listen":
                 try:
@@ -196,6 +217,19 @@ class ServerSettings:
                 parse_sqlite_url(self.store)
             except ConfigError as exc:
                 errors.append(f"--store: {exc}")
+        if self.map_tiles and not (
+            self.map_tiles.startswith(("https://", "http://"))
+            and all(part in self.map_tiles for part in ("{z}", "{x}", "{y}"))
+        ):
+            errors.append(
+                f"--map-tiles: {self.map_tiles!r} is not an http(s) URL template with {{z}}, "
+                "{x} and {y}"
+            )
+        errors.extend(
+            f"--http-cors-origin: {origin!r} is not an origin such as https://ops.example"
+            for origin in self.http_cors_origin
+            if not re.fullmatch(r"https?://[^/\s*]+", origin)
+        )
         if self.bus != "memory" and not self.bus.startswith(REDIS_SCHEMES):
             errors.append(f"--bus: {mask_url(self.bus)!r} is not memory or a redis:// URL")
         return errors
@@ -259,6 +293,22 @@ class ServerSettings:
                 errors.append("--workers > 1 needs a fixed --listen port for workers to share")
         return errors
 
+    def _retention_errors(self) -> list[str]:
+        """Each retention is a duration: 0 keeps forever, else at least an hour."""
+        errors = []
+        for name, value in (
+            ("--history-retention", self.history_retention),
+            ("--event-retention", self.event_retention),
+        ):
+            try:
+                retention = parse_retention_s(value, name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+            else:
+                if 0 < retention < 3600:
+                    errors.append(f"{name} must be 0 (forever) or at least 1h")
+        return errors
+
     def _limit_errors(self) -> list[str]:
         errors = [
             f"{flag(name)} must be >= 0"
@@ -280,9 +330,12 @@ class ServerSettings:
                 "webhook_retry_base",
                 "webhook_retry_cap",
                 "webhook_circuit_cooldown",
+                "http_heartbeat",
             )
             if not getattr(self, name) > 0
         )
+        if not 1024 <= self.http_max_body_bytes <= 64 * 1024 * 1024:
+            errors.append("--http-max-body-bytes must be between 1024 and 67108864")
         errors.extend(
             f"{flag(name)} must be >= 1"
             for name in ("webhook_max_concurrent", "webhook_circuit_threshold")
@@ -293,13 +346,7 @@ class ServerSettings:
             for name in ("redis_timeout", "store_timeout")
             if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
-        try:
-            retention = parse_retention_s(self.history_retention)
-        except ConfigError as exc:
-            errors.append(str(exc))
-        else:
-            if 0 < retention < 3600:
-                errors.append("--history-retention must be 0 (forever) or at least 1h")
+        errors.extend(self._retention_errors())
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:
@@ -318,6 +365,11 @@ class ServerSettings:
     def history_retention_s(self) -> float:
         """The retention in seconds; 0 keeps history forever."""
         return parse_retention_s(self.history_retention)
+
+    @property
+    def event_retention_s(self) -> float:
+        """The event log's retention in seconds; 0 keeps it forever."""
+        return parse_retention_s(self.event_retention, "--event-retention")
 
     def keepalive(self) -> KeepaliveSettings:
         return KeepaliveSettings(

@@ -39,6 +39,8 @@ from driver_service.api.webhook_servicer import WebhookServicer
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.service import Dispatch
+from driver_service.http.app import Backends, FrontDoor, HttpOptions
+from driver_service.http.server import HttpServer, start_http
 from driver_service.interceptors import (
     AuthPolicy,
     ExemptServices,
@@ -55,7 +57,12 @@ from driver_service.security import (
 )
 from driver_service.server.admin import AdminServer, start_admin
 from driver_service.server.composition import Services, build_services
-from driver_service.server.config import ConfigError, ServerSettings, grpc_address
+from driver_service.server.config import (
+    ConfigError,
+    ServerSettings,
+    grpc_address,
+    parse_listen,
+)
 from driver_service.server.heap import settle_heap
 from driver_service.server.keepalive import server_options as keepalive_options
 from driver_service.server.startup import TLS_SETTINGS, preflight, startup_step, store_setting
@@ -144,6 +151,7 @@ class RunningServer:
     health: health_aio.HealthServicer
     reloader: CertificateReloader | None = None
     admin: AdminServer | None = None
+    http: HttpServer | None = None
     dispatch: Dispatch | None = None
     services: Services | None = None
     _monitor: Supervised | None = field(default=None, repr=False)
@@ -173,7 +181,10 @@ class RunningServer:
         self.tracking.begin_shutdown()
         if self.services is not None:  # WatchEvents streams end; no more offline sweeps
             await self.services.close_events()
-        await self.server.stop(grace_s)
+        if self.http is not None:  # both doors drain together, within the same grace
+            await asyncio.gather(self.server.stop(grace_s), self.http.stop(grace_s))
+        else:
+            await self.server.stop(grace_s)
         if self.dispatch is not None:
             await self.dispatch.close()
         await self.tracking.close()
@@ -292,8 +303,48 @@ async def start_server(
         except BaseException:
             await server.stop(0)
             raise
+    if settings.http_listen:
+        try:
+            with startup_step("--http-listen", settings.http_listen):
+                running.http = await _start_http(settings, services, auth, metrics)
+        except BaseException:
+            await server.stop(0)
+            if running.admin is not None:
+                await running.admin.stop()
+            raise
     running.start_monitoring()
     return running
+
+
+async def _start_http(
+    settings: ServerSettings,
+    services: Services | DriverTracking,
+    auth: AuthPolicy | None,
+    metrics: ServiceMetrics | None,
+) -> HttpServer:
+    """The HTTP front door over the same services, rules, tokens and metrics."""
+    if isinstance(services, Services):
+        backends = Backends(
+            services.tracking, services.dispatch, services.zones, services.events,
+            services.history,
+        )  # fmt: skip
+    else:
+        backends = Backends(services)
+    options = HttpOptions(
+        max_body_bytes=settings.http_max_body_bytes,
+        heartbeat_s=settings.http_heartbeat,
+        cors_origins=settings.http_cors_origin,
+        map_tiles=settings.map_tiles,
+        tls=not settings.insecure,
+    )
+    door = FrontDoor(backends, auth, options, metrics)
+    host, port = parse_listen(settings.http_listen)
+    tls = None
+    if not settings.insecure:
+        assert settings.tls_cert is not None
+        assert settings.tls_key is not None
+        tls = (settings.tls_cert, settings.tls_key)
+    return await start_http(door, host, port, tls=tls, reuse_port=worker_index() is not None)
 
 
 def _bind(

@@ -33,7 +33,7 @@ def preflight(settings: ServerSettings, *, shared_ports: bool = False) -> None:
     certificate is the only line printed (no store or index log lines before it).
     `shared_ports`: workers share their ports on purpose; do not probe them."""
     if not shared_ports:
-        for setting in ("--listen", "--admin-listen"):
+        for setting in ("--listen", "--admin-listen", "--http-listen"):
             value = getattr(settings, setting.removeprefix("--").replace("-", "_"))
             if value:
                 with startup_step(setting, value):

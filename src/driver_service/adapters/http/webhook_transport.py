@@ -46,12 +46,23 @@ class HttpxWebhookTransport:
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._allow_private = allow_private
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            verify=verify,
-            limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=30.0),
-        )
+        self._max_connections = max_connections
+        self._verify = verify
+        #: Made at the first POST: a server without webhooks neither builds nor closes one.
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise DeliveryError("shutting down")
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                verify=self._verify,
+                limits=httpx.Limits(max_connections=self._max_connections, keepalive_expiry=30.0),
+            )
+        return self._client
 
     async def _addresses(self, host: str, port: int) -> list[str]:
         if _is_ip(host):
@@ -95,6 +106,7 @@ class HttpxWebhookTransport:
         self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
     ) -> int:
         address, host = await self._checked(url)
+        client = self._http()
         parts = urlsplit(url)
         literal = f"[{address.split('%')[0]}]" if ":" in address else address
         netloc = literal if parts.port is None else f"{literal}:{parts.port}"
@@ -104,7 +116,7 @@ class HttpxWebhookTransport:
         extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._client.stream(
+                async with client.stream(
                     "POST",
                     target,
                     content=body,
@@ -126,4 +138,8 @@ class HttpxWebhookTransport:
             raise DeliveryError(f"{type(exc).__name__}: {exc}"[:200]) from None
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Close the pool (deliveries are stopped first: nothing is in flight)."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()

@@ -160,6 +160,11 @@ _INSERT_EVENTS = (
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],"
     " $6::text[]) RETURNING id"
 )
+#: The first event (by id) to keep: the oldest recorded at or after the cutoff.
+_FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= $1 ORDER BY id LIMIT 1"
+_EXPIRE_EVENTS = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2)"
+)
 _EVENTS_AFTER = (
     "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
     " WHERE id > $1 ORDER BY id LIMIT $2"
@@ -489,6 +494,22 @@ class PostgresRepository:
         value = await self.guard.call(lambda: self._pool.fetchval("SELECT max(id) FROM events"))
         return int(value or 0)
 
+    async def oldest_event_id(self) -> int:
+        value = await self.guard.call(lambda: self._pool.fetchval("SELECT min(id) FROM events"))
+        return int(value or 0)
+
+    async def expire_events(self, before_ns: int, batch: int) -> int:
+        """Off the hot path: no advisory lock (deleting the oldest ids never reorders the
+        log), a short transaction per batch."""
+        async with self._pool.acquire() as con:
+            newest = await con.fetchval("SELECT max(id) FROM events")
+            if newest is None:
+                return 0
+            first_kept = await con.fetchval(_FIRST_KEPT_EVENT, before_ns)
+            end = newest if first_kept is None else min(int(first_kept), int(newest))
+            status = await con.execute(_EXPIRE_EVENTS, end, batch, timeout=_MAINTENANCE_TIMEOUT_S)
+        return _row_count(status)
+
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
         """Candidates from one scan; each batch then locked, checked again under the lock
         and changed only if still online and stale: of replicas sweeping at once, the first
@@ -804,16 +825,26 @@ class PostgresRepository:
             if removed < FORGET_BATCH:
                 break
 
-        async def last() -> tuple[int, int]:
+        async def last() -> tuple[int, int, int, int]:
             async with self._pool.acquire() as con, con.transaction():
                 late = await con.execute(
                     "DELETE FROM location_history WHERE driver_id = $1", driver_id
                 )
-                row = await con.execute("DELETE FROM drivers WHERE driver_id = $1", driver_id)
-            return _row_count(late), _row_count(row)
+                # The tracker state is a column of the driver's row: it goes with it.
+                tracker = await con.fetchval(
+                    "DELETE FROM drivers WHERE driver_id = $1 RETURNING tracker IS NOT NULL",
+                    driver_id,
+                )
+                events = await con.execute("DELETE FROM events WHERE driver_id = $1", driver_id)
+            return (
+                _row_count(late),
+                0 if tracker is None else 1,
+                1 if tracker else 0,
+                _row_count(events),
+            )
 
-        late, records = await self.guard.call(last)
-        return Forgotten(fixes + late, records)
+        late, records, trackers, events = await self.guard.call(last)
+        return Forgotten(fixes + late, records, trackers, events)
 
     async def drivers_seen_since(
         self, seen_since_ns: int, page_size: int = 1000

@@ -349,6 +349,41 @@ class RedisCommandRouter:
         now = self._clock_ns()
         return sum(1 for s, x in rows if s == b"QUEUED" and int(x) > now)
 
+    async def forget(self, driver_id: str) -> int:
+        """Erase the driver's queue and every command hash naming the driver (queued ones
+        and those kept for their outcome): a SCAN of the command hashes (there are as many
+        as commands sent within ttl + retention), then one DEL. A claim racing the erasure
+        finds the hash gone and delivers nothing."""
+        found: list[bytes] = []
+        mine = driver_id.encode()
+        try:
+            cursor = 0
+            while True:
+                async with self._guard.bounded():  # one bound per step, not for the scan
+                    cursor, keys = await self._client.scan(
+                        cursor, match=self._hash_prefix + "*", count=1000
+                    )
+                    if keys:
+                        async with self._client.pipeline(transaction=False) as pipe:
+                            for key in keys:
+                                pipe.hget(key, "d")
+                            owners = await pipe.execute()
+                        found += [
+                            k
+                            for k, d in zip(cast(list[bytes], keys), owners, strict=True)
+                            if d == mine
+                        ]
+                if cursor == 0:
+                    break
+            async with self._guard.bounded(), self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._queue_key(driver_id))
+                if found:
+                    pipe.delete(*found)
+                deleted = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable("command store is unavailable") from exc
+        return int(deleted[1]) if found else 0
+
     async def connected(self, driver_id: str) -> bool:
         """Whether some replica listens for the driver's commands (holds its session)."""
         try:
@@ -407,15 +442,7 @@ class RedisCommandRouter:
     async def _handle(self, driver_id: str, batch: Sequence[str | None]) -> None:
         ids = [command_id for command_id in batch if command_id is not None]
         if not self._sessions.has_session(driver_id):
-            channel = self._channels.pop(driver_id, None)
-            if channel is not None:
-                channel.close()
-            if ids:
-                # Nobody here after all: tell the sender at once that they stay queued.
-                async with self._guard.bounded(), self._client.pipeline(transaction=False) as pipe:
-                    for command_id in ids:
-                        pipe.publish(self._outcome(command_id), "QUEUED")
-                    await pipe.execute()
+            await self._nobody_here(driver_id, ids)
             return
         drain = len(ids) < len(batch)
         if drain and driver_id not in self._channels:
@@ -425,6 +452,12 @@ class RedisCommandRouter:
                 (self._command_channel + driver_id).encode(),
                 lambda data: self._schedule(driver_id, data.decode()),
             )
+            if not self._sessions.has_session(driver_id):
+                # The session ended while the channel was confirmed: claiming now would mark
+                # commands DELIVERED that only go back to the queue (the sender would read
+                # DELIVERED meanwhile).
+                await self._nobody_here(driver_id, ids)
+                return
         async with self._guard.bounded():
             claimed = await self._claim_script(
                 keys=[self._queue_key(driver_id)],
@@ -448,6 +481,18 @@ class RedisCommandRouter:
                         ],
                     )
                 return
+
+    async def _nobody_here(self, driver_id: str, ids: Sequence[str]) -> None:
+        """No session here speaks for the driver: drop its channel, and tell the senders of
+        `ids` at once that their commands stay queued."""
+        channel = self._channels.pop(driver_id, None)
+        if channel is not None:
+            channel.close()
+        if ids:
+            async with self._guard.bounded(), self._client.pipeline(transaction=False) as pipe:
+                for command_id in ids:
+                    pipe.publish(self._outcome(command_id), "QUEUED")
+                await pipe.execute()
 
     # --- reading -------------------------------------------------------------------------
     async def _read(self, command_id: str) -> Command:

@@ -228,6 +228,18 @@ def _driver_args(mode: str, drivers: Sequence[Driver]) -> list[str]:
     return args
 
 
+# Erase one driver from every key of the index; returns how many keys held it.
+_FORGET_LUA = """
+local n = 0
+n = n + redis.call('HDEL', KEYS[1], ARGV[1])
+n = n + redis.call('ZREM', KEYS[2], ARGV[1])
+n = n + redis.call('SREM', KEYS[3], ARGV[1])
+n = n + redis.call('ZREM', KEYS[4], ARGV[1])
+n = n + redis.call('ZREM', KEYS[5], ARGV[1])
+return n
+"""
+
+
 class RedisDriverIndex:
     """DriverIndex over Redis GEO for the Redis deployment (replicas share one index)."""
 
@@ -253,6 +265,7 @@ class RedisDriverIndex:
         self._put = client.register_script(_PUT_LUA)
         self._nearby = client.register_script(_NEARBY_LUA)
         self._sweep = client.register_script(_SWEEP_LUA)
+        self._forget = client.register_script(_FORGET_LUA)
 
     async def put(self, drivers: Sequence[Driver]) -> None:
         if drivers and self._guard.up:
@@ -338,6 +351,12 @@ class RedisDriverIndex:
                 keys=self._keys, args=[repr(stale_before_ns / 1e9), repr(forget_before_ns / 1e9)]
             )
         return int(count)
+
+    async def forget(self, driver_id: str) -> int:
+        """One script over every key (the entry, GEO or polar set, seen and gone): the
+        driver is in none of them afterwards. Returns how many keys held it."""
+        async with self._guard.bounded():
+            return int(await self._forget(keys=self._keys, args=[driver_id]))
 
     async def close(self) -> None:
         """The client belongs to the composition root, which closes it."""

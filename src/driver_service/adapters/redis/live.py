@@ -257,6 +257,13 @@ class LiveStateRepository:
         async with self.guard.bounded():
             await self._merge_many(keys=[self.key(d.driver_id) for d in drivers], args=args)
 
+    async def forget(self, driver_id: str) -> int:
+        """Delete the driver's live hash (erasure); returns how many keys held it. Raises
+        DependencyUnavailable while Redis is down: an erasure must not pass half done."""
+        self._dirty.discard(driver_id)
+        async with self.guard.bounded():
+            return int(await self._redis.delete(self.key(driver_id)))
+
     # --- Redis availability ------------------------------------------------------------------
     async def _drop_dirty_keys(self) -> None:
         """Before Redis is used again (a recovery hook of the guard): delete the keys that

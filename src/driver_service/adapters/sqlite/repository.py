@@ -133,6 +133,11 @@ _EVENT_INSERT = (
     "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
+#: The first event (by id) to keep: the oldest recorded at or after the cutoff.
+_FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= ? ORDER BY id LIMIT 1"
+_EXPIRE_EVENTS = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < ? ORDER BY id LIMIT ?)"
+)
 _EVENTS_AFTER = (
     "SELECT id, type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM events"
     " WHERE id > ? ORDER BY id LIMIT ?"
@@ -400,6 +405,24 @@ class SqliteRepository:
 
         return await self._run(query)
 
+    async def oldest_event_id(self) -> int:
+        def query() -> int:
+            row = self._connection.execute("SELECT min(id) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(query)
+
+    async def expire_events(self, before_ns: int, batch: int) -> int:
+        def expire(con: sqlite3.Connection) -> int:
+            (newest,) = con.execute("SELECT max(id) FROM events").fetchone()
+            if newest is None:
+                return 0
+            row = con.execute(_FIRST_KEPT_EVENT, (before_ns,)).fetchone()
+            end = newest if row is None else min(int(row[0]), int(newest))
+            return con.execute(_EXPIRE_EVENTS, (end, batch)).rowcount
+
+        return await self._run(lambda: self._transaction_value(expire))
+
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
         def sweep() -> tuple[int, int]:
             states: dict[str, TrackerState] = {}
@@ -663,22 +686,28 @@ class SqliteRepository:
             if removed < FORGET_BATCH:
                 break
 
-        def forget_row(con: sqlite3.Connection) -> int:
-            # Fixes that arrived since the last batch go with the row, in one transaction.
+        def forget_row(con: sqlite3.Connection) -> tuple[int, int, int]:
+            # Fixes that arrived since the last batch go with the row, in one transaction,
+            # with the tracker state and the driver's logged events (they carry positions).
             late = con.execute(
                 "DELETE FROM location_history WHERE driver_id = ?", (driver_id,)
             ).rowcount
             con.execute("DELETE FROM drivers WHERE driver_id = ?", (driver_id,))
-            return late
+            trackers = con.execute(
+                "DELETE FROM driver_trackers WHERE driver_id = ?", (driver_id,)
+            ).rowcount
+            events = con.execute("DELETE FROM events WHERE driver_id = ?", (driver_id,)).rowcount
+            return late, trackers, events
 
-        def last() -> int:
-            late = self._transaction_value(forget_row)
+        def last() -> tuple[int, int, int]:
+            counts = self._transaction_value(forget_row)
             self._drivers.pop(driver_id, None)
-            return late
+            self._trackers.pop(driver_id, None)
+            return counts
 
-        late = await self._run(last)
+        late, trackers, events = await self._run(last)
         self.history_rows -= late
-        return Forgotten(fixes + late, 1)
+        return Forgotten(fixes + late, 1, trackers, events)
 
     def _transaction_value(self, body: Callable[[sqlite3.Connection], T]) -> T:
         result: list[T] = []

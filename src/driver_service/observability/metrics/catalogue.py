@@ -200,6 +200,19 @@ class ServiceMetrics:
             ("endpoint",),
             reg,
         )
+        self.http_requests = CounterFamily(
+            "driver_service_http_requests_total",
+            "HTTP requests of the JSON API, streams and map, by route, method and status.",
+            ("route", "method", "status"),
+            reg,
+        )
+        self.http_seconds = HistogramFamily(
+            "driver_service_http_request_seconds",
+            "Time from an HTTP request to its response's end (whole stream for SSE).",
+            ("route", "method"),
+            reg,
+            buckets=RPC_BUCKETS,
+        )
         # Pre-bound children for the hot paths.
         #: One child per reason, made at start so every reason is exported from zero.
         self.rejected = {reason: self.updates_rejected.labels(reason) for reason in Rejection}
@@ -214,6 +227,11 @@ class ServiceMetrics:
         if found is None or found.grpc_type != rpc_type:
             found = self._methods[full_method] = MethodMetrics(self, full_method, rpc_type)
         return found
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request; `route` is the route's name (bounded), never the path."""
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_seconds.labels(route, method).observe(seconds)
 
     def store_operation(self, operation: str) -> tuple[LoopHistogram, LoopCounter]:
         """(latency child, error child) of one store operation, bound once."""

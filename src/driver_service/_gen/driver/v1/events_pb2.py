@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64river/v1/events.proto\x12\tdriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x12WatchEventsRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x10\n\x08zone_ids\x18\x02 \x03(\t\x12\x12\n\ndriver_ids\x18\x03 \x03(\t\x12\x15\n\x08\x61\x66ter_id\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_after_id\"`\n\rEventLocation\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x11\n\tspeed_mps\x18\x03 \x01(\x02\x12\x17\n\x0fheading_degrees\x18\x04 \x01(\x02\"\xa0\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tdriver_id\x18\x03 \x01(\t\x12\x0f\n\x07zone_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08location\x18\x07 \x01(\x0b\x32\x18.driver.v1.EventLocation\x12\x12\n\nold_status\x18\x08 \x01(\t\x12\x12\n\nnew_status\x18\t \x01(\t\x12\x14\n\x0czone_deleted\x18\n \x01(\x08\x12\x14\n\x0czone_version\x18\x0b \x01(\x04\x32P\n\x0c\x45ventService\x12@\n\x0bWatchEvents\x12\x1d.driver.v1.WatchEventsRequest\x1a\x10.driver.v1.Event0\x01\x42\x34Z2github.com/yourorg/platform/gen/driver/v1;driverv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64river/v1/events.proto\x12\tdriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x12WatchEventsRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x10\n\x08zone_ids\x18\x02 \x03(\t\x12\x12\n\ndriver_ids\x18\x03 \x03(\t\x12\x15\n\x08\x61\x66ter_id\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0breplay_only\x18\x05 \x01(\x08\x42\x0b\n\t_after_id\"`\n\rEventLocation\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x11\n\tspeed_mps\x18\x03 \x01(\x02\x12\x17\n\x0fheading_degrees\x18\x04 \x01(\x02\"\xa0\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tdriver_id\x18\x03 \x01(\t\x12\x0f\n\x07zone_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08location\x18\x07 \x01(\x0b\x32\x18.driver.v1.EventLocation\x12\x12\n\nold_status\x18\x08 \x01(\t\x12\x12\n\nnew_status\x18\t \x01(\t\x12\x14\n\x0czone_deleted\x18\n \x01(\x08\x12\x14\n\x0czone_version\x18\x0b \x01(\x04\x32P\n\x0c\x45ventService\x12@\n\x0bWatchEvents\x12\x1d.driver.v1.WatchEventsRequest\x1a\x10.driver.v1.Event0\x01\x42\x34Z2github.com/yourorg/platform/gen/driver/v1;driverv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driver.v1.events_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z2github.com/yourorg/platform/gen/driver/v1;driverv1'
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=70
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=179
-  _globals['_EVENTLOCATION']._serialized_start=181
-  _globals['_EVENTLOCATION']._serialized_end=277
-  _globals['_EVENT']._serialized_start=280
-  _globals['_EVENT']._serialized_end=568
-  _globals['_EVENTSERVICE']._serialized_start=570
-  _globals['_EVENTSERVICE']._serialized_end=650
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=71
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=201
+  _globals['_EVENTLOCATION']._serialized_start=203
+  _globals['_EVENTLOCATION']._serialized_end=299
+  _globals['_EVENT']._serialized_start=302
+  _globals['_EVENT']._serialized_end=590
+  _globals['_EVENTSERVICE']._serialized_start=592
+  _globals['_EVENTSERVICE']._serialized_end=672
 # @@protoc_insertion_point(module_scope)

@@ -33,9 +33,15 @@ class WatchEventsRequest(_message.Message):
     ZONE_IDS_FIELD_NUMBER: _builtins.int
     DRIVER_IDS_FIELD_NUMBER: _builtins.int
     AFTER_ID_FIELD_NUMBER: _builtins.int
+    REPLAY_ONLY_FIELD_NUMBER: _builtins.int
     after_id: _builtins.int
     """Replay the events logged after this id, then follow. 0 replays the whole retained log.
     An id older than the retained log fails with OUT_OF_RANGE rather than skip events.
+    """
+    replay_only: _builtins.bool
+    """End the stream once every matching event logged before the call is sent (with after_id:
+    replay the retained log, then stop instead of following). For scripts and `events`
+    without --follow.
     """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -56,10 +62,11 @@ class WatchEventsRequest(_message.Message):
         zone_ids: _abc.Iterable[_builtins.str] | None = ...,
         driver_ids: _abc.Iterable[_builtins.str] | None = ...,
         after_id: _builtins.int | None = ...,
+        replay_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_id", b"_after_id", "after_id", b"after_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_id", b"_after_id", "after_id", b"after_id", "driver_ids", b"driver_ids", "types", b"types", "zone_ids", b"zone_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_id", b"_after_id", "after_id", b"after_id", "driver_ids", b"driver_ids", "replay_only", b"replay_only", "types", b"types", "zone_ids", b"zone_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_id: _TypeAlias = _typing.Literal["after_id"]  # noqa: Y015
     _WhichOneofArgType__after_id: _TypeAlias = _typing.Literal["_after_id", b"_after_id"]  # noqa: Y015

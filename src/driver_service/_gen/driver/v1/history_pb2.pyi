@@ -475,14 +475,20 @@ class ForgetDriverResponse(_message.Message):
     DRIVER_RECORDS_FIELD_NUMBER: _builtins.int
     QUEUED_COMMANDS_FIELD_NUMBER: _builtins.int
     LIVE_ENTRIES_FIELD_NUMBER: _builtins.int
+    TRACKER_STATES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     history_fixes: _builtins.int
     """rows of location history"""
     driver_records: _builtins.int
     """current state and status (0 or 1)"""
     queued_commands: _builtins.int
-    """commands waiting for the driver"""
+    """commands of the driver: queued, or kept for their outcome"""
     live_entries: _builtins.int
-    """live state and index entries in Redis"""
+    """live state (Redis) and spatial index entries (memory or Redis)"""
+    tracker_states: _builtins.int
+    """the driver's zones/events tracker state (0 or 1)"""
+    events: _builtins.int
+    """the driver's events in the event log (they carry positions)"""
     def __init__(
         self,
         *,
@@ -490,10 +496,12 @@ class ForgetDriverResponse(_message.Message):
         driver_records: _builtins.int = ...,
         queued_commands: _builtins.int = ...,
         live_entries: _builtins.int = ...,
+        tracker_states: _builtins.int = ...,
+        events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_records", b"driver_records", "history_fixes", b"history_fixes", "live_entries", b"live_entries", "queued_commands", b"queued_commands"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_records", b"driver_records", "events", b"events", "history_fixes", b"history_fixes", "live_entries", b"live_entries", "queued_commands", b"queued_commands", "tracker_states", b"tracker_states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,224 @@
+"""Zones: the CPU a location update pays for zone evaluation, and event -> WatchEvents latency.
+
+    .venv/bin/python -m bench.zones [--zones 10000] [--total 50000] [--repeats 3]
+
+cpu      (twice: drivers moving ~10 m per update, as they drive; then bench/ingest's updates,
+         which jump kilometres between a driver's updates, so each crosses many zones)
+         DriverTracking's upload path (validation, rate limit, LocationWriter group commit,
+         SqliteRepository with its ZoneEvaluator: the transactional outbox) fed --total
+         updates (bench/ingest's, in Berlin, 10,000 drivers), paired in the same process:
+         a store with no zones, then one with --zones zones (bench/zone_index's: 70 % star
+         polygons, 30 % circles, in a 100 km square around Berlin), alternating which runs
+         first. The figure is CPU seconds of the whole process (every thread) per update,
+         median over the repeats; "added" is with-zones minus without, as a share of without.
+startup  the first commit after opening a store holding --zones zones: the evaluator loads,
+         parses (GeoJSON -> shapely) and indexes every zone before evaluating.
+latency  a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
+         driver crossing a zone one UploadLocations at a time: recorded_at (just before the
+         commit) -> the watcher has the event, and upload sent -> event received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import astuple
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.ingest import update
+from bench.zone_index import make_zones
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service._gen.driver.v1 import events_pb2 as epb
+from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
+from driver_service._gen.driver.v1 import zones_pb2 as zpb
+from driver_service._gen.driver.v1 import zones_pb2_grpc as zpb_grpc
+from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.evaluation import ZoneEvaluator
+from driver_service.app.fanout import MemoryBus
+from driver_service.app.ratelimit import RateLimiter
+from driver_service.app.tracking import DriverTracking
+from driver_service.domain.zones import Zone
+from driver_service.server.composition import build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import start_server
+from driver_service.wire import pb_to_location
+
+S = 10**9
+
+
+async def _fill(path: Path, zones: list[Zone]) -> float:
+    repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator())
+    try:
+        t0 = time.perf_counter()
+        for zone in zones:
+            await repo.create_zone(zone, time.time_ns())
+        return time.perf_counter() - t0
+    finally:
+        await repo.close()
+
+
+def driving(i: int, base_ns: int) -> pb.LocationUpdate:
+    """Update `i` of 10,000 drivers each moving ~10 m east per update (one a second): how
+    drivers move, crossing a zone's edge now and then."""
+    n, step = i % 10_000, i // 10_000
+    msg = pb.LocationUpdate(
+        driver_id=f"drv-{n}",
+        latitude=52.3 + (n % 100) / 500,
+        longitude=13.2 + (n // 100) / 500 + step * 0.00015,
+        speed_mps=10.0,
+        heading_degrees=90.0,
+    )
+    msg.timestamp.FromNanoseconds(base_ns + step * S + n)
+    return msg
+
+
+async def _ingest(path: Path, total: int, moving: bool) -> tuple[float, int, float]:
+    """(CPU seconds, events logged, seconds of the first commit) for `total` updates."""
+    base = time.time_ns() - 3600 * S
+    make = driving if moving else update
+    rows = [astuple(pb_to_location(make(i, base))) for i in range(total)]
+    repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator())
+    tracking = DriverTracking(repo, MemoryBus(), rate_limiter=RateLimiter(100, 20_000))
+    await tracking.start()
+    try:
+        t0 = time.perf_counter()
+        first = tracking.new_upload()
+        await first.offer(*rows[0])
+        await first.finish()
+        startup = time.perf_counter() - t0
+        cpu0 = time.process_time()
+        upload = tracking.new_upload()
+        for row in rows[1:]:
+            await upload.offer(*row)
+        result = await upload.finish()
+        cpu = time.process_time() - cpu0
+        assert result.persisted_count == total - 1, result
+        return cpu, await repo.last_event_id(), startup
+    finally:
+        await tracking.close()
+
+
+def cpu_part(
+    work: Path, zones: int, total: int, repeats: int, moving: bool = True
+) -> dict[str, Any]:
+    zone_list = make_zones(zones, random.Random(7))
+    per_update: dict[str, list[float]] = {"none": [], "zones": []}
+    events: list[int] = []
+    startups: list[float] = []
+    fill_s = 0.0
+    for r in range(repeats):
+        order = ("none", "zones") if r % 2 == 0 else ("zones", "none")
+        for kind in order:
+            path = work / f"zones-{r}-{kind}.sqlite3"
+            if kind == "zones":
+                fill_s = asyncio.run(_fill(path, zone_list))
+            cpu, logged, startup = asyncio.run(_ingest(path, total, moving))
+            per_update[kind].append(cpu / (total - 1) * 1e6)
+            if kind == "zones":
+                events.append(logged)
+                startups.append(startup)
+            path.unlink()
+    none = statistics.median(per_update["none"])
+    with_zones = statistics.median(per_update["zones"])
+    added = with_zones - none
+    return {
+        "zones": zones,
+        "updates": total,
+        "cpu_us_per_update_no_zones": none,
+        "cpu_us_per_update_with_zones": with_zones,
+        "added_us_per_update": added,
+        "added_share": added / none,
+        "meets_target_20pct": added / none <= 0.20,
+        "runs_us": per_update,
+        "events_logged": events,
+        "first_commit_s_with_zones": statistics.median(startups),
+        "create_zones_s": fill_s,
+    }
+
+
+async def _latency(work: Path, crossings: int) -> dict[str, Any]:
+    settings = ServerSettings(
+        listen="127.0.0.1:0", admin_listen="127.0.0.1:0", data_dir=work / "latency",
+        insecure=True, stale_after=86_400, rate_limit=0,
+    )  # fmt: skip
+    (work / "latency").mkdir()
+    services = await build_services(settings)
+    running = await start_server(settings, services)
+    received: asyncio.Queue[tuple[int, float, epb.Event]] = asyncio.Queue()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            zone = zpb.Zone(
+                id="hub", circle=zpb.Circle(latitude=52.0, longitude=13.0, radius_m=500)
+            )
+            await zpb_grpc.ZoneServiceStub(channel).CreateZone(zpb.CreateZoneRequest(zone=zone))
+            call = epb_grpc.EventServiceStub(channel).WatchEvents(
+                epb.WatchEventsRequest(types=["zone.*"])
+            )
+
+            async def watch() -> None:
+                async for event in call:
+                    received.put_nowait((time.time_ns(), time.perf_counter(), event))
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.3)
+            stub = pb_grpc.DriverServiceStub(channel)
+            base = time.time_ns() - 3600 * S
+            commit_ms: list[float] = []
+            upload_ms: list[float] = []
+            for i in range(crossings + 1):
+                msg = pb.LocationUpdate(
+                    driver_id="lat-1", latitude=52.0 if i % 2 else 52.05, longitude=13.0
+                )
+                msg.timestamp.FromNanoseconds(base + i * S)
+                sent = time.perf_counter()
+                await stub.UploadLocations(iter([msg]))
+                if i == 0:
+                    continue  # outside: no zone event
+                wall, at, event = await asyncio.wait_for(received.get(), 10)
+                commit_ms.append((wall - event.recorded_at.ToNanoseconds()) / 1e6)
+                upload_ms.append((at - sent) * 1e3)
+            watcher.cancel()
+    finally:
+        await running.stop(0)
+
+    def p(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1]
+
+    return {
+        "crossings": crossings,
+        "recorded_to_watcher_ms": {"p50": p(commit_ms, 50), "p99": p(commit_ms, 99)},
+        "upload_to_watcher_ms": {"p50": p(upload_ms, 50), "p99": p(upload_ms, 99)},
+    }
+
+
+def run(work: Path, repeats: int, zones: int, total: int, crossings: int) -> dict[str, Any]:
+    result = cpu_part(work, zones, total, repeats, moving=True)
+    result["teleporting"] = cpu_part(work, zones, total, repeats, moving=False)
+    result["latency"] = asyncio.run(_latency(work, crossings))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.zones", description=__doc__)
+    parser.add_argument("--zones", type=int, default=10_000)
+    parser.add_argument("--total", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--crossings", type=int, default=500)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
+        result = run(Path(tmp), args.repeats, args.zones, args.total, args.crossings)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
