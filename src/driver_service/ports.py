@@ -8,6 +8,7 @@ from typing import Protocol
 
 from driver_service.domain import Driver, Location, Status
 from driver_service.domain.events import Event, LoggedEvent, TrackerState
+from driver_service.domain.webhooks import DeadLetter, Endpoint
 from driver_service.domain.zones import Zone
 
 
@@ -279,3 +280,109 @@ class EventLog(Protocol):
         idempotent across replicas (the state changes under the driver's lock, so only
         one sweep logs a given offline). Return how many were logged."""
         ...
+
+
+class WebhookStore(Protocol):
+    """Webhook endpoints, their delivery state and dead letters, in the durable store.
+
+    Delivery work is leased: `claim_endpoints` hands an endpoint to one owner (a replica)
+    until `lease_until_ns`; every later write of its state names that owner and is refused
+    (returns False) once another owner took the endpoint over, so a replica that stalled past
+    its lease can never move a cursor it no longer owns."""
+
+    async def add_endpoint(self, endpoint: Endpoint) -> None:
+        """WebhookExists if the id is taken."""
+        ...
+
+    async def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        """WebhookNotFound if there is none."""
+        ...
+
+    async def list_endpoints(self) -> list[Endpoint]: ...
+
+    async def remove_endpoint(self, endpoint_id: str) -> None:
+        """The endpoint and its dead letters; WebhookNotFound if there is none."""
+        ...
+
+    async def set_secret(
+        self, endpoint_id: str, secret: str, previous: str, previous_until_ns: int
+    ) -> Endpoint: ...
+
+    async def set_paused(self, endpoint_id: str, paused: bool) -> Endpoint: ...
+
+    async def claim_endpoints(
+        self, owner: str, now_ns: int, lease_until_ns: int, head: int, limit: int
+    ) -> list[Endpoint]:
+        """Lease up to `limit` endpoints that have work (cursor < head, or a replay queued),
+        are due (next_attempt_ns <= now_ns), not paused, and not leased to another owner
+        unexpired. Each is leased to `owner` until `lease_until_ns`."""
+        ...
+
+    async def save_progress(self, endpoint: Endpoint, owner: str, lease_until_ns: int) -> bool:
+        """Write the endpoint's delivery state (cursor, attempts, next attempt, failures,
+        last error) if `owner` still holds it, extending the lease; False otherwise."""
+        ...
+
+    async def dead_letter(
+        self, endpoint: Endpoint, owner: str, letter: DeadLetter, lease_until_ns: int
+    ) -> bool:
+        """In one transaction: store (or replace) the dead letter and write the endpoint's
+        state (its cursor past the event), if `owner` still holds it."""
+        ...
+
+    async def release(self, endpoint_id: str, owner: str) -> None:
+        """End `owner`'s lease now (nothing if another owner holds it)."""
+        ...
+
+    async def list_dead_letters(
+        self, endpoint_id: str, after_event_id: int, limit: int
+    ) -> list[DeadLetter]: ...
+
+    async def replay_dead_letters(self, endpoint_id: str, event_ids: Sequence[int]) -> int:
+        """Queue dead letters for delivery again (all of the endpoint's if `event_ids` is
+        empty) and make the endpoint due now; return how many were queued."""
+        ...
+
+    async def next_replay(self, endpoint_id: str) -> DeadLetter | None:
+        """The oldest dead letter queued for replay."""
+        ...
+
+    async def replayed(
+        self, endpoint: Endpoint, owner: str, event_id: int, lease_until_ns: int
+    ) -> bool:
+        """A replayed dead letter was delivered: remove it and write the endpoint's state."""
+        ...
+
+    async def dead_letter_count(self) -> int: ...
+
+
+class WebhookTransport(Protocol):
+    """One HTTP POST to a webhook endpoint."""
+
+    async def check_target(self, url: str) -> None:
+        """ForbiddenTarget unless every address the URL's host resolves to may be called."""
+        ...
+
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
+    ) -> int:
+        """The response's status code. ForbiddenTarget for a host that resolves to an
+        address we may not call (checked at every delivery: DNS can change); DeliveryError
+        for any failure to get a response within `timeout_s` (connect, TLS, timeout, reset)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DeliveryError(Exception):
+    """No HTTP response: the message says why (timeout, refused, reset, TLS)."""
+
+
+class EventSink(Protocol):
+    """A message broker the event log is published to (NATS JetStream; Kafka or AMQP later).
+    `publish` returns once the broker has stored the events; each carries its event id as the
+    broker's message id, so a republished event is deduplicated."""
+
+    async def publish(self, events: Sequence[LoggedEvent]) -> None: ...
+
+    async def close(self) -> None: ...

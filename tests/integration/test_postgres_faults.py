@@ -143,6 +143,8 @@ async def test_replicas_starting_at_once_apply_each_migration_once(postgres_url:
         "zones",
         "zones_version",
         "events",
+        "webhook_endpoints",
+        "webhook_dead_letters",
     }
 
 

@@ -282,6 +282,8 @@ async def test_fresh_migration_creates_the_tables(tmp_path: Path) -> None:
             "driver_trackers",
             "events",
             "sqlite_sequence",  # AUTOINCREMENT's: event ids are never reused
+            "webhook_endpoints",
+            "webhook_dead_letters",
         }
         assert con.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:

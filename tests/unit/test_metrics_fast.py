@@ -197,6 +197,28 @@ SERIES = [
         "Supervised background tasks that ended unexpectedly, by task (restarted or fatal).",
     ),
     (
+        "driver_service_webhook_deliveries_total",
+        "counter",
+        "Webhook POST attempts by endpoint and outcome (delivered: 2xx; http_error: any other"
+        " status; no_response: timeout, refused, reset, TLS; refused_target: a URL or address"
+        " the server may not call).",
+    ),
+    (
+        "driver_service_webhook_attempt_seconds",
+        "histogram",
+        "Duration of one webhook POST attempt, whatever its outcome.",
+    ),
+    (
+        "driver_service_webhook_delivery_lag_seconds",
+        "histogram",
+        "Event time to the receiver's 2xx, retries included.",
+    ),
+    (
+        "driver_service_webhook_dead_lettered_total",
+        "counter",
+        "Events set aside as dead letters after their last attempt, by endpoint.",
+    ),
+    (
         "driver_service_http_requests_total",
         "counter",
         "HTTP requests of the JSON API, streams and map, by route, method and status.",

@@ -17,6 +17,7 @@ from driver_service.domain import (
     StoreUnavailable,
 )
 from driver_service.domain.errors import EventsExpired, VersionMismatch, ZoneExists, ZoneNotFound
+from driver_service.domain.webhooks import WebhookExists, WebhookNotFound
 
 _CODES: dict[type[DomainError], grpc.StatusCode] = {
     CommandNotFound: grpc.StatusCode.NOT_FOUND,
@@ -26,6 +27,8 @@ _CODES: dict[type[DomainError], grpc.StatusCode] = {
     DriverNotFound: grpc.StatusCode.NOT_FOUND,
     ZoneNotFound: grpc.StatusCode.NOT_FOUND,
     ZoneExists: grpc.StatusCode.ALREADY_EXISTS,
+    WebhookNotFound: grpc.StatusCode.NOT_FOUND,
+    WebhookExists: grpc.StatusCode.ALREADY_EXISTS,
     VersionMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     EventsExpired: grpc.StatusCode.OUT_OF_RANGE,
     RateLimited: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -28,6 +28,7 @@ can never be.
 | HistoryService/GetTrips                  | history:read        | its own driver_id              |
 | HistoryService/GetSummary                | history:read        | its own driver_id              |
 | HistoryService/ForgetDriver              | drivers:forget      | never                          |
+| WebhookService/* (all seven methods)     | webhooks            | never                          |
 
 A driver may read its own record (the driver app shows it) but never another driver's, and
 answers only offers sent to it (the offer book also checks it is the offer's recipient).
@@ -53,6 +54,7 @@ from driver_service._gen.driver.v1 import (
     driver_pb2,
     events_pb2,
     history_pb2,
+    webhooks_pb2,
     zones_pb2,
 )
 from driver_service.interceptors.auth import MethodRule, named_driver_id
@@ -62,6 +64,7 @@ from driver_service.security.tokens import (
     SCOPE_FORGET,
     SCOPE_HISTORY,
     SCOPE_READ,
+    SCOPE_WEBHOOKS,
     SCOPE_WRITE,
     SCOPE_ZONES,
 )
@@ -72,6 +75,7 @@ DISPATCH_SERVICE = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"]
 ZONE_SERVICE = zones_pb2.DESCRIPTOR.services_by_name["ZoneService"]
 EVENT_SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"]
 HISTORY_SERVICE = history_pb2.DESCRIPTOR.services_by_name["HistoryService"]
+WEBHOOK_SERVICE = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"]
 #: Every service of ours the server may register (DispatchService when dispatch is on).
 SERVICES: tuple[ServiceDescriptor, ...] = (
     DRIVER_SERVICE,
@@ -80,6 +84,7 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     ZONE_SERVICE,
     EVENT_SERVICE,
     HISTORY_SERVICE,
+    WEBHOOK_SERVICE,
 )
 
 #: Named by a message that acts for more than one driver: unguessable, so it equals no
@@ -152,6 +157,13 @@ ENTRIES: tuple[tuple[ServiceDescriptor, str, MethodRule], ...] = (
     (HISTORY_SERVICE, "GetTrips", MethodRule(SCOPE_HISTORY, _field_driver_id)),
     (HISTORY_SERVICE, "GetSummary", MethodRule(SCOPE_HISTORY, _field_driver_id)),
     (HISTORY_SERVICE, "ForgetDriver", MethodRule(SCOPE_FORGET)),
+    (WEBHOOK_SERVICE, "AddWebhook", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "ListWebhooks", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "RemoveWebhook", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "TestWebhook", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "ListDeadLetters", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "Replay", MethodRule(SCOPE_WEBHOOKS)),
+    (WEBHOOK_SERVICE, "RotateSecret", MethodRule(SCOPE_WEBHOOKS)),
 )
 
 #: The rules by method path, as the AuthPolicy looks them up.

@@ -85,8 +85,11 @@ class EventFeed:
 
     async def _follow(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 a stop that lands as the wake-up
+            # completes is swallowed by wait_for, and the feed would run on past close().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                async with asyncio.timeout(self._poll_s):
+                    await self._wake.wait()
             self._wake.clear()
             while True:
                 events = await self._log.read_events(self._head, PAGE)

@@ -24,6 +24,7 @@ from driver_service.cli import (
     simulate_command,
     token_command,
     upload_command,
+    webhook_commands,
     zone_commands,
 )
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     session_command.register(commands)
     simulate_command.register(commands)
     dispatch_commands.register(commands)
+    webhook_commands.register(commands)
     history_commands.register(commands)
     zone_commands.register(commands)
     return parser

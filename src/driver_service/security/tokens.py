@@ -39,6 +39,8 @@ SCOPE_EVENTS = "events"
 SCOPE_HISTORY = "history:read"
 #: Erasing everything stored about a driver.
 SCOPE_FORGET = "drivers:forget"
+#: Operators who register webhook endpoints, see and replay their dead letters.
+SCOPE_WEBHOOKS = "webhooks"
 ROLE_DRIVER = "driver"
 ROLE_SERVICE = "service"
 

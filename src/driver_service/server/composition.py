@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
@@ -16,18 +17,21 @@ from driver_service.app.history import Forgetter, LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
+from driver_service.app.webhook_delivery import DeliveryHooks, WebhookDelivery
+from driver_service.app.webhooks import WebhookAdmin
 from driver_service.app.zones import ZoneAdmin
 from driver_service.dispatch.indexing import IndexingBus, IndexingRepository
 from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.ports import DriverIndex
 from driver_service.dispatch.rebuild import Fill, rebuild_memory_index
 from driver_service.dispatch.service import BackgroundLoop, Dispatch
+from driver_service.domain.webhooks import RetryPolicy
 from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.observability.metrics.instrumented import (
     InstrumentedBus,
     InstrumentedRepository,
 )
-from driver_service.ports import DriverRepository, LocationBus
+from driver_service.ports import DriverRepository, LocationBus, WebhookStore, WebhookTransport
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 from driver_service.server.config import REDIS_SCHEMES, ServerSettings
 
@@ -46,6 +50,10 @@ REDIS_PREFIX = "ds:"
 #: one process's own events wake it at once.
 EVENT_POLL_S_SHARED = 0.1
 EVENT_POLL_S_ALONE = 1.0
+#: The most shutdown waits for webhook delivery and its HTTP client to close (delivery stops
+#: at once without endpoints, within about 0.5 s with deliveries in flight); it comes before
+#: the calls in flight drain, so it is kept well inside any --shutdown-grace.
+CLOSE_WEBHOOKS_S = 1.0
 
 
 @dataclass
@@ -58,16 +66,40 @@ class Services:
     events: EventFeed
     sweeper: OfflineSweeper
     history: LocationHistory
+    webhooks: WebhookAdmin
+    delivery: WebhookDelivery
+    transport: WebhookTransport
     retention: Supervised | None = None
     event_retention: Supervised | None = None
+    _overrun: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def close_events(self) -> None:
-        """Stop the offline sweeper and the log's retention, end every WatchEvents stream."""
+        """Stop the offline sweeper, the log's retention and webhook delivery, end every
+        WatchEvents stream."""
         if self.event_retention is not None:
             await self.event_retention.stop()
             self.event_retention = None
         await self.sweeper.close()
+        await self._close_webhooks()
         await self.events.close()
+
+    async def _close_webhooks(self) -> None:
+        """Stop delivery, then close its HTTP client, within CLOSE_WEBHOOKS_S whatever
+        happens: shutdown does not wait for a step that overruns (asyncio.wait_for would,
+        for the cancelled step to end)."""
+
+        async def steps() -> None:
+            await self.delivery.close()
+            await self.transport.close()
+
+        closing = asyncio.ensure_future(steps())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_WEBHOOKS_S)
+        if not done:
+            closing.cancel()
+            self._overrun = closing  # referenced until it ends
+            log.warning("closing webhook delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
+        elif closing.exception() is not None:
+            log.warning("closing webhook delivery failed: %r", closing.exception())
 
     async def close(self) -> None:
         if self.retention is not None:
@@ -245,6 +277,11 @@ async def build_services(
         await tracking.close()
         raise
     built.evaluator.add_listener(feed.notify)
+    delivery, admin, transport = await build_webhooks(
+        settings, built.durable, tracking.supervisor, metrics
+    )
+    built.evaluator.add_listener(delivery.notify)
+    delivery.start()
     sweeper.start()
     # Erasure reaches every store of the driver: commands, live state and the index, then
     # the durable store (history, current state, tracker state, logged events).
@@ -280,9 +317,78 @@ async def build_services(
         feed,
         sweeper,
         history,
+        admin,
+        delivery,
+        transport,
         retention,
         event_retention,
     )
+
+
+def retry_policy(settings: ServerSettings) -> RetryPolicy:
+    return RetryPolicy(
+        timeout_s=settings.webhook_timeout,
+        max_age_s=settings.webhook_max_age,
+        base_s=settings.webhook_retry_base,
+        cap_s=settings.webhook_retry_cap,
+        circuit_threshold=settings.webhook_circuit_threshold,
+        circuit_cooldown_s=settings.webhook_circuit_cooldown,
+    )
+
+
+async def build_webhooks(
+    settings: ServerSettings,
+    durable: SqliteRepository | PostgresRepository,
+    supervisor: TaskSupervisor,
+    metrics: ServiceMetrics | None,
+) -> tuple[WebhookDelivery, WebhookAdmin, WebhookTransport]:
+    """Webhook endpoints in the durable store, delivered over httpx by a supervised loop
+    (not started here), on every replica (leases share the work)."""
+    from driver_service.adapters.http.webhook_transport import HttpxWebhookTransport
+
+    store: WebhookStore
+    if isinstance(durable, SqliteRepository):
+        from driver_service.adapters.sqlite.webhooks import SqliteWebhookStore
+
+        store = await SqliteWebhookStore(durable).open()
+    else:
+        from driver_service.adapters.postgres.webhooks import PostgresWebhookStore
+
+        store = await PostgresWebhookStore(durable).open()
+    transport = HttpxWebhookTransport(
+        allow_private=settings.webhook_allow_private,
+        max_connections=settings.webhook_max_concurrent,
+    )
+    hooks = DeliveryHooks()
+    if metrics is not None:
+        m = metrics
+        hooks = DeliveryHooks(
+            on_attempt=lambda o: m.count_webhook_attempt(
+                o.endpoint_id, o.kind, o.duration_s, o.lag_s
+            ),
+            on_dead_letter=m.count_dead_letter,
+        )
+    delivery = WebhookDelivery(
+        store,
+        durable,
+        transport,
+        supervisor,
+        retry_policy(settings),
+        allow_http=settings.webhook_allow_http,
+        max_concurrent=settings.webhook_max_concurrent,
+        poll_s=EVENT_POLL_S_SHARED if settings.uses_postgres else EVENT_POLL_S_ALONE,
+        hooks=hooks,
+    )
+    if metrics is not None:
+        metrics.watch_webhooks(
+            lambda: delivery.queue_depth,
+            lambda: delivery.open_circuits,
+            lambda: delivery.dead_letters,
+        )
+    admin = WebhookAdmin(
+        store, durable, transport, delivery, allow_http=settings.webhook_allow_http
+    )
+    return delivery, admin, transport
 
 
 async def build_tracking(

@@ -140,6 +140,31 @@ class ServerSettings:
         "how long location history is kept, e.g. 7d, 36h, 90m; 0 keeps it forever "
         "(~4 GB a day per 1,000 drivers reporting every second)",
     )
+    webhook_allow_http: bool = _setting(
+        False, "let webhooks use plain http:// URLs (development and tests only)"
+    )
+    webhook_allow_private: bool = _setting(
+        False,
+        "let webhooks call loopback, link-local, private and unspecified addresses "
+        "(development and tests only: a webhook URL is a classic SSRF vector)",
+    )
+    webhook_timeout: float = _setting(10.0, "seconds one webhook POST may take")
+    webhook_max_age: float = _setting(
+        86_400.0, "seconds an event is retried before it becomes a dead letter"
+    )
+    webhook_max_concurrent: int = _setting(
+        64, "webhook deliveries in flight at once, over all endpoints"
+    )
+    webhook_retry_base: float = _setting(
+        1.0, "first webhook retry wait, seconds (doubled per attempt, with jitter)"
+    )
+    webhook_retry_cap: float = _setting(600.0, "longest wait between webhook retries, seconds")
+    webhook_circuit_threshold: int = _setting(
+        5, "failed attempts in a row after which an endpoint's circuit opens"
+    )
+    webhook_circuit_cooldown: float = _setting(
+        60.0, "seconds an endpoint with an open circuit waits before one probe"
+    )
     event_retention: str = _setting(
         DEFAULT_EVENT_RETENTION,
         "how long the event log (WatchEvents' replay) is kept, e.g. 7d, 36h; 0 keeps it forever",
@@ -300,12 +325,22 @@ class ServerSettings:
                 "max_connection_age",
                 "max_connection_age_grace",
                 "keepalive_min_time",
+                "webhook_timeout",
+                "webhook_max_age",
+                "webhook_retry_base",
+                "webhook_retry_cap",
+                "webhook_circuit_cooldown",
                 "http_heartbeat",
             )
             if not getattr(self, name) > 0
         )
         if not 1024 <= self.http_max_body_bytes <= 64 * 1024 * 1024:
             errors.append("--http-max-body-bytes must be between 1024 and 67108864")
+        errors.extend(
+            f"{flag(name)} must be >= 1"
+            for name in ("webhook_max_concurrent", "webhook_circuit_threshold")
+            if getattr(self, name) < 1
+        )
         errors.extend(
             f"{flag(name)} must be > 0 and at most {MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
             for name in ("redis_timeout", "store_timeout")

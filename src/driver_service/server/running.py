@@ -22,6 +22,8 @@ from driver_service._gen.driver.v1 import (
     events_pb2,
     events_pb2_grpc,
     history_pb2_grpc,
+    webhooks_pb2,
+    webhooks_pb2_grpc,
     zones_pb2,
     zones_pb2_grpc,
 )
@@ -33,6 +35,7 @@ from driver_service.api.event_servicer import EventServicer
 from driver_service.api.history_servicer import SERVICE_NAME as HISTORY_SERVICE_NAME
 from driver_service.api.history_servicer import HistoryServicer
 from driver_service.api.rules import RULES
+from driver_service.api.webhook_servicer import WebhookServicer
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.tracking import DriverTracking
 from driver_service.dispatch.service import Dispatch
@@ -71,6 +74,7 @@ SERVICE_NAME = driver_pb2.DESCRIPTOR.services_by_name["DriverService"].full_name
 DISPATCH_SERVICE_NAME = dispatch_pb2.DESCRIPTOR.services_by_name["DispatchService"].full_name
 ZONE_SERVICE_NAME = zones_pb2.DESCRIPTOR.services_by_name["ZoneService"].full_name
 EVENT_SERVICE_NAME = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
+WEBHOOK_SERVICE_NAME = webhooks_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
 #: Health pings the store and the bus this often, each bounded by this too (and by its own
 #: --store-timeout / --redis-timeout): a hung dependency shows as NOT_SERVING within ~2 s.
 HEALTH_CHECK_INTERVAL_S = 1.0
@@ -269,6 +273,11 @@ async def start_server(
             HistoryServicer(full.history), services_server
         )
         services_served.append(HISTORY_SERVICE_NAME)
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(full.webhooks, full.delivery.policy.circuit_threshold),
+            services_server,
+        )
+        services_served.append(WEBHOOK_SERVICE_NAME)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, services_server)
     if settings.reflection:

@@ -355,6 +355,11 @@ class PostgresRepository:
             raise
         return cls(pool, url, timeout_s, evaluator)
 
+    @property
+    def pool(self) -> Any:
+        """The connection pool, for the other stores on this database (webhooks)."""
+        return self._pool
+
     async def get_driver(self, driver_id: str) -> Driver | None:
         row = await self.guard.call(lambda: self._pool.fetchrow(_GET_DRIVER, driver_id))
         return None if row is None else _driver_from_record(row)

@@ -101,6 +101,41 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO location_history SELECT * FROM location_history_unpartitioned;
     DROP TABLE location_history_unpartitioned;
     """,
+    # 4: webhook endpoints with their delivery state (cursor: the last event id done with;
+    # the head item's attempts; failures in a row for the circuit; a lease naming the replica
+    # that delivers for it, taken with FOR UPDATE SKIP LOCKED) and dead letters.
+    """
+    CREATE TABLE webhook_endpoints (
+        endpoint_id           text    PRIMARY KEY,
+        url                   text    NOT NULL,
+        types                 text    NOT NULL,
+        zone_ids              text    NOT NULL,
+        driver_ids            text    NOT NULL,
+        secret                text    NOT NULL,
+        previous_secret       text    NOT NULL DEFAULT '',
+        previous_until_ns     bigint  NOT NULL DEFAULT 0,
+        created_at_ns         bigint  NOT NULL,
+        paused                boolean NOT NULL DEFAULT false,
+        cursor                bigint  NOT NULL,
+        attempts              integer NOT NULL DEFAULT 0,
+        first_failure_ns      bigint  NOT NULL DEFAULT 0,
+        next_attempt_ns       bigint  NOT NULL DEFAULT 0,
+        consecutive_failures  integer NOT NULL DEFAULT 0,
+        last_error            text    NOT NULL DEFAULT '',
+        lease_owner           text    NOT NULL DEFAULT '',
+        lease_until_ns        bigint  NOT NULL DEFAULT 0
+    );
+    CREATE TABLE webhook_dead_letters (
+        endpoint_id   text    NOT NULL,
+        event_id      bigint  NOT NULL,
+        event_type    text    NOT NULL,
+        attempts      integer NOT NULL,
+        last_error    text    NOT NULL,
+        failed_at_ns  bigint  NOT NULL,
+        replaying     boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (endpoint_id, event_id)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

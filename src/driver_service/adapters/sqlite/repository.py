@@ -255,6 +255,19 @@ class SqliteRepository:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the writer thread with the connection (for the other stores that
+        share this file: webhooks)."""
+        return await self._run(lambda: fn(self._connection))
+
+    async def run_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one write transaction on the writer thread; return its value."""
+        return await self._run(lambda: self._transaction_value(fn))
+
+    def transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
+        """One write transaction; call only on the writer thread (inside `run`)."""
+        self._transaction(body)
+
     async def get_driver(self, driver_id: str) -> Driver | None:
         return self._drivers.get(driver_id)
 

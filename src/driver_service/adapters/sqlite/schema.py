@@ -98,6 +98,42 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX location_history_by_driver ON location_history (driver_id, recorded_at_ns);
     """,
+    # 6: webhook endpoints with their delivery state (cursor: the last event id done with;
+    # the head item's attempts; the circuit's failures in a row; a lease naming the owner
+    # that delivers for it) and dead letters (set aside after the last attempt; `replaying`
+    # once an operator queued them again).
+    """
+    CREATE TABLE webhook_endpoints (
+        endpoint_id           TEXT    PRIMARY KEY,
+        url                   TEXT    NOT NULL,
+        types                 TEXT    NOT NULL,
+        zone_ids              TEXT    NOT NULL,
+        driver_ids            TEXT    NOT NULL,
+        secret                TEXT    NOT NULL,
+        previous_secret       TEXT    NOT NULL DEFAULT '',
+        previous_until_ns     INTEGER NOT NULL DEFAULT 0,
+        created_at_ns         INTEGER NOT NULL,
+        paused                INTEGER NOT NULL DEFAULT 0,
+        cursor                INTEGER NOT NULL,
+        attempts              INTEGER NOT NULL DEFAULT 0,
+        first_failure_ns      INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ns       INTEGER NOT NULL DEFAULT 0,
+        consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+        last_error            TEXT    NOT NULL DEFAULT '',
+        lease_owner           TEXT    NOT NULL DEFAULT '',
+        lease_until_ns        INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_dead_letters (
+        endpoint_id   TEXT    NOT NULL,
+        event_id      INTEGER NOT NULL,
+        event_type    TEXT    NOT NULL,
+        attempts      INTEGER NOT NULL,
+        last_error    TEXT    NOT NULL,
+        failed_at_ns  INTEGER NOT NULL,
+        replaying     INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (endpoint_id, event_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

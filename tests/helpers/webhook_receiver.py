@@ -1,0 +1,94 @@
+"""A real HTTP webhook receiver on 127.0.0.1 (stdlib http.server in a thread) whose behaviour
+a test changes while it runs: answer 2xx, answer 500, hang past the sender's timeout, close
+the connection without answering, or answer slowly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODES = ("ok", "500", "hang", "close", "slow")
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    answered: str
+
+    @property
+    def event_id(self) -> str:
+        return self.headers["webhook-id"]
+
+    @property
+    def doc(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    mode: str = "ok"
+    hang_s: float = 5.0
+    slow_s: float = 0.3
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def delivered(self) -> list[Received]:
+        """Requests answered 2xx, in arrival order."""
+        with self.lock:
+            return [r for r in self.received if r.answered in ("ok", "slow")]
+
+    def all(self) -> list[Received]:
+        with self.lock:
+            return list(self.received)
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                mode = receiver.mode
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.lock:
+                    receiver.received.append(Received(headers, body, mode))
+                if mode == "hang":
+                    receiver.stopping.wait(receiver.hang_s)
+                    self.close_connection = True
+                    return
+                if mode == "close":
+                    self.close_connection = True  # no response: the socket just closes
+                    return
+                if mode == "slow":
+                    receiver.stopping.wait(receiver.slow_s)
+                status = 500 if mode == "500" else 204
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
