@@ -244,14 +244,12 @@ class ZoneTracker:
     ) -> tuple[Visit | None, tuple[EventType, ...]]:
         """One zone's visit after a fix at `t` that is `here` relative to it, and the zone
         events of that fix (enter, exit or dwell; enter never with dwell, as 0 s passed)."""
+        # Visits are rebuilt only when they change (most fixes of a driver inside a zone change
+        # nothing): an unchanged visit is returned as it is, which keeps a commit cheap.
+        version = zone.version
         if visit is None or not visit.entered:
-            if here <= Where.OUTSIDE_BAND:
-                return None, ()  # left the band before settling: nothing happened
-            since = t if visit is None else visit.since_ns
-            if here is Where.INSIDE or t - since >= self.settle_ns:
-                return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
-            return Visit(zone.zone_id, False, since, zone.version), ()
-        outside_since = visit.outside_since_ns
+            return self._settle(visit, zone, here, t)
+        previous_outside = outside_since = visit.outside_since_ns
         if here is Where.OUTSIDE or (
             here is Where.OUTSIDE_BAND
             and outside_since is not None
@@ -262,10 +260,26 @@ class ZoneTracker:
             outside_since = None
         elif outside_since is None:
             outside_since = t
-        visit = replace(visit, zone_version=zone.version, outside_since_ns=outside_since)
-        if not visit.dwelled and zone.dwell_ns > 0 and t - visit.since_ns >= zone.dwell_ns:
-            return replace(visit, dwelled=True), (EventType.ZONE_DWELL,)
-        return visit, ()
+        dwell_ns = zone.dwell_ns
+        if not visit.dwelled and dwell_ns > 0 and t - visit.since_ns >= dwell_ns:
+            dwelled = Visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
+            return dwelled, (EventType.ZONE_DWELL,)
+        if outside_since == previous_outside and visit.zone_version == version:
+            return visit, ()
+        return Visit(visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since), ()
+
+    def _settle(
+        self, visit: Visit | None, zone: Zone, here: Where, t: int
+    ) -> tuple[Visit | None, tuple[EventType, ...]]:
+        """`_advance` for a zone the driver has not entered (yet)."""
+        if here <= Where.OUTSIDE_BAND:
+            return None, ()  # left the band before settling: nothing happened
+        since = t if visit is None else visit.since_ns
+        if here is Where.INSIDE or t - since >= self.settle_ns:
+            return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
+        if visit is not None and visit.zone_version == zone.version:
+            return visit, ()
+        return Visit(zone.zone_id, False, since, zone.version), ()
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int

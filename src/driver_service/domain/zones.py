@@ -100,6 +100,10 @@ class Where(enum.IntEnum):
     INSIDE = 3  # inside by more than the margin
 
 
+#: Where by level (its value): indexing a tuple is much cheaper than calling the enum.
+_WHERES: tuple[Where, ...] = tuple(sorted(Where))
+
+
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in metres; exact at the poles and across the antimeridian."""
     p1 = math.radians(lat1)
@@ -514,11 +518,12 @@ class ZoneIndex:
                 (d <= radius + MARGIN_M).astype(np.int8) + (d <= radius) + (d <= radius - MARGIN_M)
             )
         owners = self._owners
+        wheres = _WHERES
         for point, box, level in zip(
             point_of.tolist(), box_of.tolist(), levels.tolist(), strict=True
         ):
             if level:
-                found[point][owners[box]] = Where(level)
+                found[point][owners[box]] = wheres[level]
         return found
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
