@@ -183,6 +183,27 @@ class PolygonShape:
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_outer", outer)
 
+    @classmethod
+    def stored(cls, geojson: str) -> PolygonShape:
+        """A shape from the canonical text a store holds, which was validated when the zone
+        was written: builds and prepares the same geometry and band as the constructor
+        without checking it again (start-up parses every zone: this is its hot path)."""
+        doc = json.loads(geojson)
+        kind, coordinates = doc["type"], doc["coordinates"]
+        geometry: Polygon | MultiPolygon
+        if kind == "Polygon":
+            geometry = Polygon(coordinates[0], coordinates[1:])
+        else:
+            geometry = MultiPolygon([Polygon(p[0], p[1:]) for p in coordinates])
+        inner, outer = _band(geometry)
+        shapely.prepare([geometry, inner, outer])
+        shape = object.__new__(cls)
+        object.__setattr__(shape, "geojson", geojson)
+        object.__setattr__(shape, "geometry", geometry)
+        object.__setattr__(shape, "_inner", inner)
+        object.__setattr__(shape, "_outer", outer)
+        return shape
+
     @property
     def vertex_count(self) -> int:
         return int(shapely.get_num_coordinates(self.geometry))
@@ -568,12 +589,12 @@ def shape_to_text(shape: Shape) -> str:
 
 
 def shape_from_text(text: str) -> Shape:
-    """The inverse of `shape_to_text` (re-validates and re-prepares a polygon)."""
-    doc = json.loads(text)
-    if isinstance(doc, dict) and "circle" in doc:
-        lat, lon, radius = doc["circle"]
+    """The inverse of `shape_to_text`: a stored shape, validated when it was written, so a
+    polygon is rebuilt and prepared without validating it again (`PolygonShape.stored`)."""
+    if text.startswith('{"circle"'):
+        lat, lon, radius = json.loads(text)["circle"]
         return Circle(float(lat), float(lon), float(radius))
-    return PolygonShape(text)
+    return PolygonShape.stored(text)
 
 
 def labels_to_text(labels: Iterable[str]) -> str:
