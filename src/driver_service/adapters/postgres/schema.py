@@ -101,6 +101,11 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO location_history SELECT * FROM location_history_unpartitioned;
     DROP TABLE location_history_unpartitioned;
     """,
+    # 4: each polygon zone's geometry and hysteresis band as WKB beside its GeoJSON, so loading
+    # the zones (start-up) skips parsing and buffering them (NULL: built from the GeoJSON).
+    """
+    ALTER TABLE zones ADD COLUMN prepared bytea;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -124,7 +124,9 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
-_ZONE_COLUMNS = "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns"
+_ZONE_COLUMNS = (
+    "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns, prepared"
+)
 _TRACKER_UPSERT = (
     "INSERT INTO driver_trackers (driver_id, state) VALUES (?, ?)"
     " ON CONFLICT (driver_id) DO UPDATE SET state = excluded.state"
@@ -447,7 +449,7 @@ class SqliteRepository:
             if taken.fetchone() is not None:
                 raise ZoneExists(zone.zone_id)
             con.execute(
-                f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
                 zone_columns(stored),
             )
             con.execute("UPDATE zones_version SET version = version + 1")
@@ -497,7 +499,7 @@ class SqliteRepository:
                 now_ns,
             )
             con.execute(
-                f"REPLACE INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"REPLACE INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
                 zone_columns(new),
             )
             con.execute("UPDATE zones_version SET version = version + 1")

@@ -98,6 +98,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX location_history_by_driver ON location_history (driver_id, recorded_at_ns);
     """,
+    # 6: each polygon zone's geometry and hysteresis band as WKB beside its GeoJSON, so loading
+    # the zones (start-up) skips parsing and buffering them (NULL: built from the GeoJSON).
+    """
+    ALTER TABLE zones ADD COLUMN prepared BLOB;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
