@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -141,7 +142,7 @@ class TrackerState:
                 for v in self.visits
             ],
         }
-        return json.dumps(doc, separators=(",", ":"))
+        return _COMPACT.encode(doc)
 
     @classmethod
     def from_json(cls, text: str) -> TrackerState:
@@ -327,6 +328,51 @@ class LoggedEvent:
     event: Event
 
 
+#: json.dumps(..., separators=(",", ":")) without building an encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _location_json(loc: Location) -> str | None:
+    """``[lat,lon,speed,heading]`` as json.dumps writes it (float repr), or None when a value
+    is not a finite float (then json.dumps itself is used)."""
+    values = (loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees)
+    for v in values:
+        if type(v) is not float or not math.isfinite(v):
+            return None
+    return "[" + ",".join(map(float.__repr__, values)) + "]"
+
+
+def event_bodies(events: Iterable[Event]) -> list[str]:
+    """`event_body` of each event, in order. A zone event's body, by far the most common,
+    is written directly (the same text as json.dumps gives), and an update's location is
+    formatted once for all the events it caused."""
+    bodies: list[str] = []
+    loc_text: dict[int, str | None] = {}
+    for event in events:
+        loc = event.location
+        if (
+            loc is not None
+            and event.old_status is None
+            and event.new_status is None
+            and not event.zone_deleted
+        ):
+            key = id(loc)
+            if key in loc_text:
+                text = loc_text[key]
+            else:
+                text = loc_text[key] = _location_json(loc)
+            if text is not None:
+                version = event.zone_version
+                if version and type(version) is int:
+                    bodies.append(f'{{"loc":{text},"zv":{version}}}')
+                    continue
+                if not version:
+                    bodies.append(f'{{"loc":{text}}}')
+                    continue
+        bodies.append(event_body(event))
+    return bodies
+
+
 def event_body(event: Event) -> str:
     """The event's fields other than type, driver, zone and time as compact JSON: the form
     the log stores beside its indexed columns (`event_from_row` reads it back)."""
@@ -342,7 +388,7 @@ def event_body(event: Event) -> str:
         doc["deleted"] = True
     if event.zone_version:
         doc["zv"] = event.zone_version
-    return json.dumps(doc, separators=(",", ":"))
+    return _COMPACT.encode(doc)
 
 
 def event_from_row(

@@ -43,7 +43,7 @@ from driver_service.domain.events import (
     Event,
     LoggedEvent,
     TrackerState,
-    event_body,
+    event_bodies,
     event_from_row,
     sweep_stale,
 )
@@ -479,7 +479,7 @@ class PostgresRepository:
             [e.zone_id for e in events],
             [e.at_ns for e in events],
             [now] * len(events),
-            [event_body(e) for e in events],
+            event_bodies(events),
         )
         return max(int(row[0]) for row in rows)
 

@@ -32,7 +32,7 @@ from driver_service.domain.events import (
     Event,
     LoggedEvent,
     TrackerState,
-    event_body,
+    event_bodies,
     event_from_row,
     sweep_stale,
 )
@@ -375,7 +375,10 @@ class SqliteRepository:
         now = time.time_ns()
         con.executemany(
             _EVENT_INSERT,
-            [(e.type.value, e.driver_id, e.zone_id, e.at_ns, now, event_body(e)) for e in events],
+            [
+                (e.type.value, e.driver_id, e.zone_id, e.at_ns, now, body)
+                for e, body in zip(events, event_bodies(events), strict=True)
+            ],
         )
         (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
         return int(last)
