@@ -14,8 +14,9 @@ cpu      (twice: drivers moving ~10 m per update, as they drive, --per-driver up
          polygons, 30 % circles, in a 100 km square around Berlin), alternating which runs
          first. The figure is CPU seconds of the whole process (every thread) per update,
          median over the repeats; "added" is with-zones minus without, as a share of without.
-startup  the first commit after opening a store holding --zones zones: the evaluator loads,
-         parses (GeoJSON -> shapely) and indexes every zone before evaluating.
+startup  the first commit after opening a store holding --zones zones: the evaluator loads
+         every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
+         before evaluating.
 latency  a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
          driver crossing a zone one UploadLocations at a time: recorded_at (just before the
          commit) -> the watcher has the event, and upload sent -> event received.

@@ -124,6 +124,8 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
+#: Zone ids per `IN (...)` read when a few zones changed.
+_ZONES_PER_READ = 500
 _ZONE_COLUMNS = (
     "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns, prepared"
 )
@@ -356,12 +358,21 @@ class SqliteRepository:
         if version == evaluator.zones_version:
             return
         live = dict(con.execute("SELECT zone_id, version FROM zones WHERE deleted = 0"))
-        wanted = set(evaluator.outdated_zones(live))
-        fetched = [
-            zone_from_columns(*row)
-            for row in con.execute(f"SELECT {_ZONE_COLUMNS} FROM zones WHERE deleted = 0")  # noqa: S608
-            if row[0] in wanted
-        ]
+        wanted = evaluator.outdated_zones(live)
+        fetched: list[Zone] = []
+        if len(wanted) > len(live) // 2:  # start-up: nearly all of them, in one scan
+            chosen = set(wanted)
+            rows = con.execute(f"SELECT {_ZONE_COLUMNS} FROM zones WHERE deleted = 0")  # noqa: S608
+            fetched = [zone_from_columns(*row) for row in rows if row[0] in chosen]
+        else:  # a zone change: only the zones that changed (each row holds its WKB)
+            for i in range(0, len(wanted), _ZONES_PER_READ):
+                ids = wanted[i : i + _ZONES_PER_READ]
+                marks = ",".join("?" * len(ids))
+                rows = con.execute(
+                    f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id IN ({marks})",  # noqa: S608
+                    ids,
+                )
+                fetched.extend(zone_from_columns(*row) for row in rows)
         evaluator.load_zones(version, live, fetched)
 
     @staticmethod
