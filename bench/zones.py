@@ -2,7 +2,10 @@
 
     .venv/bin/python -m bench.zones [--zones 10000] [--total 50000] [--repeats 3]
 
-cpu      (twice: drivers moving ~10 m per update, as they drive; then bench/ingest's updates,
+cpu      (twice: drivers moving ~10 m per update, as they drive, --per-driver updates each
+         (100 by default: --total / 100 drivers, so a driver's first update, which logs
+         driver.online and an enter for every zone it starts in, does not dominate); then
+         bench/ingest's updates,
          which jump kilometres between a driver's updates, so each crosses many zones)
          DriverTracking's upload path (validation, rate limit, LocationWriter group commit,
          SqliteRepository with its ZoneEvaluator: the transactional outbox) fed --total
@@ -11,8 +14,9 @@ cpu      (twice: drivers moving ~10 m per update, as they drive; then bench/inge
          polygons, 30 % circles, in a 100 km square around Berlin), alternating which runs
          first. The figure is CPU seconds of the whole process (every thread) per update,
          median over the repeats; "added" is with-zones minus without, as a share of without.
-startup  the first commit after opening a store holding --zones zones: the evaluator loads,
-         parses (GeoJSON -> shapely) and indexes every zone before evaluating.
+startup  the first commit after opening a store holding --zones zones: the evaluator loads
+         every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
+         before evaluating.
 latency  a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
          driver crossing a zone one UploadLocations at a time: recorded_at (just before the
          commit) -> the watcher has the event, and upload sent -> event received.
@@ -66,10 +70,10 @@ async def _fill(path: Path, zones: list[Zone]) -> float:
         await repo.close()
 
 
-def driving(i: int, base_ns: int) -> pb.LocationUpdate:
-    """Update `i` of 10,000 drivers each moving ~10 m east per update (one a second): how
+def driving(i: int, base_ns: int, drivers: int = 10_000) -> pb.LocationUpdate:
+    """Update `i` of `drivers` drivers each moving ~10 m east per update (one a second): how
     drivers move, crossing a zone's edge now and then."""
-    n, step = i % 10_000, i // 10_000
+    n, step = i % drivers, i // drivers
     msg = pb.LocationUpdate(
         driver_id=f"drv-{n}",
         latitude=52.3 + (n % 100) / 500,
@@ -81,11 +85,16 @@ def driving(i: int, base_ns: int) -> pb.LocationUpdate:
     return msg
 
 
-async def _ingest(path: Path, total: int, moving: bool) -> tuple[float, int, float]:
+async def _ingest(
+    path: Path, total: int, moving: bool, per_driver: int
+) -> tuple[float, int, float]:
     """(CPU seconds, events logged, seconds of the first commit) for `total` updates."""
     base = time.time_ns() - 3600 * S
-    make = driving if moving else update
-    rows = [astuple(pb_to_location(make(i, base))) for i in range(total)]
+    drivers = max(1, total // per_driver)
+    if moving:
+        rows = [astuple(pb_to_location(driving(i, base, drivers))) for i in range(total)]
+    else:
+        rows = [astuple(pb_to_location(update(i, base))) for i in range(total)]
     repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator())
     tracking = DriverTracking(repo, MemoryBus(), rate_limiter=RateLimiter(100, 20_000))
     await tracking.start()
@@ -108,7 +117,7 @@ async def _ingest(path: Path, total: int, moving: bool) -> tuple[float, int, flo
 
 
 def cpu_part(
-    work: Path, zones: int, total: int, repeats: int, moving: bool = True
+    work: Path, zones: int, total: int, repeats: int, moving: bool = True, per_driver: int = 100
 ) -> dict[str, Any]:
     zone_list = make_zones(zones, random.Random(7))
     per_update: dict[str, list[float]] = {"none": [], "zones": []}
@@ -121,7 +130,7 @@ def cpu_part(
             path = work / f"zones-{r}-{kind}.sqlite3"
             if kind == "zones":
                 fill_s = asyncio.run(_fill(path, zone_list))
-            cpu, logged, startup = asyncio.run(_ingest(path, total, moving))
+            cpu, logged, startup = asyncio.run(_ingest(path, total, moving, per_driver))
             per_update[kind].append(cpu / (total - 1) * 1e6)
             if kind == "zones":
                 events.append(logged)
@@ -133,6 +142,7 @@ def cpu_part(
     return {
         "zones": zones,
         "updates": total,
+        "updates_per_driver": per_driver if moving else None,
         "cpu_us_per_update_no_zones": none,
         "cpu_us_per_update_with_zones": with_zones,
         "added_us_per_update": added,
@@ -200,10 +210,13 @@ async def _latency(work: Path, crossings: int) -> dict[str, Any]:
     }
 
 
-def run(work: Path, repeats: int, zones: int, total: int, crossings: int) -> dict[str, Any]:
-    result = cpu_part(work, zones, total, repeats, moving=True)
+def run(
+    work: Path, repeats: int, zones: int, total: int, crossings: int, per_driver: int = 100
+) -> dict[str, Any]:
+    result = cpu_part(work, zones, total, repeats, moving=True, per_driver=per_driver)
     result["teleporting"] = cpu_part(work, zones, total, repeats, moving=False)
-    result["latency"] = asyncio.run(_latency(work, crossings))
+    if crossings > 0:
+        result["latency"] = asyncio.run(_latency(work, crossings))
     return result
 
 
@@ -212,10 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zones", type=int, default=10_000)
     parser.add_argument("--total", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--crossings", type=int, default=500)
+    parser.add_argument("--crossings", type=int, default=500, help="0: skip latency")
+    parser.add_argument("--per-driver", type=int, default=100)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
-        result = run(Path(tmp), args.repeats, args.zones, args.total, args.crossings)
+        result = run(
+            Path(tmp), args.repeats, args.zones, args.total, args.crossings, args.per_driver
+        )
     print(json.dumps(result, indent=2))
     return 0
 

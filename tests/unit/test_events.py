@@ -19,6 +19,9 @@ from driver_service.domain.events import (
     TrackerState,
     Visit,
     ZoneTracker,
+    event_bodies,
+    event_body,
+    event_from_row,
     parse_type_filter,
     sweep_stale,
 )
@@ -369,3 +372,47 @@ def test_type_filters(patterns: list[str], expected: set[EventType]) -> None:
 def test_a_type_filter_matching_nothing_is_refused() -> None:
     with pytest.raises(InvalidInput, match=r"zone\.entr"):
         parse_type_filter(["zone.entr"])
+
+
+def _reference_body(event: Event) -> str:
+    """event_body as json.dumps writes it: what the log has always stored."""
+    doc: dict[str, object] = {}
+    if event.location is not None:
+        loc = event.location
+        doc["loc"] = [loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees]
+    if event.old_status is not None:
+        doc["old"] = event.old_status.value
+    if event.new_status is not None:
+        doc["new"] = event.new_status.value
+    if event.zone_deleted:
+        doc["deleted"] = True
+    if event.zone_version:
+        doc["zv"] = event.zone_version
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def test_event_bodies_are_the_json_the_log_always_stored() -> None:
+    here = Location("d", 52.123456789, 13.0, 8.25, 91.0, 5)
+    odd = Location("d", -0.1, 1e-7, math.nan, 0.0, 6)  # a NaN speed: json.dumps's own path
+    events = [
+        Event(EventType.ZONE_ENTER, "d", 5, "z1", 3, here),
+        Event(EventType.ZONE_EXIT, "d", 5, "z2", 1, here, zone_deleted=True),
+        Event(EventType.ZONE_DWELL, "d", 5, "z3", 0, here),
+        Event(EventType.DRIVER_ONLINE, "d", 5, location=here, new_status=Status.AVAILABLE),
+        Event(EventType.DRIVER_OFFLINE, "d", 5),
+        Event(EventType.ZONE_ENTER, "d", 6, "z1", 12, odd),
+        Event(
+            EventType.DRIVER_STATUS_CHANGED,
+            "d",
+            7,
+            old_status=Status.AVAILABLE,
+            new_status=Status.BUSY,
+        ),
+    ]
+    bodies = event_bodies(events)
+    assert bodies == [_reference_body(e) for e in events] == [event_body(e) for e in events]
+    for i, (event, body) in enumerate(zip(events, bodies, strict=True)):
+        if event.location is not None and math.isnan(event.location.speed_mps):
+            continue  # NaN != NaN
+        logged = event_from_row(i, event.type.value, "d", event.zone_id, event.at_ns, 0, body)
+        assert logged.event == event

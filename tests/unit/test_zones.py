@@ -20,6 +20,8 @@ from driver_service.domain.zones import (
     Zone,
     ZoneIndex,
     haversine_m,
+    zone_columns,
+    zone_from_columns,
 )
 
 M_PER_DEG = 6_371_008.8 * math.pi / 180.0
@@ -386,3 +388,35 @@ def test_haversine_matches_the_offset_it_was_built_from(distance: float, bearing
     lat, lon = at(east, north)
     # The local flat offset and the sphere agree to well under a metre over 20 km.
     assert haversine_m(LAT0, LON0, lat, lon) == pytest.approx(distance, abs=0.5 + distance * 1e-3)
+
+
+# --- storage form ------------------------------------------------------------------------------
+
+
+def test_a_stored_zone_loads_from_its_prepared_form_exactly_as_from_its_geojson() -> None:
+    holed = polygon(square(-500, -500, 1000), square(-100, -100, 200))
+    thin = polygon(square(0, 0, 30))  # thinner than twice the margin: its inner band is empty
+    multi = PolygonShape(
+        json.dumps(
+            {
+                "type": "MultiPolygon",
+                "coordinates": [[square(-3000, 0, 500)], [square(3000, 0, 800)]],
+            }
+        )
+    )
+    circle = Circle(LAT0, LON0, 300.0)
+    zones = [Zone(f"z{i}", "z", (), s) for i, s in enumerate((holed, thin, multi, circle))]
+    columns = [zone_columns(zone) for zone in zones]
+    assert columns[3][8] is None  # a circle needs no geometry
+    from_wkb = [zone_from_columns(*c) for c in columns]
+    from_text = [zone_from_columns(*c[:8]) for c in columns]
+    unknown = [zone_from_columns(*c[:8], b"WKB9" + (c[8] or b"")) for c in columns]
+    assert from_wkb == from_text == unknown == zones
+    points = [at(e, n) for e in range(-4000, 4001, 7) for n in (-510, -480, 0, 15, 90, 410)]
+    lats, lons = [p[0] for p in points], [p[1] for p in points]
+    expected = ZoneIndex(zones).locate_many(lats, lons)
+    assert ZoneIndex(from_wkb).locate_many(lats, lons) == expected
+    assert ZoneIndex(from_text).locate_many(lats, lons) == expected
+    assert ZoneIndex(unknown).locate_many(lats, lons) == expected
+    assert any(Where.INSIDE in found.values() for found in expected)
+    assert any(Where.INSIDE_BAND in found.values() for found in expected)

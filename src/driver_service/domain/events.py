@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -141,7 +142,7 @@ class TrackerState:
                 for v in self.visits
             ],
         }
-        return json.dumps(doc, separators=(",", ":"))
+        return _COMPACT.encode(doc)
 
     @classmethod
     def from_json(cls, text: str) -> TrackerState:
@@ -244,14 +245,12 @@ class ZoneTracker:
     ) -> tuple[Visit | None, tuple[EventType, ...]]:
         """One zone's visit after a fix at `t` that is `here` relative to it, and the zone
         events of that fix (enter, exit or dwell; enter never with dwell, as 0 s passed)."""
+        # Visits are rebuilt only when they change (most fixes of a driver inside a zone change
+        # nothing): an unchanged visit is returned as it is, which keeps a commit cheap.
+        version = zone.version
         if visit is None or not visit.entered:
-            if here <= Where.OUTSIDE_BAND:
-                return None, ()  # left the band before settling: nothing happened
-            since = t if visit is None else visit.since_ns
-            if here is Where.INSIDE or t - since >= self.settle_ns:
-                return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
-            return Visit(zone.zone_id, False, since, zone.version), ()
-        outside_since = visit.outside_since_ns
+            return self._settle(visit, zone, here, t)
+        previous_outside = outside_since = visit.outside_since_ns
         if here is Where.OUTSIDE or (
             here is Where.OUTSIDE_BAND
             and outside_since is not None
@@ -262,10 +261,26 @@ class ZoneTracker:
             outside_since = None
         elif outside_since is None:
             outside_since = t
-        visit = replace(visit, zone_version=zone.version, outside_since_ns=outside_since)
-        if not visit.dwelled and zone.dwell_ns > 0 and t - visit.since_ns >= zone.dwell_ns:
-            return replace(visit, dwelled=True), (EventType.ZONE_DWELL,)
-        return visit, ()
+        dwell_ns = zone.dwell_ns
+        if not visit.dwelled and dwell_ns > 0 and t - visit.since_ns >= dwell_ns:
+            dwelled = Visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
+            return dwelled, (EventType.ZONE_DWELL,)
+        if outside_since == previous_outside and visit.zone_version == version:
+            return visit, ()
+        return Visit(visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since), ()
+
+    def _settle(
+        self, visit: Visit | None, zone: Zone, here: Where, t: int
+    ) -> tuple[Visit | None, tuple[EventType, ...]]:
+        """`_advance` for a zone the driver has not entered (yet)."""
+        if here <= Where.OUTSIDE_BAND:
+            return None, ()  # left the band before settling: nothing happened
+        since = t if visit is None else visit.since_ns
+        if here is Where.INSIDE or t - since >= self.settle_ns:
+            return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
+        if visit is not None and visit.zone_version == zone.version:
+            return visit, ()
+        return Visit(zone.zone_id, False, since, zone.version), ()
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int
@@ -313,6 +328,51 @@ class LoggedEvent:
     event: Event
 
 
+#: json.dumps(..., separators=(",", ":")) without building an encoder per call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _location_json(loc: Location) -> str | None:
+    """``[lat,lon,speed,heading]`` as json.dumps writes it (float repr), or None when a value
+    is not a finite float (then json.dumps itself is used)."""
+    values = (loc.latitude, loc.longitude, loc.speed_mps, loc.heading_degrees)
+    for v in values:
+        if type(v) is not float or not math.isfinite(v):
+            return None
+    return "[" + ",".join(map(float.__repr__, values)) + "]"
+
+
+def event_bodies(events: Iterable[Event]) -> list[str]:
+    """`event_body` of each event, in order. A zone event's body, by far the most common,
+    is written directly (the same text as json.dumps gives), and an update's location is
+    formatted once for all the events it caused."""
+    bodies: list[str] = []
+    loc_text: dict[int, str | None] = {}
+    for event in events:
+        loc = event.location
+        if (
+            loc is not None
+            and event.old_status is None
+            and event.new_status is None
+            and not event.zone_deleted
+        ):
+            key = id(loc)
+            if key in loc_text:
+                text = loc_text[key]
+            else:
+                text = loc_text[key] = _location_json(loc)
+            if text is not None:
+                version = event.zone_version
+                if version and type(version) is int:
+                    bodies.append(f'{{"loc":{text},"zv":{version}}}')
+                    continue
+                if not version:
+                    bodies.append(f'{{"loc":{text}}}')
+                    continue
+        bodies.append(event_body(event))
+    return bodies
+
+
 def event_body(event: Event) -> str:
     """The event's fields other than type, driver, zone and time as compact JSON: the form
     the log stores beside its indexed columns (`event_from_row` reads it back)."""
@@ -328,7 +388,7 @@ def event_body(event: Event) -> str:
         doc["deleted"] = True
     if event.zone_version:
         doc["zv"] = event.zone_version
-    return json.dumps(doc, separators=(",", ":"))
+    return _COMPACT.encode(doc)
 
 
 def event_from_row(

@@ -43,7 +43,7 @@ from driver_service.domain.events import (
     Event,
     LoggedEvent,
     TrackerState,
-    event_body,
+    event_bodies,
     event_from_row,
     sweep_stale,
 )
@@ -151,7 +151,9 @@ _SEEN_SINCE = (
 )
 #: pg_advisory_xact_lock key of the event log's inserts ("drvevnt1"): ids in commit order.
 EVENT_LOCK_KEY = int.from_bytes(b"drvevnt1", "big", signed=True)
-_ZONE_COLUMNS = "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns"
+_ZONE_COLUMNS = (
+    "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns, prepared"
+)
 _SET_TRACKERS = (
     "UPDATE drivers AS d SET tracker = u.tracker FROM unnest($1::text[], $2::text[])"
     " AS u(driver_id, tracker) WHERE d.driver_id = u.driver_id"
@@ -483,7 +485,7 @@ class PostgresRepository:
             [e.zone_id for e in events],
             [e.at_ns for e in events],
             [now] * len(events),
-            [event_body(e) for e in events],
+            event_bodies(events),
         )
         return max(int(row[0]) for row in rows)
 
@@ -556,7 +558,7 @@ class PostgresRepository:
         async def create() -> None:
             async with self._pool.acquire() as con, con.transaction():
                 status = await con.execute(
-                    f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"  # noqa: S608
+                    f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"  # noqa: S608
                     " ON CONFLICT (zone_id) DO NOTHING",
                     *zone_columns(stored),
                 )
@@ -615,7 +617,8 @@ class PostgresRepository:
                 )
                 await con.execute(
                     "UPDATE zones SET name = $2, labels = $3, shape = $4, dwell_ns = $5,"
-                    " version = $6, created_at_ns = $7, updated_at_ns = $8 WHERE zone_id = $1",
+                    " version = $6, created_at_ns = $7, updated_at_ns = $8, prepared = $9"
+                    " WHERE zone_id = $1",
                     *zone_columns(new),
                 )
                 await con.execute("UPDATE zones_version SET version = version + 1")

@@ -136,6 +136,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, event_id)
     );
     """,
+    # 5: each polygon zone's geometry and hysteresis band as WKB beside its GeoJSON, so loading
+    # the zones (start-up) skips parsing and buffering them (NULL: built from the GeoJSON).
+    """
+    ALTER TABLE zones ADD COLUMN prepared bytea;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -32,7 +32,7 @@ from driver_service.domain.events import (
     Event,
     LoggedEvent,
     TrackerState,
-    event_body,
+    event_bodies,
     event_from_row,
     sweep_stale,
 )
@@ -125,7 +125,11 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
-_ZONE_COLUMNS = "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns"
+#: Zone ids per `IN (...)` read when a few zones changed.
+_ZONES_PER_READ = 500
+_ZONE_COLUMNS = (
+    "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns, prepared"
+)
 _TRACKER_UPSERT = (
     "INSERT INTO driver_trackers (driver_id, state) VALUES (?, ?)"
     " ON CONFLICT (driver_id) DO UPDATE SET state = excluded.state"
@@ -368,12 +372,21 @@ class SqliteRepository:
         if version == evaluator.zones_version:
             return
         live = dict(con.execute("SELECT zone_id, version FROM zones WHERE deleted = 0"))
-        wanted = set(evaluator.outdated_zones(live))
-        fetched = [
-            zone_from_columns(*row)
-            for row in con.execute(f"SELECT {_ZONE_COLUMNS} FROM zones WHERE deleted = 0")  # noqa: S608
-            if row[0] in wanted
-        ]
+        wanted = evaluator.outdated_zones(live)
+        fetched: list[Zone] = []
+        if len(wanted) > len(live) // 2:  # start-up: nearly all of them, in one scan
+            chosen = set(wanted)
+            rows = con.execute(f"SELECT {_ZONE_COLUMNS} FROM zones WHERE deleted = 0")  # noqa: S608
+            fetched = [zone_from_columns(*row) for row in rows if row[0] in chosen]
+        else:  # a zone change: only the zones that changed (each row holds its WKB)
+            for i in range(0, len(wanted), _ZONES_PER_READ):
+                ids = wanted[i : i + _ZONES_PER_READ]
+                marks = ",".join("?" * len(ids))
+                rows = con.execute(
+                    f"SELECT {_ZONE_COLUMNS} FROM zones WHERE zone_id IN ({marks})",  # noqa: S608
+                    ids,
+                )
+                fetched.extend(zone_from_columns(*row) for row in rows)
         evaluator.load_zones(version, live, fetched)
 
     @staticmethod
@@ -387,7 +400,10 @@ class SqliteRepository:
         now = time.time_ns()
         con.executemany(
             _EVENT_INSERT,
-            [(e.type.value, e.driver_id, e.zone_id, e.at_ns, now, event_body(e)) for e in events],
+            [
+                (e.type.value, e.driver_id, e.zone_id, e.at_ns, now, body)
+                for e, body in zip(events, event_bodies(events), strict=True)
+            ],
         )
         (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
         return int(last)
@@ -461,7 +477,7 @@ class SqliteRepository:
             if taken.fetchone() is not None:
                 raise ZoneExists(zone.zone_id)
             con.execute(
-                f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"INSERT INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
                 zone_columns(stored),
             )
             con.execute("UPDATE zones_version SET version = version + 1")
@@ -511,7 +527,7 @@ class SqliteRepository:
                 now_ns,
             )
             con.execute(
-                f"REPLACE INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"REPLACE INTO zones ({_ZONE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608
                 zone_columns(new),
             )
             con.execute("UPDATE zones_version SET version = version + 1")

@@ -134,6 +134,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint_id, event_id)
     ) WITHOUT ROWID;
     """,
+    # 7: each polygon zone's geometry and hysteresis band as WKB beside its GeoJSON, so loading
+    # the zones (start-up) skips parsing and buffering them (NULL: built from the GeoJSON).
+    """
+    ALTER TABLE zones ADD COLUMN prepared BLOB;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
