@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from driver_service.domain import InvalidInput, Location, validate_driver_id
 from driver_service.domain.trail import TrailThinner, thin_trail, validate_thinning
@@ -24,6 +25,9 @@ from driver_service.ports import Forgotten, HistoryRow, HistoryStats, HistorySto
 from driver_service.resilience.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
+
+#: A page's item: a domain Location, or a plain row for the trail's fast path.
+_Page = TypeVar("_Page", Location, HistoryRow)
 
 _NS = 1_000_000_000
 #: The longest range one request may ask for: a month of 1 Hz fixes is ~2.7 M per driver,
@@ -100,24 +104,26 @@ class LocationHistory:
             since_ns = max(since_ns, self._clock_ns() - self.retention_ns)
         return since_ns, max(since_ns, until_ns)
 
-    async def _pages(
-        self, driver_id: str, since_ns: int, until_ns: int
-    ) -> AsyncIterator[list[Location]]:
-        since_ns, until_ns = self.window(driver_id, since_ns, until_ns)
-        pages = self.store.history_pages(driver_id, since_ns, until_ns)
-        if since_ns == until_ns:  # all of it is past the retention: known driver, no fixes
-            async for _ in pages:
-                break
-            return
-        async for page in pages:
-            yield page
+    def _pages(self, driver_id: str, since_ns: int, until_ns: int) -> AsyncIterator[list[Location]]:
+        return self._windowed(self.store.history_pages, driver_id, since_ns, until_ns)
 
-    async def _row_pages(
+    def _row_pages(
         self, driver_id: str, since_ns: int, until_ns: int
     ) -> AsyncIterator[list[HistoryRow]]:
+        return self._windowed(self.store.history_row_pages, driver_id, since_ns, until_ns)
+
+    async def _windowed(
+        self,
+        read: Callable[[str, int, int], AsyncIterator[list[_Page]]],
+        driver_id: str,
+        since_ns: int,
+        until_ns: int,
+    ) -> AsyncIterator[list[_Page]]:
+        """`read`'s pages within the retention window. A range wholly past the retention
+        still asks the store (an unknown driver is NOT_FOUND) but yields nothing."""
         since_ns, until_ns = self.window(driver_id, since_ns, until_ns)
-        pages = self.store.history_row_pages(driver_id, since_ns, until_ns)
-        if since_ns == until_ns:  # all of it is past the retention: known driver, no fixes
+        pages = read(driver_id, since_ns, until_ns)
+        if since_ns == until_ns:
             async for _ in pages:
                 break
             return
