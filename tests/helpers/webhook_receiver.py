@@ -1,6 +1,7 @@
 """A real HTTP webhook receiver on 127.0.0.1 (stdlib http.server in a thread) whose behaviour
 a test changes while it runs: answer 2xx, answer 500, hang past the sender's timeout, close
-the connection without answering, or answer slowly."""
+the connection without answering, or answer slowly. It also counts requests in flight per
+path, so a test can see whether two senders ever delivered to one endpoint at once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     answered: str
+    path: str = "/hook"
 
     @property
     def event_id(self) -> str:
@@ -37,11 +39,32 @@ class Receiver:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stopping: threading.Event = field(default_factory=threading.Event)
     server: ThreadingHTTPServer | None = None
+    #: Requests being answered now, and the most there ever were at once, per path.
+    in_flight: dict[str, int] = field(default_factory=dict)
+    most_in_flight: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
+        return self.url_for("/hook")
+
+    def url_for(self, path: str) -> str:
+        """A URL of this receiver with its own path: one per endpoint of a test."""
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def delivered_to(self, path: str) -> list[Received]:
+        """Requests to `path` answered 2xx, in arrival order."""
+        return [r for r in self.delivered() if r.path == path]
+
+    def _enter(self, path: str) -> None:
+        with self.lock:
+            now = self.in_flight.get(path, 0) + 1
+            self.in_flight[path] = now
+            self.most_in_flight[path] = max(now, self.most_in_flight.get(path, 0))
+
+    def _leave(self, path: str) -> None:
+        with self.lock:
+            self.in_flight[path] -= 1
 
     def delivered(self) -> list[Received]:
         """Requests answered 2xx, in arrival order."""
@@ -66,21 +89,31 @@ class Receiver:
                 body = self.rfile.read(length)
                 mode = receiver.mode
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                with receiver.lock:
-                    receiver.received.append(Received(headers, body, mode))
-                if mode == "hang":
-                    receiver.stopping.wait(receiver.hang_s)
-                    self.close_connection = True
-                    return
-                if mode == "close":
+                receiver._enter(self.path)
+                try:
+                    status = self._wait(body, mode, headers)
+                finally:
+                    # Before the answer: the sender may send its next request once it has it.
+                    receiver._leave(self.path)
+                if status is None:
                     self.close_connection = True  # no response: the socket just closes
                     return
-                if mode == "slow":
-                    receiver.stopping.wait(receiver.slow_s)
-                status = 500 if mode == "500" else 204
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
+
+            def _wait(self, body: bytes, mode: str, headers: dict[str, str]) -> int | None:
+                """Record the request, wait as the mode says; the status to answer, if any."""
+                with receiver.lock:
+                    receiver.received.append(Received(headers, body, mode, self.path))
+                if mode == "hang":
+                    receiver.stopping.wait(receiver.hang_s)
+                    return None
+                if mode == "close":
+                    return None
+                if mode == "slow":
+                    receiver.stopping.wait(receiver.slow_s)
+                return 500 if mode == "500" else 204
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
