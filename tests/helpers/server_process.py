@@ -120,6 +120,16 @@ class Launcher:
         args = ["--insecure", "--listen", target, "--data-dir", str(data_dir), *extra]
         return self.spawn(args, target).wait_ready()
 
+    def start_replicas(self, count: int, store: str, bus: str, *extra: str) -> list[ServerProcess]:
+        """`count` replicas sharing the PostgreSQL `store` and the Redis `bus`, each with a
+        data directory of its own."""
+        replicas = []
+        for _ in range(count):
+            data = self.tmp_path / f"replica-{len(self.started)}"
+            data.mkdir()
+            replicas.append(self.start(data, "--store", store, "--bus", bus, *extra))
+        return replicas
+
     def run_to_exit(
         self, args: Sequence[str], env: dict[str, str] | None = None, timeout_s: float = 20.0
     ) -> tuple[int, str]:

@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -110,7 +112,10 @@ class WebhookDelivery:
         self._max_concurrent = max_concurrent
         self._poll_s = poll_s
         self._lease_ns = int(max(lease_s, self.policy.timeout_s * 2) * NANOS)
-        self.owner = owner or uuid.uuid4().hex
+        # Host and process id first: an operator (or a test) reading the store's lease
+        # owners can tell which replica holds an endpoint; the random part keeps a restarted
+        # process that got the same pid from taking over its predecessor's leases at once.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._hooks = hooks or DeliveryHooks()
         self._clock = clock
         self._rng = random.Random()
