@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make test` needs PostgreSQL and Redis server binaries (the tests start private servers from
-# them) and headless Chromium with its WebDriver (the fleet map's browser test). Install the missing ones when this can (root on Debian/Ubuntu: apt-get); otherwise
+# `make test` needs PostgreSQL, Redis and NATS (JetStream) server binaries (the tests start
+# private servers from them) and headless Chromium with its WebDriver (the fleet map's browser test). Install the missing ones when this can (root on Debian/Ubuntu: apt-get); otherwise
 # stop at once with the command to run, before any test starts.
 set -euo pipefail
 
@@ -15,6 +15,7 @@ have_postgres() {
 missing=()
 have_postgres || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || missing+=(nats-server)
 { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -26,7 +27,7 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $command -qq >/dev/null
   exit 0
 fi
-echo "make test: needs the PostgreSQL and Redis server binaries and Chromium with its driver; missing: ${missing[*]}" >&2
+echo "make test: needs the PostgreSQL, Redis and NATS server binaries and Chromium with its driver; missing: ${missing[*]}" >&2
 echo "  install them, e.g. on Debian/Ubuntu:  sudo $command" >&2
-echo "  (or put initdb, postgres, redis-server, chromium and chromedriver on PATH)" >&2
+echo "  (or put initdb, postgres, redis-server, nats-server, chromium and chromedriver on PATH)" >&2
 exit 1

@@ -12,6 +12,7 @@ from hypothesis import settings
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import create_redis_client
+from tests.helpers.nats import NatsServer
 from tests.helpers.postgres import PostgresServer, create_database
 from tests.helpers.redis import RedisServer
 
@@ -92,6 +93,17 @@ def redis_server() -> Iterator[RedisServer]:
 def private_redis() -> Iterator[RedisServer]:
     """A Redis of this test alone, for tests that kill and restart it."""
     server = RedisServer.create()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def private_nats() -> Iterator[NatsServer]:
+    """A NATS server with JetStream of this test alone (its own store), started."""
+    server = NatsServer.create()
     try:
         server.start()
         yield server

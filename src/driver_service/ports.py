@@ -380,9 +380,21 @@ class DeliveryError(Exception):
 
 class EventSink(Protocol):
     """A message broker the event log is published to (NATS JetStream; Kafka or AMQP later).
-    `publish` returns once the broker has stored the events; each carries its event id as the
-    broker's message id, so a republished event is deduplicated."""
+    `publish` returns once the broker has stored the events, in order; each carries its event
+    id as the broker's message id, so a republished event is deduplicated. The broker is also
+    where publishing resumes: `last_published_id` is the newest event id it holds."""
 
-    async def publish(self, events: Sequence[LoggedEvent]) -> None: ...
+    #: A short name for metrics and logs, e.g. "nats".
+    name: str
+
+    async def last_published_id(self) -> int:
+        """The newest event id the broker has stored (0 if none): publishing resumes after it.
+        Raises when the broker cannot be reached."""
+        ...
+
+    async def publish(self, events: Sequence[LoggedEvent]) -> None:
+        """Publish `events` in order, each acknowledged before the next is sent; raises at the
+        first that is not (the ones before it are stored)."""
+        ...
 
     async def close(self) -> None: ...

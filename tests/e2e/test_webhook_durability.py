@@ -17,12 +17,9 @@ import asyncpg
 import grpc
 import pytest
 
-from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service._gen.driver.v1 import events_pb2 as epb
-from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
 from driver_service._gen.driver.v1 import webhooks_pb2 as wpb
 from driver_service._gen.driver.v1 import webhooks_pb2_grpc as wpb_grpc
+from tests.helpers.grpc_calls import online, replayed_event_ids
 from tests.helpers.postgres import PostgresServer, create_database
 from tests.helpers.redis import RedisServer
 from tests.helpers.server_process import Launcher, ServerProcess
@@ -30,7 +27,6 @@ from tests.helpers.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
-S = 10**9
 #: Plain http to 127.0.0.1 is what the receiver is: both need the operator's flag.
 FLAGS = (
     "--webhook-allow-http", "--webhook-allow-private", "--webhook-timeout", "5",
@@ -60,26 +56,13 @@ async def add_endpoints(target: str, receiver: Receiver) -> None:
 
 async def log_online_events(targets: list[str], drivers: int) -> None:
     """One fix per new driver (one `driver.online` each), spread over `targets`."""
-    now = time.time_ns()
     channels = [grpc.aio.insecure_channel(t) for t in targets]
     try:
         for n in range(drivers):
-            msg = pb.LocationUpdate(driver_id=f"d-{n:04d}", latitude=52.0, longitude=13.0)
-            msg.timestamp.FromNanoseconds(now - 60 * S)
-            stub = pb_grpc.DriverServiceStub(channels[n % len(channels)])
-            summary = await stub.UploadLocations(iter([msg]), timeout=10)
-            assert summary.persisted_count == 1
+            await online(channels[n % len(channels)], [f"d-{n:04d}"])
     finally:
         for channel in channels:
             await channel.close()
-
-
-async def the_log(target: str) -> list[str]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        request = epb.WatchEventsRequest(after_id=0, replay_only=True)
-        async with asyncio.timeout(30):
-            stream = epb_grpc.EventServiceStub(channel).WatchEvents(request)
-            return [str(e.id) async for e in stream]
 
 
 async def until(predicate: object, timeout_s: float, what: str) -> None:
@@ -114,7 +97,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_event(
     server = launcher.start(data_dir, *FLAGS)
     await add_endpoints(server.target, receiver)
     await log_online_events([server.target], 200)
-    logged = await the_log(server.target)
+    logged = await replayed_event_ids(server.target)
     assert len(logged) == 200
 
     def mid_delivery() -> bool:
@@ -128,7 +111,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_event(
     assert min(before.values()) < len(logged), "all delivered before the kill: nothing tested"
 
     restarted = launcher.start(data_dir, *FLAGS)
-    assert await the_log(restarted.target) == logged
+    assert await replayed_event_ids(restarted.target) == logged
     await check_everything_arrives(receiver, logged, 60)
     repeats = len(receiver.delivered()) - len(PATHS) * len(logged)
     print(f"\ndelivered before the kill: {before}; delivered again after it: {repeats}")
@@ -145,7 +128,7 @@ async def test_three_replicas_one_killed_while_holding_endpoints_lose_nothing(
     replicas = launcher.start_replicas(3, store, private_redis.url, *FLAGS)
     await add_endpoints(replicas[0].target, receiver)
     await log_online_events([r.target for r in replicas], 150)
-    logged = await the_log(replicas[1].target)
+    logged = await replayed_event_ids(replicas[1].target)
     assert len(logged) == 150
 
     # A replica that holds an endpoint's lease with a request to it in flight. Lease owners

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
+from driver_service.app.event_publisher import EventPublisher, PublisherHooks
 from driver_service.app.events import EventFeed, EventRetention
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.history import Forgetter, LocationHistory
@@ -71,11 +72,13 @@ class Services:
     transport: WebhookTransport
     retention: Supervised | None = None
     event_retention: Supervised | None = None
+    #: Publishing the event log to a broker (--nats-url), if configured.
+    publisher: EventPublisher | None = None
     _overrun: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def close_events(self) -> None:
-        """Stop the offline sweeper, the log's retention and webhook delivery, end every
-        WatchEvents stream."""
+        """Stop the offline sweeper, the log's retention, webhook delivery and publishing
+        to a broker, end every WatchEvents stream."""
         if self.event_retention is not None:
             await self.event_retention.stop()
             self.event_retention = None
@@ -84,22 +87,27 @@ class Services:
         await self.events.close()
 
     async def _close_webhooks(self) -> None:
-        """Stop delivery, then close its HTTP client, within CLOSE_WEBHOOKS_S whatever
-        happens: shutdown does not wait for a step that overruns (asyncio.wait_for would,
-        for the cancelled step to end)."""
+        """Stop delivery, then close its HTTP client, and stop publishing to the broker (at
+        the same time), within CLOSE_WEBHOOKS_S whatever happens: shutdown does not wait for
+        a step that overruns (asyncio.wait_for would, for the cancelled step to end), e.g.
+        a broker that stopped answering while its connection is flushed."""
 
-        async def steps() -> None:
+        async def webhooks() -> None:
             await self.delivery.close()
             await self.transport.close()
+
+        async def steps() -> None:
+            publisher = self.publisher
+            await asyncio.gather(webhooks(), publisher.close() if publisher else asyncio.sleep(0))
 
         closing = asyncio.ensure_future(steps())
         done, _ = await asyncio.wait({closing}, timeout=CLOSE_WEBHOOKS_S)
         if not done:
             closing.cancel()
             self._overrun = closing  # referenced until it ends
-            log.warning("closing webhook delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
+            log.warning("closing event delivery took over %s s; going on", CLOSE_WEBHOOKS_S)
         elif closing.exception() is not None:
-            log.warning("closing webhook delivery failed: %r", closing.exception())
+            log.warning("closing event delivery failed: %r", closing.exception())
 
     async def close(self) -> None:
         if self.retention is not None:
@@ -282,6 +290,10 @@ async def build_services(
     )
     built.evaluator.add_listener(delivery.notify)
     delivery.start()
+    publisher = build_publisher(settings, built.durable, tracking.supervisor, metrics)
+    if publisher is not None:
+        built.evaluator.add_listener(publisher.notify)
+        publisher.start()
     sweeper.start()
     # Erasure reaches every store of the driver: commands, live state and the index, then
     # the durable store (history, current state, tracker state, logged events).
@@ -322,7 +334,43 @@ async def build_services(
         transport,
         retention,
         event_retention,
+        publisher,
     )
+
+
+def build_publisher(
+    settings: ServerSettings,
+    durable: SqliteRepository | PostgresRepository,
+    supervisor: TaskSupervisor,
+    metrics: ServiceMetrics | None,
+) -> EventPublisher | None:
+    """The event log published to NATS JetStream (--nats-url), by a supervised loop (not
+    started here) that connects on its own: a broker that is away at start-up delays
+    publishing, not serving. Every replica publishes; the broker drops the copies by id."""
+    if not settings.nats_urls:
+        return None
+    from driver_service.adapters.nats.jetstream import JetStreamSink
+
+    sink = JetStreamSink(
+        settings.nats_urls,
+        settings.nats_stream,
+        settings.nats_subject_prefix,
+        timeout_s=settings.nats_timeout,
+    )
+    publisher = EventPublisher(
+        sink,
+        durable,
+        supervisor,
+        poll_s=EVENT_POLL_S_SHARED if settings.uses_postgres else EVENT_POLL_S_ALONE,
+    )
+    if metrics is not None:
+        on_published, on_failure = metrics.watch_event_sink(
+            sink.name,
+            lambda: publisher.behind,
+            lambda: 0.0 if publisher.problem else 1.0,
+        )
+        publisher.hooks = PublisherHooks(on_published, on_failure)
+    return publisher
 
 
 def retry_policy(settings: ServerSettings) -> RetryPolicy:

@@ -49,6 +49,13 @@ class ConfigError(ValueError):
 #: holds it (docs/history.md gives the sizes).
 DEFAULT_HISTORY_RETENTION = "7d"
 DEFAULT_EVENT_RETENTION = "7d"
+DEFAULT_NATS_STREAM = "DRIVER_EVENTS"
+DEFAULT_NATS_SUBJECT_PREFIX = "driver_service.events"
+NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+#: JetStream stream names: no spaces, dots, wildcards or path separators.
+_NATS_STREAM = re.compile(r"[A-Za-z0-9_-]{1,255}")
+#: Subject tokens joined by dots, without wildcards or spaces.
+_NATS_SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _RETENTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _RETENTION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
@@ -165,6 +172,19 @@ class ServerSettings:
     webhook_circuit_cooldown: float = _setting(
         60.0, "seconds an endpoint with an open circuit waits before one probe"
     )
+    nats_url: str = _setting(
+        "",
+        "publish the event log to NATS JetStream at this URL, e.g. nats://host:4222 "
+        "(comma-separated for a cluster); empty: no broker",
+    )
+    nats_stream: str = _setting(
+        DEFAULT_NATS_STREAM, "the JetStream stream events are published to (made if missing)"
+    )
+    nats_subject_prefix: str = _setting(
+        DEFAULT_NATS_SUBJECT_PREFIX,
+        "subjects are PREFIX.<event type>, e.g. driver_service.events.zone.enter",
+    )
+    nats_timeout: float = _setting(5.0, "seconds one JetStream publish may wait for its ack")
     event_retention: str = _setting(
         DEFAULT_EVENT_RETENTION,
         "how long the event log (WatchEvents' replay) is kept, e.g. 7d, 36h; 0 keeps it forever",
@@ -232,7 +252,37 @@ class ServerSettings:
         )
         if self.bus != "memory" and not self.bus.startswith(REDIS_SCHEMES):
             errors.append(f"--bus: {mask_url(self.bus)!r} is not memory or a redis:// URL")
+        errors.extend(self._nats_errors())
         return errors
+
+    def _nats_errors(self) -> list[str]:
+        errors = [
+            f"--nats-url: {mask_url(url)!r} is not a nats://HOST:PORT URL"
+            for url in self.nats_urls
+            if not (url.startswith(NATS_SCHEMES) and len(url.partition("://")[2]) > 0)
+        ]
+        if self.nats_url and not self.nats_urls:
+            errors.append("--nats-url: no URL given")
+        if not _NATS_STREAM.fullmatch(self.nats_stream):
+            errors.append(
+                f"--nats-stream: {self.nats_stream!r} is not a stream name (letters, digits,"
+                " - and _)"
+            )
+        if not _NATS_SUBJECT.fullmatch(self.nats_subject_prefix):
+            errors.append(
+                f"--nats-subject-prefix: {self.nats_subject_prefix!r} is not a subject without"
+                " wildcards (tokens of letters, digits, - and _ joined by dots)"
+            )
+        if not 0 < self.nats_timeout <= MAX_DEPENDENCY_TIMEOUT_S:
+            errors.append(
+                f"--nats-timeout must be > 0 and at most {MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
+            )
+        return errors
+
+    @property
+    def nats_urls(self) -> list[str]:
+        """The NATS servers to connect to; empty: no broker sink."""
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
 
     def _security_errors(self) -> list[str]:
         errors: list[str] = []

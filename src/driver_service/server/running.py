@@ -90,6 +90,8 @@ EXIT_FATAL = 70
 MAX_METADATA_BYTES = 16 * 1024
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+#: The health service name that says whether publishing to the broker (--nats-url) works.
+EVENT_SINK_HEALTH = "driver_service.EventSink"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -161,6 +163,8 @@ class RunningServer:
     #: assume SERVING while NOT_SERVING is published).
     serving: bool = field(default=True, repr=False)
     _health_update: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: What health says of the broker sink (EVENT_SINK_HEALTH) now, if there is one.
+    sink_serving: bool | None = field(default=None, repr=False)
 
     @property
     def supervisor(self) -> TaskSupervisor:
@@ -206,6 +210,7 @@ class RunningServer:
         store or the bus fails or commits fail, SERVING again once all of them work."""
         while True:
             await asyncio.sleep(interval_s)
+            await self.check_sink()
             problem = await self.health_problem(interval_s)
             healthy = problem is None
             if healthy != self.serving:
@@ -214,6 +219,21 @@ class RunningServer:
                 else:
                     log.warning("health: NOT_SERVING: %s", problem)
                 await self.set_serving(healthy)
+
+    async def check_sink(self) -> None:
+        """Health of EVENT_SINK_HEALTH: NOT_SERVING while publishing to the broker fails.
+        Kept apart from the service's own health: ingestion does not need the broker (the
+        log keeps the events until it takes them), so a broker outage must not take
+        replicas out of a load balancer, yet a probe or an operator can see it."""
+        publisher = self.services.publisher if self.services is not None else None
+        if publisher is None:
+            return
+        ok = publisher.problem is None
+        if ok != self.sink_serving:
+            if self.sink_serving is not None or not ok:
+                log.warning("health of %s: %s", EVENT_SINK_HEALTH, publisher.problem or "SERVING")
+            self.sink_serving = ok
+            await self.health.set(EVENT_SINK_HEALTH, SERVING if ok else NOT_SERVING)
 
     async def health_problem(self, timeout_s: float) -> str | None:
         """Why the service cannot serve now, or None. The store's ping includes a write, so
@@ -291,6 +311,7 @@ async def start_server(
         server, bound, tracking, health_servicer, reloader, dispatch=dispatch, services=full
     )
     await running.set_serving(True)
+    await running.check_sink()
     if settings.admin_listen:
         try:
             with startup_step("--admin-listen", settings.admin_listen):

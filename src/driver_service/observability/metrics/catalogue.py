@@ -311,6 +311,51 @@ class ServiceMetrics:
             registry=reg,
         ).set_function(dead_letters)
 
+    def watch_event_sink(
+        self, sink: str, behind: Callable[[], float], up: Callable[[], float]
+    ) -> tuple[Callable[[int, list[float]], None], Callable[[], None]]:
+        """Metrics of publishing to a broker: what to call per acknowledged page and per
+        failure (the publisher's hooks)."""
+        reg = self.registry
+        published = CounterFamily(
+            "driver_service_event_sink_published_total",
+            "Events the broker acknowledged (a republished copy it deduplicated counts too).",
+            ("sink",),
+            reg,
+        ).labels(sink)
+        failures = CounterFamily(
+            "driver_service_event_sink_failures_total",
+            "Failed publish attempts (no connection, no ack within the timeout, refused).",
+            ("sink",),
+            reg,
+        ).labels(sink)
+        lag = HistogramFamily(
+            "driver_service_event_sink_lag_seconds",
+            "Event time to the broker's acknowledgement.",
+            ("sink",),
+            reg,
+            buckets=LAG_BUCKETS,
+        ).labels(sink)
+        Gauge(
+            "driver_service_event_sink_behind",
+            "Events logged but not yet acknowledged by the broker (an upper bound).",
+            ("sink",),
+            registry=reg,
+        ).labels(sink).set_function(behind)
+        Gauge(
+            "driver_service_event_sink_up",
+            "1 while publishing to the broker works, 0 while it fails.",
+            ("sink",),
+            registry=reg,
+        ).labels(sink).set_function(up)
+
+        def on_published(count: int, lags_s: list[float]) -> None:
+            published.inc(count)
+            for lag_s in lags_s:
+                lag.observe(max(0.0, lag_s))
+
+        return on_published, failures.inc
+
     def watch_process(self, loop: asyncio.AbstractEventLoop) -> None:
         """Export the process's memory, CPU and descriptors (`process_*`) and the tasks alive in
         `loop`, so a leak shows from outside (the fault-injection tests compare both before and

@@ -1,0 +1,1 @@
+"""NATS adapters: the event log published to a JetStream stream (`jetstream.JetStreamSink`)."""
