@@ -246,14 +246,20 @@ class RunningServer:
             return "the location writer is not running"
         if writer.failed_within(COMMIT_FAILURE_HOLD_S):
             return "committing location updates failed"
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a ping that completes
+        # as the monitor is stopped, swallowing the stop, and the monitor (which only sleeps
+        # and pings) would hold shutdown up forever (tests/integration/
+        # test_health_monitor_stop.py).
         try:
-            await asyncio.wait_for(self.tracking.repository.ping(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.tracking.repository.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means not serving
             return f"store: {exc!r}"
         if writer.failing:
             writer.commit_succeeded_elsewhere()  # the store takes writes again
         try:
-            await asyncio.wait_for(self.tracking.bus.ping(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.tracking.bus.ping()
         except Exception as exc:  # noqa: BLE001
             return f"bus: {exc!r}"
         return None
