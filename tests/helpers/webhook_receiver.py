@@ -6,12 +6,24 @@ path, so a test can see whether two senders ever delivered to one endpoint at on
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODES = ("ok", "500", "hang", "close", "slow")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A sender that closes a kept-alive connection (its pool's idle expiry, a killed
+        server) is not an error of the receiver: no traceback on stderr."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -20,6 +32,8 @@ class Received:
     body: bytes
     answered: str
     path: str = "/hook"
+    #: When the request was read (wall clock, for lag from the event's time).
+    at_ns: int = field(default_factory=time.time_ns)
 
     @property
     def event_id(self) -> str:
@@ -115,8 +129,7 @@ class Receiver:
                     receiver.stopping.wait(receiver.slow_s)
                 return 500 if mode == "500" else 204
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
