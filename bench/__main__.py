@@ -28,6 +28,7 @@ PARTS = (
     "history",
     "zones",
     "http",
+    "delivery",
 )
 
 
@@ -143,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = http.run(
                     work, repeats=repeats, duration_s=duration, rounds=5 if args.quick else 20
+                )
+            elif part == "delivery":
+                from bench import delivery
+
+                result = delivery.run(
+                    work,
+                    repeats=repeats,
+                    events=1000 if args.quick else 3000,
+                    seconds=3.0 if args.quick else 10.0,
                 )
             else:
                 from bench import workers

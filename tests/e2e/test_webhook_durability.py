@@ -117,6 +117,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_every_event(
     print(f"\ndelivered before the kill: {before}; delivered again after it: {repeats}")
 
 
+@pytest.mark.timeout(300)  # the dead replica's leases run 30 s before the others take over
 async def test_three_replicas_one_killed_while_holding_endpoints_lose_nothing(
     launcher: Launcher,
     postgres_server: PostgresServer,

@@ -56,6 +56,9 @@ class Receiver:
     #: Requests being answered now, and the most there ever were at once, per path.
     in_flight: dict[str, int] = field(default_factory=dict)
     most_in_flight: dict[str, int] = field(default_factory=dict)
+    #: Per path, when each webhook-id first arrived (answered or not), kept as requests come:
+    #: a bench polls it without copying every request.
+    first_arrivals: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -118,8 +121,11 @@ class Receiver:
 
             def _wait(self, body: bytes, mode: str, headers: dict[str, str]) -> int | None:
                 """Record the request, wait as the mode says; the status to answer, if any."""
+                got = Received(headers, body, mode, self.path)
                 with receiver.lock:
-                    receiver.received.append(Received(headers, body, mode, self.path))
+                    receiver.received.append(got)
+                    first = receiver.first_arrivals.setdefault(self.path, {})
+                    first.setdefault(got.headers.get("webhook-id", ""), got.at_ns)
                 if mode == "hang":
                     receiver.stopping.wait(receiver.hang_s)
                     return None
