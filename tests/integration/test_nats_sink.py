@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from driver_service.adapters.nats.jetstream import JetStreamSink
 from driver_service.app.event_publisher import EventPublisher
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.composition import Services, build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import EVENT_SINK_HEALTH, RunningServer, start_server
@@ -36,6 +37,12 @@ class Service:
     running: RunningServer
     services: Services
     channel: grpc.aio.Channel
+    metrics: ServiceMetrics
+
+    def sample(self, name: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, {"sink": "nats"})
+        assert value is not None, name
+        return value
 
     @property
     def publisher(self) -> EventPublisher:
@@ -68,10 +75,11 @@ class Harness:
             rate_limit=0, stale_after=86_400, nats_url=self.nats.url, nats_stream=STREAM,
             nats_subject_prefix=PREFIX, nats_timeout=1.0,
         )  # fmt: skip
-        services = await build_services(settings)
-        running = await start_server(settings, services)
+        metrics = ServiceMetrics()
+        services = await build_services(settings, metrics)
+        running = await start_server(settings, services, metrics)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        self.service = Service(running, services, channel)
+        self.service = Service(running, services, channel, metrics)
         return self.service
 
     async def stop(self) -> None:
@@ -148,6 +156,11 @@ async def test_a_broker_killed_and_started_again_loses_nothing(harness: Harness)
     await harness.wait_published(logged)
     assert await harness.stream() == logged
     assert service.publisher.problem is None
+    assert service.sample("driver_service_event_sink_failures_total") >= 1
+    assert service.sample("driver_service_event_sink_published_total") >= len(logged)
+    assert service.sample("driver_service_event_sink_lag_seconds_count") >= len(logged)
+    assert service.sample("driver_service_event_sink_up") == 1
+    assert service.sample("driver_service_event_sink_behind") == 0
 
 
 async def test_a_paused_broker_holds_up_only_publishing(harness: Harness) -> None:
@@ -167,6 +180,8 @@ async def test_a_paused_broker_holds_up_only_publishing(harness: Harness) -> Non
         await service.online([f"c-{batch}-{n}" for n in range(20)])
     paused_s = time.perf_counter() - started
     assert service.publisher.cursor == stuck_at
+    assert service.sample("driver_service_event_sink_up") == 0
+    assert service.sample("driver_service_event_sink_behind") >= 200
     await service.running.check_sink()
     assert await service.health(EVENT_SINK_HEALTH) == NOT_SERVING
     assert await service.health("") == SERVING  # the service itself is healthy
