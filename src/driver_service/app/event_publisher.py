@@ -66,6 +66,9 @@ class EventPublisher:
         self.cursor: int | None = None
         #: The newest event id logged, as last seen; head - cursor is how far behind it is.
         self.head = 0
+        #: Event ids the log's retention removed before they were published (at most; ids
+        #: may have holes).
+        self.lost = 0
         #: Why the last attempt failed, while it is failing; None when publishing works.
         self.problem: str | None = "not connected yet"
 
@@ -119,6 +122,8 @@ class EventPublisher:
                 self.head = max(self.head, self.cursor)
                 return
             self.head = max(self.head, page[-1].event_id)
+            if page[0].event_id > self.cursor + 1:
+                await self._check_gap(page[0].event_id)
             await self.sink.publish(page)
             self.cursor = page[-1].event_id
             if self.hooks.on_published is not None:
@@ -126,6 +131,19 @@ class EventPublisher:
                 self.hooks.on_published(len(page), [(now - e.event.at_ns) / NANOS for e in page])
             if len(page) < PAGE:
                 return
+
+    async def _check_gap(self, next_id: int) -> None:
+        """Ids may have holes (rolled-back transactions), but events the log's retention
+        removed before the broker took them are lost to the broker: say so, never silently."""
+        assert self.cursor is not None
+        oldest = await self._log.oldest_event_id()
+        if self.cursor + 1 < oldest:
+            self.lost += oldest - self.cursor - 1
+            log.error(
+                "event sink %s: events after %d up to %d were removed by --event-retention "
+                "before the broker took them; publishing goes on from %d",
+                self.sink.name, self.cursor, oldest - 1, next_id,
+            )  # fmt: skip
 
     async def close(self) -> None:
         """Stop publishing (an unacknowledged page is published again at the next start)
