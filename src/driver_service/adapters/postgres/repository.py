@@ -149,6 +149,8 @@ _SEEN_SINCE = (
     " location_at_ns, last_seen_at_ns FROM drivers WHERE driver_id > $1"
     " AND last_seen_at_ns >= $2 ORDER BY driver_id LIMIT $3"
 )
+#: A `seen_since` before every driver's last event: the whole fleet.
+_EVER = -(2**63)
 #: pg_advisory_xact_lock key of the event log's inserts ("drvevnt1"): ids in commit order.
 EVENT_LOCK_KEY = int.from_bytes(b"drvevnt1", "big", signed=True)
 _ZONE_COLUMNS = (
@@ -883,13 +885,20 @@ class PostgresRepository:
             raise ValueError("page_size must be at least 1")
         after = ""
         while True:
-            rows = await self._pool.fetch(_SEEN_SINCE, after, seen_since_ns, page_size)
-            page = [_driver_from_record(row) for row in rows]
+            page = await self._driver_page(after, seen_since_ns, page_size)
             if page:
                 yield page
             if len(page) < page_size:
                 return
             after = page[-1].driver_id
+
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        """One keyset page along the primary key, bounded by the guard (a request path)."""
+        return await self.guard.call(lambda: self._driver_page(after_id, _EVER, limit))
+
+    async def _driver_page(self, after: str, seen_since_ns: int, limit: int) -> list[Driver]:
+        rows = await self._pool.fetch(_SEEN_SINCE, after, seen_since_ns, limit)
+        return [_driver_from_record(row) for row in rows]
 
     async def ping(self) -> None:
         """A write transaction (an xid is assigned, WAL is written) within the timeout,

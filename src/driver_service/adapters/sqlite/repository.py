@@ -125,6 +125,8 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
+#: A `seen_since` before every driver's last event: the whole fleet.
+_EVER = -(2**63)
 #: Zone ids per `IN (...)` read when a few zones changed.
 _ZONES_PER_READ = 500
 _ZONE_COLUMNS = (
@@ -762,19 +764,23 @@ class SqliteRepository:
             raise ValueError("page_size must be at least 1")
         after = ""
         while True:
-
-            def query(after: str = after) -> list[Driver]:
-                rows = self._connection.execute(
-                    _SEEN_SINCE, (after, seen_since_ns, page_size)
-                ).fetchall()
-                return [_driver_from_row(row) for row in rows]
-
-            page = await self._run(query)
+            page = await self._driver_page(after, seen_since_ns, page_size)
             if page:
                 yield page
             if len(page) < page_size:
                 return
             after = page[-1].driver_id
+
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        """From the file by primary key, on the writer thread between commits."""
+        return await self._driver_page(after_id, _EVER, limit)
+
+    async def _driver_page(self, after: str, seen_since_ns: int, limit: int) -> list[Driver]:
+        def query() -> list[Driver]:
+            rows = self._connection.execute(_SEEN_SINCE, (after, seen_since_ns, limit)).fetchall()
+            return [_driver_from_row(row) for row in rows]
+
+        return await self._run(query)
 
     async def ping(self) -> None:
         """A real write transaction: a file that cannot take a commit fails the ping."""
