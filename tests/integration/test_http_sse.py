@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import re
 import socket
 import ssl
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from driver_service.http.sse import DropOldest
-from tests.helpers.http_server import HttpFixture, http_server
+from tests.helpers.http_server import HttpFixture, http_server, sse_frames
 
 
 @pytest.fixture
@@ -27,19 +26,7 @@ async def door(tmp_path: Path) -> AsyncIterator[HttpFixture]:
         yield fixture
 
 
-async def frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Each SSE block as {"id", "event", "data"} or {"comment": text}."""
-    block: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if block:
-                yield block
-            block = {}
-        elif line.startswith(":"):
-            yield {"comment": line[1:].strip()}
-        else:
-            key, _, value = line.partition(": ")
-            block[key] = json.loads(value) if key == "data" else value
+frames = sse_frames
 
 
 async def upload(http: httpx.AsyncClient, driver_id: str, lat: float) -> None:

@@ -336,6 +336,7 @@ async def _start_http(
         cors_origins=settings.http_cors_origin,
         map_tiles=settings.map_tiles,
         tls=not settings.insecure,
+        stale_after_s=settings.stale_after,
     )
     door = FrontDoor(backends, auth, options, metrics)
     host, port = parse_listen(settings.http_listen)
