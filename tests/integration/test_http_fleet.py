@@ -74,10 +74,13 @@ async def test_the_listing_pages_every_driver_offline_and_stale_ones_too(
         assert by_id["old:timer"]["stale"] is True  # silent for longer than --stale-after
         assert by_id["drv-0008"]["stale"] is False
         assert set(by_id["drv-0008"]) == {
-            "driverId", "status", "latitude", "longitude", "lastSeenAt", "stale"
+            "driverId", "status", "latitude", "longitude", "lastSeenAt", "stale", "locatedAt"
         }  # fmt: skip
         one = (await http.get(f"/v1/drivers/{'drv-0008'}")).json()
-        assert {k: v for k, v in by_id["drv-0008"].items() if k != "stale"} == one
+        assert {
+            k: v for k, v in by_id["drv-0008"].items() if k not in ("stale", "locatedAt")
+        } == one
+        assert by_id["old:timer"]["locatedAt"] == _rfc3339(now - 60)
 
         _, sizes = await _list_all(http, 10 * MAX_PAGE_SIZE)  # bounded: capped, not refused
         assert sizes == [MAX_PAGE_SIZE, 1204 - MAX_PAGE_SIZE]

@@ -76,7 +76,7 @@ from driver_service.interceptors.request_id import (
 )
 from driver_service.observability.context import REQUEST_ID
 from driver_service.observability.metrics.catalogue import ServiceMetrics
-from driver_service.wire import driver_to_pb, location_to_pb
+from driver_service.wire import driver_to_pb, location_to_pb, ns_to_timestamp
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("driver_service.http.access")
@@ -226,6 +226,8 @@ class FrontDoor:
         for driver in page.drivers:
             item = to_json(driver_to_pb(driver))
             item["stale"] = self.fleet.is_stale(driver, now_ns)
+            if driver.location is not None:  # when its position was fixed (lastSeenAt may be later)
+                item["locatedAt"] = ns_to_timestamp(driver.location.recorded_at_ns).ToJsonString()
             drivers.append(item)
         return _json_body({"drivers": drivers, "nextPageToken": page.next_page_token})
 
