@@ -437,3 +437,79 @@ async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
         # client's 10 s timeout on the first request.
         assert time.monotonic() - started < 8
     writer.close()
+
+
+# Valid ids (letters, digits and . _ : @ -, up to 128): `:` anywhere, even a verb's name.
+VALID_IDS = ("drv:1", "a:setStatus", "a:b:uploadLocations", "x@fleet.example-1_2",
+             "M" * 127 + ":")  # fmt: skip
+# Invalid ids must be refused as gRPC refuses them, never routed elsewhere: an encoded `/`
+# (even one that spells another route), unicode, one character too long, a space, a `%`.
+INVALID_IDS = ("a/b", "x/trail", "é", "émile", "M" * 129, "a b", "100%", "%2F")
+
+
+def _encodings(driver_id: str) -> set[str]:
+    """The id as clients send it: `:` and `@` as they are, or everything percent-encoded
+    (JavaScript's encodeURIComponent leaves `@` alone too; Python's quote does not)."""
+    from urllib.parse import quote
+
+    return {quote(driver_id, safe=":@"), quote(driver_id, safe="")}
+
+
+async def test_every_route_takes_any_valid_driver_id_however_it_is_encoded(
+    door: HttpFixture,
+) -> None:
+    window = {"since": _rfc3339(time.time() - 60), "until": _rfc3339(time.time() + 1)}
+    async with door.client(door.token()) as http:
+        for driver_id in VALID_IDS:
+            for i, enc in enumerate(sorted(_encodings(driver_id))):
+                path = f"/v1/drivers/{enc}"
+                fix = loc(lat=52.5 + i / 100, timestamp=_rfc3339(time.time() - i))
+                r = await http.post(f"{path}:uploadLocations", json={"locations": [fix]})
+                assert (r.status_code, r.json().get("persistedCount")) == (200, 1), (enc, r.text)
+                r = await http.post(f"{path}:setStatus", json={"newStatus": "BUSY"})
+                assert (r.status_code, r.json().get("driverId")) == (200, driver_id), enc
+                r = await http.get(path)
+                assert (r.status_code, r.json().get("driverId")) == (200, driver_id), enc
+                r = await http.get(f"{path}/trail", params=window)
+                assert r.status_code == 200, (enc, r.text)
+                assert len(r.json()["points"]) == i + 1
+                for sub in ("trips", "summary"):
+                    assert (await http.get(f"{path}/{sub}", params=window)).status_code == 200
+                async with http.stream("GET", f"{path}/locations:stream") as r:
+                    assert r.status_code == 200, enc
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            assert json.loads(line[6:])["driverId"] == driver_id
+                            break
+        listed = (await http.get("/v1/drivers")).json()["drivers"]
+        assert sorted(d["driverId"] for d in listed) == sorted(VALID_IDS)
+        # Only a literal `:` starts a custom method: an encoded one is part of the id.
+        r = await http.post("/v1/drivers/a%3AsetStatus", json={"newStatus": "BUSY"})
+        assert error_of(r)[:2] == (404, "NOT_FOUND")
+
+
+async def test_an_invalid_driver_id_is_refused_as_grpc_refuses_it_on_every_route(
+    door: HttpFixture,
+) -> None:
+    token = door.token()
+    async with door.client(token) as http, door.channel() as channel:
+        stub = pb_grpc.DriverServiceStub(channel)
+        for driver_id in INVALID_IDS:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetDriver(
+                    pb.GetDriverRequest(driver_id=driver_id), metadata=door.metadata(token)
+                )
+            expected = (400, refused.value.code().name, refused.value.details())
+            for enc in _encodings(driver_id):
+                path = f"/v1/drivers/{enc}"
+                for r in (
+                    await http.get(path),
+                    await http.get(f"{path}/trail", params={"since": "2026-01-01T00:00:00Z"}),
+                    await http.post(f"{path}:setStatus", json={"newStatus": "BUSY"}),
+                ):
+                    assert error_of(r) == expected, (driver_id, enc, r.request.url)
+                r = await http.post(f"{path}:uploadLocations", json={"locations": [loc()]})
+                # As over gRPC: received and counted, not stored (the honest counts).
+                assert (r.status_code, r.json()["persistedCount"]) == (200, 0), (enc, r.text)
+        r = await http.get("/v1/drivers")
+        assert r.json()["drivers"] == []

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from starlette.applications import Starlette
@@ -59,6 +60,7 @@ from driver_service.domain import DomainError
 from driver_service.http.errors import JSON_TYPE, HttpError, error_response
 from driver_service.http.limits import DEFAULT_MAX_BODY_BYTES, MAX_UPLOAD_LOCATIONS
 from driver_service.http.openapi import document
+from driver_service.http.routing import RoutedByRawPath
 from driver_service.http.sse import DropOldest, SseItem, sse_stream
 from driver_service.http.transcode import (
     CONTEXT,
@@ -200,7 +202,7 @@ class FrontDoor:
 
     # --- drivers ----------------------------------------------------------------------------
     async def get_driver(self, request: Request) -> Response:
-        req = self._query(request, pb.GetDriverRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, pb.GetDriverRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_DRIVER, req)
         return _json(await self.drivers.GetDriver(req, CONTEXT))
 
@@ -233,7 +235,9 @@ class FrontDoor:
 
     async def driver_verb(self, request: Request) -> Response:
         """POST /v1/drivers/{id}:verb; the verb follows the last colon (ids may hold colons)."""
-        driver_id, _, verb = request.path_params["name"].rpartition(":")
+        # The routing path keeps an encoded ":" as %3A: only a literal one starts the verb.
+        name, _, verb = request.path_params["name"].rpartition(":")
+        driver_id = unquote(name)
         if verb == "uploadLocations" and driver_id:
             return await self._upload(request, driver_id)
         if verb == "setStatus" and driver_id:
@@ -284,7 +288,7 @@ class FrontDoor:
 
     # --- history ----------------------------------------------------------------------------
     async def trail(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetTrailRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetTrailRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_TRAIL, req)
         servicer = self._need(self.history, "HistoryService")
         points = hpb.TrailChunk()
@@ -293,13 +297,13 @@ class FrontDoor:
         return _json(points)
 
     async def trips(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetTripsRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetTripsRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_TRIPS, req)
         servicer = self._need(self.history, "HistoryService")
         return _json(await servicer.GetTrips(req, CONTEXT))
 
     async def summary(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetSummaryRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetSummaryRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_SUMMARY, req)
         servicer = self._need(self.history, "HistoryService")
         return _json(await servicer.GetSummary(req, CONTEXT))
@@ -318,7 +322,7 @@ class FrontDoor:
         return _json(await servicer.ListZones(req, CONTEXT))
 
     async def zone(self, request: Request) -> Response:
-        zone_id = request.path_params["id"]
+        zone_id = _path_id(request)
         method = request.method
         if method == "GET":
             req: Any = self._query(request, zpb.GetZoneRequest(), id=zone_id)
@@ -342,7 +346,7 @@ class FrontDoor:
         return _SseResponse(source, self.options.heartbeat_s, self.stopping)
 
     async def location_stream(self, request: Request) -> Response:
-        req = self._query(request, pb.StreamLocationRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, pb.StreamLocationRequest(), driver_id=_path_id(request))
         self._authorize(request, STREAM_LOCATION, req)
         first = await _first(self.drivers.StreamLocation(req, CONTEXT))
 
@@ -468,6 +472,12 @@ class _FleetFrames:
 
     async def aclose(self) -> None:
         await self._changes.aclose()
+
+
+def _path_id(request: Request) -> str:
+    """The `{id}` of the path as the caller meant it (http/routing.py keeps `/`, `%` and `:`
+    encoded for routing; each is one character of the id)."""
+    return unquote(request.path_params["id"])
 
 
 def _json(message: Any) -> Response:
@@ -665,4 +675,4 @@ def build_app(door: FrontDoor) -> ASGIApp:
         exception_handlers={404: _not_found, 405: _not_found},
     )
     csp = content_security_policy(door.options.map_tiles)
-    return Observed(app, door.metrics, csp, door.options.tls)
+    return Observed(RoutedByRawPath(app), door.metrics, csp, door.options.tls)
