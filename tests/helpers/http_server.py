@@ -65,11 +65,10 @@ class HttpFixture:
     def client(self, token: str | None = None, **options: Any) -> httpx.AsyncClient:
         """An HTTPS client that trusts the development CA (no client certificate)."""
         return httpx.AsyncClient(
-            base_url=self.base_url,
+            **{"base_url": self.base_url, **options},
             verify=ssl.create_default_context(cafile=str(self.certs.ca_cert)),
             headers=self.headers(token),
             timeout=10,
-            **options,
         )
 
     def channel(self) -> grpc.aio.Channel:

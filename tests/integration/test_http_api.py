@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -419,16 +419,32 @@ async def test_cors_allowlist(tmp_path: Path) -> None:
 
 
 async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
-    """A client that sends half a body and stalls, and one that never reads its answer,
-    do not delay other callers."""
+    """A client that sends half a body and stalls, one that stalls in its headers, and ones
+    that never read their (large) answers, do not delay other callers."""
     ctx = ssl.create_default_context(cafile=str(door.certs.ca_cert))
     port = door.running.http.port if door.running.http else 0
+    async with door.client(door.token()) as http:
+        fleet = [loc(f"drv-s{i:04d}") for i in range(1000)]
+        r = await http.post("/v1/locations:batchUpload", json={"locations": fleet})
+        assert r.json()["persistedCount"] == 1000
     _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     writer.write(
         b"POST /v1/locations:batchUpload HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
         b'\r\ncontent-length: 1000\r\n\r\n{"locations": ['
     )
     await writer.drain()
+    _, half_headers = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    half_headers.write(b"GET /v1/drivers HTTP/1.1\r\nhost: x\r\nauthoriz")
+    await half_headers.drain()
+    non_readers = []
+    for _ in range(4):  # each asks for ~150 KB and never reads a byte of it
+        _, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        w.write(
+            f"GET /v1/drivers?page_size=1000 HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {door.token()}\r\n\r\n".encode()
+        )
+        await w.drain()
+        non_readers.append(w)
     async with door.client(door.token()) as http:
         started = time.monotonic()
         for _ in range(20):
@@ -436,7 +452,8 @@ async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
         # Generous: other tests share the machine's cores; a held-up server would take the
         # client's 10 s timeout on the first request.
         assert time.monotonic() - started < 8
-    writer.close()
+    for w in (writer, half_headers, *non_readers):
+        w.close()
 
 
 # Valid ids (letters, digits and . _ : @ -, up to 128): `:` anywhere, even a verb's name.
@@ -513,3 +530,48 @@ async def test_an_invalid_driver_id_is_refused_as_grpc_refuses_it_on_every_route
                 assert (r.status_code, r.json()["persistedCount"]) == (200, 0), (enc, r.text)
         r = await http.get("/v1/drivers")
         assert r.json()["drivers"] == []
+
+
+class _BrokenZones:
+    """A zone backend with a bug: what a request gets must be INTERNAL, never the bug."""
+
+    async def list(self, *_: Any) -> Any:
+        raise RuntimeError("secret detail /etc/driver-service/token.secret line 3")
+
+
+async def test_unavailable_unimplemented_and_internal_over_https(door: HttpFixture) -> None:
+    """The rest of the mapping reachable from outside: UNAVAILABLE 503 as gRPC says it while
+    the server stops; UNIMPLEMENTED 501 where a service does not run here; INTERNAL 500 for a
+    bug, with no detail of it in the answer."""
+    from driver_service.app.zones import ZoneAdmin
+    from driver_service.http.app import Backends, FrontDoor
+    from driver_service.http.server import start_http
+
+    tracking = door.running.tracking
+    assert door.running.services is not None
+    bare = FrontDoor(Backends(tracking, zones=cast(ZoneAdmin, _BrokenZones())), auth=None)
+    tls = (door.certs.server_cert, door.certs.server_key)
+    other = await start_http(bare, "127.0.0.1", 0, tls=tls)
+    try:
+        async with door.client(base_url=f"https://127.0.0.1:{other.port}") as http:
+            for path in ("/v1/drivers/drv-1/trail", "/v1/events:stream", "/v1/drivers:nearby"):
+                assert error_of(await http.get(path))[:2] == (501, "UNIMPLEMENTED"), path
+            r = await http.get("/v1/zones")
+            assert error_of(r) == (500, "INTERNAL", "internal error")
+            assert "secret" not in r.text
+            assert "Traceback" not in r.text
+    finally:
+        await other.stop(0)
+
+    token = door.token()
+    tracking.begin_shutdown()  # what SIGTERM does first: live streams end, new ones refused
+    async with door.client(token) as http, door.channel() as channel:
+        stream = pb_grpc.DriverServiceStub(channel).StreamLocation(
+            pb.StreamLocationRequest(driver_id="drv-1"), metadata=door.metadata(token)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stream.read()
+        expected = (503, refused.value.code().name, refused.value.details())
+        assert error_of(await http.get("/v1/drivers/drv-1/locations:stream")) == expected
+        r = await http.get("/v1/fleet:stream")
+        assert error_of(r)[:2] == (503, "UNAVAILABLE")

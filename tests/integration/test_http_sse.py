@@ -69,19 +69,23 @@ async def test_event_feed_resumes_with_last_event_id_without_gaps_or_duplicates(
 
 
 async def test_heartbeats_then_live_locations_then_shutdown_ends_the_streams(
-    door: HttpFixture,
+    door: HttpFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """As gRPC's streams: each ends at once saying so (`event: end`), and the stop does not
+    wait out its grace for clients that keep their (TLS) connections open."""
     async with door.client(door.token()) as http:
         await upload(http, "drv-l", 52.5)
         got: list[dict[str, Any]] = []
+        feed: list[dict[str, Any]] = []
 
-        async def read() -> None:
-            async with http.stream("GET", "/v1/drivers/drv-l/locations:stream") as r:
+        async def read(path: str, into: list[dict[str, Any]]) -> None:
+            async with http.stream("GET", path) as r:
                 assert r.status_code == 200
                 async for frame in frames(r):
-                    got.append(frame)  # noqa: PERF401 - read as they come, by the test
+                    into.append(frame)  # noqa: PERF401 - read as they come, by the test
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(read("/v1/drivers/drv-l/locations:stream", got))
+        events_reader = asyncio.create_task(read("/v1/events:stream", feed))
         await asyncio.sleep(0.7)
         assert any(f.get("comment") == "heartbeat" for f in got)
         events = [f for f in got if "event" in f]
@@ -93,7 +97,10 @@ async def test_heartbeats_then_live_locations_then_shutdown_ends_the_streams(
             await asyncio.sleep(0.02)
         await door.stop(5)
         await asyncio.wait_for(reader, 5)  # ended by the server, not cut
+        await asyncio.wait_for(events_reader, 5)
         assert got[-1].get("event") == "end"
+        assert feed[-1] == {"event": "end", "data": {"reason": "server shutting down"}}
+    assert "graceful shutdown exceeded" not in caplog.text
 
 
 class StallingReader:

@@ -179,6 +179,8 @@ class RunningServer:
             await self._monitor.stop()
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
+        if self.http is not None:  # SSE streams end saying so, before their sources close
+            self.http.door.stopping.set()
         if self.services is not None:  # WatchEvents streams end; no more offline sweeps
             await self.services.close_events()
         if self.http is not None:  # both doors drain together, within the same grace
