@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -228,3 +229,34 @@ async def test_slow_reader_of_the_event_feed_misses_no_event(door: HttpFixture) 
             reader.close()
     assert [int(i) for i in ids] == list(range(int(first), int(first) + count + 1))
     assert backed_up, "the feed never backed up into the server"
+
+
+async def test_a_resume_past_the_retained_log_is_out_of_range_as_over_grpc(
+    door: HttpFixture,
+) -> None:
+    """OUT_OF_RANGE (400) with gRPC's message saying the oldest id still there: a client
+    that resumes too late learns it lost events instead of silently skipping them."""
+    from driver_service._gen.driver.v1 import events_pb2 as epb
+    from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
+    from driver_service.app.events import EventRetention
+
+    token = door.token()
+    async with door.client(token) as http:
+        for i in range(4):
+            await upload(http, f"drv-x{i}", 52.5)  # a driver.online each: ids 1 to 4
+        assert door.running.services is not None
+        log = door.running.services.events._log  # the durable log (a test reaches in)
+        later = time.time_ns() + 10**12
+        assert await EventRetention(log, 1, clock_ns=lambda: later).expire_once() == 3
+        async with door.channel() as channel:
+            stream = epb_grpc.EventServiceStub(channel).WatchEvents(
+                epb.WatchEventsRequest(after_id=1), metadata=door.metadata(token)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+        assert refused.value.code() is grpc.StatusCode.OUT_OF_RANGE
+        r = await http.get("/v1/events:stream", headers={"last-event-id": "1"})
+        body = r.json()["error"]
+        assert (r.status_code, body["status"], body["message"]) == (
+            400, "OUT_OF_RANGE", refused.value.details()
+        )  # fmt: skip
