@@ -99,6 +99,7 @@ def _marker_count(browser: webdriver.Chrome) -> int:
 
 GREY = "#888888"  # OFFLINE (app.js COLORS)
 GREEN = "#1a9850"  # AVAILABLE
+ORANGE = "#f46d43"  # BUSY
 
 
 async def test_markers_appear_and_move_trail_and_zones(
@@ -114,11 +115,13 @@ async def test_markers_appear_and_move_trail_and_zones(
         before = [
             {"driverId": "drv-off", "latitude": 52.517, "longitude": 13.395},
             {"driverId": "drv-old", "latitude": 52.523, "longitude": 13.396, "timestamp": old},
+            {"driverId": "drv-busy", "latitude": 52.5245, "longitude": 13.4145},
         ]
         r = await http.post("/v1/locations:batchUpload", json={"locations": before})
-        assert r.json()["persistedCount"] == 2, r.text
-        r = await http.post("/v1/drivers/drv-off:setStatus", json={"newStatus": "OFFLINE"})
-        assert r.status_code == 200, r.text
+        assert r.json()["persistedCount"] == 3, r.text
+        for driver_id, status in (("drv-off", "OFFLINE"), ("drv-busy", "BUSY")):
+            r = await http.post(f"/v1/drivers/{driver_id}:setStatus", json={"newStatus": status})
+            assert r.status_code == 200, r.text
     await asyncio.to_thread(browser.get, f"{door.base_url}/#52.52,13.405,14")
     # No token yet: the map asks for one (never in the URL) and keeps it for the tab.
     await _until(lambda: browser.find_element(By.ID, "token-dialog").get_attribute("open")
@@ -133,6 +136,7 @@ async def test_markers_appear_and_move_trail_and_zones(
     await _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".zone-shape"), 5, "the zone")
     await _until(lambda: _look(browser, "drv-off") == ("OFFLINE", GREY, "0"), 5, "drv-off grey")
     await _until(lambda: _look(browser, "drv-old") == ("AVAILABLE", GREEN, "1"), 5, "drv-old stale")
+    await _until(lambda: _look(browser, "drv-busy") == ("BUSY", ORANGE, "0"), 5, "drv-busy")
 
     async with door.channel() as channel:
         stub = pb_grpc.DriverServiceStub(channel)
@@ -191,7 +195,7 @@ async def test_markers_appear_and_move_trail_and_zones(
     async with door.client(token) as http:
         r = await http.post("/v1/locations:batchUpload", json={"locations": crowd})
         assert r.json()["persistedCount"] == len(crowd), r.text
-    total = len(crowd) + 4  # drv-off, drv-old, drv-m1, drv-m2
+    total = len(crowd) + 5  # drv-off, drv-old, drv-busy, drv-m1, drv-m2
     await _until(lambda: _marker_count(browser) == total, 5, f"{total} markers")
     assert _look(browser, "drv-far") == ("AVAILABLE", GREEN, "0")
     assert _look(browser, "drv-c1049") == ("AVAILABLE", GREEN, "0")
