@@ -11,11 +11,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from driver_service.security.devcerts import create_dev_certs
+from tests.helpers.http_server import sse_frames
 from tests.helpers.ports import free_port
 from tests.helpers.postgres import PostgresServer, create_database
 from tests.helpers.redis import RedisServer
@@ -75,14 +77,67 @@ async def test_the_http_door_serves_in_each_worker_mode(
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
             r = await http.get("/v1/drivers/drv:http", headers={"x-request-id": f"probe-{i}"})
             assert (r.status_code, r.json()["driverId"]) == (200, "drv:http"), r.text
-        for line in server.stderr.splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("logger") == "driver_service.http.access":
-                    seen_workers.add(record.get("worker", -1))
+        seen_workers = {r.get("worker", -1) for r in _access_log(server.stderr)}
         if len(seen_workers) == workers and i >= 3:
             break
     assert seen_workers == ({0, 1} if workers > 1 else {-1}), seen_workers
+
+    await _every_fleet_stream_sees_a_move(base, FLEET_STREAMS)
+    streamed: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(streamed) < FLEET_STREAMS:  # logged as each stream ends
+        assert time.monotonic() < deadline, f"fleet streams logged: {streamed}"
+        await asyncio.sleep(0.1)
+        streamed = [r.get("worker", -1) for r in _access_log(server.stderr)
+                    if r["route"] == "fleet_stream"]  # fmt: skip
+    if workers > 1:  # 16 connections all on one of 2 workers: 1 in 30,000
+        assert set(streamed) == {0, 1}, streamed
+
+
+#: Fleet streams opened at once in the worker-mode test, each on a connection of its own.
+FLEET_STREAMS = 16
+
+
+def _access_log(output: str) -> list[dict[str, Any]]:
+    records = []
+    for line in output.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("logger") == "driver_service.http.access":
+                records.append(record)
+    return records
+
+
+async def _every_fleet_stream_sees_a_move(base: str, count: int) -> None:
+    """Fleet streams on separate connections (so on every worker, whichever took them) all
+    get a move uploaded on yet another connection: through Redis between workers."""
+    clients = [httpx.AsyncClient(base_url=base, timeout=10) for _ in range(count)]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            streams = []
+            for client in clients:
+                response = await stack.enter_async_context(client.stream("GET", "/v1/fleet:stream"))
+                assert response.status_code == 200
+                frames = sse_frames(response)
+                while (await anext(frames)).get("event") != "ready":
+                    pass
+                streams.append(frames)
+            async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+                r = await http.post(
+                    "/v1/drivers/drv:moved:uploadLocations",
+                    json={"locations": [{"latitude": 48.1, "longitude": 11.6}]},
+                )
+                assert r.status_code == 200, r.text
+            for frames in streams:
+                async with asyncio.timeout(10):
+                    while True:
+                        frame = await anext(frames)
+                        moved = frame.get("data", {}).get("locations", [])
+                        if any(x["driverId"] == "drv:moved" for x in moved):
+                            break
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 @pytest.fixture
