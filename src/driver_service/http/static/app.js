@@ -50,6 +50,11 @@
           if (lastId !== null) h["Last-Event-ID"] = lastId;
           const response = await fetch(path, { headers: h, signal: controller.signal, cache: "no-store" });
           if (response.status === 401) { askToken(); return; }
+          if (response.status === 403) { // retrying cannot help: the token lacks a scope
+            const body = await response.json().catch(() => ({}));
+            setStatus((body.error && body.error.message) || "forbidden: " + path);
+            return;
+          }
           if (!response.ok) throw new Error("HTTP " + response.status);
           const reader = response.body.getReader();
           const decoder = new TextDecoder();
