@@ -279,6 +279,14 @@ async def test_bodies_bad_json_wrong_type_too_large_unknown_fields(door: HttpFix
         assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
         r = await http.post(url, content=b"{}")
         assert r.status_code == 415  # no content type at all
+        for other in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                      "application/jsonx", "text/json"):  # fmt: skip
+            r = await http.post(url, content=b"{}", headers={"content-type": other})
+            assert r.status_code == 415, other  # a form post from another site never counts
+            assert r.headers["content-type"] == "application/json"
+        r = await http.post(url, json={"locations": []}, headers={
+            "content-type": "Application/JSON; charset=utf-8"})  # fmt: skip
+        assert r.status_code == 200, r.text
         big = json.dumps({"locations": [loc()] * 30_000}).encode()
         assert len(big) > 1024 * 1024
         r = await http.post(url, content=big, headers=_JSON)
