@@ -162,6 +162,24 @@ LATITUDE = r'^data: \{"driverId":"drv-slow","latitude":([0-9.]+)'
 UPDATES = 1_000  # ~185 KB of location frames: twice what the sockets hold once shrunk
 
 
+async def stall_while_moving(
+    http: httpx.AsyncClient, reader: StallingReader, driver_id: str, pattern: str, baseline: float
+) -> tuple[list[float], float]:
+    """Move `driver_id` UPDATES times while `reader` does not read; check ingestion kept its
+    pace (`baseline`: 100 uploads' time); then read until the newest. Returns every latitude
+    `pattern` found in the stream, and the newest sent."""
+    lats = [50.0 + (i + 1) * 1e-5 for i in range(UPDATES)]
+    stalled = await timed_uploads(http, driver_id, lats)
+    # Ingestion did not wait for the reader: about as fast per update as before.
+    assert stalled / UPDATES < 3 * baseline / 100 + 0.005, (stalled, baseline)
+    # The newest fix acknowledged (an upload answers after its commit); a commit publishes
+    # each driver's newest fix, so wait for one at least as new.
+    seen: list[str] = []
+    while not seen or float(seen[-1]) < lats[-1]:
+        seen = await reader.read_until(pattern, len(seen) + 1)
+    return [float(x) for x in seen], lats[-1]
+
+
 async def test_slow_reader_of_live_locations_gets_the_newest_and_never_slows_ingestion(
     door: HttpFixture,
 ) -> None:
@@ -179,20 +197,10 @@ async def test_slow_reader_of_live_locations_gets_the_newest_and_never_slows_ing
         try:
             assert await reader.read_until(LATITUDE) == ["50.0"]
             reader.shrink_server_buffer(door)
-            # Not reading from here on.
-            lats = [50.0 + (i + 1) * step for i in range(UPDATES)]
-            stalled = await timed_uploads(http, "drv-slow", lats)
-            # Ingestion did not wait for the reader: about as fast per update as before.
-            assert stalled / UPDATES < 3 * baseline / 100 + 0.005, (stalled, baseline)
-            # The newest fix acknowledged (an upload answers after its commit); a commit
-            # publishes each driver's newest fix, so wait for one at least as new.
-            newest = lats[-1]
-            seen: list[str] = []
-            while not seen or float(seen[-1]) < newest:
-                seen = await reader.read_until(LATITUDE, len(seen) + 1)
+            seen, newest = await stall_while_moving(http, reader, "drv-slow", LATITUDE, baseline)
         finally:
             reader.close()
-    received = [float(x) for x in seen[1:]]
+    received = seen[1:]
     assert received == sorted(received)  # in order, oldest first
     assert received[-1] == newest
     # What the sockets held when they pushed back, then the 16 buffered: not all 1,000.
@@ -260,3 +268,31 @@ async def test_a_resume_past_the_retained_log_is_out_of_range_as_over_grpc(
         assert (r.status_code, body["status"], body["message"]) == (
             400, "OUT_OF_RANGE", refused.value.details()
         )  # fmt: skip
+
+
+FLEET_LATITUDE = r'"driverId":"drv-slow-map","latitude":([0-9.]+)'
+
+
+async def test_slow_reader_of_the_fleet_stream_gets_each_drivers_newest(
+    door: HttpFixture,
+) -> None:
+    """A map that stops reading while a driver moves 1,000 times: ingestion keeps its pace,
+    the server keeps one position per driver for it (the bus coalesces), and when it reads
+    again the newest comes after no more than what the sockets already held."""
+    token = door.token()
+    step = 1e-5
+    async with door.client(token) as http:
+        await upload(http, "drv-slow-map", 50.0)
+        baseline = await timed_uploads(http, "drv-base", [50.0 + i * step for i in range(100)])
+        reader = await asyncio.to_thread(StallingReader, door, token, "/v1/fleet:stream")
+        try:
+            await reader.read_until(r"^event: (ready)")
+            reader.shrink_server_buffer(door)
+            received, newest = await stall_while_moving(
+                http, reader, "drv-slow-map", FLEET_LATITUDE, baseline
+            )
+        finally:
+            reader.close()
+    assert received == sorted(received)
+    assert received[-1] == newest
+    assert len(received) < UPDATES * 3 // 4, len(received)
