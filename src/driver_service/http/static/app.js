@@ -188,27 +188,35 @@
   function followFleet() {
     if (state.fleetStream) state.fleetStream.stop();
     let pending = null; // changes held back while the listing is read
+    let generation = 0; // a reconnect lists again; an older listing still running gives way
     async function list() {
-      pending = [];
+      const mine = ++generation;
+      pending = pending || [];
       const listed = new Map();
       let token = "";
+      let complete = false;
       try {
         do {
           const q = new URLSearchParams({ page_size: PAGE_SIZE });
           if (token) q.set("page_token", token);
           const page = await api("/v1/drivers?" + q);
+          if (mine !== generation) return;
           for (const d of page.drivers || []) listed.set(d.driverId, d);
           token = page.nextPageToken || "";
         } while (token);
+        complete = true;
       } catch (error) { setStatus("fleet: " + error.message); }
-      for (const [id, marker] of state.markers) {
-        if (!listed.has(id)) { marker.remove(); state.markers.delete(id); state.drivers.delete(id); }
+      if (mine !== generation) return;
+      if (complete) { // a driver gone from the store (erased) goes from the map too
+        for (const [id, marker] of state.markers) {
+          if (!listed.has(id)) { marker.remove(); state.markers.delete(id); state.drivers.delete(id); }
+        }
       }
       for (const d of listed.values()) {
         const t = d.locatedAt ? Date.parse(d.locatedAt) : 0;
         update(d.driverId, { status: d.status, stale: !!d.stale, located: !!d.locatedAt, latitude: d.latitude, longitude: d.longitude, locT: t });
       }
-      const held = pending;
+      const held = pending || [];
       pending = null;
       for (const [kind, body] of held) apply(kind, body);
       countLine();
