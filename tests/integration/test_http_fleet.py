@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from driver_service.app.fanout import MemoryBus
 from driver_service.app.fleet import MAX_PAGE_SIZE, encode_page_token
 from driver_service.security.tokens import SCOPE_DISPATCH, SCOPE_READ
 from tests.helpers.http_server import HttpFixture, http_server, sse_frames
@@ -192,3 +193,37 @@ async def test_the_fleet_stream_carries_every_drivers_moves_and_status_changes_l
             await door.stop(5)
             await asyncio.wait_for(reader, 5)  # ended by the server, not cut
         assert got[-1].get("event") == "end"
+
+
+async def _first_event(frames: AsyncIterator[dict[str, Any]]) -> str:
+    async for frame in frames:
+        if "event" in frame:
+            return str(frame["event"])
+    raise AssertionError("the stream ended without an event")
+
+
+def _memory_bus(door: HttpFixture) -> MemoryBus:
+    bus: Any = door.running.tracking.bus
+    while not isinstance(bus, MemoryBus):
+        bus = bus.inner  # the metrics and dispatch-index wrappers
+    return bus
+
+
+async def test_a_fleet_stream_leaves_no_subscription_behind(door: HttpFixture) -> None:
+    """However a client leaves (after reading, before reading a byte, at shutdown), the
+    bus's fleet subscription goes with it: nothing keeps collecting for a gone map."""
+    bus = _memory_bus(door)
+    async with door.client(door.token()) as http:
+        async with http.stream("GET", "/v1/fleet:stream") as r:
+            assert await _first_event(sse_frames(r)) == "ready"
+            assert len(bus._fleet) == 1
+        async with http.stream("GET", "/v1/fleet:stream") as r:
+            assert r.status_code == 200  # and gone without reading a byte
+        deadline = time.monotonic() + 5
+        while bus._fleet:
+            assert time.monotonic() < deadline, f"{len(bus._fleet)} fleet subscriptions left"
+            await asyncio.sleep(0.02)
+        async with http.stream("GET", "/v1/fleet:stream") as r:
+            assert await _first_event(sse_frames(r)) == "ready"
+            await door.stop(5)
+    assert not bus._fleet
