@@ -181,7 +181,7 @@ async def test_markers_appear_and_move_trail_and_zones(
     async with door.client(token) as http:  # live, over the fleet stream: OFFLINE turns grey
         r = await http.post("/v1/drivers/drv-m2:setStatus", json={"newStatus": "OFFLINE"})
         assert r.status_code == 200, r.text
-    await _until(lambda: _look(browser, "drv-m2") == ("OFFLINE", GREY, "0"), 1, "drv-m2 grey")
+    await _until(lambda: _look(browser, "drv-m2") == ("OFFLINE", GREY, "0"), 3, "drv-m2 grey")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await asyncio.to_thread(browser.save_screenshot, str(SCREENSHOT))
 
@@ -196,13 +196,13 @@ async def test_markers_appear_and_move_trail_and_zones(
         r = await http.post("/v1/locations:batchUpload", json={"locations": crowd})
         assert r.json()["persistedCount"] == len(crowd), r.text
     total = len(crowd) + 5  # drv-off, drv-old, drv-busy, drv-m1, drv-m2
-    await _until(lambda: _marker_count(browser) == total, 5, f"{total} markers")
+    await _until(lambda: _marker_count(browser) == total, 15, f"{total} markers")
     assert _look(browser, "drv-far") == ("AVAILABLE", GREEN, "0")
     assert _look(browser, "drv-c1049") == ("AVAILABLE", GREEN, "0")
 
     # A reload lists them all again, in pages of 1,000 (GET /v1/drivers).
     await asyncio.to_thread(browser.refresh)
-    await _until(lambda: _marker_count(browser) == total, 10, f"{total} markers after a reload")
+    await _until(lambda: _marker_count(browser) == total, 20, f"{total} markers after a reload")
     assert _look(browser, "drv-m2") == ("OFFLINE", GREY, "0")
 
 
