@@ -42,7 +42,7 @@ import fnmatch
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from driver_service.domain.errors import InvalidInput
@@ -120,14 +120,31 @@ class Visit:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """Why a driver's next fixes may change nothing but its times: its visits are what the
+    tracker made of `where` against the index `index_token`, and no timer of theirs (settle,
+    dwell) fires before `until_ns`. A fix at the same `where`, against the same index and
+    before `until_ns`, then leaves every visit as it is and causes no event (see
+    `ZoneTracker.on_location`), so the tracker skips its per-zone loop."""
+
+    index_token: int
+    where: Mapping[str, Where]
+    until_ns: float
+
+
+@dataclass(frozen=True, slots=True)
 class TrackerState:
-    """What the tracker remembers of one driver between updates; stored with the driver."""
+    """What the tracker remembers of one driver between updates; stored with the driver.
+
+    `settled` is a memo kept in memory only (not stored, not compared): a state read back
+    from its JSON has none, and its next fix takes the full path."""
 
     last_fix_ns: int | None = None
     last_seen_ns: int | None = None
     online: bool = False
     status: Status | None = None
     visits: tuple[Visit, ...] = ()
+    settled: Settled | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
         """Compact JSON (version 1), stable key order: the form stored beside the driver."""
@@ -182,11 +199,25 @@ class ZoneTracker:
         ``zones.locate(lat, lon)`` when the caller computed it already (``locate_many`` over a
         commit group); otherwise it is computed here."""
         t = location.recorded_at_ns
-        if state.last_fix_ns is not None and t <= state.last_fix_ns:
+        last_fix = state.last_fix_ns
+        if last_fix is not None and t <= last_fix:
             return state, ()
         if where is None:
             where = zones.locate(location.latitude, location.longitude)
         status = state.status or INITIAL_STATUS
+        seen = state.last_seen_ns
+        settled = state.settled
+        if (
+            settled is not None
+            and t < settled.until_ns
+            and state.online
+            and settled.index_token == zones.token
+            and settled.where == where
+        ):
+            # The same place relative to every zone as at the fix that made these visits,
+            # and no timer due: the per-zone loop would return every visit unchanged.
+            new_seen = t if seen is None or t > seen else seen
+            return TrackerState(t, new_seen, True, status, state.visits, settled), ()
         online: list[Event] = []
         if not state.online:
             online.append(
@@ -204,6 +235,9 @@ class ZoneTracker:
             EventType.ZONE_DWELL: [],
         }
         visits: list[Visit] = []
+        #: The first fix time at which a kept visit's timer (settle, dwell) may fire.
+        until: float = math.inf
+        settle_ns = self.settle_ns
         previous = {v.zone_id: v for v in state.visits}
         for zone_id in sorted(previous.keys() | where.keys()):
             visit = previous.get(zone_id)
@@ -227,16 +261,18 @@ class ZoneTracker:
             visit, kinds = self._advance(visit, zone, here, t)
             if visit is not None:
                 visits.append(visit)
+                until = min(until, _next_timer(visit, zone.dwell_ns, settle_ns))
             for kind in kinds:
                 groups[kind].append(
                     Event(kind, location.driver_id, t, zone_id, zone.version, location)
                 )
         new_state = TrackerState(
             last_fix_ns=t,
-            last_seen_ns=t if state.last_seen_ns is None else max(t, state.last_seen_ns),
+            last_seen_ns=t if seen is None else max(t, seen),
             online=True,
             status=status,
             visits=tuple(visits),
+            settled=Settled(zones.token, where, until),
         )
         return new_state, (*online, *(e for group in groups.values() for e in group))
 
@@ -304,6 +340,19 @@ class ZoneTracker:
             )
         seen = at_ns if state.last_seen_ns is None else max(at_ns, state.last_seen_ns)
         return replace(state, online=True, status=status, last_seen_ns=seen), tuple(events)
+
+
+def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:
+    """The first fix time at which `visit` may change at the same place: settled in (not
+    entered yet), settled out (outside in the band), or its dwell due; inf if none."""
+    if not visit.entered:
+        return visit.since_ns + settle_ns
+    until = math.inf
+    if visit.outside_since_ns is not None:
+        until = visit.outside_since_ns + settle_ns
+    if not visit.dwelled and dwell_ns > 0:
+        until = min(until, visit.since_ns + dwell_ns)
+    return until
 
 
 def sweep_stale(

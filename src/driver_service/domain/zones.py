@@ -50,6 +50,7 @@ WKB (`PolygonShape.to_prepared`), so loading 10,000 zones at start-up reads them
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import math
 import re
@@ -473,6 +474,8 @@ def _polygonal(geometry: shapely.Geometry) -> Polygon | MultiPolygon:
 
 # --- The index ---------------------------------------------------------------------------------
 
+_TOKENS = itertools.count(1)
+
 
 class ZoneIndex:
     """An immutable set of zones with an STRtree over their band envelopes.
@@ -492,9 +495,13 @@ class ZoneIndex:
         "_raw",
         "_tree",
         "_zones",
+        "token",
     )
 
     def __init__(self, zones: Iterable[Zone] = ()) -> None:
+        #: Unique to this index in the process (ids of dead objects are reused; this is not):
+        #: what a memo made against it (events.Settled) is checked with.
+        self.token: int = next(_TOKENS)
         by_id: dict[str, Zone] = {}
         for zone in zones:
             if zone.zone_id in by_id:
