@@ -41,7 +41,7 @@ import enum
 import fnmatch
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -206,75 +206,88 @@ class ZoneTracker:
             where = zones.locate(location.latitude, location.longitude)
         status = state.status or INITIAL_STATUS
         seen = state.last_seen_ns
+        new_seen = t if seen is None or t > seen else seen
         settled = state.settled
+        token = zones.token
         if (
             settled is not None
             and t < settled.until_ns
             and state.online
-            and settled.index_token == zones.token
+            and settled.index_token == token
             and settled.where == where
         ):
             # The same place relative to every zone as at the fix that made these visits,
             # and no timer due: the per-zone loop would return every visit unchanged.
-            new_seen = t if seen is None or t > seen else seen
-            return TrackerState(t, new_seen, True, status, state.visits, settled), ()
-        online: list[Event] = []
+            return _online_state(t, new_seen, status, state.visits, settled), ()
+        driver_id = location.driver_id
+        visits, until, caused = self._visit_zones(state.visits, location, zones, where)
+        new_state = _online_state(t, new_seen, status, tuple(visits), Settled(token, where, until))
+        events: list[Event] = []
         if not state.online:
-            online.append(
-                Event(
-                    EventType.DRIVER_ONLINE,
-                    location.driver_id,
-                    t,
-                    location=location,
-                    new_status=status,
-                )
-            )
-        groups: dict[EventType, list[Event]] = {
-            EventType.ZONE_EXIT: [],
-            EventType.ZONE_ENTER: [],
-            EventType.ZONE_DWELL: [],
-        }
+            online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
+            events.append(online)
+        if caused:
+            caused.sort(key=_by_rank)  # stable: each group stays in zone id order
+            events.extend(event for _, event in caused)
+        return new_state, tuple(events)
+
+    def _visit_zones(
+        self,
+        before: tuple[Visit, ...],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+        """Every zone's visit after `location` (sorted by zone id), the first fix time at
+        which a kept visit's timer (settle, dwell) may fire, and the zone events as
+        (rank, event): exits, then enters, then dwells, each in zone id order."""
+        t = location.recorded_at_ns
+        driver_id = location.driver_id
+        caused: list[tuple[int, Event]] = []
         visits: list[Visit] = []
-        #: The first fix time at which a kept visit's timer (settle, dwell) may fire.
         until: float = math.inf
         settle_ns = self.settle_ns
-        previous = {v.zone_id: v for v in state.visits}
+        zone_of = zones.get
+        previous = {v.zone_id: v for v in before}
         for zone_id in sorted(previous.keys() | where.keys()):
             visit = previous.get(zone_id)
-            zone = zones.get(zone_id)
+            zone = zone_of(zone_id)
             if zone is None:  # deleted since the last update
                 if visit is not None and visit.entered:
-                    groups[EventType.ZONE_EXIT].append(
-                        Event(
-                            EventType.ZONE_EXIT,
-                            location.driver_id,
-                            t,
-                            zone_id,
-                            visit.zone_version,
-                            location,
-                            zone_deleted=True,
-                        )
+                    exit_ = Event(
+                        _EXIT,
+                        driver_id,
+                        t,
+                        zone_id,
+                        visit.zone_version,
+                        location,
+                        zone_deleted=True,
                     )
+                    caused.append((0, exit_))
                 continue
-
-            here = where.get(zone_id, Where.OUTSIDE)
+            here = where.get(zone_id, _OUTSIDE)
+            dwell_ns = zone.dwell_ns
+            if (
+                visit is not None
+                and here >= _INSIDE_BAND
+                and visit.entered
+                and visit.outside_since_ns is None
+                and visit.zone_version == zone.version
+                and (visit.dwelled or dwell_ns <= 0 or t < visit.since_ns + dwell_ns)
+            ):
+                # Inside a zone already entered, as most fixes are, and no dwell due.
+                visits.append(visit)
+                if not visit.dwelled and dwell_ns > 0:
+                    until = min(until, visit.since_ns + dwell_ns)
+                continue
             visit, kinds = self._advance(visit, zone, here, t)
             if visit is not None:
                 visits.append(visit)
-                until = min(until, _next_timer(visit, zone.dwell_ns, settle_ns))
+                until = min(until, _next_timer(visit, dwell_ns, settle_ns))
             for kind in kinds:
-                groups[kind].append(
-                    Event(kind, location.driver_id, t, zone_id, zone.version, location)
-                )
-        new_state = TrackerState(
-            last_fix_ns=t,
-            last_seen_ns=t if seen is None else max(t, seen),
-            online=True,
-            status=status,
-            visits=tuple(visits),
-            settled=Settled(zones.token, where, until),
-        )
-        return new_state, (*online, *(e for group in groups.values() for e in group))
+                event = Event(kind, driver_id, t, zone_id, zone.version, location)
+                caused.append((_RANK[kind], event))
+        return visits, until, caused
 
     def _advance(
         self, visit: Visit | None, zone: Zone, here: Where, t: int
@@ -340,6 +353,50 @@ class ZoneTracker:
             )
         seen = at_ns if state.last_seen_ns is None else max(at_ns, state.last_seen_ns)
         return replace(state, online=True, status=status, last_seen_ns=seen), tuple(events)
+
+
+_OUTSIDE = Where.OUTSIDE
+_INSIDE_BAND = Where.INSIDE_BAND
+_EXIT = EventType.ZONE_EXIT
+_ONLINE = EventType.DRIVER_ONLINE
+#: Where a zone event comes among one update's zone events.
+_RANK = {EventType.ZONE_EXIT: 0, EventType.ZONE_ENTER: 1, EventType.ZONE_DWELL: 2}
+
+
+def _by_rank(item: tuple[int, Event]) -> int:
+    return item[0]
+
+
+def _slot_setter(name: str) -> Callable[[object, object], None]:
+    """The setter of a TrackerState slot (a member descriptor): sets the field even though
+    the class is frozen, as the dataclass's own __init__ does."""
+    setter: Callable[[object, object], None] = TrackerState.__dict__[name].__set__
+    return setter
+
+
+_new_object = object.__new__
+_SET_FIX = _slot_setter("last_fix_ns")
+_SET_SEEN = _slot_setter("last_seen_ns")
+_SET_ONLINE = _slot_setter("online")
+_SET_STATUS = _slot_setter("status")
+_SET_VISITS = _slot_setter("visits")
+_SET_SETTLED = _slot_setter("settled")
+
+
+def _online_state(
+    fix_ns: int, seen_ns: int, status: Status, visits: tuple[Visit, ...], settled: Settled
+) -> TrackerState:
+    """`TrackerState(fix_ns, seen_ns, True, status, visits, settled)` at less than half the
+    cost (a frozen dataclass's __init__ sets each field through object.__setattr__; this
+    uses the slots' own setters): made once per accepted update."""
+    state: TrackerState = _new_object(TrackerState)
+    _SET_FIX(state, fix_ns)
+    _SET_SEEN(state, seen_ns)
+    _SET_ONLINE(state, True)
+    _SET_STATUS(state, status)
+    _SET_VISITS(state, visits)
+    _SET_SETTLED(state, settled)
+    return state
 
 
 def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:
