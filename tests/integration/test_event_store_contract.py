@@ -146,6 +146,47 @@ async def test_a_zone_change_counts_from_the_next_update(repo: Any) -> None:
     assert (last.type, last.zone_deleted) == (EventType.ZONE_EXIT, True)
 
 
+async def test_a_reopened_store_times_offline_from_the_last_fix_seen(store: Store) -> None:
+    # Fixes that change nothing but the times (inside the zone, entered already) may leave
+    # the stored tracker state as it was (SQLite writes it only when more changed): after a
+    # restart the tracker still knows the newest fix and when the driver was last seen.
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.create_zone(circle_zone(), 1)
+        await repo.record_locations([fix("d1", 0, lat=52.0)])
+        for t_s in (10, 20, 30):
+            await repo.record_locations([fix("d1", t_s, lat=52.0)])
+        assert len(await types_of(repo)) == 2  # online, enter
+    finally:
+        await repo.close()
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.record_locations([fix("d1", 25, lat=52.0)])  # older than the newest: history
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 0  # seen at 30 s: not stale
+        assert await repo.sweep_offline(T0 + 61 * S, 30 * S) == 1
+        offline = (await repo.read_events(0, 100))[-1].event
+        assert (offline.type, offline.at_ns) == (EventType.DRIVER_OFFLINE, T0 + 60 * S)
+        await repo.record_locations([fix("d1", 90, lat=52.0)])
+        assert (await types_of(repo))[-1] == ("driver.online", "d1", "")
+        assert len(await types_of(repo)) == 4  # back online inside: no second enter
+    finally:
+        await repo.close()
+
+
+async def test_many_events_of_one_commit_get_ids_in_order(repo: Any) -> None:
+    # 150 drivers coming online inside a zone in one commit: 300 events, written in rows of
+    # many per statement, with ids in the order the tracker produced them.
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix(f"d{i:03}", 0, lat=52.0) for i in range(150)])
+    logged = await repo.read_events(0, 1000)
+    assert [(e.event.type.value, e.event.driver_id) for e in logged] == [
+        (kind, f"d{i:03}") for i in range(150) for kind in ("driver.online", "zone.enter")
+    ]
+    ids = [e.event_id for e in logged]
+    assert ids == list(range(ids[0], ids[0] + 300))
+    assert await repo.last_event_id() == ids[-1]
+
+
 def postgres_replica(url: str) -> Awaitable[PostgresRepository]:
     return PostgresRepository.open(url, min_size=1, max_size=8, evaluator=ZoneEvaluator())
 

@@ -182,6 +182,23 @@ class TrackerState:
 NEW_DRIVER = TrackerState()
 
 
+def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
+    """Whether `after` differs from `before` in its fix and last-seen times at most: a store
+    that keeps those times in the driver's own row (the newest fix's time and last seen are
+    the same numbers) need not write the state again."""
+    return (
+        before is not None
+        and before.visits == after.visits
+        and before.online == after.online
+        and before.status == after.status
+    )
+
+
+def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
+    """`state` with the fix and last-seen times its driver's row holds (see stored_alike)."""
+    return replace(state, last_fix_ns=fix_ns, last_seen_ns=seen_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneTracker:
     """Derives a driver's events from its updates (see the module docstring for the rules)."""

@@ -574,12 +574,15 @@ class ZoneIndex:
         levels = np.zeros(point_of.size, dtype=np.int8)
         polygon = self._is_polygon[box_of]
         if polygon.any():
-            p, b = point_of[polygon], box_of[polygon]
-            x, y = lons[p], lats[p]
-            outer = shapely.intersects_xy(self._outer[b], x, y)
-            raw = outer & shapely.intersects_xy(self._raw[b], x, y)
-            inner = raw & shapely.intersects_xy(self._inner[b], x, y)
-            levels[polygon] = outer.astype(np.int8) + raw + inner
+            # From the band outside inwards, each test only for the pairs inside the last:
+            # most candidates (by envelope) are outside the band, and need one test.
+            at = np.flatnonzero(polygon)
+            for geometries in (self._outer, self._raw, self._inner):
+                p = point_of[at]
+                at = at[shapely.intersects_xy(geometries[box_of[at]], lons[p], lats[p])]
+                levels[at] += 1
+                if not at.size:
+                    break
         circle = ~polygon
         if circle.any():
             p, b = point_of[circle], box_of[circle]
@@ -590,11 +593,11 @@ class ZoneIndex:
             )
         owners = self._owners
         wheres = _WHERES
+        near = levels > 0
         for point, box, level in zip(
-            point_of.tolist(), box_of.tolist(), levels.tolist(), strict=True
+            point_of[near].tolist(), box_of[near].tolist(), levels[near].tolist(), strict=True
         ):
-            if level:
-                found[point][owners[box]] = wheres[level]
+            found[point][owners[box]] = wheres[level]
         return found
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
