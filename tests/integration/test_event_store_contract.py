@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.postgres.repository import _STALE_CANDIDATES, PostgresRepository
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.domain import Location, Status
@@ -185,6 +185,24 @@ async def test_many_events_of_one_commit_get_ids_in_order(repo: Any) -> None:
     ids = [e.event_id for e in logged]
     assert ids == list(range(ids[0], ids[0] + 300))
     assert await repo.last_event_id() == ids[-1]
+
+
+async def test_the_offline_sweep_reads_the_drivers_online_by_index(postgres_url: str) -> None:
+    # PostgreSQL migration 6: the sweep's candidate query can use the partial index of the
+    # drivers online (the planner is told to avoid a scan, which it may still pick for a
+    # small table): it is indexable, where a LIKE on every row was not.
+    repo = await postgres_replica(postgres_url)
+    try:
+        await repo.record_locations([fix(f"d{i}", 0) for i in range(20)])
+        async with repo._pool.acquire() as con, con.transaction():
+            await con.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(
+                row[0] for row in await con.fetch("EXPLAIN " + _STALE_CANDIDATES, T0 + 60 * S)
+            )
+        assert "drivers_online" in plan, plan
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 20
+    finally:
+        await repo.close()
 
 
 def postgres_replica(url: str) -> Awaitable[PostgresRepository]:
