@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driver_service.domain import InvalidInput, Location, Status
+from driver_service.domain import events as events_module
 from driver_service.domain.events import (
     DEFAULT_SETTLE_NS,
     NEW_DRIVER,
@@ -381,6 +383,23 @@ def test_the_memo_is_not_used_against_another_index() -> None:
     changed = SQUARE.with_zone(square_zone(dwell_s=10, version=2))
     state, events = tracker.on_location(state, fix(500, 500, 20), changed)
     assert [(e.type, e.zone_version) for e in events] == [(DWELL, 2)]
+
+
+def test_the_fast_constructors_set_every_field_as_the_dataclasses_do() -> None:
+    # The tracker builds its states, visits and zone events through the slots' setters; a
+    # field added to one of them and not to its builder fails here (equality reads them all).
+    location = fix(0, 0, 0)
+    built = events_module._new_event(ENTER, "d1", T0, "z", 3, location)
+    assert built == Event(ENTER, "d1", T0, "z", 3, location)
+    assert hash(built) == hash(Event(ENTER, "d1", T0, "z", 3, location))
+    visit = events_module._new_visit("z", True, T0, 2, True, T0 + 1)
+    assert visit == Visit("z", True, T0, 2, True, T0 + 1)
+    memo = events_module.Settled(0, {}, 0.0)
+    state = events_module._online_state(T0, T0 + 1, Status.BUSY, (visit,), memo)
+    assert state == TrackerState(T0, T0 + 1, True, Status.BUSY, (visit,))
+    assert len(fields(Event)) == 9
+    assert len(fields(Visit)) == 6
+    assert len(fields(TrackerState)) == 6
 
 
 _PLACES = [(-100.0, 500.0), (-10.0, 500.0), (10.0, 500.0), (500.0, 500.0), (990.0, 500.0),

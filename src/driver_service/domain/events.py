@@ -302,7 +302,7 @@ class ZoneTracker:
                 visits.append(visit)
                 until = min(until, _next_timer(visit, dwell_ns, settle_ns))
             for kind in kinds:
-                event = Event(kind, driver_id, t, zone_id, zone.version, location)
+                event = _new_event(kind, driver_id, t, zone_id, zone.version, location)
                 caused.append((_RANK[kind], event))
         return visits, until, caused
 
@@ -329,11 +329,14 @@ class ZoneTracker:
             outside_since = t
         dwell_ns = zone.dwell_ns
         if not visit.dwelled and dwell_ns > 0 and t - visit.since_ns >= dwell_ns:
-            dwelled = Visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
+            dwelled = _new_visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
             return dwelled, (EventType.ZONE_DWELL,)
         if outside_since == previous_outside and visit.zone_version == version:
             return visit, ()
-        return Visit(visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since), ()
+        kept = _new_visit(
+            visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since
+        )
+        return kept, ()
 
     def _settle(
         self, visit: Visit | None, zone: Zone, here: Where, t: int
@@ -343,10 +346,10 @@ class ZoneTracker:
             return None, ()  # left the band before settling: nothing happened
         since = t if visit is None else visit.since_ns
         if here is Where.INSIDE or t - since >= self.settle_ns:
-            return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
+            return _new_visit(zone.zone_id, True, t, zone.version, False, None), _ENTERED
         if visit is not None and visit.zone_version == zone.version:
             return visit, ()
-        return Visit(zone.zone_id, False, since, zone.version), ()
+        return _new_visit(zone.zone_id, False, since, zone.version, False, None), ()
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int
@@ -380,24 +383,85 @@ _ONLINE = EventType.DRIVER_ONLINE
 _RANK = {EventType.ZONE_EXIT: 0, EventType.ZONE_ENTER: 1, EventType.ZONE_DWELL: 2}
 
 
+_ENTERED = (EventType.ZONE_ENTER,)
+
+
 def _by_rank(item: tuple[int, Event]) -> int:
     return item[0]
 
 
-def _slot_setter(name: str) -> Callable[[object, object], None]:
-    """The setter of a TrackerState slot (a member descriptor): sets the field even though
-    the class is frozen, as the dataclass's own __init__ does."""
-    setter: Callable[[object, object], None] = TrackerState.__dict__[name].__set__
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The setter of a slot of a frozen dataclass (a member descriptor): sets the field even
+    though the class is frozen, as the dataclass's own __init__ does."""
+    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
     return setter
 
 
 _new_object = object.__new__
-_SET_FIX = _slot_setter("last_fix_ns")
-_SET_SEEN = _slot_setter("last_seen_ns")
-_SET_ONLINE = _slot_setter("online")
-_SET_STATUS = _slot_setter("status")
-_SET_VISITS = _slot_setter("visits")
-_SET_SETTLED = _slot_setter("settled")
+_SET_FIX = _slot_setter(TrackerState, "last_fix_ns")
+_SET_SEEN = _slot_setter(TrackerState, "last_seen_ns")
+_SET_ONLINE = _slot_setter(TrackerState, "online")
+_SET_STATUS = _slot_setter(TrackerState, "status")
+_SET_VISITS = _slot_setter(TrackerState, "visits")
+_SET_SETTLED = _slot_setter(TrackerState, "settled")
+_SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
+_SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
+_SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
+_SET_VISIT_VERSION = _slot_setter(Visit, "zone_version")
+_SET_VISIT_DWELLED = _slot_setter(Visit, "dwelled")
+_SET_VISIT_OUTSIDE = _slot_setter(Visit, "outside_since_ns")
+_SET_EVENT_TYPE = _slot_setter(Event, "type")
+_SET_EVENT_DRIVER = _slot_setter(Event, "driver_id")
+_SET_EVENT_AT = _slot_setter(Event, "at_ns")
+_SET_EVENT_ZONE = _slot_setter(Event, "zone_id")
+_SET_EVENT_VERSION = _slot_setter(Event, "zone_version")
+_SET_EVENT_LOCATION = _slot_setter(Event, "location")
+_SET_EVENT_OLD = _slot_setter(Event, "old_status")
+_SET_EVENT_NEW = _slot_setter(Event, "new_status")
+_SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
+
+
+def _new_visit(
+    zone_id: str,
+    entered: bool,
+    since_ns: int,
+    zone_version: int,
+    dwelled: bool,
+    outside_since_ns: int | None,
+) -> Visit:
+    """`Visit(...)` with every field given, through the slots' setters (see _online_state):
+    a fleet crossing zones makes one for every zone it enters."""
+    visit: Visit = _new_object(Visit)
+    _SET_VISIT_ZONE(visit, zone_id)
+    _SET_VISIT_ENTERED(visit, entered)
+    _SET_VISIT_SINCE(visit, since_ns)
+    _SET_VISIT_VERSION(visit, zone_version)
+    _SET_VISIT_DWELLED(visit, dwelled)
+    _SET_VISIT_OUTSIDE(visit, outside_since_ns)
+    return visit
+
+
+def _new_event(
+    kind: EventType,
+    driver_id: str,
+    at_ns: int,
+    zone_id: str,
+    zone_version: int,
+    location: Location,
+) -> Event:
+    """`Event(kind, driver_id, at_ns, zone_id, zone_version, location)` through the slots'
+    setters (see _online_state): the zone events of an update."""
+    event: Event = _new_object(Event)
+    _SET_EVENT_TYPE(event, kind)
+    _SET_EVENT_DRIVER(event, driver_id)
+    _SET_EVENT_AT(event, at_ns)
+    _SET_EVENT_ZONE(event, zone_id)
+    _SET_EVENT_VERSION(event, zone_version)
+    _SET_EVENT_LOCATION(event, location)
+    _SET_EVENT_OLD(event, None)
+    _SET_EVENT_NEW(event, None)
+    _SET_EVENT_DELETED(event, False)
+    return event
 
 
 def _online_state(
