@@ -14,6 +14,13 @@ cpu      (twice: drivers moving ~10 m per update, as they drive, --per-driver up
          polygons, 30 % circles, in a 100 km square around Berlin), alternating which runs
          first. The figure is CPU seconds of the whole process (every thread) per update,
          median over the repeats; "added" is with-zones minus without, as a share of without.
+instructions  (--instructions; needs valgrind) the same updates as cpu, in a child process
+         under callgrind with instrumentation on only while they are offered and committed
+         (start-up, loading the zones and the first commit are not counted): instructions
+         per update, with no zones and with --zones zones, driving and teleporting. Repeats
+         within ~1 % whatever else loads the machine, where the CPU time above moves by
+         ±30 %; instructions are not time (GEOS and the interpreter differ in cycles per
+         instruction), so both are reported.
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
@@ -27,8 +34,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import astuple
@@ -37,6 +47,7 @@ from typing import Any
 
 import grpc
 
+from bench.common import PYTHON, ROOT
 from bench.ingest import update
 from bench.zone_index import make_zones
 from driver_service._gen.driver.v1 import driver_pb2 as pb
@@ -85,10 +96,17 @@ def driving(i: int, base_ns: int, drivers: int = 10_000) -> pb.LocationUpdate:
     return msg
 
 
+def _callgrind(on: bool) -> None:
+    """Switch this process's callgrind instrumentation on or off (see instructions_part)."""
+    switch = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+    subprocess.run(switch, check=True, capture_output=True)
+
+
 async def _ingest(
-    path: Path, total: int, moving: bool, per_driver: int
+    path: Path, total: int, moving: bool, per_driver: int, counted: bool = False
 ) -> tuple[float, int, float]:
-    """(CPU seconds, events logged, seconds of the first commit) for `total` updates."""
+    """(CPU seconds, events logged, seconds of the first commit) for `total` updates;
+    `counted`: under callgrind, instrumented only while the updates after the first go in."""
     base = time.time_ns() - 3600 * S
     drivers = max(1, total // per_driver)
     if moving:
@@ -104,12 +122,16 @@ async def _ingest(
         await first.offer(*rows[0])
         await first.finish()
         startup = time.perf_counter() - t0
+        if counted:
+            _callgrind(True)
         cpu0 = time.process_time()
         upload = tracking.new_upload()
         for row in rows[1:]:
             await upload.offer(*row)
         result = await upload.finish()
         cpu = time.process_time() - cpu0
+        if counted:
+            _callgrind(False)
         assert result.persisted_count == total - 1, result
         return cpu, await repo.last_event_id(), startup
     finally:
@@ -152,6 +174,49 @@ def cpu_part(
         "events_logged": events,
         "first_commit_s_with_zones": statistics.median(startups),
         "create_zones_s": fill_s,
+    }
+
+
+def _instructions(dump: Path) -> int:
+    """The total of a callgrind dump (its `totals:` line; `summary:` is 0 when collection
+    started switched off)."""
+    for line in dump.read_text().splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def instructions_part(
+    work: Path, zones: int, total: int, moving: bool, per_driver: int = 100
+) -> dict[str, Any]:
+    """Instructions per update with no zones and with `zones` zones (one child each)."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return {"skipped": "valgrind missing (Debian: valgrind)"}
+    template = work / "instructions-template.sqlite3"
+    if not template.exists():
+        asyncio.run(_fill(template, make_zones(zones, random.Random(7))))
+    per_update: dict[str, float] = {}
+    for kind in ("none", "zones"):
+        path = work / f"instructions-{kind}.sqlite3"
+        if kind == "zones":
+            shutil.copy(template, path)
+        dump = work / f"callgrind-{kind}.out"
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zones", "--counted-child"]
+        argv += [str(path), "--total", str(total), "--per-driver", str(per_driver)]
+        argv += [] if moving else ["--teleporting"]
+        subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+        per_update[kind] = _instructions(dump) / (total - 1)
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+    added = per_update["zones"] - per_update["none"]
+    return {
+        "updates": total,
+        "updates_per_driver": per_driver if moving else None,
+        "instructions_per_update_no_zones": round(per_update["none"]),
+        "instructions_per_update_with_zones": round(per_update["zones"]),
+        "added_instructions_per_update": round(added),
+        "added_share": added / per_update["none"],
     }
 
 
@@ -227,7 +292,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crossings", type=int, default=500, help="0: skip latency")
     parser.add_argument("--per-driver", type=int, default=100)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per update under callgrind (driving, then teleporting)",
+    )
+    parser.add_argument("--counted-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--teleporting", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.counted_child:  # one store, run by instructions_part under callgrind
+        asyncio.run(
+            _ingest(args.counted_child, args.total, not args.teleporting, args.per_driver, True)
+        )
+        return 0
+    if args.instructions:
+        with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
+            counted = {
+                "driving": instructions_part(
+                    Path(tmp), args.zones, args.total, True, args.per_driver
+                ),
+                "teleporting": instructions_part(Path(tmp), args.zones, args.total, False),
+            }
+        print(json.dumps(counted, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
         result = run(
             Path(tmp), args.repeats, args.zones, args.total, args.crossings, args.per_driver

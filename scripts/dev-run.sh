@@ -19,8 +19,8 @@ if [ ! -f "$SECRET" ]; then
 fi
 TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope drivers:write --scope dispatch \
   --ttl 24h --secret-file "$SECRET")
-# The fleet map reads drivers, nearby search, zones, events and history.
-MAP_TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope dispatch --scope zones \
+# The fleet map reads drivers (the fleet listing and its live feed), zones, events and history.
+MAP_TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope zones \
   --scope events --scope history:read --ttl 24h --secret-file "$SECRET")
 
 cat <<TXT

@@ -67,6 +67,12 @@ class DriverRepository(Protocol):
         own update reaches the derived state anyway)."""
         ...
 
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        """Current state of at most `limit` drivers whose ids sort after `after_id`, by id:
+        one keyset page of the whole fleet, whatever its status or age (a listing resumes
+        after the last id it got; nothing is held open between pages)."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the store cannot serve requests, commits included: health must not say
         SERVING while updates could not be stored (a full disk)."""
@@ -173,12 +179,29 @@ class Subscription(Protocol):
     def close(self) -> None: ...
 
 
+class FleetSubscription(Protocol):
+    """Every driver's locations, coalesced: while the reader is away only each driver's
+    newest is kept, so what waits is bounded by the fleet's size, never by its rate."""
+
+    async def next_batch(self) -> list[Location]:
+        """The newest location of each driver that moved since the last call (waits for one);
+        raises SubscriptionClosed once closed."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class LocationBus(Protocol):
     """Fan-out of accepted current locations to live watchers."""
 
     async def publish(self, locations: Sequence[Location]) -> None: ...
 
     async def subscribe(self, driver_id: str) -> Subscription: ...
+
+    async def subscribe_fleet(self) -> FleetSubscription:
+        """Every location published from now on, of every driver (a live fleet map); costs
+        nothing while no one holds one."""
+        ...
 
     async def ping(self) -> None:
         """Raise if live fan-out is not working (for health checks)."""

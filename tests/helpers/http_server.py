@@ -4,6 +4,7 @@ tokens from a secret, built as production builds it (`start_server`), and client
 from __future__ import annotations
 
 import dataclasses
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -64,11 +65,10 @@ class HttpFixture:
     def client(self, token: str | None = None, **options: Any) -> httpx.AsyncClient:
         """An HTTPS client that trusts the development CA (no client certificate)."""
         return httpx.AsyncClient(
-            base_url=self.base_url,
+            **{"base_url": self.base_url, **options},
             verify=ssl.create_default_context(cafile=str(self.certs.ca_cert)),
             headers=self.headers(token),
             timeout=10,
-            **options,
         )
 
     def channel(self) -> grpc.aio.Channel:
@@ -120,3 +120,18 @@ async def http_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[HttpFix
         yield fixture
     finally:
         await fixture.stop(0)
+
+
+async def sse_frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Each SSE block as {"id", "event", "data"} or {"comment": text}."""
+    block: dict[str, Any] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if block:
+                yield block
+            block = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            key, _, value = line.partition(": ")
+            block[key] = json.loads(value) if key == "data" else value

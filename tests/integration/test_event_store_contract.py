@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.postgres.repository import _STALE_CANDIDATES, PostgresRepository
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.domain import Location, Status
@@ -144,6 +144,65 @@ async def test_a_zone_change_counts_from_the_next_update(repo: Any) -> None:
     await repo.record_locations([fix("d1", 2, lat=52.0)])
     last = (await repo.read_events(0, 100))[-1].event
     assert (last.type, last.zone_deleted) == (EventType.ZONE_EXIT, True)
+
+
+async def test_a_reopened_store_times_offline_from_the_last_fix_seen(store: Store) -> None:
+    # Fixes that change nothing but the times (inside the zone, entered already) may leave
+    # the stored tracker state as it was (SQLite writes it only when more changed): after a
+    # restart the tracker still knows the newest fix and when the driver was last seen.
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.create_zone(circle_zone(), 1)
+        await repo.record_locations([fix("d1", 0, lat=52.0)])
+        for t_s in (10, 20, 30):
+            await repo.record_locations([fix("d1", t_s, lat=52.0)])
+        assert len(await types_of(repo)) == 2  # online, enter
+    finally:
+        await repo.close()
+    repo = await store.open(ZoneEvaluator())
+    try:
+        await repo.record_locations([fix("d1", 25, lat=52.0)])  # older than the newest: history
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 0  # seen at 30 s: not stale
+        assert await repo.sweep_offline(T0 + 61 * S, 30 * S) == 1
+        offline = (await repo.read_events(0, 100))[-1].event
+        assert (offline.type, offline.at_ns) == (EventType.DRIVER_OFFLINE, T0 + 60 * S)
+        await repo.record_locations([fix("d1", 90, lat=52.0)])
+        assert (await types_of(repo))[-1] == ("driver.online", "d1", "")
+        assert len(await types_of(repo)) == 4  # back online inside: no second enter
+    finally:
+        await repo.close()
+
+
+async def test_many_events_of_one_commit_get_ids_in_order(repo: Any) -> None:
+    # 150 drivers coming online inside a zone in one commit: 300 events, written in rows of
+    # many per statement, with ids in the order the tracker produced them.
+    await repo.create_zone(circle_zone(), 1)
+    await repo.record_locations([fix(f"d{i:03}", 0, lat=52.0) for i in range(150)])
+    logged = await repo.read_events(0, 1000)
+    assert [(e.event.type.value, e.event.driver_id) for e in logged] == [
+        (kind, f"d{i:03}") for i in range(150) for kind in ("driver.online", "zone.enter")
+    ]
+    ids = [e.event_id for e in logged]
+    assert ids == list(range(ids[0], ids[0] + 300))
+    assert await repo.last_event_id() == ids[-1]
+
+
+async def test_the_offline_sweep_reads_the_drivers_online_by_index(postgres_url: str) -> None:
+    # PostgreSQL migration 6: the sweep's candidate query can use the partial index of the
+    # drivers online (the planner is told to avoid a scan, which it may still pick for a
+    # small table): it is indexable, where a LIKE on every row was not.
+    repo = await postgres_replica(postgres_url)
+    try:
+        await repo.record_locations([fix(f"d{i}", 0) for i in range(20)])
+        async with repo._pool.acquire() as con, con.transaction():
+            await con.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(
+                row[0] for row in await con.fetch("EXPLAIN " + _STALE_CANDIDATES, T0 + 60 * S)
+            )
+        assert "drivers_online" in plan, plan
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 20
+    finally:
+        await repo.close()
 
 
 def postgres_replica(url: str) -> Awaitable[PostgresRepository]:

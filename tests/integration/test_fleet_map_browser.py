@@ -1,6 +1,8 @@
 """The fleet map in a real browser (headless Chromium via its driver) against a real server:
 locations uploaded over gRPC appear as markers and move within 1 s, clicking a driver shows
-its trail, a zone is drawn. A screenshot goes to tests/artifacts/ when a check fails."""
+its trail, a zone is drawn; every driver is there (OFFLINE ones grey, stale ones faded, and
+past the 1,000 a nearby search returns). A screenshot goes to tests/artifacts/ when a check
+fails."""
 
 from __future__ import annotations
 
@@ -76,6 +78,30 @@ def _marker(browser: webdriver.Chrome, driver_id: str) -> Any:
     return found[0] if found else None
 
 
+def _look(browser: webdriver.Chrome, driver_id: str) -> tuple[str, str, str] | None:
+    """(status, fill colour as drawn, stale) of a driver's marker, None without one."""
+    marker = _marker(browser, driver_id)
+    if marker is None:
+        return None
+    return (
+        marker.get_attribute("data-status") or "",
+        marker.get_attribute("fill") or "",
+        marker.get_attribute("data-stale") or "",
+    )
+
+
+def _marker_count(browser: webdriver.Chrome) -> int:
+    count: int = browser.execute_script(
+        "return document.querySelectorAll('.driver-marker[data-driver-id]').length"
+    )
+    return count
+
+
+GREY = "#888888"  # OFFLINE (app.js COLORS)
+GREEN = "#1a9850"  # AVAILABLE
+ORANGE = "#f46d43"  # BUSY
+
+
 async def test_markers_appear_and_move_trail_and_zones(
     door: HttpFixture, browser: webdriver.Chrome
 ) -> None:
@@ -84,6 +110,18 @@ async def test_markers_appear_and_move_trail_and_zones(
         zone = {"id": "z-centre", "name": "Centre",
                 "circle": {"latitude": 52.52, "longitude": 13.405, "radiusM": 400}}  # fmt: skip
         assert (await http.post("/v1/zones", json=zone)).status_code == 200
+        # Before the page opens (so from the listing): one OFFLINE, one silent for 10 min.
+        old = _rfc3339(time.time() - 600)
+        before = [
+            {"driverId": "drv-off", "latitude": 52.517, "longitude": 13.395},
+            {"driverId": "drv-old", "latitude": 52.523, "longitude": 13.396, "timestamp": old},
+            {"driverId": "drv-busy", "latitude": 52.5245, "longitude": 13.4145},
+        ]
+        r = await http.post("/v1/locations:batchUpload", json={"locations": before})
+        assert r.json()["persistedCount"] == 3, r.text
+        for driver_id, status in (("drv-off", "OFFLINE"), ("drv-busy", "BUSY")):
+            r = await http.post(f"/v1/drivers/{driver_id}:setStatus", json={"newStatus": status})
+            assert r.status_code == 200, r.text
     await asyncio.to_thread(browser.get, f"{door.base_url}/#52.52,13.405,14")
     # No token yet: the map asks for one (never in the URL) and keeps it for the tab.
     await _until(lambda: browser.find_element(By.ID, "token-dialog").get_attribute("open")
@@ -96,10 +134,13 @@ async def test_markers_appear_and_move_trail_and_zones(
     await asyncio.to_thread(enter_token)
     assert token not in browser.current_url
     await _until(lambda: browser.find_elements(By.CSS_SELECTOR, ".zone-shape"), 5, "the zone")
+    await _until(lambda: _look(browser, "drv-off") == ("OFFLINE", GREY, "0"), 5, "drv-off grey")
+    await _until(lambda: _look(browser, "drv-old") == ("AVAILABLE", GREEN, "1"), 5, "drv-old stale")
+    await _until(lambda: _look(browser, "drv-busy") == ("BUSY", ORANGE, "0"), 5, "drv-busy")
 
     async with door.channel() as channel:
         stub = pb_grpc.DriverServiceStub(channel)
-        start = time.time() - 90  # fresh: nearby search leaves out stale drivers
+        start = time.time() - 90  # a trail of the last few minutes
 
         async def send(driver_id: str, lat: float, lon: float, at: float) -> None:
             update = pb.LocationUpdate(driver_id=driver_id, latitude=lat, longitude=lon)
@@ -137,5 +178,33 @@ async def test_markers_appear_and_move_trail_and_zones(
         return int(lines[0].get_attribute("data-points") or 0) if lines else 0
 
     await _until(lambda: trail_points() >= 6, 3, "the trail of the last hour")
+    async with door.client(token) as http:  # live, over the fleet stream: OFFLINE turns grey
+        r = await http.post("/v1/drivers/drv-m2:setStatus", json={"newStatus": "OFFLINE"})
+        assert r.status_code == 200, r.text
+    await _until(lambda: _look(browser, "drv-m2") == ("OFFLINE", GREY, "0"), 3, "drv-m2 grey")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     await asyncio.to_thread(browser.save_screenshot, str(SCREENSHOT))
+
+    # The whole fleet, not a nearby search: 1,050 more drivers in view (a search returned at
+    # most 1,000) and one far outside it; each gets its marker.
+    crowd = [
+        {"driverId": f"drv-c{i:04d}", "latitude": 52.50 + (i // 35) * 0.0012,
+         "longitude": 13.37 + (i % 35) * 0.002}
+        for i in range(1050)
+    ] + [{"driverId": "drv-far", "latitude": -33.9, "longitude": 18.4}]  # fmt: skip
+    async with door.client(token) as http:
+        r = await http.post("/v1/locations:batchUpload", json={"locations": crowd})
+        assert r.json()["persistedCount"] == len(crowd), r.text
+    total = len(crowd) + 5  # drv-off, drv-old, drv-busy, drv-m1, drv-m2
+    await _until(lambda: _marker_count(browser) == total, 15, f"{total} markers")
+    assert _look(browser, "drv-far") == ("AVAILABLE", GREEN, "0")
+    assert _look(browser, "drv-c1049") == ("AVAILABLE", GREEN, "0")
+
+    # A reload lists them all again, in pages of 1,000 (GET /v1/drivers).
+    await asyncio.to_thread(browser.refresh)
+    await _until(lambda: _marker_count(browser) == total, 20, f"{total} markers after a reload")
+    assert _look(browser, "drv-m2") == ("OFFLINE", GREY, "0")
+
+
+def _rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -9,7 +9,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -279,6 +279,14 @@ async def test_bodies_bad_json_wrong_type_too_large_unknown_fields(door: HttpFix
         assert r.json()["error"]["status"] == "INVALID_ARGUMENT"
         r = await http.post(url, content=b"{}")
         assert r.status_code == 415  # no content type at all
+        for other in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                      "application/jsonx", "text/json"):  # fmt: skip
+            r = await http.post(url, content=b"{}", headers={"content-type": other})
+            assert r.status_code == 415, other  # a form post from another site never counts
+            assert r.headers["content-type"] == "application/json"
+        r = await http.post(url, json={"locations": []}, headers={
+            "content-type": "Application/JSON; charset=utf-8"})  # fmt: skip
+        assert r.status_code == 200, r.text
         big = json.dumps({"locations": [loc()] * 30_000}).encode()
         assert len(big) > 1024 * 1024
         r = await http.post(url, content=big, headers=_JSON)
@@ -419,16 +427,32 @@ async def test_cors_allowlist(tmp_path: Path) -> None:
 
 
 async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
-    """A client that sends half a body and stalls, and one that never reads its answer,
-    do not delay other callers."""
+    """A client that sends half a body and stalls, one that stalls in its headers, and ones
+    that never read their (large) answers, do not delay other callers."""
     ctx = ssl.create_default_context(cafile=str(door.certs.ca_cert))
     port = door.running.http.port if door.running.http else 0
+    async with door.client(door.token()) as http:
+        fleet = [loc(f"drv-s{i:04d}") for i in range(1000)]
+        r = await http.post("/v1/locations:batchUpload", json={"locations": fleet})
+        assert r.json()["persistedCount"] == 1000
     _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     writer.write(
         b"POST /v1/locations:batchUpload HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
         b'\r\ncontent-length: 1000\r\n\r\n{"locations": ['
     )
     await writer.drain()
+    _, half_headers = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    half_headers.write(b"GET /v1/drivers HTTP/1.1\r\nhost: x\r\nauthoriz")
+    await half_headers.drain()
+    non_readers = []
+    for _ in range(4):  # each asks for ~150 KB and never reads a byte of it
+        _, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        w.write(
+            f"GET /v1/drivers?page_size=1000 HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {door.token()}\r\n\r\n".encode()
+        )
+        await w.drain()
+        non_readers.append(w)
     async with door.client(door.token()) as http:
         started = time.monotonic()
         for _ in range(20):
@@ -436,4 +460,127 @@ async def test_a_slow_client_holds_up_no_one(door: HttpFixture) -> None:
         # Generous: other tests share the machine's cores; a held-up server would take the
         # client's 10 s timeout on the first request.
         assert time.monotonic() - started < 8
-    writer.close()
+    for w in (writer, half_headers, *non_readers):
+        w.close()
+
+
+# Valid ids (letters, digits and . _ : @ -, up to 128): `:` anywhere, even a verb's name.
+VALID_IDS = ("drv:1", "a:setStatus", "a:b:uploadLocations", "x@fleet.example-1_2",
+             "M" * 127 + ":")  # fmt: skip
+# Invalid ids must be refused as gRPC refuses them, never routed elsewhere: an encoded `/`
+# (even one that spells another route), unicode, one character too long, a space, a `%`.
+INVALID_IDS = ("a/b", "x/trail", "é", "émile", "M" * 129, "a b", "100%", "%2F")
+
+
+def _encodings(driver_id: str) -> set[str]:
+    """The id as clients send it: `:` and `@` as they are, or everything percent-encoded
+    (JavaScript's encodeURIComponent leaves `@` alone too; Python's quote does not)."""
+    from urllib.parse import quote
+
+    return {quote(driver_id, safe=":@"), quote(driver_id, safe="")}
+
+
+async def test_every_route_takes_any_valid_driver_id_however_it_is_encoded(
+    door: HttpFixture,
+) -> None:
+    base = time.time() - 30  # every fix in a window fixed now: a slow run cannot leave it
+    window = {"since": _rfc3339(base - 60), "until": _rfc3339(base + 1)}
+    async with door.client(door.token()) as http:
+        for driver_id in VALID_IDS:
+            for i, enc in enumerate(sorted(_encodings(driver_id))):
+                path = f"/v1/drivers/{enc}"
+                fix = loc(lat=52.5 + i / 100, timestamp=_rfc3339(base - i))
+                r = await http.post(f"{path}:uploadLocations", json={"locations": [fix]})
+                assert (r.status_code, r.json().get("persistedCount")) == (200, 1), (enc, r.text)
+                r = await http.post(f"{path}:setStatus", json={"newStatus": "BUSY"})
+                assert (r.status_code, r.json().get("driverId")) == (200, driver_id), enc
+                r = await http.get(path)
+                assert (r.status_code, r.json().get("driverId")) == (200, driver_id), enc
+                r = await http.get(f"{path}/trail", params=window)
+                assert r.status_code == 200, (enc, r.text)
+                assert len(r.json()["points"]) == i + 1
+                for sub in ("trips", "summary"):
+                    assert (await http.get(f"{path}/{sub}", params=window)).status_code == 200
+                async with http.stream("GET", f"{path}/locations:stream") as r:
+                    assert r.status_code == 200, enc
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            assert json.loads(line[6:])["driverId"] == driver_id
+                            break
+        listed = (await http.get("/v1/drivers")).json()["drivers"]
+        assert sorted(d["driverId"] for d in listed) == sorted(VALID_IDS)
+        # Only a literal `:` starts a custom method: an encoded one is part of the id.
+        r = await http.post("/v1/drivers/a%3AsetStatus", json={"newStatus": "BUSY"})
+        assert error_of(r)[:2] == (404, "NOT_FOUND")
+
+
+async def test_an_invalid_driver_id_is_refused_as_grpc_refuses_it_on_every_route(
+    door: HttpFixture,
+) -> None:
+    token = door.token()
+    async with door.client(token) as http, door.channel() as channel:
+        stub = pb_grpc.DriverServiceStub(channel)
+        for driver_id in INVALID_IDS:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetDriver(
+                    pb.GetDriverRequest(driver_id=driver_id), metadata=door.metadata(token)
+                )
+            expected = (400, refused.value.code().name, refused.value.details())
+            for enc in _encodings(driver_id):
+                path = f"/v1/drivers/{enc}"
+                for r in (
+                    await http.get(path),
+                    await http.get(f"{path}/trail", params={"since": "2026-01-01T00:00:00Z"}),
+                    await http.post(f"{path}:setStatus", json={"newStatus": "BUSY"}),
+                ):
+                    assert error_of(r) == expected, (driver_id, enc, r.request.url)
+                r = await http.post(f"{path}:uploadLocations", json={"locations": [loc()]})
+                # As over gRPC: received and counted, not stored (the honest counts).
+                assert (r.status_code, r.json()["persistedCount"]) == (200, 0), (enc, r.text)
+        r = await http.get("/v1/drivers")
+        assert r.json()["drivers"] == []
+
+
+class _BrokenZones:
+    """A zone backend with a bug: what a request gets must be INTERNAL, never the bug."""
+
+    async def list(self, *_: Any) -> Any:
+        raise RuntimeError("secret detail /etc/driver-service/token.secret line 3")
+
+
+async def test_unavailable_unimplemented_and_internal_over_https(door: HttpFixture) -> None:
+    """The rest of the mapping reachable from outside: UNAVAILABLE 503 as gRPC says it while
+    the server stops; UNIMPLEMENTED 501 where a service does not run here; INTERNAL 500 for a
+    bug, with no detail of it in the answer."""
+    from driver_service.app.zones import ZoneAdmin
+    from driver_service.http.app import Backends, FrontDoor
+    from driver_service.http.server import start_http
+
+    tracking = door.running.tracking
+    assert door.running.services is not None
+    bare = FrontDoor(Backends(tracking, zones=cast(ZoneAdmin, _BrokenZones())), auth=None)
+    tls = (door.certs.server_cert, door.certs.server_key)
+    other = await start_http(bare, "127.0.0.1", 0, tls=tls)
+    try:
+        async with door.client(base_url=f"https://127.0.0.1:{other.port}") as http:
+            for path in ("/v1/drivers/drv-1/trail", "/v1/events:stream", "/v1/drivers:nearby"):
+                assert error_of(await http.get(path))[:2] == (501, "UNIMPLEMENTED"), path
+            r = await http.get("/v1/zones")
+            assert error_of(r) == (500, "INTERNAL", "internal error")
+            assert "secret" not in r.text
+            assert "Traceback" not in r.text
+    finally:
+        await other.stop(0)
+
+    token = door.token()
+    tracking.begin_shutdown()  # what SIGTERM does first: live streams end, new ones refused
+    async with door.client(token) as http, door.channel() as channel:
+        stream = pb_grpc.DriverServiceStub(channel).StreamLocation(
+            pb.StreamLocationRequest(driver_id="drv-1"), metadata=door.metadata(token)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stream.read()
+        expected = (503, refused.value.code().name, refused.value.details())
+        assert error_of(await http.get("/v1/drivers/drv-1/locations:stream")) == expected
+        r = await http.get("/v1/fleet:stream")
+        assert error_of(r)[:2] == (503, "UNAVAILABLE")

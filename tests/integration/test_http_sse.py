@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import re
 import socket
 import ssl
@@ -14,11 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from driver_service.http.sse import DropOldest
-from tests.helpers.http_server import HttpFixture, http_server
+from tests.helpers.http_server import HttpFixture, http_server, sse_frames
 
 
 @pytest.fixture
@@ -27,19 +27,7 @@ async def door(tmp_path: Path) -> AsyncIterator[HttpFixture]:
         yield fixture
 
 
-async def frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Each SSE block as {"id", "event", "data"} or {"comment": text}."""
-    block: dict[str, Any] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if block:
-                yield block
-            block = {}
-        elif line.startswith(":"):
-            yield {"comment": line[1:].strip()}
-        else:
-            key, _, value = line.partition(": ")
-            block[key] = json.loads(value) if key == "data" else value
+frames = sse_frames
 
 
 async def upload(http: httpx.AsyncClient, driver_id: str, lat: float) -> None:
@@ -82,19 +70,23 @@ async def test_event_feed_resumes_with_last_event_id_without_gaps_or_duplicates(
 
 
 async def test_heartbeats_then_live_locations_then_shutdown_ends_the_streams(
-    door: HttpFixture,
+    door: HttpFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """As gRPC's streams: each ends at once saying so (`event: end`), and the stop does not
+    wait out its grace for clients that keep their (TLS) connections open."""
     async with door.client(door.token()) as http:
         await upload(http, "drv-l", 52.5)
         got: list[dict[str, Any]] = []
+        feed: list[dict[str, Any]] = []
 
-        async def read() -> None:
-            async with http.stream("GET", "/v1/drivers/drv-l/locations:stream") as r:
+        async def read(path: str, into: list[dict[str, Any]]) -> None:
+            async with http.stream("GET", path) as r:
                 assert r.status_code == 200
                 async for frame in frames(r):
-                    got.append(frame)  # noqa: PERF401 - read as they come, by the test
+                    into.append(frame)  # noqa: PERF401 - read as they come, by the test
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(read("/v1/drivers/drv-l/locations:stream", got))
+        events_reader = asyncio.create_task(read("/v1/events:stream", feed))
         await asyncio.sleep(0.7)
         assert any(f.get("comment") == "heartbeat" for f in got)
         events = [f for f in got if "event" in f]
@@ -106,7 +98,10 @@ async def test_heartbeats_then_live_locations_then_shutdown_ends_the_streams(
             await asyncio.sleep(0.02)
         await door.stop(5)
         await asyncio.wait_for(reader, 5)  # ended by the server, not cut
+        await asyncio.wait_for(events_reader, 5)
         assert got[-1].get("event") == "end"
+        assert feed[-1] == {"event": "end", "data": {"reason": "server shutting down"}}
+    assert "graceful shutdown exceeded" not in caplog.text
 
 
 class StallingReader:
@@ -167,6 +162,24 @@ LATITUDE = r'^data: \{"driverId":"drv-slow","latitude":([0-9.]+)'
 UPDATES = 1_000  # ~185 KB of location frames: twice what the sockets hold once shrunk
 
 
+async def stall_while_moving(
+    http: httpx.AsyncClient, reader: StallingReader, driver_id: str, pattern: str, baseline: float
+) -> tuple[list[float], float]:
+    """Move `driver_id` UPDATES times while `reader` does not read; check ingestion kept its
+    pace (`baseline`: 100 uploads' time); then read until the newest. Returns every latitude
+    `pattern` found in the stream, and the newest sent."""
+    lats = [50.0 + (i + 1) * 1e-5 for i in range(UPDATES)]
+    stalled = await timed_uploads(http, driver_id, lats)
+    # Ingestion did not wait for the reader: about as fast per update as before.
+    assert stalled / UPDATES < 3 * baseline / 100 + 0.005, (stalled, baseline)
+    # The newest fix acknowledged (an upload answers after its commit); a commit publishes
+    # each driver's newest fix, so wait for one at least as new.
+    seen: list[str] = []
+    while not seen or float(seen[-1]) < lats[-1]:
+        seen = await reader.read_until(pattern, len(seen) + 1)
+    return [float(x) for x in seen], lats[-1]
+
+
 async def test_slow_reader_of_live_locations_gets_the_newest_and_never_slows_ingestion(
     door: HttpFixture,
 ) -> None:
@@ -184,20 +197,10 @@ async def test_slow_reader_of_live_locations_gets_the_newest_and_never_slows_ing
         try:
             assert await reader.read_until(LATITUDE) == ["50.0"]
             reader.shrink_server_buffer(door)
-            # Not reading from here on.
-            lats = [50.0 + (i + 1) * step for i in range(UPDATES)]
-            stalled = await timed_uploads(http, "drv-slow", lats)
-            # Ingestion did not wait for the reader: about as fast per update as before.
-            assert stalled / UPDATES < 3 * baseline / 100 + 0.005, (stalled, baseline)
-            # The newest fix acknowledged (an upload answers after its commit); a commit
-            # publishes each driver's newest fix, so wait for one at least as new.
-            newest = lats[-1]
-            seen: list[str] = []
-            while not seen or float(seen[-1]) < newest:
-                seen = await reader.read_until(LATITUDE, len(seen) + 1)
+            seen, newest = await stall_while_moving(http, reader, "drv-slow", LATITUDE, baseline)
         finally:
             reader.close()
-    received = [float(x) for x in seen[1:]]
+    received = seen[1:]
     assert received == sorted(received)  # in order, oldest first
     assert received[-1] == newest
     # What the sockets held when they pushed back, then the 16 buffered: not all 1,000.
@@ -234,3 +237,62 @@ async def test_slow_reader_of_the_event_feed_misses_no_event(door: HttpFixture) 
             reader.close()
     assert [int(i) for i in ids] == list(range(int(first), int(first) + count + 1))
     assert backed_up, "the feed never backed up into the server"
+
+
+async def test_a_resume_past_the_retained_log_is_out_of_range_as_over_grpc(
+    door: HttpFixture,
+) -> None:
+    """OUT_OF_RANGE (400) with gRPC's message saying the oldest id still there: a client
+    that resumes too late learns it lost events instead of silently skipping them."""
+    from driver_service._gen.driver.v1 import events_pb2 as epb
+    from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
+    from driver_service.app.events import EventRetention
+
+    token = door.token()
+    async with door.client(token) as http:
+        for i in range(4):
+            await upload(http, f"drv-x{i}", 52.5)  # a driver.online each: ids 1 to 4
+        assert door.running.services is not None
+        log = door.running.services.events._log  # the durable log (a test reaches in)
+        later = time.time_ns() + 10**12
+        assert await EventRetention(log, 1, clock_ns=lambda: later).expire_once() == 3
+        async with door.channel() as channel:
+            stream = epb_grpc.EventServiceStub(channel).WatchEvents(
+                epb.WatchEventsRequest(after_id=1), metadata=door.metadata(token)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stream.read()
+        assert refused.value.code() is grpc.StatusCode.OUT_OF_RANGE
+        r = await http.get("/v1/events:stream", headers={"last-event-id": "1"})
+        body = r.json()["error"]
+        assert (r.status_code, body["status"], body["message"]) == (
+            400, "OUT_OF_RANGE", refused.value.details()
+        )  # fmt: skip
+
+
+FLEET_LATITUDE = r'"driverId":"drv-slow-map","latitude":([0-9.]+)'
+
+
+async def test_slow_reader_of_the_fleet_stream_gets_each_drivers_newest(
+    door: HttpFixture,
+) -> None:
+    """A map that stops reading while a driver moves 1,000 times: ingestion keeps its pace,
+    the server keeps one position per driver for it (the bus coalesces), and when it reads
+    again the newest comes after no more than what the sockets already held."""
+    token = door.token()
+    step = 1e-5
+    async with door.client(token) as http:
+        await upload(http, "drv-slow-map", 50.0)
+        baseline = await timed_uploads(http, "drv-base", [50.0 + i * step for i in range(100)])
+        reader = await asyncio.to_thread(StallingReader, door, token, "/v1/fleet:stream")
+        try:
+            await reader.read_until(r"^event: (ready)")
+            reader.shrink_server_buffer(door)
+            received, newest = await stall_while_moving(
+                http, reader, "drv-slow-map", FLEET_LATITUDE, baseline
+            )
+        finally:
+            reader.close()
+    assert received == sorted(received)
+    assert received[-1] == newest
+    assert len(received) < UPDATES * 3 // 4, len(received)

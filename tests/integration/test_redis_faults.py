@@ -5,6 +5,7 @@ serves a location it missed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,39 @@ async def test_bus_survives_a_redis_restart_and_watchers_resume(
         print(f"watcher resumed {time.monotonic() - outage_ended:.3f} s after Redis returned")
     finally:
         await watcher_bus.close()
+        await publisher.close()
+
+
+async def test_a_fleet_subscription_survives_a_redis_restart(private_redis: RedisServer) -> None:
+    """The fleet pattern is subscribed again on reconnect, like every driver's channel: a
+    live map open through a Redis restart moves again once Redis is back."""
+    map_bus = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", reconnect_max_s=0.2,
+        close_client=True,
+    )  # fmt: skip
+    publisher = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
+    )
+    try:
+        fleet = await map_bus.subscribe_fleet()
+        await publisher.publish([loc("d1", 1)])
+        assert await asyncio.wait_for(fleet.next_batch(), 2) == [loc("d1", 1)]
+        waiting = asyncio.ensure_future(fleet.next_batch())
+        private_redis.kill()
+        await eventually(lambda: not map_bus.healthy, what="bus to report unhealthy")
+        private_redis.start()
+        await eventually(lambda: map_bus.healthy, what="bus to reconnect by itself")
+        outage_ended = time.monotonic()
+        i = 2
+        while not waiting.done():
+            assert time.monotonic() - outage_ended < 5, "the fleet got nothing after recovery"
+            with contextlib.suppress(DependencyUnavailable):
+                await publisher.publish([loc(f"d{i}", i)])
+            i += 1
+            await asyncio.wait([waiting], timeout=0.02)
+        assert waiting.result()[0].recorded_at_ns >= T0 + 2
+    finally:
+        await map_bus.close()
         await publisher.close()
 
 

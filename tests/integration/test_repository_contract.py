@@ -399,3 +399,30 @@ async def test_drivers_seen_since_sees_writes_between_pages(
     rest = [d async for page in pages for d in page]
     assert [d.driver_id for d in rest] == ["d2", "d3", "d4", "d5"]
     assert rest[-1].location == loc("d5", 101)
+
+
+async def test_list_drivers_pages_the_whole_fleet_by_id(repository: DriverRepository) -> None:
+    """The fleet listing: every driver whatever its status or age, by id, in keyset pages
+    that resume after the last id; ids with `:` sort and resume like any other."""
+    await repository.record_locations([loc(f"d{i:03d}", i) for i in range(150)])
+    await repository.set_status("d010", Status.OFFLINE, T0 + 400)
+    await repository.set_status("s:only", Status.BUSY, T0 + 1)  # no location, long ago
+
+    pages, after = [], ""
+    while True:
+        page = await repository.list_drivers(after, 64)
+        assert len(page) <= 64
+        pages.append(page)
+        if len(page) < 64:
+            break
+        after = page[-1].driver_id
+    assert [len(p) for p in pages] == [64, 64, 23]
+    drivers = [d for page in pages for d in page]
+    assert [d.driver_id for d in drivers] == sorted([f"d{i:03d}" for i in range(150)] + ["s:only"])
+    for driver in drivers:
+        assert driver == await repository.get_driver(driver.driver_id)
+    assert drivers[10] == Driver("d010", Status.OFFLINE, loc("d010", 10), T0 + 400)
+    assert drivers[-1] == Driver("s:only", Status.BUSY, None, T0 + 1)
+    assert await repository.list_drivers("d148", 5) == drivers[149:]
+    assert await repository.list_drivers("s:only", 5) == []
+    assert await repository.list_drivers("s", 1) == [drivers[-1]]

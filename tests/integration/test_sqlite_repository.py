@@ -290,6 +290,18 @@ async def test_fresh_migration_creates_the_tables(tmp_path: Path) -> None:
         con.close()
 
 
+async def test_a_drivers_events_are_found_by_the_index_not_a_scan(
+    db: Path, repo: SqliteRepository
+) -> None:
+    # Migration 8: erasing a driver deletes its events through events_by_driver.
+    plan = await repo._run(
+        lambda: repo._connection.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM events WHERE driver_id = ?", ("a",)
+        ).fetchall()
+    )
+    assert any("events_by_driver" in row[-1] for row in plan), plan
+
+
 async def test_a_file_from_a_newer_release_is_refused(db: Path) -> None:
     db.parent.mkdir(parents=True)
     con = sqlite3.connect(db)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import fields
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driver_service.domain import InvalidInput, Location, Status
+from driver_service.domain import events as events_module
 from driver_service.domain.events import (
     DEFAULT_SETTLE_NS,
     NEW_DRIVER,
@@ -354,6 +356,88 @@ def test_a_replica_continuing_from_stored_state_emits_the_same_events() -> None:
     state, first = run(route[:half], SQUARE)
     _, second = run(route[half:], SQUARE, TrackerState.from_json(state.to_json()))
     assert first + second == together
+
+
+# --- the settled memo (a fix that changes nothing skips the per-zone loop) --------------------
+
+
+def test_a_fix_at_the_same_place_keeps_the_visits_as_they_are() -> None:
+    tracker = ZoneTracker()
+    zones = ZoneIndex([square_zone(dwell_s=60), square_zone("next", west=1000)])
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), zones)
+    assert state.settled is not None
+    assert state.settled.until_ns == T0 + 60 * S  # the dwell is the next timer
+    again, events = tracker.on_location(state, fix(501, 500, 1), zones)
+    assert events == ()
+    assert again.visits is state.visits  # the memo's path: nothing rebuilt
+    assert (again.last_fix_ns, again.last_seen_ns) == (T0 + S, T0 + S)
+    _, events = tracker.on_location(again, fix(502, 500, 60), zones)
+    assert [e.type for e in events] == [DWELL]  # the timer is not skipped
+
+
+def test_the_memo_is_not_used_against_another_index() -> None:
+    # The same zones, rebuilt: a zone change builds a new index, and the next fix is
+    # judged by it in full (here with the new dwell).
+    tracker = ZoneTracker()
+    state, _ = tracker.on_location(NEW_DRIVER, fix(500, 500, 0), SQUARE)
+    changed = SQUARE.with_zone(square_zone(dwell_s=10, version=2))
+    state, events = tracker.on_location(state, fix(500, 500, 20), changed)
+    assert [(e.type, e.zone_version) for e in events] == [(DWELL, 2)]
+
+
+def test_the_fast_constructors_set_every_field_as_the_dataclasses_do() -> None:
+    # The tracker builds its states, visits and zone events through the slots' setters; a
+    # field added to one of them and not to its builder fails here (equality reads them all).
+    location = fix(0, 0, 0)
+    built = events_module._new_event(ENTER, "d1", T0, "z", 3, location)
+    assert built == Event(ENTER, "d1", T0, "z", 3, location)
+    assert hash(built) == hash(Event(ENTER, "d1", T0, "z", 3, location))
+    visit = events_module._new_visit("z", True, T0, 2, True, T0 + 1)
+    assert visit == Visit("z", True, T0, 2, True, T0 + 1)
+    memo = events_module.Settled(0, {}, 0.0)
+    state = events_module._online_state(T0, T0 + 1, Status.BUSY, (visit,), memo)
+    assert state == TrackerState(T0, T0 + 1, True, Status.BUSY, (visit,))
+    assert len(fields(Event)) == 9
+    assert len(fields(Visit)) == 6
+    assert len(fields(TrackerState)) == 6
+
+
+_PLACES = [(-100.0, 500.0), (-10.0, 500.0), (10.0, 500.0), (500.0, 500.0), (990.0, 500.0),
+           (1010.0, 500.0), (1500.0, 500.0), (2100.0, 2100.0)]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_PLACES) - 1), st.integers(1, 40), st.integers(0, 9)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_memo_never_changes_what_a_route_gives(steps: list[tuple[int, int, int]]) -> None:
+    # Every route over places inside, in the band either side, outside and in no zone, with
+    # gaps around the settle and dwell times and zone changes mid-route: the same states and
+    # events with the memo as without it (a state read back from JSON has none).
+    layouts = [
+        ZoneIndex([square_zone(dwell_s=45), square_zone("c", west=1000, side=200, dwell_s=0)]),
+        ZoneIndex([square_zone(dwell_s=20, version=2)]),
+        ZoneIndex([square_zone(side=1005, version=3), square_zone("c", west=2000, version=2)]),
+    ]
+    tracker = ZoneTracker()
+    memo = plain = NEW_DRIVER
+    t_s = 0
+    index = layouts[0]
+    for place, gap_s, change in steps:
+        t_s += gap_s
+        if change == 0:
+            index = layouts[(layouts.index(index) + 1) % len(layouts)]
+        location = fix(*_PLACES[place], t_s)
+        memo, with_memo = tracker.on_location(memo, location, index)
+        plain, without = tracker.on_location(
+            TrackerState.from_json(plain.to_json()), location, index
+        )
+        assert with_memo == without
+        assert memo == plain
 
 
 @pytest.mark.parametrize(

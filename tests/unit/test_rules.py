@@ -57,3 +57,22 @@ def test_a_method_without_a_rule_is_denied_even_with_every_scope() -> None:
         assert refusal is not None
         assert refusal[0] is grpc.StatusCode.PERMISSION_DENIED
     assert message_check(driver, None) is None
+
+
+def test_http_only_routes_are_ruled_in_the_same_module_and_closed_to_drivers() -> None:
+    """The fleet listing and stream mirror no RPC: their rules sit beside the RPCs' and no
+    driver token passes them, not even one naming no other driver."""
+    from driver_service.api.rules import HTTP_ENTRIES, HTTP_RULES
+
+    assert [route for route, _ in HTTP_ENTRIES] == ["GET /v1/drivers", "GET /v1/fleet:stream"]
+    assert sorted(HTTP_RULES) == sorted(route for route, _ in HTTP_ENTRIES)
+    assert not set(HTTP_RULES) & set(RULES)
+    driver = Principal("driver", "d1")
+    reader = Principal("service", "map", frozenset({SCOPE_READ}))
+    dispatcher = Principal("service", "ops", frozenset({SCOPE_DISPATCH, SCOPE_WRITE}))
+    for route, rule in HTTP_RULES.items():
+        assert admission(reader, rule, route) is None
+        for refused in (driver, dispatcher):
+            refusal = admission(refused, rule, route)
+            assert refusal is not None
+            assert refusal[0] is grpc.StatusCode.PERMISSION_DENIED

@@ -30,6 +30,14 @@ can never be.
 | HistoryService/ForgetDriver              | drivers:forget      | never                          |
 | WebhookService/* (all seven methods)     | webhooks            | never                          |
 
+Routes of the HTTP front door that mirror no RPC are ruled here too (`HTTP_RULES`, by
+"METHOD path"), so the table stays the one place:
+
+| HTTP route                               | service token needs | driver token may call it for   |
+|------------------------------------------|---------------------|--------------------------------|
+| GET /v1/drivers (the fleet, paged)       | drivers:read        | never                          |
+| GET /v1/fleet:stream (the fleet's moves) | drivers:read        | never                          |
+
 A driver may read its own record (the driver app shows it) but never another driver's, and
 answers only offers sent to it (the offer book also checks it is the offer's recipient).
 A driver watching events may name only itself in `driver_ids`; the servicer then limits the
@@ -170,3 +178,11 @@ ENTRIES: tuple[tuple[ServiceDescriptor, str, MethodRule], ...] = (
 RULES: Mapping[str, MethodRule] = {
     method_path(service, method): rule for service, method, rule in ENTRIES
 }
+
+#: HTTP routes that mirror no RPC (http/app.py), by "METHOD path": the fleet listing and the
+#: fleet's live feed show every driver, so a driver token never gets them.
+HTTP_ENTRIES: tuple[tuple[str, MethodRule], ...] = (
+    ("GET /v1/drivers", MethodRule(SCOPE_READ)),
+    ("GET /v1/fleet:stream", MethodRule(SCOPE_READ)),
+)
+HTTP_RULES: Mapping[str, MethodRule] = dict(HTTP_ENTRIES)

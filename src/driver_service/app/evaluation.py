@@ -1,8 +1,9 @@
 """The EventEvaluator a store calls inside its transactions: zones and the tracker.
 
 It holds the `ZoneIndex` of the zones version it last loaded. The store compares that
-version with the stored one in each transaction that evaluates (one primary-key read) and
-reloads when they differ, so every replica evaluates each update against the zones
+version with the stored one in each transaction that evaluates (PostgreSQL: one primary-key
+read; SQLite, whose one process makes every zone change: the version it read after the last
+change) and reloads when they differ, so every replica evaluates each update against the zones
 committed before it: the replica that changed a zone and every other one alike, with no
 polling and no notification to miss. A reload parses only the zones whose version changed
 (parsed zones are kept by id and version), so it costs one small query when nothing did.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from driver_service.domain import Location
 from driver_service.ports import SubscriptionClosed
@@ -63,6 +63,59 @@ class MemorySubscription:
             self._wake()
 
 
+class MemoryFleetSubscription:
+    """Every driver's newest location since the last read (a dict by driver id): a slow
+    fleet view skips positions, never drivers, and never holds more than one per driver."""
+
+    __slots__ = ("_closed", "_newest", "_on_close", "_owner", "_waiter")
+
+    def __init__(
+        self,
+        owner: dict[MemoryFleetSubscription, None],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._owner = owner
+        self._on_close = on_close
+        self._newest: dict[str, Location] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def push(self, locations: Sequence[Location]) -> None:
+        newest = self._newest
+        for location in locations:
+            known = newest.get(location.driver_id)
+            if known is None or location.recorded_at_ns >= known.recorded_at_ns:
+                newest[location.driver_id] = location
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self) -> list[Location]:
+        while not self._newest:
+            if self._closed:
+                raise SubscriptionClosed("fleet")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        batch = list(self._newest.values())
+        self._newest = {}
+        return batch
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._newest.clear()
+            self._owner.pop(self, None)
+            self._wake()
+            if self._on_close is not None:
+                self._on_close()
+
+
 class MemoryBus:
     """LocationBus for one process; fan-out costs one deque append per watcher.
 
@@ -74,6 +127,7 @@ class MemoryBus:
     def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self._queue_size = queue_size
         self._watchers: dict[str, dict[MemorySubscription, None]] = {}
+        self._fleet: dict[MemoryFleetSubscription, None] = {}
 
     async def publish(self, locations: Sequence[Location]) -> None:
         watchers = self._watchers
@@ -82,10 +136,26 @@ class MemoryBus:
             if subs:
                 for sub in subs:
                     sub.push(location)
+        if self._fleet:
+            for fleet in tuple(self._fleet):
+                fleet.push(locations)
 
     async def subscribe(self, driver_id: str) -> MemorySubscription:
         sub = MemorySubscription(self, driver_id, self._queue_size)
         self._watchers.setdefault(driver_id, {})[sub] = None
+        return sub
+
+    async def subscribe_fleet(self) -> MemoryFleetSubscription:
+        return self.new_fleet_subscription(self._fleet)
+
+    @staticmethod
+    def new_fleet_subscription(
+        owner: dict[MemoryFleetSubscription, None], on_close: Callable[[], None] | None = None
+    ) -> MemoryFleetSubscription:
+        """A fleet subscription registered in `owner`, removed from it when closed (then
+        `on_close` is called)."""
+        sub = MemoryFleetSubscription(owner, on_close)
+        owner[sub] = None
         return sub
 
     def unsubscribe(self, sub: MemorySubscription) -> None:
@@ -105,3 +175,5 @@ class MemoryBus:
         for subs in list(self._watchers.values()):
             for sub in list(subs):
                 sub.close()
+        for fleet in list(self._fleet):
+            fleet.close()

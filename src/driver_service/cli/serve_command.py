@@ -119,6 +119,12 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format, worker_index())
     if settings.workers > 1:
+        from driver_service.server.startup import preflight
+
+        try:  # a taken port or bad TLS files: one line here, not N workers failing alike
+            preflight(settings)
+        except ConfigError as exc:
+            return _report(exc, "serve")
         return asyncio.run(Supervisor(settings).run())
     try:
         code = run_loop(serve(settings))

@@ -17,7 +17,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from driver_service.dispatch.ports import DriverIndex
 from driver_service.domain import Driver, Location, Status
-from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
+from driver_service.ports import (
+    DriverRepository,
+    FleetSubscription,
+    LocationBus,
+    Recorded,
+    Subscription,
+)
 from driver_service.resilience.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,9 @@ class IndexingRepository:
         self, seen_since_ns: int, page_size: int = 1000
     ) -> AsyncIterator[list[Driver]]:
         return self.inner.drivers_seen_since(seen_since_ns, page_size)
+
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        return await self.inner.list_drivers(after_id, limit)
 
     async def ping(self) -> None:
         await self.inner.ping()
@@ -99,6 +108,9 @@ class IndexingBus:
 
     async def subscribe(self, driver_id: str) -> Subscription:
         return await self.inner.subscribe(driver_id)
+
+    async def subscribe_fleet(self) -> FleetSubscription:
+        return await self.inner.subscribe_fleet()
 
     async def ping(self) -> None:
         await self.inner.ping()

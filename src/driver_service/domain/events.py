@@ -41,8 +41,8 @@ import enum
 import fnmatch
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from driver_service.domain.errors import InvalidInput
@@ -120,14 +120,31 @@ class Visit:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """Why a driver's next fixes may change nothing but its times: its visits are what the
+    tracker made of `where` against the index `index_token`, and no timer of theirs (settle,
+    dwell) fires before `until_ns`. A fix at the same `where`, against the same index and
+    before `until_ns`, then leaves every visit as it is and causes no event (see
+    `ZoneTracker.on_location`), so the tracker skips its per-zone loop."""
+
+    index_token: int
+    where: Mapping[str, Where]
+    until_ns: float
+
+
+@dataclass(frozen=True, slots=True)
 class TrackerState:
-    """What the tracker remembers of one driver between updates; stored with the driver."""
+    """What the tracker remembers of one driver between updates; stored with the driver.
+
+    `settled` is a memo kept in memory only (not stored, not compared): a state read back
+    from its JSON has none, and its next fix takes the full path."""
 
     last_fix_ns: int | None = None
     last_seen_ns: int | None = None
     online: bool = False
     status: Status | None = None
     visits: tuple[Visit, ...] = ()
+    settled: Settled | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
         """Compact JSON (version 1), stable key order: the form stored beside the driver."""
@@ -165,6 +182,23 @@ class TrackerState:
 NEW_DRIVER = TrackerState()
 
 
+def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
+    """Whether `after` differs from `before` in its fix and last-seen times at most: a store
+    that keeps those times in the driver's own row (the newest fix's time and last seen are
+    the same numbers) need not write the state again."""
+    return (
+        before is not None
+        and before.visits == after.visits
+        and before.online == after.online
+        and before.status == after.status
+    )
+
+
+def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
+    """`state` with the fix and last-seen times its driver's row holds (see stored_alike)."""
+    return replace(state, last_fix_ns=fix_ns, last_seen_ns=seen_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class ZoneTracker:
     """Derives a driver's events from its updates (see the module docstring for the rules)."""
@@ -182,63 +216,95 @@ class ZoneTracker:
         ``zones.locate(lat, lon)`` when the caller computed it already (``locate_many`` over a
         commit group); otherwise it is computed here."""
         t = location.recorded_at_ns
-        if state.last_fix_ns is not None and t <= state.last_fix_ns:
+        last_fix = state.last_fix_ns
+        if last_fix is not None and t <= last_fix:
             return state, ()
         if where is None:
             where = zones.locate(location.latitude, location.longitude)
         status = state.status or INITIAL_STATUS
-        online: list[Event] = []
+        seen = state.last_seen_ns
+        new_seen = t if seen is None or t > seen else seen
+        settled = state.settled
+        token = zones.token
+        if (
+            settled is not None
+            and t < settled.until_ns
+            and state.online
+            and settled.index_token == token
+            and settled.where == where
+        ):
+            # The same place relative to every zone as at the fix that made these visits,
+            # and no timer due: the per-zone loop would return every visit unchanged.
+            return _online_state(t, new_seen, status, state.visits, settled), ()
+        driver_id = location.driver_id
+        visits, until, caused = self._visit_zones(state.visits, location, zones, where)
+        new_state = _online_state(t, new_seen, status, tuple(visits), Settled(token, where, until))
+        events: list[Event] = []
         if not state.online:
-            online.append(
-                Event(
-                    EventType.DRIVER_ONLINE,
-                    location.driver_id,
-                    t,
-                    location=location,
-                    new_status=status,
-                )
-            )
-        groups: dict[EventType, list[Event]] = {
-            EventType.ZONE_EXIT: [],
-            EventType.ZONE_ENTER: [],
-            EventType.ZONE_DWELL: [],
-        }
+            online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
+            events.append(online)
+        if caused:
+            caused.sort(key=_by_rank)  # stable: each group stays in zone id order
+            events.extend(event for _, event in caused)
+        return new_state, tuple(events)
+
+    def _visit_zones(
+        self,
+        before: tuple[Visit, ...],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+        """Every zone's visit after `location` (sorted by zone id), the first fix time at
+        which a kept visit's timer (settle, dwell) may fire, and the zone events as
+        (rank, event): exits, then enters, then dwells, each in zone id order."""
+        t = location.recorded_at_ns
+        driver_id = location.driver_id
+        caused: list[tuple[int, Event]] = []
         visits: list[Visit] = []
-        previous = {v.zone_id: v for v in state.visits}
+        until: float = math.inf
+        settle_ns = self.settle_ns
+        zone_of = zones.get
+        previous = {v.zone_id: v for v in before}
         for zone_id in sorted(previous.keys() | where.keys()):
             visit = previous.get(zone_id)
-            zone = zones.get(zone_id)
+            zone = zone_of(zone_id)
             if zone is None:  # deleted since the last update
                 if visit is not None and visit.entered:
-                    groups[EventType.ZONE_EXIT].append(
-                        Event(
-                            EventType.ZONE_EXIT,
-                            location.driver_id,
-                            t,
-                            zone_id,
-                            visit.zone_version,
-                            location,
-                            zone_deleted=True,
-                        )
+                    exit_ = Event(
+                        _EXIT,
+                        driver_id,
+                        t,
+                        zone_id,
+                        visit.zone_version,
+                        location,
+                        zone_deleted=True,
                     )
+                    caused.append((0, exit_))
                 continue
-
-            here = where.get(zone_id, Where.OUTSIDE)
+            here = where.get(zone_id, _OUTSIDE)
+            dwell_ns = zone.dwell_ns
+            if (
+                visit is not None
+                and here >= _INSIDE_BAND
+                and visit.entered
+                and visit.outside_since_ns is None
+                and visit.zone_version == zone.version
+                and (visit.dwelled or dwell_ns <= 0 or t < visit.since_ns + dwell_ns)
+            ):
+                # Inside a zone already entered, as most fixes are, and no dwell due.
+                visits.append(visit)
+                if not visit.dwelled and dwell_ns > 0:
+                    until = min(until, visit.since_ns + dwell_ns)
+                continue
             visit, kinds = self._advance(visit, zone, here, t)
             if visit is not None:
                 visits.append(visit)
+                until = min(until, _next_timer(visit, dwell_ns, settle_ns))
             for kind in kinds:
-                groups[kind].append(
-                    Event(kind, location.driver_id, t, zone_id, zone.version, location)
-                )
-        new_state = TrackerState(
-            last_fix_ns=t,
-            last_seen_ns=t if state.last_seen_ns is None else max(t, state.last_seen_ns),
-            online=True,
-            status=status,
-            visits=tuple(visits),
-        )
-        return new_state, (*online, *(e for group in groups.values() for e in group))
+                event = _new_event(kind, driver_id, t, zone_id, zone.version, location)
+                caused.append((_RANK[kind], event))
+        return visits, until, caused
 
     def _advance(
         self, visit: Visit | None, zone: Zone, here: Where, t: int
@@ -263,11 +329,14 @@ class ZoneTracker:
             outside_since = t
         dwell_ns = zone.dwell_ns
         if not visit.dwelled and dwell_ns > 0 and t - visit.since_ns >= dwell_ns:
-            dwelled = Visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
+            dwelled = _new_visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
             return dwelled, (EventType.ZONE_DWELL,)
         if outside_since == previous_outside and visit.zone_version == version:
             return visit, ()
-        return Visit(visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since), ()
+        kept = _new_visit(
+            visit.zone_id, True, visit.since_ns, version, visit.dwelled, outside_since
+        )
+        return kept, ()
 
     def _settle(
         self, visit: Visit | None, zone: Zone, here: Where, t: int
@@ -277,10 +346,10 @@ class ZoneTracker:
             return None, ()  # left the band before settling: nothing happened
         since = t if visit is None else visit.since_ns
         if here is Where.INSIDE or t - since >= self.settle_ns:
-            return Visit(zone.zone_id, True, t, zone.version), (EventType.ZONE_ENTER,)
+            return _new_visit(zone.zone_id, True, t, zone.version, False, None), _ENTERED
         if visit is not None and visit.zone_version == zone.version:
             return visit, ()
-        return Visit(zone.zone_id, False, since, zone.version), ()
+        return _new_visit(zone.zone_id, False, since, zone.version, False, None), ()
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int
@@ -304,6 +373,124 @@ class ZoneTracker:
             )
         seen = at_ns if state.last_seen_ns is None else max(at_ns, state.last_seen_ns)
         return replace(state, online=True, status=status, last_seen_ns=seen), tuple(events)
+
+
+_OUTSIDE = Where.OUTSIDE
+_INSIDE_BAND = Where.INSIDE_BAND
+_EXIT = EventType.ZONE_EXIT
+_ONLINE = EventType.DRIVER_ONLINE
+#: Where a zone event comes among one update's zone events.
+_RANK = {EventType.ZONE_EXIT: 0, EventType.ZONE_ENTER: 1, EventType.ZONE_DWELL: 2}
+
+
+_ENTERED = (EventType.ZONE_ENTER,)
+
+
+def _by_rank(item: tuple[int, Event]) -> int:
+    return item[0]
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The setter of a slot of a frozen dataclass (a member descriptor): sets the field even
+    though the class is frozen, as the dataclass's own __init__ does."""
+    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_new_object = object.__new__
+_SET_FIX = _slot_setter(TrackerState, "last_fix_ns")
+_SET_SEEN = _slot_setter(TrackerState, "last_seen_ns")
+_SET_ONLINE = _slot_setter(TrackerState, "online")
+_SET_STATUS = _slot_setter(TrackerState, "status")
+_SET_VISITS = _slot_setter(TrackerState, "visits")
+_SET_SETTLED = _slot_setter(TrackerState, "settled")
+_SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
+_SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
+_SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
+_SET_VISIT_VERSION = _slot_setter(Visit, "zone_version")
+_SET_VISIT_DWELLED = _slot_setter(Visit, "dwelled")
+_SET_VISIT_OUTSIDE = _slot_setter(Visit, "outside_since_ns")
+_SET_EVENT_TYPE = _slot_setter(Event, "type")
+_SET_EVENT_DRIVER = _slot_setter(Event, "driver_id")
+_SET_EVENT_AT = _slot_setter(Event, "at_ns")
+_SET_EVENT_ZONE = _slot_setter(Event, "zone_id")
+_SET_EVENT_VERSION = _slot_setter(Event, "zone_version")
+_SET_EVENT_LOCATION = _slot_setter(Event, "location")
+_SET_EVENT_OLD = _slot_setter(Event, "old_status")
+_SET_EVENT_NEW = _slot_setter(Event, "new_status")
+_SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
+
+
+def _new_visit(
+    zone_id: str,
+    entered: bool,
+    since_ns: int,
+    zone_version: int,
+    dwelled: bool,
+    outside_since_ns: int | None,
+) -> Visit:
+    """`Visit(...)` with every field given, through the slots' setters (see _online_state):
+    a fleet crossing zones makes one for every zone it enters."""
+    visit: Visit = _new_object(Visit)
+    _SET_VISIT_ZONE(visit, zone_id)
+    _SET_VISIT_ENTERED(visit, entered)
+    _SET_VISIT_SINCE(visit, since_ns)
+    _SET_VISIT_VERSION(visit, zone_version)
+    _SET_VISIT_DWELLED(visit, dwelled)
+    _SET_VISIT_OUTSIDE(visit, outside_since_ns)
+    return visit
+
+
+def _new_event(
+    kind: EventType,
+    driver_id: str,
+    at_ns: int,
+    zone_id: str,
+    zone_version: int,
+    location: Location,
+) -> Event:
+    """`Event(kind, driver_id, at_ns, zone_id, zone_version, location)` through the slots'
+    setters (see _online_state): the zone events of an update."""
+    event: Event = _new_object(Event)
+    _SET_EVENT_TYPE(event, kind)
+    _SET_EVENT_DRIVER(event, driver_id)
+    _SET_EVENT_AT(event, at_ns)
+    _SET_EVENT_ZONE(event, zone_id)
+    _SET_EVENT_VERSION(event, zone_version)
+    _SET_EVENT_LOCATION(event, location)
+    _SET_EVENT_OLD(event, None)
+    _SET_EVENT_NEW(event, None)
+    _SET_EVENT_DELETED(event, False)
+    return event
+
+
+def _online_state(
+    fix_ns: int, seen_ns: int, status: Status, visits: tuple[Visit, ...], settled: Settled
+) -> TrackerState:
+    """`TrackerState(fix_ns, seen_ns, True, status, visits, settled)` at less than half the
+    cost (a frozen dataclass's __init__ sets each field through object.__setattr__; this
+    uses the slots' own setters): made once per accepted update."""
+    state: TrackerState = _new_object(TrackerState)
+    _SET_FIX(state, fix_ns)
+    _SET_SEEN(state, seen_ns)
+    _SET_ONLINE(state, True)
+    _SET_STATUS(state, status)
+    _SET_VISITS(state, visits)
+    _SET_SETTLED(state, settled)
+    return state
+
+
+def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:
+    """The first fix time at which `visit` may change at the same place: settled in (not
+    entered yet), settled out (outside in the band), or its dwell due; inf if none."""
+    if not visit.entered:
+        return visit.since_ns + settle_ns
+    until = math.inf
+    if visit.outside_since_ns is not None:
+        until = visit.outside_since_ns + settle_ns
+    if not visit.dwelled and dwell_ns > 0:
+        until = min(until, visit.since_ns + dwell_ns)
+    return until
 
 
 def sweep_stale(

@@ -50,6 +50,7 @@ WKB (`PolygonShape.to_prepared`), so loading 10,000 zones at start-up reads them
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import math
 import re
@@ -473,6 +474,8 @@ def _polygonal(geometry: shapely.Geometry) -> Polygon | MultiPolygon:
 
 # --- The index ---------------------------------------------------------------------------------
 
+_TOKENS = itertools.count(1)
+
 
 class ZoneIndex:
     """An immutable set of zones with an STRtree over their band envelopes.
@@ -492,9 +495,13 @@ class ZoneIndex:
         "_raw",
         "_tree",
         "_zones",
+        "token",
     )
 
     def __init__(self, zones: Iterable[Zone] = ()) -> None:
+        #: Unique to this index in the process (ids of dead objects are reused; this is not):
+        #: what a memo made against it (events.Settled) is checked with.
+        self.token: int = next(_TOKENS)
         by_id: dict[str, Zone] = {}
         for zone in zones:
             if zone.zone_id in by_id:
@@ -567,12 +574,15 @@ class ZoneIndex:
         levels = np.zeros(point_of.size, dtype=np.int8)
         polygon = self._is_polygon[box_of]
         if polygon.any():
-            p, b = point_of[polygon], box_of[polygon]
-            x, y = lons[p], lats[p]
-            outer = shapely.intersects_xy(self._outer[b], x, y)
-            raw = outer & shapely.intersects_xy(self._raw[b], x, y)
-            inner = raw & shapely.intersects_xy(self._inner[b], x, y)
-            levels[polygon] = outer.astype(np.int8) + raw + inner
+            # From the band outside inwards, each test only for the pairs inside the last:
+            # most candidates (by envelope) are outside the band, and need one test.
+            at = np.flatnonzero(polygon)
+            for geometries in (self._outer, self._raw, self._inner):
+                p = point_of[at]
+                at = at[shapely.intersects_xy(geometries[box_of[at]], lons[p], lats[p])]
+                levels[at] += 1
+                if not at.size:
+                    break
         circle = ~polygon
         if circle.any():
             p, b = point_of[circle], box_of[circle]
@@ -583,11 +593,11 @@ class ZoneIndex:
             )
         owners = self._owners
         wheres = _WHERES
+        near = levels > 0
         for point, box, level in zip(
-            point_of.tolist(), box_of.tolist(), levels.tolist(), strict=True
+            point_of[near].tolist(), box_of[near].tolist(), levels[near].tolist(), strict=True
         ):
-            if level:
-                found[point][owners[box]] = wheres[level]
+            found[point][owners[box]] = wheres[level]
         return found
 
     def with_zone(self, zone: Zone) -> ZoneIndex:

@@ -10,6 +10,7 @@ requests, bodies in the proto3 JSON mapping. Errors are `{"error": {"code", "sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from starlette.applications import Starlette
@@ -36,7 +38,7 @@ from driver_service._gen.driver.v1 import history_pb2 as hpb
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
 from driver_service.api.dispatch_servicer import DispatchServicer
 from driver_service.api.errors import status_for
-from driver_service.api.event_servicer import EventServicer
+from driver_service.api.event_servicer import EventServicer, event_to_pb
 from driver_service.api.history_servicer import HistoryServicer
 from driver_service.api.rules import (
     DISPATCH_SERVICE,
@@ -49,6 +51,7 @@ from driver_service.api.rules import (
 from driver_service.api.servicer import DriverServicer
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.events import EventFeed
+from driver_service.app.fleet import FleetChanges, FleetView
 from driver_service.app.history import LocationHistory
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.zones import ZoneAdmin
@@ -57,6 +60,7 @@ from driver_service.domain import DomainError
 from driver_service.http.errors import JSON_TYPE, HttpError, error_response
 from driver_service.http.limits import DEFAULT_MAX_BODY_BYTES, MAX_UPLOAD_LOCATIONS
 from driver_service.http.openapi import document
+from driver_service.http.routing import RoutedByRawPath
 from driver_service.http.sse import DropOldest, SseItem, sse_stream
 from driver_service.http.transcode import (
     CONTEXT,
@@ -74,7 +78,7 @@ from driver_service.interceptors.request_id import (
 )
 from driver_service.observability.context import REQUEST_ID
 from driver_service.observability.metrics.catalogue import ServiceMetrics
-from driver_service.wire import driver_to_pb
+from driver_service.wire import driver_to_pb, location_to_pb, ns_to_timestamp
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("driver_service.http.access")
@@ -82,8 +86,6 @@ access = logging.getLogger("driver_service.http.access")
 DEFAULT_HEARTBEAT_S = 15.0
 #: Live locations buffered per SSE client before the oldest is dropped.
 DEFAULT_LOCATION_BUFFER = 16
-#: How often the fleet stream looks for moved drivers.
-FLEET_INTERVAL_S = 0.25
 
 GET_DRIVER = method_path(DRIVER_SERVICE, "GetDriver")
 STREAM_LOCATION = method_path(DRIVER_SERVICE, "StreamLocation")
@@ -99,6 +101,9 @@ LIST_ZONES = method_path(ZONE_SERVICE, "ListZones")
 UPDATE_ZONE = method_path(ZONE_SERVICE, "UpdateZone")
 DELETE_ZONE = method_path(ZONE_SERVICE, "DeleteZone")
 WATCH_EVENTS = method_path(EVENT_SERVICE, "WatchEvents")
+#: HTTP-only routes, ruled in api/rules.py HTTP_RULES.
+LIST_FLEET = "GET /v1/drivers"
+FLEET_STREAM = "GET /v1/fleet:stream"
 
 SSE_TYPE = "text/event-stream"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -114,6 +119,8 @@ class HttpOptions:
     cors_origins: tuple[str, ...] = ()
     map_tiles: str = ""
     tls: bool = True
+    #: The server's --stale-after: a listed driver silent for longer is marked stale.
+    stale_after_s: float = 120.0
 
 
 @dataclass
@@ -143,6 +150,12 @@ class FrontDoor:
         self.zones = None if b.zones is None else ZoneServicer(b.zones)
         self.events = None if b.events is None else EventServicer(b.events)
         self.history = None if b.history is None else HistoryServicer(b.history)
+        self.fleet = FleetView(
+            b.tracking.repository,
+            b.tracking.bus,
+            b.events,
+            int(self.options.stale_after_s * 1e9),
+        )
 
     # --- plumbing ---------------------------------------------------------------------------
     def _authorize(self, request: Request, method: str, *messages: Any) -> None:
@@ -189,7 +202,7 @@ class FrontDoor:
 
     # --- drivers ----------------------------------------------------------------------------
     async def get_driver(self, request: Request) -> Response:
-        req = self._query(request, pb.GetDriverRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, pb.GetDriverRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_DRIVER, req)
         return _json(await self.drivers.GetDriver(req, CONTEXT))
 
@@ -199,9 +212,32 @@ class FrontDoor:
         servicer = self._need(self.dispatch, "DispatchService")
         return _json(await servicer.FindNearbyDrivers(req, CONTEXT))
 
+    async def list_fleet(self, request: Request) -> Response:
+        """Every driver, whatever its status or age, in pages by id (page_size at most
+        app/fleet.py MAX_PAGE_SIZE; next_page_token empty on the last page)."""
+        params = _plain_query(request, {"page_size", "pageSize", "page_token", "pageToken"})
+        self._authorize(request, LIST_FLEET)
+        size_text = params.get("page_size", params.get("pageSize", "0"))
+        if not size_text.lstrip("-").isdigit():
+            raise bad_request(f"page_size must be a whole number, not {size_text!r}")
+        page = await self.fleet.list_page(
+            int(size_text), params.get("page_token", params.get("pageToken", ""))
+        )
+        now_ns = time.time_ns()
+        drivers = []
+        for driver in page.drivers:
+            item = to_json(driver_to_pb(driver))
+            item["stale"] = self.fleet.is_stale(driver, now_ns)
+            if driver.location is not None:  # when its position was fixed (lastSeenAt may be later)
+                item["locatedAt"] = ns_to_timestamp(driver.location.recorded_at_ns).ToJsonString()
+            drivers.append(item)
+        return _json_body({"drivers": drivers, "nextPageToken": page.next_page_token})
+
     async def driver_verb(self, request: Request) -> Response:
         """POST /v1/drivers/{id}:verb; the verb follows the last colon (ids may hold colons)."""
-        driver_id, _, verb = request.path_params["name"].rpartition(":")
+        # The routing path keeps an encoded ":" as %3A: only a literal one starts the verb.
+        name, _, verb = request.path_params["name"].rpartition(":")
+        driver_id = unquote(name)
         if verb == "uploadLocations" and driver_id:
             return await self._upload(request, driver_id)
         if verb == "setStatus" and driver_id:
@@ -252,7 +288,7 @@ class FrontDoor:
 
     # --- history ----------------------------------------------------------------------------
     async def trail(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetTrailRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetTrailRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_TRAIL, req)
         servicer = self._need(self.history, "HistoryService")
         points = hpb.TrailChunk()
@@ -261,13 +297,13 @@ class FrontDoor:
         return _json(points)
 
     async def trips(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetTripsRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetTripsRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_TRIPS, req)
         servicer = self._need(self.history, "HistoryService")
         return _json(await servicer.GetTrips(req, CONTEXT))
 
     async def summary(self, request: Request) -> Response:
-        req = self._query(request, hpb.GetSummaryRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, hpb.GetSummaryRequest(), driver_id=_path_id(request))
         self._authorize(request, GET_SUMMARY, req)
         servicer = self._need(self.history, "HistoryService")
         return _json(await servicer.GetSummary(req, CONTEXT))
@@ -286,7 +322,7 @@ class FrontDoor:
         return _json(await servicer.ListZones(req, CONTEXT))
 
     async def zone(self, request: Request) -> Response:
-        zone_id = request.path_params["id"]
+        zone_id = _path_id(request)
         method = request.method
         if method == "GET":
             req: Any = self._query(request, zpb.GetZoneRequest(), id=zone_id)
@@ -307,14 +343,10 @@ class FrontDoor:
 
     # --- streams ----------------------------------------------------------------------------
     def _sse(self, source: AsyncIterator[SseItem]) -> Response:
-        return StreamingResponse(
-            sse_stream(source, self.options.heartbeat_s, self.stopping),
-            media_type=SSE_TYPE,
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-        )
+        return _SseResponse(source, self.options.heartbeat_s, self.stopping)
 
     async def location_stream(self, request: Request) -> Response:
-        req = self._query(request, pb.StreamLocationRequest(), driver_id=request.path_params["id"])
+        req = self._query(request, pb.StreamLocationRequest(), driver_id=_path_id(request))
         self._authorize(request, STREAM_LOCATION, req)
         first = await _first(self.drivers.StreamLocation(req, CONTEXT))
 
@@ -342,25 +374,15 @@ class FrontDoor:
         return self._sse(items())
 
     async def fleet_stream(self, request: Request) -> Response:
-        """The drivers of an area, as FindNearbyDrivers finds them, each time one moved,
-        changed status or left (what the map follows on one connection)."""
-        req = self._query(request, dpb.FindNearbyDriversRequest())
-        self._authorize(request, FIND_NEARBY, req)
-        servicer = self._need(self.dispatch, "DispatchService")
-        first = await servicer.FindNearbyDrivers(req, CONTEXT)
-
-        async def items() -> AsyncIterator[SseItem]:
-            found = first
-            seen: dict[str, tuple[Any, ...]] = {}
-            while True:
-                now = {d.driver_id: _fleet_key(d) for d in found.drivers}
-                if now != seen:
-                    seen = now
-                    yield SseItem(to_json(found), event="drivers")
-                await asyncio.sleep(FLEET_INTERVAL_S)
-                found = await servicer.FindNearbyDrivers(req, CONTEXT)
-
-        return self._sse(items())
+        """Every driver's changes (app/fleet.py): `ready` once subscribed (list the fleet
+        with GET /v1/drivers after it and nothing falls between), then `locations` (each
+        moved driver's newest location, coalesced for a slow reader) and `event` (driver.
+        online, driver.offline, driver.status_changed, never dropped) as they come."""
+        _plain_query(request, set())
+        self._authorize(request, FLEET_STREAM)
+        if self.backends.tracking.stopping:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; reconnect")
+        return self._sse(_FleetFrames(await self.fleet.open_changes()))
 
     # --- the map and its documents -----------------------------------------------------------
     async def index(self, request: Request) -> Response:
@@ -372,10 +394,6 @@ class FrontDoor:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(document())
-
-
-def _fleet_key(d: Any) -> tuple[Any, ...]:
-    return (d.status, d.latitude, d.longitude)
 
 
 async def _first(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -410,12 +428,80 @@ async def _first(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return rest()
 
 
+class _SseResponse(StreamingResponse):
+    """An SSE response that closes its source however it ends, even if its body was never
+    read (a client gone before the first byte): a stream holds subscriptions."""
+
+    def __init__(
+        self, source: AsyncIterator[SseItem], heartbeat_s: float, stopping: asyncio.Event
+    ) -> None:
+        super().__init__(
+            sse_stream(source, heartbeat_s, stopping),
+            media_type=SSE_TYPE,
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+        self._source = source
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._source.aclose()  # type: ignore[attr-defined]
+
+
+class _FleetFrames:
+    """The fleet feed as SSE items: `ready`, then `locations` and `event` frames."""
+
+    def __init__(self, changes: FleetChanges) -> None:
+        self._changes = changes
+        self._ready_sent = False
+
+    def __aiter__(self) -> _FleetFrames:
+        return self
+
+    async def __anext__(self) -> SseItem:
+        if not self._ready_sent:
+            self._ready_sent = True
+            return SseItem({}, event="ready")
+        change = await anext(self._changes)
+        if isinstance(change, list):
+            locations = [to_json(location_to_pb(x)) for x in change]
+            return SseItem({"locations": locations}, event="locations")
+        return SseItem(to_json(event_to_pb(change)), event="event")
+
+    async def aclose(self) -> None:
+        await self._changes.aclose()
+
+
+def _path_id(request: Request) -> str:
+    """The `{id}` of the path as the caller meant it (http/routing.py keeps `/`, `%` and `:`
+    encoded for routing; each is one character of the id)."""
+    return unquote(request.path_params["id"])
+
+
 def _json(message: Any) -> Response:
+    return _json_body(to_json(message))
+
+
+def _json_body(body: Any) -> Response:
     return Response(
-        json.dumps(to_json(message), separators=(",", ":")),
+        json.dumps(body, separators=(",", ":")),
         media_type=JSON_TYPE,
         headers={"cache-control": "no-store"},
     )
+
+
+def _plain_query(request: Request, allowed: set[str]) -> dict[str, str]:
+    """The query of a route that mirrors no message: each parameter once, none unknown."""
+    params: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in allowed:
+            raise bad_request(f"unknown query parameter {key!r}")
+        if key in params:
+            raise bad_request(f"query parameter {key!r} given twice")
+        params[key] = value
+    return params
 
 
 def _static_text(name: str) -> str:
@@ -550,6 +636,7 @@ def build_app(door: FrontDoor) -> ASGIApp:
         Route("/openapi.json", e("openapi", door.openapi), methods=["GET"]),
         Route("/v1/drivers:nearby", e("nearby", door.nearby), methods=["GET"]),
         Route("/v1/fleet:stream", e("fleet_stream", door.fleet_stream), methods=["GET"]),
+        Route("/v1/drivers", e("list_drivers", door.list_fleet), methods=["GET"]),
         Route("/v1/locations:batchUpload", e("batch_upload", door.batch_upload), methods=["POST"]),
         Route("/v1/events:stream", e("event_stream", door.event_stream), methods=["GET"]),
         Route("/v1/drivers/{id}", e("get_driver", door.get_driver), methods=["GET"]),
@@ -588,4 +675,4 @@ def build_app(door: FrontDoor) -> ASGIApp:
         exception_handlers={404: _not_found, 405: _not_found},
     )
     csp = content_security_policy(door.options.map_tiles)
-    return Observed(app, door.metrics, csp, door.options.tls)
+    return Observed(RoutedByRawPath(app), door.metrics, csp, door.options.tls)

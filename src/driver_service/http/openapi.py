@@ -13,6 +13,7 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import events_pb2 as epb
 from driver_service._gen.driver.v1 import history_pb2 as hpb
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
+from driver_service.app.fleet import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from driver_service.http.limits import DEFAULT_MAX_BODY_BYTES, MAX_UPLOAD_LOCATIONS
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -101,6 +102,25 @@ _ERRORS = {
 }
 
 
+def _http_op(
+    operation_id: str,
+    route: str,
+    summary: str,
+    response: str,
+    params: list[dict[str, Any]],
+    *,
+    stream: bool = False,
+) -> dict[str, Any]:
+    """A route that mirrors no RPC: its rule is api/rules.py HTTP_RULES[route]."""
+    op = _op(route, summary, response, params=params, stream=stream)
+    op["operationId"] = operation_id
+    op["description"] = (
+        f"HTTP only: `{route}`, ruled in api/rules.py HTTP_RULES (drivers:read; never a "
+        "driver token)."
+    )
+    return op
+
+
 def _op(
     rpc: str,
     summary: str,
@@ -172,10 +192,67 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    schemas["FleetDriver"] = {
+        "allOf": [
+            _ref("GetDriverResponse"),
+            {
+                "type": "object",
+                "properties": {
+                    "stale": {
+                        "type": "boolean",
+                        "description": "no event for longer than the server's --stale-after",
+                    },
+                    "locatedAt": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "the fix time of its position (absent: never located)",
+                    },
+                },
+            },
+        ]
+    }
+    schemas["ListDriversResponse"] = {
+        "type": "object",
+        "properties": {
+            "drivers": {"type": "array", "items": _ref("FleetDriver")},
+            "nextPageToken": {
+                "type": "string",
+                "description": "pass as page_token for the next page; empty on the last",
+            },
+        },
+    }
+    schemas["FleetLocations"] = {
+        "type": "object",
+        "properties": {"locations": {"type": "array", "items": _ref("LocationUpdate")}},
+    }
+    page_q = [
+        {
+            "name": "page_size",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE},
+            "description": f"0 or absent: {DEFAULT_PAGE_SIZE}; more than {MAX_PAGE_SIZE} "
+            f"gets {MAX_PAGE_SIZE}",
+        },
+        {
+            "name": "page_token",
+            "in": "query",
+            "schema": {"type": "string"},
+            "description": "the nextPageToken of the previous page",
+        },
+    ]
     trail_q = _params(hpb.GetTrailRequest.DESCRIPTOR, path=("driver_id",))
     trips_q = _params(hpb.GetTripsRequest.DESCRIPTOR, path=("driver_id",))
     summary_q = _params(hpb.GetSummaryRequest.DESCRIPTOR, path=("driver_id",))
     paths: dict[str, Any] = {
+        "/v1/drivers": {
+            "get": _http_op(
+                "ListDrivers",
+                "GET /v1/drivers",
+                "Every driver (any status or age), in pages by id",
+                "ListDriversResponse",
+                page_q,
+            ),
+        },
         "/v1/drivers/{driver_id}": {
             "get": _op(
                 "driver.v1.DriverService/GetDriver",
@@ -262,11 +339,15 @@ def document() -> dict[str, Any]:
             ),
         },
         "/v1/fleet:stream": {
-            "get": _op(
-                "driver.v1.DispatchService/FindNearbyDrivers",
-                "The drivers of an area each time one moved (SSE `event: drivers`)",
-                "FindNearbyDriversResponse",
-                params=_params(dpb.FindNearbyDriversRequest.DESCRIPTOR),
+            "get": _http_op(
+                "StreamFleet",
+                "GET /v1/fleet:stream",
+                "Every driver's changes (SSE): `event: ready` once subscribed (then list "
+                "GET /v1/drivers), `event: locations` (a FleetLocations: each moved driver's "
+                "newest), `event: event` (an Event: driver.online, driver.offline, "
+                "driver.status_changed; never dropped)",
+                "FleetLocations or Event",
+                [],
                 stream=True,
             ),
         },

@@ -120,7 +120,19 @@ class HttpServer:
                 connection.shutdown()
             for task in list(self.server.server_state.tasks):
                 task.cancel()
-        await self.server.shutdown()
+        shutdown = asyncio.ensure_future(self.server.shutdown())
+        # uvicorn closes each connection once its answer is complete, and waits for every
+        # one to be gone. A TLS close waits for the client's close_notify (asyncio allows it
+        # 30 s), which a client that keeps its idle connection never sends: every stop with
+        # a browser attached would take the whole grace. A connection closing with nothing
+        # left to write has delivered its answer in full: abort it.
+        while not shutdown.done():
+            for connection in list(self.server.server_state.connections):
+                transport = connection.transport
+                if transport.is_closing() and not transport.get_write_buffer_size():
+                    transport.abort()
+            await asyncio.wait({shutdown}, timeout=0.05)
+        await shutdown
 
 
 async def start_http(

@@ -37,7 +37,8 @@ async def sse_stream(
     source: AsyncIterator[SseItem], heartbeat_s: float, stopping: asyncio.Event
 ) -> AsyncIterator[bytes]:
     """The encoded stream of `source`, heartbeats between, until the source ends or the
-    server stops (then a last `event: end`, so a client tells shutdown from a broken link)."""
+    server stops; either way a last `event: end`, so a client tells an end from a broken
+    link."""
     yield b"retry: 1000\n\n"
     stop: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
     pending: asyncio.Future[Any] | None = None
@@ -52,7 +53,9 @@ async def sse_stream(
             if pending in done:
                 try:
                     item = pending.result()
-                except StopAsyncIteration:
+                except StopAsyncIteration:  # ours never end but for the server ending them
+                    reason = "server shutting down" if stopping.is_set() else "stream ended"
+                    yield encode(SseItem({"reason": reason}, event="end"))
                     return
                 except Exception as exc:  # noqa: BLE001 - e.g. UNAVAILABLE on shutdown
                     message = getattr(exc, "message", None) or "stream failed"

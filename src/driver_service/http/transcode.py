@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from driver_service.api.rules import HTTP_RULES
 from driver_service.http.errors import HttpError
 from driver_service.interceptors.auth import (
     PRINCIPAL,
@@ -52,8 +53,9 @@ def authorize(
     messages: Iterable[Message] = (),
 ) -> Principal | None:
     """The caller of the gRPC method `method` (its path, e.g. /driver.v1.DriverService/
-    GetDriver) from its Authorization headers, refused as the gRPC pipeline refuses it; each
-    of `messages` checked against a driver token. Sets the principal the servicers read."""
+    GetDriver; or an HTTP-only route of api/rules.py HTTP_RULES, e.g. "GET /v1/drivers")
+    from its Authorization headers, refused as the gRPC pipeline refuses it; each of
+    `messages` checked against a driver token. Sets the principal the servicers read."""
     if policy is None:
         return None
     principal, refusal = authenticate(
@@ -62,7 +64,7 @@ def authorize(
     if refusal is not None:
         raise HttpError(*refusal)
     assert principal is not None
-    rule = policy.rules.get(method)
+    rule = policy.rules.get(method) or HTTP_RULES.get(method)
     refusal = admission(principal, rule, method)
     if refusal is not None:
         raise HttpError(*refusal)

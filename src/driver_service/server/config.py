@@ -341,6 +341,9 @@ class ServerSettings:
         with contextlib.suppress(ConfigError):  # a bad --listen is reported on its own
             if parse_listen(self.listen)[1] == 0:
                 errors.append("--workers > 1 needs a fixed --listen port for workers to share")
+        with contextlib.suppress(ConfigError):
+            if self.http_listen and parse_listen(self.http_listen)[1] == 0:
+                errors.append("--workers > 1 needs a fixed --http-listen port for workers to share")
         return errors
 
     def _retention_errors(self) -> list[str]:

@@ -183,6 +183,8 @@ class RunningServer:
             await self._monitor.stop()
         await self.health.enter_graceful_shutdown()
         self.tracking.begin_shutdown()
+        if self.http is not None:  # SSE streams end saying so, before their sources close
+            self.http.door.stopping.set()
         if self.services is not None:  # WatchEvents streams end; no more offline sweeps
             await self.services.close_events()
         if self.http is not None:  # both doors drain together, within the same grace
@@ -363,6 +365,7 @@ async def _start_http(
         cors_origins=settings.http_cors_origin,
         map_tiles=settings.map_tiles,
         tls=not settings.insecure,
+        stale_after_s=settings.stale_after,
     )
     door = FrontDoor(backends, auth, options, metrics)
     host, port = parse_listen(settings.http_listen)

@@ -28,7 +28,7 @@ import contextlib
 import datetime
 import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +45,9 @@ from driver_service.domain.events import (
     TrackerState,
     event_bodies,
     event_from_row,
+    stored_alike,
     sweep_stale,
+    with_times,
 )
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
@@ -149,6 +151,8 @@ _SEEN_SINCE = (
     " location_at_ns, last_seen_at_ns FROM drivers WHERE driver_id > $1"
     " AND last_seen_at_ns >= $2 ORDER BY driver_id LIMIT $3"
 )
+#: A `seen_since` before every driver's last event: the whole fleet.
+_EVER = -(2**63)
 #: pg_advisory_xact_lock key of the event log's inserts ("drvevnt1"): ids in commit order.
 EVENT_LOCK_KEY = int.from_bytes(b"drvevnt1", "big", signed=True)
 _ZONE_COLUMNS = (
@@ -178,8 +182,8 @@ _STALE_CANDIDATES = (
     " AND tracker LIKE '%\"online\":true%' ORDER BY driver_id"
 )
 _LOCK_TRACKERS = (
-    "SELECT driver_id, tracker FROM drivers WHERE driver_id = ANY($1::text[])"
-    " ORDER BY driver_id FOR UPDATE"
+    "SELECT driver_id, tracker, location_at_ns, last_seen_at_ns FROM drivers"
+    " WHERE driver_id = ANY($1::text[]) ORDER BY driver_id FOR UPDATE"
 )
 _HISTORY = (
     "SELECT latitude, longitude, speed_mps, heading_degrees, recorded_at_ns"
@@ -431,13 +435,17 @@ class PostgresRepository:
             evaluator = self._evaluator
             if evaluator is not None and advanced:
                 await self._sync_zones(con, evaluator)
+                # The fix and last-seen times are the locked row's (the stored state's are
+                # those of its last write: see _write_events).
                 states = {
-                    driver_id: TrackerState.from_json(text)
+                    driver_id: with_times(
+                        TrackerState.from_json(text), before[driver_id], last_seen[driver_id]
+                    )
                     for driver_id, text in trackers.items()
                     if text is not None
                 }
                 new_states, events = evaluator.on_locations(states, advanced)
-                last_event_id = await self._write_events(con, new_states, events)
+                last_event_id = await self._write_events(con, new_states, events, states)
         return Recorded(advanced, conflicts), last_event_id
 
     # --- events (the outbox) and zones ---------------------------------------------------------
@@ -468,11 +476,16 @@ class PostgresRepository:
 
     @staticmethod
     async def _write_events(
-        con: Any, states: dict[str, TrackerState], events: Sequence[Event]
+        con: Any,
+        states: dict[str, TrackerState],
+        events: Sequence[Event],
+        before: Mapping[str, TrackerState],
     ) -> int:
-        """Write tracker states and log events in the open transaction; the newest id."""
-        if states:
-            ids = sorted(states)
+        """Write tracker states and log events in the open transaction; the newest id. A
+        state that differs from the one read (`before`) only in its fix and last-seen times is
+        not written: every reader takes those from the driver's row, locked with the state."""
+        ids = sorted(d for d, state in states.items() if not stored_alike(before.get(d), state))
+        if ids:
             await con.execute(_SET_TRACKERS, ids, [states[i].to_json() for i in ids])
         if not events:
             return 0
@@ -538,17 +551,16 @@ class PostgresRepository:
         async with self._pool.acquire() as con, con.transaction():
             states: dict[str, TrackerState] = {}
             events: list[Event] = []
-            for driver_id, text in await con.fetch(_LOCK_TRACKERS, driver_ids):
+            for driver_id, text, fix_ns, seen_ns in await con.fetch(_LOCK_TRACKERS, driver_ids):
                 if text is None:
                     continue
-                state, event = sweep_stale(
-                    TrackerState.from_json(text), driver_id, now_ns, stale_after_ns
-                )
+                stored = with_times(TrackerState.from_json(text), fix_ns, seen_ns)
+                state, event = sweep_stale(stored, driver_id, now_ns, stale_after_ns)
                 if event is not None:
                     states[driver_id] = state
                     events.append(event)
             events.sort(key=lambda e: (e.at_ns, e.driver_id))
-            return len(events), await self._write_events(con, states, events)
+            return len(events), await self._write_events(con, states, events, {})
 
     async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
         stored = Zone(
@@ -705,9 +717,14 @@ class PostgresRepository:
                 text = await con.fetchval(
                     "SELECT tracker FROM drivers WHERE driver_id = $1", driver_id
                 )
-                before = NEW_DRIVER if text is None else TrackerState.from_json(text)
+                before = NEW_DRIVER
+                if text is not None:  # the times are the row's (see _write_events)
+                    stored = TrackerState.from_json(text)
+                    before = with_times(stored, row["location_at_ns"], row["last_seen_at_ns"])
                 state, events = evaluator.on_status(before, driver_id, status, at_ns)
-                last = await self._write_events(con, {driver_id: state}, events)
+                last = await self._write_events(
+                    con, {driver_id: state}, events, {driver_id: before}
+                )
                 return _driver_from_record(row), last
 
         driver, last = await self.guard.call(set_and_log)
@@ -883,13 +900,20 @@ class PostgresRepository:
             raise ValueError("page_size must be at least 1")
         after = ""
         while True:
-            rows = await self._pool.fetch(_SEEN_SINCE, after, seen_since_ns, page_size)
-            page = [_driver_from_record(row) for row in rows]
+            page = await self._driver_page(after, seen_since_ns, page_size)
             if page:
                 yield page
             if len(page) < page_size:
                 return
             after = page[-1].driver_id
+
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        """One keyset page along the primary key, bounded by the guard (a request path)."""
+        return await self.guard.call(lambda: self._driver_page(after_id, _EVER, limit))
+
+    async def _driver_page(self, after: str, seen_since_ns: int, limit: int) -> list[Driver]:
+        rows = await self._pool.fetch(_SEEN_SINCE, after, seen_since_ns, limit)
+        return [_driver_from_record(row) for row in rows]
 
     async def ping(self) -> None:
         """A write transaction (an xid is assigned, WAL is written) within the timeout,

@@ -141,6 +141,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE zones ADD COLUMN prepared bytea;
     """,
+    # 6: the drivers online, for the offline sweep (its candidates: WHERE last_seen_at_ns < $1
+    # AND tracker LIKE '%"online":true%'): a partial index of just those rows instead of a
+    # scan of every driver. It names the tracker, not last_seen_at_ns, so a location commit
+    # that moves only the times (most: the tracker state is written only when its visits,
+    # status or online flag change) can stay a HOT update.
+    """
+    CREATE INDEX drivers_online ON drivers (driver_id) WHERE tracker LIKE '%"online":true%';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

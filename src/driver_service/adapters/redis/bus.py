@@ -36,7 +36,12 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from driver_service.adapters.redis.connection import DEFAULT_PREFIX, redis_guard
-from driver_service.app.fanout import DEFAULT_QUEUE_SIZE, MemoryBus, MemorySubscription
+from driver_service.app.fanout import (
+    DEFAULT_QUEUE_SIZE,
+    MemoryBus,
+    MemoryFleetSubscription,
+    MemorySubscription,
+)
 from driver_service.domain import Location
 from driver_service.resilience.guard import DependencyGuard
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
@@ -137,6 +142,9 @@ class RedisBus:
         self._op_timeout_s = self.guard.timeout_s
         self._prefix = prefix
         self._channel_prefix = f"{prefix}loc:".encode()
+        #: PSUBSCRIBEd while anyone here holds a fleet subscription (every location channel).
+        self._fleet_pattern = self._channel_prefix + b"*"
+        self._fleet: dict[MemoryFleetSubscription, None] = {}
         self._local = _LocalFanout(self, queue_size)
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
@@ -191,6 +199,24 @@ class RedisBus:
             await self._confirmed(await self._sync_channel(self._channel(driver_id)))
         except BaseException:
             sub.close()  # the caller was cancelled (or failed) and never gets it to close
+            raise
+        return sub
+
+    async def subscribe_fleet(self) -> MemoryFleetSubscription:
+        """Every location channel through one pattern subscription (`{prefix}loc:*`), held
+        while anyone here holds a fleet subscription: this process then receives the whole
+        fleet's update rate, as a live fleet map needs and only while one is open."""
+        sub = MemoryBus.new_fleet_subscription(
+            self._fleet, lambda: self._schedule_sync(self._fleet_pattern)
+        )
+        if self._closed:
+            sub.close()
+            return sub
+        await self._started()
+        try:
+            await self._confirmed(await self._sync_channel(self._fleet_pattern))
+        except BaseException:
+            sub.close()
             raise
         return sub
 
@@ -251,6 +277,8 @@ class RedisBus:
             return
         self._closed = True
         await self._local.close()
+        for fleet in list(self._fleet):
+            fleet.close()
         if self._reader is not None:
             await self._reader.stop()
         for task in self._background:
@@ -327,11 +355,15 @@ class RedisBus:
             self._healthy = True
             channels = [self._channel(d) for d in self._local.watched_drivers()]
             channels.extend(self._handlers)
-            self._subscribed = set(channels)
-            self._confirmations = {c: self._new_confirmation() for c in channels}
+            patterns = [self._fleet_pattern] if self._fleet else []
+            self._subscribed = set(channels) | set(patterns)
+            self._confirmations = {c: self._new_confirmation() for c in self._subscribed}
             if channels:
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.subscribe(*channels)
+            if patterns:
+                async with asyncio.timeout(self._op_timeout_s):
+                    await pubsub.psubscribe(*patterns)
         self.connects += 1
         log.info("redis bus connected; %d channels subscribed", len(channels))
 
@@ -360,12 +392,23 @@ class RedisBus:
                         await self._local.publish((location,))
                 else:
                     self._handle_raw(channel, message["data"])
+            elif kind == "pmessage":
+                self._to_fleet(message["channel"], message["data"])
             elif kind == "pong":
                 awaiting_pong = False
-            elif kind == "subscribe":
+            elif kind in ("subscribe", "psubscribe"):
                 confirmation = self._confirmations.pop(message["channel"], None)
                 if confirmation is not None and not confirmation.done():
                     confirmation.set_result(None)
+
+    def _to_fleet(self, channel: bytes, payload: bytes) -> None:
+        """A message of the fleet pattern (every location channel) to the fleet subscriptions
+        (the driver's own channel, if watched here, comes as a separate message)."""
+        driver_id = channel[len(self._channel_prefix) :].decode()
+        location = decode_location(driver_id, payload)
+        if location is not None:
+            for fleet in tuple(self._fleet):
+                fleet.push((location,))
 
     def _handle_raw(self, channel: bytes, payload: bytes) -> None:
         for sub in tuple(self._handlers.get(channel, ())):
@@ -394,6 +437,8 @@ class RedisBus:
         return asyncio.get_running_loop().create_future()
 
     def _wanted(self, channel: bytes) -> bool:
+        if channel == self._fleet_pattern:
+            return bool(self._fleet)
         if channel.startswith(self._channel_prefix):
             return self._local.has_watchers(channel[len(self._channel_prefix) :].decode())
         return channel in self._handlers
@@ -408,16 +453,17 @@ class RedisBus:
             pubsub = self._pubsub
             if pubsub is None or not self._healthy:
                 return None
+            pattern = channel == self._fleet_pattern
             try:
                 async with asyncio.timeout(self._op_timeout_s):
                     if wanted and channel not in self._subscribed:
                         self._confirmations[channel] = self._new_confirmation()
                         self._subscribed.add(channel)
-                        await pubsub.subscribe(channel)
+                        await (pubsub.psubscribe if pattern else pubsub.subscribe)(channel)
                     elif not wanted and channel in self._subscribed:
                         self._subscribed.discard(channel)
                         self._confirmations.pop(channel, None)
-                        await pubsub.unsubscribe(channel)
+                        await (pubsub.punsubscribe if pattern else pubsub.unsubscribe)(channel)
             except (RedisError, OSError) as exc:  # TimeoutError too: redis-py then disconnects
                 # The reader sees the same failure and reconnects with the full channel set.
                 log.debug("redis bus (un)subscribe of %r failed: %s", channel, exc)

@@ -190,6 +190,9 @@ class LiveStateRepository:
     ) -> AsyncIterator[list[Driver]]:
         return self.durable.drivers_seen_since(seen_since_ns, page_size)
 
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        return await self.durable.list_drivers(after_id, limit)
+
     # --- writes ------------------------------------------------------------------------------
     async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         advanced = await self.durable.record_locations(locations)

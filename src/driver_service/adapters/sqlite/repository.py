@@ -30,11 +30,14 @@ from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFou
 from driver_service.domain.events import (
     NEW_DRIVER,
     Event,
+    EventType,
     LoggedEvent,
     TrackerState,
     event_bodies,
     event_from_row,
+    stored_alike,
     sweep_stale,
+    with_times,
 )
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
@@ -99,6 +102,12 @@ def _stored_fixes(keys: int) -> str:
 
 
 @functools.cache
+def _event_insert(rows: int) -> str:
+    """Events in rows of ROWS_PER_STATEMENT, as history: ids follow the rows' order."""
+    return _EVENT_COLUMNS + ",".join(["(?,?,?,?,?,?)"] * rows)
+
+
+@functools.cache
 def _driver_upsert(rows: int) -> str:
     values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
     return f"{_DRIVER_COLUMNS}{values}{_UPSERT_TAIL}"
@@ -125,6 +134,8 @@ _SEEN_SINCE = (
     " ORDER BY driver_id LIMIT ?"
 )
 
+#: A `seen_since` before every driver's last event: the whole fleet.
+_EVER = -(2**63)
 #: Zone ids per `IN (...)` read when a few zones changed.
 _ZONES_PER_READ = 500
 _ZONE_COLUMNS = (
@@ -134,10 +145,10 @@ _TRACKER_UPSERT = (
     "INSERT INTO driver_trackers (driver_id, state) VALUES (?, ?)"
     " ON CONFLICT (driver_id) DO UPDATE SET state = excluded.state"
 )
-_EVENT_INSERT = (
-    "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+_EVENT_COLUMNS = (
+    "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body) VALUES "
 )
+_EVENT_WIDTH = 6
 #: The first event (by id) to keep: the oldest recorded at or after the cutoff.
 _FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= ? ORDER BY id LIMIT 1"
 _EXPIRE_EVENTS = (
@@ -170,6 +181,7 @@ FORGET_BATCH = 10_000
 
 #: Status.value goes through enum's descriptor machinery (~1.5 us here); a dict does not.
 _STATUS_TEXT = {status: status.value for status in Status}
+_TYPE_TEXT = {kind: kind.value for kind in EventType}
 
 
 class StoreLocked(RuntimeError):
@@ -229,6 +241,10 @@ class SqliteRepository:
         self._drivers = drivers
         self._trackers: dict[str, TrackerState] = trackers or {}
         self._evaluator = evaluator
+        #: The stored zones version, known since this process last read it: only this process
+        #: changes zones (the data directory is locked), and each change forgets it (None), so
+        #: a location commit reads it only after a zone change, not every time.
+        self._zones_version: int | None = None
         self._closed = False
         #: Rows of history, counted once at open and kept by every insert and delete (a
         #: count(*) would scan the table on the writer thread).
@@ -368,7 +384,10 @@ class SqliteRepository:
 
     def _sync_zones(self, con: sqlite3.Connection, evaluator: EventEvaluator) -> None:
         """Give the evaluator the zones committed now if its version is not the stored one."""
-        (version,) = con.execute("SELECT version FROM zones_version").fetchone()
+        version = self._zones_version
+        if version is None:
+            (version,) = con.execute("SELECT version FROM zones_version").fetchone()
+            self._zones_version = version
         if version == evaluator.zones_version:
             return
         live = dict(con.execute("SELECT zone_id, version FROM zones WHERE deleted = 0"))
@@ -389,22 +408,30 @@ class SqliteRepository:
                 fetched.extend(zone_from_columns(*row) for row in rows)
         evaluator.load_zones(version, live, fetched)
 
-    @staticmethod
     def _write_events(
-        con: sqlite3.Connection, states: dict[str, TrackerState], events: Sequence[Event]
+        self, con: sqlite3.Connection, states: dict[str, TrackerState], events: Sequence[Event]
     ) -> int:
-        """Write tracker states and log events in the open transaction; the newest id."""
-        con.executemany(_TRACKER_UPSERT, [(d, s.to_json()) for d, s in states.items()])
+        """Write tracker states and log events in the open transaction; the newest id. A
+        state that changed only in its fix and last-seen times is not written: the driver's
+        row, written in the same transaction, holds those (see `_connect_and_load`)."""
+        before = self._trackers
+        con.executemany(
+            _TRACKER_UPSERT,
+            [
+                (driver_id, state.to_json())
+                for driver_id, state in states.items()
+                if not stored_alike(before.get(driver_id), state)
+            ],
+        )
         if not events:
             return 0
         now = time.time_ns()
-        con.executemany(
-            _EVENT_INSERT,
-            [
-                (e.type.value, e.driver_id, e.zone_id, e.at_ns, now, body)
-                for e, body in zip(events, event_bodies(events), strict=True)
-            ],
-        )
+        values: list[object] = []
+        extend = values.extend
+        type_text = _TYPE_TEXT
+        for e, body in zip(events, event_bodies(events), strict=True):
+            extend((type_text[e.type], e.driver_id, e.zone_id, e.at_ns, now, body))
+        _insert_flat(con, _event_insert, values, _EVENT_WIDTH)
         (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
         return int(last)
 
@@ -481,6 +508,7 @@ class SqliteRepository:
                 zone_columns(stored),
             )
             con.execute("UPDATE zones_version SET version = version + 1")
+            self._zones_version = None
 
         await self._run(lambda: self._transaction(body))
         return stored
@@ -531,6 +559,7 @@ class SqliteRepository:
                 zone_columns(new),
             )
             con.execute("UPDATE zones_version SET version = version + 1")
+            self._zones_version = None
             result.append(new)
 
         await self._run(lambda: self._transaction(body))
@@ -545,6 +574,7 @@ class SqliteRepository:
                 (now_ns, zone_id),
             )
             con.execute("UPDATE zones_version SET version = version + 1")
+            self._zones_version = None
 
         await self._run(lambda: self._transaction(body))
 
@@ -762,19 +792,23 @@ class SqliteRepository:
             raise ValueError("page_size must be at least 1")
         after = ""
         while True:
-
-            def query(after: str = after) -> list[Driver]:
-                rows = self._connection.execute(
-                    _SEEN_SINCE, (after, seen_since_ns, page_size)
-                ).fetchall()
-                return [_driver_from_row(row) for row in rows]
-
-            page = await self._run(query)
+            page = await self._driver_page(after, seen_since_ns, page_size)
             if page:
                 yield page
             if len(page) < page_size:
                 return
             after = page[-1].driver_id
+
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        """From the file by primary key, on the writer thread between commits."""
+        return await self._driver_page(after_id, _EVER, limit)
+
+    async def _driver_page(self, after: str, seen_since_ns: int, limit: int) -> list[Driver]:
+        def query() -> list[Driver]:
+            rows = self._connection.execute(_SEEN_SINCE, (after, seen_since_ns, limit)).fetchall()
+            return [_driver_from_row(row) for row in rows]
+
+        return await self._run(query)
 
     async def ping(self) -> None:
         """A real write transaction: a file that cannot take a commit fails the ping."""
@@ -821,12 +855,17 @@ def _connect_and_load(
                 " location_at_ns, last_seen_at_ns FROM drivers"
             )
         }
-        trackers = {
-            driver_id: TrackerState.from_json(state)
-            for driver_id, state in connection.execute(
-                "SELECT driver_id, state FROM driver_trackers"
-            )
-        }
+        # A state is written only when more than its times changed (_write_events): the
+        # times are those of the driver's row (its newest fix, last seen), as on every commit.
+        trackers: dict[str, TrackerState] = {}
+        for driver_id, text in connection.execute("SELECT driver_id, state FROM driver_trackers"):
+            state = TrackerState.from_json(text)
+            driver = drivers.get(driver_id)
+            if driver is not None:
+                loc = driver.location
+                fix_ns = None if loc is None else loc.recorded_at_ns
+                state = with_times(state, fix_ns, driver.last_seen_at_ns)
+            trackers[driver_id] = state
     except BaseException:
         connection.close()
         raise

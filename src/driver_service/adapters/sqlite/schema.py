@@ -139,6 +139,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE zones ADD COLUMN prepared BLOB;
     """,
+    # 8: the event log by driver: WatchEvents and the HTTP events route filtered by driver, and
+    # erasing a driver (DELETE ... WHERE driver_id), read its events without a scan of the log.
+    """
+    CREATE INDEX events_by_driver ON events (driver_id, id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

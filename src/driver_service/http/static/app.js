@@ -1,13 +1,15 @@
-// The fleet map: markers by status moving live (one SSE stream of the map's area), a
-// driver's details, last-hour trail and trips, zones, the event feed, search by id.
+// The fleet map: every driver as a marker by status (OFFLINE grey, stale faded), moving live
+// (GET /v1/drivers pages, then one SSE stream of the whole fleet's changes), a driver's
+// details, last-hour trail and trips, zones, the event feed, search by id.
 // Streams are read with fetch() and an Authorization header (EventSource cannot send one,
 // and a token never goes into a URL); the token lives in sessionStorage only.
 "use strict";
 (function () {
   const TOKEN_KEY = "driver-service-token";
   const COLORS = { AVAILABLE: "#1a9850", BUSY: "#f46d43", OFFLINE: "#888888" };
-  const MAX_RADIUS_M = 100000;
-  const state = { markers: new Map(), selected: null, trail: null, zones: null, selectedStream: null, fleetStream: null };
+  const PAGE_SIZE = 1000;
+  // drivers: id -> {driverId, status, stale, located, latitude, longitude, locT (its fix, ms)}
+  const state = { markers: new Map(), drivers: new Map(), selected: null, trail: null, zones: null, selectedStream: null, fleetStream: null };
   const $ = (id) => document.getElementById(id);
 
   function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
@@ -48,6 +50,11 @@
           if (lastId !== null) h["Last-Event-ID"] = lastId;
           const response = await fetch(path, { headers: h, signal: controller.signal, cache: "no-store" });
           if (response.status === 401) { askToken(); return; }
+          if (response.status === 403) { // retrying cannot help: the token lacks a scope
+            const body = await response.json().catch(() => ({}));
+            setStatus((body.error && body.error.message) || "forbidden: " + path);
+            return;
+          }
           if (!response.ok) throw new Error("HTTP " + response.status);
           const reader = response.body.getReader();
           const decoder = new TextDecoder();
@@ -103,47 +110,128 @@
     else new Grid().addTo(map);
   });
 
+  const legend = L.control({ position: "bottomleft" });
+  legend.onAdd = () => {
+    const box = L.DomUtil.create("div", "legend");
+    for (const [label, cls] of [["available", "available"], ["busy", "busy"], ["offline", "offline"], ["stale (no update lately)", "stale"]]) {
+      const row = L.DomUtil.create("div", "", box);
+      L.DomUtil.create("span", "swatch " + cls, row);
+      row.append(label);
+    }
+    return box;
+  };
+  legend.addTo(map);
+
+  // A driver's marker from what is known of it (a driver never located has none).
   function markerFor(d) {
+    if (!d.located) return null;
     let marker = state.markers.get(d.driverId);
     const color = COLORS[d.status] || "#333";
+    const look = d.stale ? { fillColor: color, fillOpacity: 0.35, dashArray: "3 3", color: "#333" }
+      : { fillColor: color, fillOpacity: 0.9, dashArray: null, color: "#fff" };
     if (!marker) {
-      marker = L.circleMarker([d.latitude, d.longitude], { radius: 8, weight: 2, color: "#fff", fillColor: color, fillOpacity: 0.9, className: "driver-marker" });
+      marker = L.circleMarker([d.latitude, d.longitude], Object.assign({ radius: 8, weight: 2, className: "driver-marker" }, look));
       marker.addTo(map);
       marker.on("click", () => select(d.driverId));
       marker.bindTooltip(d.driverId);
       state.markers.set(d.driverId, marker);
     } else {
       marker.setLatLng([d.latitude, d.longitude]);
-      marker.setStyle({ fillColor: color });
+      marker.setStyle(look);
     }
     const el = marker.getElement();
     if (el) {
       el.setAttribute("data-driver-id", d.driverId);
       el.setAttribute("data-status", d.status);
+      el.setAttribute("data-stale", d.stale ? "1" : "0");
+      el.setAttribute("data-color", color);
       el.setAttribute("data-lat", String(d.latitude));
       el.setAttribute("data-lon", String(d.longitude));
     }
     return marker;
   }
 
+  // What the map knows of a driver, changed by `change`; the marker follows.
+  function update(driverId, change) {
+    const d = state.drivers.get(driverId) || { driverId, status: "AVAILABLE", stale: false, located: false, locT: 0 };
+    Object.assign(d, change);
+    state.drivers.set(driverId, d);
+    markerFor(d);
+  }
+  function applyLocation(loc) {
+    const t = Date.parse(loc.timestamp) || 0;
+    const known = state.drivers.get(loc.driverId);
+    if (known && t < known.locT) return; // older than what the listing or a frame gave
+    update(loc.driverId, { latitude: loc.latitude, longitude: loc.longitude, locT: t, located: true, stale: false });
+  }
+  function applyEvent(e) {
+    if (e.type === "driver.status_changed") update(e.driverId, { status: e.newStatus });
+    else if (e.type === "driver.offline") update(e.driverId, { stale: true });
+    else if (e.type === "driver.online") {
+      const change = { stale: false };
+      if (e.newStatus) change.status = e.newStatus;
+      const t = Date.parse(e.time) || 0;
+      const known = state.drivers.get(e.driverId);
+      if (e.location && (!known || t >= known.locT)) Object.assign(change, { latitude: e.location.latitude, longitude: e.location.longitude, locT: t, located: true });
+      update(e.driverId, change);
+    }
+  }
+  function countLine() {
+    let offline = 0, stale = 0;
+    for (const d of state.drivers.values()) { if (d.status === "OFFLINE") offline++; if (d.stale) stale++; }
+    setStatus(state.drivers.size + " drivers (" + offline + " offline, " + stale + " stale) · live");
+  }
+
+  // The whole fleet: the stream first (its `ready` says it is subscribed), then every page
+  // of GET /v1/drivers; changes that came meanwhile are applied after the listing, in order
+  // (locations only when newer than the listed one), so nothing falls between the two.
   function followFleet() {
     if (state.fleetStream) state.fleetStream.stop();
-    const center = map.getCenter();
-    const corner = map.getBounds().getNorthEast();
-    const radius = Math.min(MAX_RADIUS_M, Math.max(100, center.distanceTo(corner)));
-    const q = new URLSearchParams({ latitude: center.lat, longitude: center.lng, radius_m: radius, limit: 1000 });
-    for (const s of ["AVAILABLE", "BUSY"]) q.append("statuses", s);
-    state.fleetStream = sse("/v1/fleet:stream?" + q, (event, body) => {
-      if (event !== "drivers") return;
-      const seen = new Set();
-      for (const d of body.drivers || []) { markerFor(d); seen.add(d.driverId); }
-      for (const [id, marker] of state.markers) {
-        if (!seen.has(id) && id !== state.selected) { marker.remove(); state.markers.delete(id); }
+    let pending = null; // changes held back while the listing is read
+    let generation = 0; // a reconnect lists again; an older listing still running gives way
+    async function list() {
+      const mine = ++generation;
+      pending = pending || [];
+      const listed = new Map();
+      let token = "";
+      let complete = false;
+      try {
+        do {
+          const q = new URLSearchParams({ page_size: PAGE_SIZE });
+          if (token) q.set("page_token", token);
+          const page = await api("/v1/drivers?" + q);
+          if (mine !== generation) return;
+          for (const d of page.drivers || []) listed.set(d.driverId, d);
+          token = page.nextPageToken || "";
+        } while (token);
+        complete = true;
+      } catch (error) { setStatus("fleet: " + error.message); }
+      if (mine !== generation) return;
+      if (complete) { // a driver gone from the store (erased) goes from the map too
+        for (const [id, marker] of state.markers) {
+          if (!listed.has(id)) { marker.remove(); state.markers.delete(id); state.drivers.delete(id); }
+        }
       }
-      setStatus((body.drivers || []).length + " drivers in view · live");
+      for (const d of listed.values()) {
+        const t = d.locatedAt ? Date.parse(d.locatedAt) : 0;
+        update(d.driverId, { status: d.status, stale: !!d.stale, located: !!d.locatedAt, latitude: d.latitude, longitude: d.longitude, locT: t });
+      }
+      const held = pending || [];
+      pending = null;
+      for (const [kind, body] of held) apply(kind, body);
+      countLine();
+    }
+    function apply(kind, body) {
+      if (kind === "locations") for (const loc of body.locations || []) applyLocation(loc);
+      else if (kind === "event") applyEvent(body);
+    }
+    state.fleetStream = sse("/v1/fleet:stream", (event, body) => {
+      if (event === "ready") { list(); return; }
+      if (pending) { pending.push([event, body]); return; }
+      apply(event, body);
+      countLine();
     });
   }
-  map.on("moveend", followFleet);
 
   // --- one driver ---------------------------------------------------------------------------
   function field(dl, name, value) {
@@ -165,7 +253,6 @@
       field(dl, "position", d.latitude.toFixed(5) + ", " + d.longitude.toFixed(5));
       field(dl, "last seen", d.lastSeenAt || "-");
       box.replaceChildren(dl);
-      markerFor(d);
     } catch (error) { box.textContent = error.message; return; }
     const until = new Date();
     const since = new Date(until.getTime() - 3600 * 1000);
@@ -191,7 +278,7 @@
     state.selectedStream = sse("/v1/drivers/" + encodeURIComponent(driverId) + "/locations:stream", (event, loc) => {
       if (event !== "location") return;
       const marker = state.markers.get(loc.driverId);
-      if (marker) markerFor({ driverId: loc.driverId, latitude: loc.latitude, longitude: loc.longitude, status: marker.getElement() ? marker.getElement().getAttribute("data-status") : "AVAILABLE" });
+      if (marker) applyLocation(loc);
       if (state.trail) state.trail.addLatLng([loc.latitude, loc.longitude]);
     });
   }

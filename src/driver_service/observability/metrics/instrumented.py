@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 from driver_service.domain import Driver, Location, Status
 from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.observability.metrics.core import LoopGauge
-from driver_service.ports import DriverRepository, LocationBus, Recorded, Subscription
+from driver_service.ports import (
+    DriverRepository,
+    FleetSubscription,
+    LocationBus,
+    Recorded,
+    Subscription,
+)
 
 
 class InstrumentedRepository:
@@ -77,6 +83,9 @@ class InstrumentedRepository:
     ) -> AsyncIterator[list[Driver]]:
         return self.inner.drivers_seen_since(seen_since_ns, page_size)
 
+    async def list_drivers(self, after_id: str, limit: int) -> list[Driver]:
+        return await self.inner.list_drivers(after_id, limit)
+
     async def ping(self) -> None:
         seconds, errors = self._ping
         start = time.perf_counter()
@@ -134,6 +143,9 @@ class InstrumentedBus:
 
     async def subscribe(self, driver_id: str) -> Subscription:
         return _CountedSubscription(await self.inner.subscribe(driver_id), self._watchers)
+
+    async def subscribe_fleet(self) -> FleetSubscription:
+        return await self.inner.subscribe_fleet()
 
     async def ping(self) -> None:
         await self.inner.ping()
