@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -92,7 +92,10 @@ return redis.call('PUBLISH', ARGV[10], ARGV[1])
 )
 
 # KEYS: queue. ARGV: now_ns, hash prefix, outcome channel prefix, ids... (none: the whole
-# queue). Returns id, payload pairs of the commands now DELIVERED to the caller.
+# queue). Returns id, payload pairs of the commands now DELIVERED to the caller. Their
+# DELIVERED is announced by the caller once the session has them (`_announce`), not here: a
+# session that ends between the claim and the push sends them back to the queue, and their
+# senders, woken by the QUEUED of the requeue, never read a DELIVERED that did not happen.
 _CLAIM_LUA = (
     _BEFORE_LUA
     + """
@@ -112,7 +115,6 @@ for _, id in ipairs(ids) do
     if before(now, v[2]) then
       redis.call('HSET', h, 's', 'DELIVERED', 'da', now)
       if v[3] ~= '1' then redis.call('HSET', h, 'sa', now) end
-      redis.call('PUBLISH', op .. id, 'DELIVERED')
       out[#out + 1] = id
       out[#out + 1] = v[4]
     else
@@ -471,6 +473,7 @@ class RedisCommandRouter:
         pairs = list(zip(claimed[::2], claimed[1::2], strict=True))
         for n, (_, data) in enumerate(pairs):
             if not self._sessions.push_command(driver_id, self._decode(data)):
+                await self._announce(command_id for command_id, _ in pairs[:n])
                 async with self._guard.bounded():
                     await self._requeue_script(
                         keys=[self._queue_key(driver_id)],
@@ -481,6 +484,18 @@ class RedisCommandRouter:
                         ],
                     )
                 return
+        await self._announce(command_id for command_id, _ in pairs)
+
+    async def _announce(self, command_ids: Iterable[bytes | str]) -> None:
+        """Tell the senders their commands reached the session (after the push, see the
+        claim script)."""
+        channels = [self._outcome(c.decode() if isinstance(c, bytes) else c) for c in command_ids]
+        if not channels:
+            return
+        async with self._guard.bounded(), self._client.pipeline(transaction=False) as pipe:
+            for channel in channels:
+                pipe.publish(channel, "DELIVERED")
+            await pipe.execute()
 
     async def _nobody_here(self, driver_id: str, ids: Sequence[str]) -> None:
         """No session here speaks for the driver: drop its channel, and tell the senders of
