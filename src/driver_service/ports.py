@@ -137,6 +137,10 @@ class HistoryStore(Protocol):
         works on this one."""
         ...
 
+    #: Seconds the store has spent on expiry steps (SQLite: on its writer thread, not the
+    #: wait for it behind ingestion's commits): what retention's pace is measured in.
+    expiry_busy_s: float
+
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
         """One short step of retention: remove fixes older than `before_ns`, never one at
         or after it; return how many were removed (0: nothing left to remove now; call

@@ -73,8 +73,10 @@ async def test_expiry_removes_only_what_is_older_than_the_cutoff(store: Any) -> 
     await store.record_locations([fix("a", t) for t in times])
     cutoff = T0 - 86_400 * S  # exactly 24 h back
     total = 0
+    busy = store.expiry_busy_s
     while (removed := await store.expire_history(cutoff, batch=1)) > 0:
         total += removed
+    assert store.expiry_busy_s > busy  # the steps' time, which retention is paced by
     left = [x.recorded_at_ns for x in await read(store, "a", 0, 2**62)]
     # Nothing at or after the cutoff goes.
     assert [t for t in left if t >= cutoff] == [T0 + t * S for t in times if t >= -86_400]
@@ -179,7 +181,8 @@ async def test_postgres_retention_drops_an_expired_daily_partition(postgres_url:
 
 class Stepping:
     """The store as retention sees it (the real one underneath): each expiry step moves the
-    fake monotonic clock by `step_s` and is checked against the window right after it."""
+    fake monotonic clock and the store's busy time by `step_s` and is checked against the
+    window right after it."""
 
     def __init__(
         self,
@@ -193,6 +196,8 @@ class Stepping:
         self.step_s = step_s
         self.after_step = after_step
         self.steps: list[tuple[int, int]] = []  # (batch asked, removed)
+        #: What the pace is measured in: `step_s` a step (the real store's is real time).
+        self.expiry_busy_s = 0.0
         self.prepared_at: list[float] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -201,6 +206,7 @@ class Stepping:
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
         removed: int = await self.store.expire_history(before_ns, batch)
         self.clock[0] += self.step_s
+        self.expiry_busy_s += self.step_s
         self.steps.append((batch, removed))
         if self.after_step is not None:
             await self.after_step()

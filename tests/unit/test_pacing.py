@@ -101,6 +101,32 @@ async def test_batches_aim_at_the_target_time_within_the_limits() -> None:
     assert all(b * 20e-6 <= 0.004 for b in batches[1:])
 
 
+async def test_the_wait_behind_the_hot_path_is_not_counted_as_the_step_s_cost() -> None:
+    """With `cost` (the writer's own time in the step), a step that waited 18 ms behind an
+    ingestion commit and then worked 2 ms rests 38 ms (5 % of the writer), not 380 ms, and
+    its batch is sized from the 2 ms."""
+    fake = FakeTime()
+    busy = [0.0]
+    pacer = Pacer(0.05, PaceLimits(first=100, step_target_s=0.004), clock=fake.clock,
+                  sleep=fake.sleep)  # fmt: skip
+
+    async def queued(batch: int) -> int:
+        fake.now += 0.018  # waiting for the writer
+        fake.now += 0.002  # the step's own work
+        busy[0] += 0.002
+        return batch
+
+    assert await pacer.step(queued, lambda: busy[0]) == 100
+    assert fake.sleeps == [pytest.approx(0.038)]
+    assert pacer.busy_s == pytest.approx(0.002)
+    assert pacer.batch == 200
+    # Without it, the whole wait counts: the pace errs on the side of the hot path.
+    plain = Pacer(0.05, PaceLimits(first=100), clock=fake.clock, sleep=fake.sleep)
+    await plain.step(queued)
+    assert fake.sleeps[-1] == pytest.approx(0.38)
+    assert plain.batch == 50
+
+
 async def test_a_short_batch_does_not_resize() -> None:
     fake = FakeTime()
     pacer = Pacer(0.05, PaceLimits(first=500), clock=fake.clock, sleep=fake.sleep)

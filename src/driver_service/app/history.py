@@ -277,7 +277,10 @@ class LocationHistory:
             async def step(batch: int) -> int:
                 return await store.expire_history(cutoff, batch)
 
-            while (done := await self.pacer.step(step)) > 0:
+            def busy() -> float:
+                return store.expiry_busy_s
+
+            while (done := await self.pacer.step(step, busy)) > 0:
                 removed += done
                 self.expired_total += done
                 if await self._maintain(every_s):

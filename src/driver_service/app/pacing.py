@@ -25,7 +25,7 @@ class PaceLimits:
     """Batch sizes a step may use: it starts at `first` and is resized after each step
     towards `step_target_s` of work, never below `smallest` nor above `largest`."""
 
-    first: int = 500
+    first: int = 100
     smallest: int = 50
     largest: int = 5_000
     step_target_s: float = STEP_TARGET_S
@@ -41,9 +41,9 @@ def validate_share(share: float) -> float:
 class Pacer:
     """Runs steps `work(batch) -> items done` at a duty cycle of `share`: a step that took
     t seconds is followed by a rest of t * (1 - share) / share, so over any run of steps
-    busy / (busy + resting) <= share. The time measured is the step's whole wait (a step
-    queued behind ingestion's commits counts the queueing too), which errs on the side of
-    the hot path."""
+    busy / (busy + resting) <= share. A step's time is what the resource spent on it when
+    the caller can tell (`cost`: a step queued behind ingestion's commits does not hold
+    the writer while it waits), else its whole wait."""
 
     def __init__(
         self,
@@ -68,13 +68,18 @@ class Pacer:
         """The rest that keeps a step of `spent_s` within the share."""
         return max(0.0, spent_s) * (1.0 - self.share) / self.share
 
-    async def step(self, work: Callable[[int], Awaitable[int]]) -> int:
+    async def step(
+        self, work: Callable[[int], Awaitable[int]], cost: Callable[[], float] | None = None
+    ) -> int:
         """One step of at most `self.batch` items, then its rest (always awaited, so the
-        event loop runs between steps even at a share of 1); returns the items done."""
+        event loop runs between steps even at a share of 1); returns the items done.
+        `cost` is a clock of the resource's own time spent (the SQLite writer thread's
+        time in expiry, without the wait for it); by default the step's whole wait."""
         batch = self.batch
-        started = self._clock()
+        clock = self._clock if cost is None else cost
+        started = clock()
         done = await work(batch)
-        spent = self._clock() - started
+        spent = clock() - started
         self.busy_s += spent
         self.done += done
         self._resize(batch, done, spent)

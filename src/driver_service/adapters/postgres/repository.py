@@ -324,6 +324,8 @@ class PostgresRepository:
         self._zones_lock = asyncio.Lock()
         self.url = redact_url(url)
         self._closed = False
+        #: Seconds spent on expiry steps (HistoryStore.expiry_busy_s: retention's pace).
+        self.expiry_busy_s = 0.0
         self.guard = DependencyGuard(
             "postgresql",
             timeout_s,
@@ -798,7 +800,15 @@ class PostgresRepository:
         such fixes from the default partition. The detach waits at most
         DETACH_LOCK_TIMEOUT_MS for the parent's lock: behind ingestion's transactions it
         gives way (the default partition's rows go meanwhile; a later step or pass drops
-        the partition) instead of making every insert queue behind it."""
+        the partition) instead of making every insert queue behind it. The step's time is
+        added to `expiry_busy_s`."""
+        started = time.perf_counter()
+        try:
+            return await self._expire_step(before_ns, batch)
+        finally:
+            self.expiry_busy_s += time.perf_counter() - started
+
+    async def _expire_step(self, before_ns: int, batch: int) -> int:
         async with self._pool.acquire() as con:
             for name, estimate in await con.fetch(_PARTITIONS, timeout=_MAINTENANCE_TIMEOUT_S):
                 if not _expired_partition(name, before_ns):
