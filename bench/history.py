@@ -314,26 +314,73 @@ async def with_retention(
     return result
 
 
-async def backlog_interleaved(repo: Any, run: int) -> dict[str, Any]:
-    """Ingestion in BACKLOG_SEGMENTS pairs of SEGMENT_S segments, alternately without and
-    with a 10 M-fix backlog draining at the default pace (the cutoff is today's midnight:
-    all bulk fixes of yesterday are expired at once, as after enabling retention on a full
-    store, or after downtime). Alternating within a minute compares like with like on a
-    machine whose load drifts; the pacer (and its batch size) carries on across segments."""
-    from driver_service.app.history import RETENTION_EVERY_S, LocationHistory
+class Gate:
+    """Lets the retention pass run only in the segments that measure it: `sleep` (the
+    pacer's rest) counts only the time while the gate is open, and waits while it is shut,
+    so within the open segments the pass keeps exactly its duty cycle."""
 
-    history = LocationHistory(repo, retention_s=(time.time_ns() - _today_ns()) / NS)
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.shut = asyncio.Event()
+        self.shut.set()
+
+    def open(self) -> None:
+        self.shut.clear()
+        self.opened.set()
+
+    def close(self) -> None:
+        self.opened.clear()
+        self.shut.set()
+
+    async def sleep(self, seconds: float) -> None:
+        remaining = seconds
+        while True:
+            await self.opened.wait()
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self.shut.wait(), remaining)
+            except TimeoutError:
+                return
+            remaining -= time.monotonic() - started
+
+
+async def backlog_interleaved(repo: Any, run: int) -> dict[str, Any]:
+    """Ingestion in BACKLOG_SEGMENTS pairs of SEGMENT_S segments, without and with a
+    10 M-fix backlog draining at the default pace, in the order A B B A A B ... (a drift of
+    the machine's load over the minute cancels out). The cutoff is today's midnight: all
+    bulk fixes of yesterday are expired at once, as after enabling retention on a full
+    store, or after downtime. One pass runs through the segments with the backlog and is
+    held (`Gate`) in the others."""
+    from driver_service.app.history import RETENTION_EVERY_S, LocationHistory
+    from driver_service.app.pacing import Pacer
+
+    gate = Gate()
+    history = LocationHistory(
+        repo,
+        retention_s=(time.time_ns() - _today_ns()) / NS,
+        pacer=Pacer(sleep=gate.sleep),
+    )
     without: list[dict[str, Any]] = []
     beside: list[dict[str, Any]] = []
-    for k in range(BACKLOG_SEGMENTS):
-        without.append(await ingest(repo, SEGMENT_S, run + 2 * k))
-        task = asyncio.create_task(history.expire_once(RETENTION_EVERY_S))
-        try:
-            beside.append(await ingest(repo, SEGMENT_S, run + 2 * k + 1))
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    async def held_pass() -> int:
+        await gate.opened.wait()
+        return await history.expire_once(RETENTION_EVERY_S)
+
+    pass_task = asyncio.create_task(held_pass())
+    try:
+        for k in range(BACKLOG_SEGMENTS):
+            for draining in (False, True) if k % 2 == 0 else (True, False):
+                if not draining:
+                    without.append(await ingest(repo, SEGMENT_S, run + 2 * k))
+                    continue
+                gate.open()
+                beside.append(await ingest(repo, SEGMENT_S, run + 2 * k + 1))
+                gate.close()
+    finally:
+        pass_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pass_task
     seconds = sum(r["seconds"] for r in beside)
     pacer = history.pacer
     return {

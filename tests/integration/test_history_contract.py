@@ -353,3 +353,27 @@ async def test_postgres_detach_gives_way_to_ingestion_and_the_default_drains_in_
         assert await read(repo, "b", T0, new + 1) == []
     finally:
         await repo.close()
+
+
+async def test_a_pass_stopped_while_resting_has_counted_its_step(store: Any) -> None:
+    """The server stops (or the supervisor restarts) retention while it rests after a step:
+    the fixes that step removed are in the counter the metrics export."""
+    await store.record_locations([fix("r", -3 * 86_400 + t) for t in range(30)])
+    resting = asyncio.Event()
+
+    async def rest(seconds: float) -> None:
+        resting.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    history = LocationHistory(
+        store, retention_s=DAY / S, clock_ns=lambda: T0,
+        pacer=Pacer(0.05, PaceLimits(first=10, smallest=10), sleep=rest),
+    )  # fmt: skip
+    task = asyncio.create_task(history.expire_once())
+    await resting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert history.expired_total >= 1
+    left = await read(store, "r", 0, 2**62)
+    assert history.expired_total == 30 - len(left) == 10

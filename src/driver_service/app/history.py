@@ -275,14 +275,16 @@ class LocationHistory:
             store = self.store
 
             async def step(batch: int) -> int:
-                return await store.expire_history(cutoff, batch)
+                done = await store.expire_history(cutoff, batch)
+                # Counted before the rest: a pass stopped while resting loses no count.
+                self.expired_total += done
+                return done
 
             def busy() -> float:
                 return store.expiry_busy_s
 
             while (done := await self.pacer.step(step, busy)) > 0:
                 removed += done
-                self.expired_total += done
                 if await self._maintain(every_s):
                     log.info(
                         "history retention: draining a backlog, %d fixes expired in this pass"
