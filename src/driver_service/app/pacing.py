@@ -4,7 +4,9 @@ time, so the steps take at most `share` of the time however large the backlog is
 the next batch so that one step holds the resource for about `step_target_s`.
 
 Plain logic over an injectable monotonic clock and sleep, so that tests check the share
-and the batch sizes deterministically, without timing anything."""
+and the batch sizes deterministically, without timing anything. Hand-written: the rate
+limiters at hand (token buckets such as aiolimiter) cap operations per second, not the
+share of time the operations take, and a step's cost varies tenfold with the load."""
 
 from __future__ import annotations
 
