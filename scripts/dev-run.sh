@@ -17,7 +17,10 @@ SECRET="$DATA/token.secret"
 if [ ! -f "$SECRET" ]; then
   (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32))' > "$SECRET")
 fi
+# The operator at the console: every CLI command, history (`history`, `trips`) and erasure
+# (`forget`, which has a scope of its own) included; scope names as in api/rules.py.
 TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope drivers:write --scope dispatch \
+  --scope zones --scope events --scope webhooks --scope history:read --scope drivers:forget \
   --ttl 24h --secret-file "$SECRET")
 # The fleet map reads drivers (the fleet listing and its live feed), zones, events and history.
 MAP_TOKEN=$("$BIN/driver-service" token issue --scope drivers:read --scope zones \
@@ -31,6 +34,7 @@ In another terminal, to use the CLI:
          DRIVER_SERVICE_CLIENT_CERT=$CERTS/client.crt DRIVER_SERVICE_CLIENT_KEY=$CERTS/client.key \\
          DRIVER_SERVICE_TOKEN=$TOKEN
   $BIN/driver-service upload drv-1 --route --points 50 && $BIN/driver-service get drv-1
+  $BIN/driver-service history drv-1 --since 1h && $BIN/driver-service trips drv-1 --since 1h
 
 Fleet map: https://$HTTP_LISTEN/  (trust $CERTS/ca.crt in the browser, or accept the warning)
 Token to paste into the map (kept for the browser tab only):

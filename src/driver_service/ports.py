@@ -143,13 +143,18 @@ class HistoryStore(Protocol):
         works on this one."""
         ...
 
+    #: Seconds the store has spent on expiry steps (SQLite: on its writer thread, not the
+    #: wait for it behind ingestion's commits): what retention's pace is measured in.
+    expiry_busy_s: float
+
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
-        """One step of retention: remove fixes older than `before_ns`, never one at or after
-        it; return how many were removed (0: nothing left to remove now; call again while
-        it is positive). SQLite removes at most `batch` rows in one short transaction;
-        PostgreSQL drops whole daily partitions (rows of the day that holds `before_ns`
-        wait for that day to pass; readers clamp ranges to the window, so they never see
-        them) and returns the dropped partitions' estimated rows."""
+        """One short step of retention: remove fixes older than `before_ns`, never one at
+        or after it; return how many were removed (0: nothing left to remove now; call
+        again while it is positive; the caller paces the steps). SQLite removes at most
+        `batch` rows in one short transaction; PostgreSQL drops one whole daily partition
+        (rows of the day that holds `before_ns` wait for that day to pass; readers clamp
+        ranges to the window, so they never see them) and returns its estimated rows (at
+        least 1), or deletes at most `batch` rows of the default partition."""
         ...
 
     async def prepare_history(self, now_ns: int) -> None:

@@ -189,6 +189,22 @@ def test_client_library_works_with_the_export_line(dev_server: DevServer) -> Non
     assert done.stdout.splitlines() == ["sync: BUSY", "async: not found"]
 
 
+def test_the_export_line_reads_history_and_erases(dev_server: DevServer) -> None:
+    """The console's token (`make run`) carries history:read and drivers:forget: the printed
+    `history` and `trips` commands and `forget` run as an operator would type them."""
+    env = dev_server.client_env()
+    done = cli("upload", "drv-hist", "--route", "--points", "20", env=env)
+    assert done.returncode == 0, done.stderr
+    trail = cli("history", "drv-hist", "--since", "1h", "--format", "json", env=env)
+    assert trail.returncode == 0, trail.stderr
+    assert len(trail.stdout.strip().splitlines()) == 20
+    trips = cli("trips", "drv-hist", "--since", "1h", env=env)
+    assert trips.returncode == 0, trips.stderr
+    gone = cli("forget", "drv-hist", "--yes", env=env)
+    assert gone.returncode == 0, gone.stderr
+    assert "20 history fixes" in gone.stdout
+
+
 # --- 4. client-side TLS mistakes -------------------------------------------------------------
 
 

@@ -4,13 +4,16 @@ test_repository_contract): paged reads in fix-time order, retention, erasure, st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
 
 from driver_service.adapters.postgres.repository import PostgresRepository, partition_name
 from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.history import LocationHistory
+from driver_service.app.pacing import PaceLimits, Pacer
 from driver_service.domain import DriverNotFound, Location
 
 DAY = 86_400 * 10**9
@@ -70,8 +73,10 @@ async def test_expiry_removes_only_what_is_older_than_the_cutoff(store: Any) -> 
     await store.record_locations([fix("a", t) for t in times])
     cutoff = T0 - 86_400 * S  # exactly 24 h back
     total = 0
+    busy = store.expiry_busy_s
     while (removed := await store.expire_history(cutoff, batch=1)) > 0:
         total += removed
+    assert store.expiry_busy_s > busy  # the steps' time, which retention is paced by
     left = [x.recorded_at_ns for x in await read(store, "a", 0, 2**62)]
     # Nothing at or after the cutoff goes.
     assert [t for t in left if t >= cutoff] == [T0 + t * S for t in times if t >= -86_400]
@@ -162,7 +167,8 @@ async def test_postgres_retention_drops_an_expired_daily_partition(postgres_url:
         await repo.record_locations(
             [Location("a", 1.0, 2.0, 0.0, 0.0, old), Location("a", 1.0, 2.0, 0.0, 0.0, new)]
         )
-        await repo.expire_history(new - DAY)
+        while await repo.expire_history(new - DAY) > 0:  # one partition a step
+            pass
         async with repo._pool.acquire() as con:
             assert not await con.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1)",
@@ -171,3 +177,203 @@ async def test_postgres_retention_drops_an_expired_daily_partition(postgres_url:
         assert [x.recorded_at_ns for x in await read(repo, "a", T0, new + 1)] == [new]
     finally:
         await repo.close()
+
+
+class Stepping:
+    """The store as retention sees it (the real one underneath): each expiry step moves the
+    fake monotonic clock and the store's busy time by `step_s` and is checked against the
+    window right after it."""
+
+    def __init__(
+        self,
+        store: Any,
+        clock: list[float],
+        step_s: float,
+        after_step: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.step_s = step_s
+        self.after_step = after_step
+        self.steps: list[tuple[int, int]] = []  # (batch asked, removed)
+        #: What the pace is measured in: `step_s` a step (the real store's is real time).
+        self.expiry_busy_s = 0.0
+        self.prepared_at: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
+        removed: int = await self.store.expire_history(before_ns, batch)
+        self.clock[0] += self.step_s
+        self.expiry_busy_s += self.step_s
+        self.steps.append((batch, removed))
+        if self.after_step is not None:
+            await self.after_step()
+        return removed
+
+    async def prepare_history(self, now_ns: int) -> None:
+        self.prepared_at.append(self.clock[0])
+        await self.store.prepare_history(now_ns)
+
+
+async def test_paced_retention_drains_while_ingesting_and_keeps_the_window(store: Any) -> None:
+    """A backlog before the cutoff (midnight of T0's day: on PostgreSQL a whole partition of
+    yesterday and rows in the default partition of three days back) drains in paced steps of
+    at most the pacer's batch while new fixes arrive; after every step each fix at or after
+    the cutoff is still there, and at the end nothing before it is."""
+    cutoff = T0 - DAY // 2
+    drivers = [f"p{i}" for i in range(4)]
+    old = [fix(d, -3 * 86_400 + t) for d in drivers for t in range(150)]
+    old += [fix(d, -86_400 - 3600 + t) for d in drivers for t in range(150)]
+    kept = [fix(d, -3600 + t) for d in drivers for t in range(20)]
+    await store.record_locations(old + kept)
+    clock = [0.0]
+    rests: list[float] = []
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+        clock[0] += seconds
+        await asyncio.sleep(0)  # ingestion runs between the steps
+
+    pacer = Pacer(
+        0.05, PaceLimits(first=100, smallest=100, largest=100), clock=lambda: clock[0], sleep=rest
+    )
+    new: list[Location] = []
+
+    async def window_kept() -> None:
+        # Right after each step, on the retention's own path: every fix at or after the
+        # cutoff that was committed is still there.
+        # (what was committed before the read: ingestion goes on meanwhile).
+        for d in drivers:
+            want = {x.recorded_at_ns for x in kept + new if x.driver_id == d}
+            got = {x.recorded_at_ns for x in await read(store, d, cutoff, 2**62)}
+            assert want <= got, f"a fix inside the window went ({d})"
+
+    stepping = Stepping(store, clock, step_s=0.001, after_step=window_kept)
+    history = LocationHistory(
+        stepping, retention_s=DAY / 2 / S, clock_ns=lambda: T0, pacer=pacer,
+        monotonic=lambda: clock[0],
+    )  # fmt: skip
+
+    async def ingest() -> None:
+        for t in range(30):
+            batch = [fix(d, t + 1) for d in drivers]
+            await store.record_locations(batch)
+            new.extend(batch)
+            await asyncio.sleep(0)
+
+    removed, _ = await asyncio.gather(history.expire_once(), ingest())
+    assert all(batch == 100 and done <= 100 for batch, done in stepping.steps)
+    assert removed >= 1
+    assert history.expired_total == removed
+    if isinstance(store, SqliteRepository):
+        assert removed == len(old)
+        assert len(stepping.steps) == len(old) // 100 + 1
+    # Each step of 1 ms rested 19 ms: 5 % of the time, however many steps there were.
+    assert rests == [pytest.approx(0.019)] * len(stepping.steps)
+    for d in drivers:
+        got = [x.recorded_at_ns for x in await read(store, d, 0, 2**62)]
+        want = sorted(x.recorded_at_ns for x in kept + new if x.driver_id == d)
+        assert got == want
+    assert history.stats.oldest_ns == min(x.recorded_at_ns for x in kept)
+
+
+async def test_a_long_drain_makes_storage_ahead_at_most_once_an_interval(store: Any) -> None:
+    await store.record_locations(
+        [fix(f"q{i}", -3 * 86_400 + t) for i in range(5) for t in range(200)]
+    )
+    clock = [0.0]
+
+    async def rest(seconds: float) -> None:
+        clock[0] += seconds
+
+    pacer = Pacer(
+        0.05, PaceLimits(first=10, smallest=10, largest=10), clock=lambda: clock[0], sleep=rest
+    )
+    stepping = Stepping(store, clock, step_s=0.001)
+    history = LocationHistory(
+        stepping, retention_s=DAY / S, clock_ns=lambda: T0, pacer=pacer,
+        monotonic=lambda: clock[0],
+    )  # fmt: skip
+    every_s = 0.25
+    assert await history.expire_once(every_s) >= 1
+    made = stepping.prepared_at
+    assert made[0] == 0.0
+    assert all(b - a >= every_s for a, b in pairwise(made))
+    if isinstance(store, SqliteRepository):  # 100 steps of 20 ms: 2 s of draining
+        assert len(stepping.steps) == 101
+        assert len(made) == int(clock[0] / every_s) + (clock[0] % every_s == 0)
+
+
+async def test_postgres_detach_gives_way_to_ingestion_and_the_default_drains_in_batches(
+    postgres_url: str,
+) -> None:
+    """While a transaction holds the lock an insert takes on history, a step does not wait
+    behind it (nor make inserts queue behind itself) for more than the lock timeout: the
+    partition stays, the default partition's expired rows go in batches meanwhile, and a
+    later step drops the partition. A partition left detached by an interrupted step goes
+    too."""
+    repo = await PostgresRepository.open(postgres_url, min_size=1, max_size=3)
+    try:
+        old, far, new = T0 + 50 * DAY, T0 + 40 * DAY, T0 + 52 * DAY
+        await repo.prepare_history(old)
+        # `far` has no partition: its rows are in the default partition.
+        await repo.record_locations([Location("a", 1.0, 2.0, 0.0, 0.0, old)])
+        await repo.record_locations(
+            [Location("b", 1.0, 2.0, 0.0, 0.0, far + k * S) for k in range(25)]
+        )
+        await repo.record_locations([Location("a", 1.0, 2.0, 0.0, 0.0, new)])
+        old_name = partition_name(old // DAY)
+        async with repo._pool.acquire() as ingesting, repo._pool.acquire() as con:
+            tx = ingesting.transaction()
+            await tx.start()
+            await ingesting.execute("LOCK TABLE location_history IN ROW EXCLUSIVE MODE")
+            steps = [await repo.expire_history(new - DAY, batch=10) for _ in range(3)]
+            assert steps == [10, 10, 5]  # the default's rows; the partition waits
+            assert await con.fetchval("SELECT to_regclass($1) IS NOT NULL", old_name)
+            await tx.rollback()
+            # One partition a step (the day before `old` was made ahead too), then none.
+            dropped = 0
+            while await repo.expire_history(new - DAY, batch=10) > 0:
+                dropped += 1
+            assert dropped == 2
+            assert not await con.fetchval("SELECT to_regclass($1) IS NOT NULL", old_name)
+            # Detached by a step that stopped before its drop: the next step drops it.
+            await repo.prepare_history(old)
+            await con.execute(f'ALTER TABLE location_history DETACH PARTITION "{old_name}"')
+            assert not await con.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                " WHERE c.relname = $1)",
+                old_name,
+            )
+            assert [await repo.expire_history(new - DAY, batch=10) for _ in range(3)] == [1, 1, 0]
+            assert not await con.fetchval("SELECT to_regclass($1) IS NOT NULL", old_name)
+        assert [x.recorded_at_ns for x in await read(repo, "a", T0, new + 1)] == [new]
+        assert await read(repo, "b", T0, new + 1) == []
+    finally:
+        await repo.close()
+
+
+async def test_a_pass_stopped_while_resting_has_counted_its_step(store: Any) -> None:
+    """The server stops (or the supervisor restarts) retention while it rests after a step:
+    the fixes that step removed are in the counter the metrics export."""
+    await store.record_locations([fix("r", -3 * 86_400 + t) for t in range(30)])
+    resting = asyncio.Event()
+
+    async def rest(seconds: float) -> None:
+        resting.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    history = LocationHistory(
+        store, retention_s=DAY / S, clock_ns=lambda: T0,
+        pacer=Pacer(0.05, PaceLimits(first=10, smallest=10), sleep=rest),
+    )  # fmt: skip
+    task = asyncio.create_task(history.expire_once())
+    await resting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert history.expired_total >= 1
+    left = await read(store, "r", 0, 2**62)
+    assert history.expired_total == 30 - len(left) == 10

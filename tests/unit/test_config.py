@@ -96,3 +96,17 @@ def test_shown_settings_mask_store_passwords() -> None:
     masked = ServerSettings(store="postgresql://app:s3cret@db:5432/drivers").shown()["store"]
     assert "s3cret" not in masked
     assert masked == "postgresql://app:****@db:5432/drivers"
+
+
+@pytest.mark.parametrize("share", ["0", "-0.5", "1.5", "nan", "lots"])
+def test_a_retention_share_outside_0_to_1_is_one_clear_line(share: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"insecure": True, "history_retention_share": share}, {})
+    (line,) = str(info.value).splitlines()
+    assert "--history-retention-share" in line
+
+
+def test_the_retention_share_defaults_to_5_percent_and_takes_the_environment() -> None:
+    assert load_settings({"insecure": True}, {}).history_retention_share == 0.05
+    env = {"DRIVER_SERVICE_HISTORY_RETENTION_SHARE": "0.2"}
+    assert load_settings({"insecure": True}, env).history_retention_share == 0.2

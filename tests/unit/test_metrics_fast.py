@@ -257,3 +257,27 @@ async def test_watch_process_exports_rss_and_the_loops_live_tasks() -> None:
     assert values["process_resident_memory_bytes"] > 1 << 20
     gate.set()
     await asyncio.gather(*extra)
+
+
+def test_history_series_read_the_retention_figures_at_scrape_time() -> None:
+    """Retention's progress while a backlog drains: the counter of expired fixes renders as
+    prometheus_client's Counter does, and the size gauges follow the latest figures."""
+    from driver_service.ports import HistoryStats
+
+    stats = [HistoryStats(10, 4096, None)]
+    expired = [0.0]
+    metrics = ServiceMetrics()
+    metrics.watch_history(lambda: stats[0], lambda: expired[0])
+    stats[0] = HistoryStats(7, 4096, 1_700_000_000 * 10**9)
+    expired[0] = 3.0
+    reference = CollectorRegistry()
+    Counter(
+        "driver_service_history_expired_fixes",
+        "Fixes removed by history retention since start (PostgreSQL: dropped partitions"
+        " count by the planner's estimate).",
+        registry=reference,
+    ).inc(3)
+    ours = text(metrics.registry)
+    assert text(reference) in ours
+    assert "driver_service_history_rows 7.0" in ours
+    assert "driver_service_history_oldest_fix_seconds 1.7e+09" in ours

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from driver_service.app.pacing import DEFAULT_SHARE, Pacer
 from driver_service.domain import InvalidInput, Location, validate_driver_id
 from driver_service.domain.trail import TrailThinner, thin_trail, validate_thinning
 from driver_service.domain.trips import (
@@ -36,10 +37,9 @@ MAX_SPAN_NS = 31 * 86_400 * _NS
 #: Points per TrailChunk: ~43 bytes each on the wire, so a chunk stays under the server's
 #: default 64 KiB message limit.
 TRAIL_CHUNK_POINTS = 1000
-#: How often retention runs (and partitions are made ahead, and the size figures refresh).
+#: How often retention runs (and partitions are made ahead, and the size figures refresh:
+#: at most this often, also while a long backlog drains).
 RETENTION_EVERY_S = 60.0
-#: Rows one SQLite retention transaction deletes; ingestion's commits run between them.
-EXPIRY_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,8 @@ Forgetter = Callable[[str], Awaitable[int]]
 class LocationHistory:
     """Reads and maintains history. `retention_s` 0 keeps it forever; otherwise reads are
     clamped to the window (a fix older than it is never answered, even before the store
-    has physically removed it) and `run_retention` expires it in small steps."""
+    has physically removed it) and `run_retention` expires it in small steps, paced by
+    `pacer` (default: at most 5 % of the time, see app/pacing.py)."""
 
     def __init__(
         self,
@@ -73,14 +74,22 @@ class LocationHistory:
         clock_ns: Callable[[], int] = time.time_ns,
         forget_commands: Forgetter | None = None,
         forget_live: Sequence[Forgetter] = (),
+        pacer: Pacer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.retention_ns = int(retention_s * _NS)
         self._clock_ns = clock_ns
         self._forget_commands = forget_commands
         self._forget_live = tuple(forget_live)
-        #: The store's size figures as of the last retention run (metrics read these).
+        #: The store's size figures as of the last refresh (metrics read these).
         self.stats = HistoryStats(0, 0, None)
+        #: Fixes removed by retention since start (the metrics' counter).
+        self.expired_total = 0
+        self.pacer = pacer if pacer is not None else Pacer(DEFAULT_SHARE)
+        self._monotonic = monotonic
+        #: When storage was last made ahead and the figures refreshed (monotonic seconds).
+        self._maintained_at: float | None = None
         self._failures = FailureLog(log, "history retention", level=logging.WARNING)
 
     # --- ranges ----------------------------------------------------------------------------
@@ -252,34 +261,71 @@ class LocationHistory:
         return erasure
 
     # --- retention -------------------------------------------------------------------------
-    async def expire_once(self) -> int:
-        """One retention pass: storage made ahead, then expired fixes removed in small
-        steps (yielding to the event loop between them), then the size figures refreshed."""
+    async def expire_once(self, every_s: float = RETENTION_EVERY_S) -> int:
+        """One retention pass: storage made ahead and the size figures refreshed (each at
+        most once per `every_s`, also while a long backlog drains), then every fix older
+        than the cutoff (fixed when the pass starts) removed in paced steps: each step is
+        followed by a rest in proportion to its time, so a backlog of any size drains at
+        the pacer's share of the store and never crowds out ingestion."""
         now = self._clock_ns()
-        await self.store.prepare_history(now)
+        await self._maintain(every_s)
         removed = 0
         if self.retention_ns > 0:
             cutoff = now - self.retention_ns
-            while (step := await self.store.expire_history(cutoff, EXPIRY_BATCH)) > 0:
-                removed += step
-                await asyncio.sleep(0)
-        self.stats = await self.store.history_stats()
+            store = self.store
+
+            async def step(batch: int) -> int:
+                done = await store.expire_history(cutoff, batch)
+                # Counted before the rest: a pass stopped while resting loses no count.
+                self.expired_total += done
+                return done
+
+            def busy() -> float:
+                return store.expiry_busy_s
+
+            while (done := await self.pacer.step(step, busy)) > 0:
+                removed += done
+                if await self._maintain(every_s):
+                    log.info(
+                        "history retention: draining a backlog, %d fixes expired in this pass"
+                        " so far, oldest kept %s, %d a step",
+                        removed,
+                        self.stats.oldest_ns,
+                        self.pacer.batch,
+                    )
+        if removed:
+            self.stats = await self.store.history_stats()
         return removed
 
-    async def run_retention(self, every_s: float = RETENTION_EVERY_S) -> None:
-        """The supervised background loop (restart policy): a failed pass is logged once
-        and retried at the next. The first pass waits one interval: start-up made the
-        storage ahead already, and the first uploads should not meet maintenance."""
+    async def _maintain(self, every_s: float) -> bool:
+        """Make storage ahead and refresh the figures if `every_s` has passed since the
+        last time (PostgreSQL: the partitions' catalogue and statistics are not free)."""
+        at = self._monotonic()
+        if self._maintained_at is not None and at - self._maintained_at < every_s:
+            return False
+        self._maintained_at = at
+        await self.store.prepare_history(self._clock_ns())
+        self.stats = await self.store.history_stats()
+        return True
+
+    async def run_retention(
+        self, every_s: float = RETENTION_EVERY_S, first_after_s: float | None = None
+    ) -> None:
+        """The supervised background loop (restart policy): a pass, then `every_s` of
+        rest; a failed pass is logged once and retried at the next. The first pass waits
+        `first_after_s` (default one interval): start-up made the storage ahead already,
+        and the first uploads should not meet maintenance."""
+        await asyncio.sleep(every_s if first_after_s is None else first_after_s)
         while True:
-            await asyncio.sleep(every_s)
             try:
-                removed = await self.expire_once()
+                removed = await self.expire_once(every_s)
             except Exception as exc:  # noqa: BLE001 - the store is away; the next pass retries
                 self._failures.failed(exc)
             else:
                 self._failures.succeeded()
                 if removed:
                     log.info("history retention removed %d fixes", removed)
+            await asyncio.sleep(every_s)
 
 
 def _chunks(fixes: list[Location]) -> list[list[Location]]:

@@ -16,6 +16,7 @@ from driver_service.app.events import EventFeed, EventRetention
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.history import Forgetter, LocationHistory
 from driver_service.app.offline_sweep import OfflineSweeper
+from driver_service.app.pacing import Pacer
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.webhook_delivery import DeliveryHooks, WebhookDelivery
@@ -300,6 +301,7 @@ async def build_services(
     history = LocationHistory(
         built.durable,
         retention_s=settings.history_retention_s,
+        pacer=Pacer(settings.history_retention_share),
         forget_commands=dispatch.commands.forget,
         forget_live=built.forget_live,
     )
@@ -310,7 +312,7 @@ async def build_services(
     except Exception as exc:  # noqa: BLE001 - the retention loop makes them when it can
         log.warning("making history storage ahead failed, retrying in the background: %r", exc)
     if metrics is not None:
-        metrics.watch_history(lambda: history.stats)
+        metrics.watch_history(lambda: history.stats, lambda: history.expired_total)
     # Retention, partitions made ahead and the size figures: off the hot path, restarted
     # after a failure (a store that is away is retried at the next pass).
     retention = tracking.supervisor.start(

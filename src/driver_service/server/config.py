@@ -147,6 +147,12 @@ class ServerSettings:
         "how long location history is kept, e.g. 7d, 36h, 90m; 0 keeps it forever "
         "(~4 GB a day per 1,000 drivers reporting every second)",
     )
+    history_retention_share: float = _setting(
+        0.05,
+        "largest share of the store's time history retention may take, 0 < share <= 1 "
+        "(each expiry step is followed by a rest in proportion; raise it if a backlog "
+        "drains too slowly, see docs/history.md)",
+    )
     webhook_allow_http: bool = _setting(
         False, "let webhooks use plain http:// URLs (development and tests only)"
     )
@@ -400,6 +406,8 @@ class ServerSettings:
             if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
         errors.extend(self._retention_errors())
+        if not 0 < self.history_retention_share <= 1:
+            errors.append("--history-retention-share must be > 0 and at most 1 (e.g. 0.05)")
         if self.rate_limit > 0 and self.rate_burst < 1:
             errors.append("--rate-burst must be >= 1")
         if not 1024 <= self.max_message_bytes <= 64 * 1024 * 1024:

@@ -221,6 +221,21 @@ _PARTITIONS = (
     " JOIN pg_class c ON c.oid = i.inhrelid"
     " WHERE i.inhparent = 'location_history'::regclass ORDER BY c.relname"
 )
+#: How long retention's DETACH waits for the parent's lock before giving way to ingestion:
+#: while it waits, every insert into history queues behind it.
+DETACH_LOCK_TIMEOUT_MS = 50
+_DETACH_LOCK_TIMEOUT = f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT_MS}ms'"
+#: Daily partitions that are no longer attached (a detach whose drop did not happen).
+_DETACHED = (
+    "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND NOT c.relispartition"
+    " AND starts_with(c.relname, 'location_history_d') AND c.relnamespace ="
+    " (SELECT p.relnamespace FROM pg_class p WHERE p.oid = 'location_history'::regclass)"
+)
+#: One step of expiry in the default partition (fixes of days without a partition).
+_EXPIRE_DEFAULT = (
+    "DELETE FROM location_history_default WHERE ctid = ANY(ARRAY("
+    "SELECT ctid FROM location_history_default WHERE recorded_at_ns < $1 LIMIT $2))"
+)
 _HISTORY_SIZE = (
     "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,"
     " coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_inherits i"
@@ -250,6 +265,12 @@ def partition_day(name: str) -> int | None:
     except ValueError:
         return None
     return (date - datetime.date(1970, 1, 1)).days
+
+
+def _expired_partition(name: str, before_ns: int) -> bool:
+    """Whether `name` is a daily partition whose whole day is before `before_ns`."""
+    day = partition_day(name)
+    return day is not None and (day + 1) * _DAY_NS <= before_ns
 
 
 def is_postgres_url(url: str) -> bool:
@@ -307,6 +328,8 @@ class PostgresRepository:
         self._zones_lock = asyncio.Lock()
         self.url = redact_url(url)
         self._closed = False
+        #: Seconds spent on expiry steps (HistoryStore.expiry_busy_s: retention's pace).
+        self.expiry_busy_s = 0.0
         self.guard = DependencyGuard(
             "postgresql",
             timeout_s,
@@ -789,29 +812,47 @@ class PostgresRepository:
                 pending.add_done_callback(_ignore_result)
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
-        """Detach (a brief lock of the parent) and drop every daily partition that
-        ends at or before `before_ns`, and delete such fixes from the default partition.
-        Returns the dropped partitions' estimated rows plus the default's deleted rows."""
-        removed = 0
+        """One step of retention, each short: drop the oldest daily partition that ends at
+        or before `before_ns` (its estimated rows, at least 1), else delete up to `batch`
+        such fixes from the default partition. The detach waits at most
+        DETACH_LOCK_TIMEOUT_MS for the parent's lock: behind ingestion's transactions it
+        gives way (the default partition's rows go meanwhile; a later step or pass drops
+        the partition) instead of making every insert queue behind it. The step's time is
+        added to `expiry_busy_s`."""
+        started = time.perf_counter()
+        try:
+            return await self._expire_step(before_ns, batch)
+        finally:
+            self.expiry_busy_s += time.perf_counter() - started
+
+    async def _expire_step(self, before_ns: int, batch: int) -> int:
         async with self._pool.acquire() as con:
             for name, estimate in await con.fetch(_PARTITIONS, timeout=_MAINTENANCE_TIMEOUT_S):
-                day = partition_day(name)
-                if day is None or (day + 1) * _DAY_NS > before_ns:
+                if not _expired_partition(name, before_ns):
                     continue
-                # Not CONCURRENTLY: PostgreSQL refuses that while a default partition exists.
-                # The plain detach holds the parent's lock for a moment (no rows are moved).
-                await con.execute(
-                    f'ALTER TABLE location_history DETACH PARTITION "{name}"',
-                    timeout=_MAINTENANCE_TIMEOUT_S,
-                )
+                try:
+                    # Not CONCURRENTLY: PostgreSQL refuses that beside a default partition.
+                    # The plain detach takes the parent's ACCESS EXCLUSIVE lock for a moment
+                    # (no rows move); the drop is outside that transaction.
+                    async with con.transaction():
+                        await con.execute(_DETACH_LOCK_TIMEOUT)
+                        await con.execute(
+                            f'ALTER TABLE location_history DETACH PARTITION "{name}"',
+                            timeout=_MAINTENANCE_TIMEOUT_S,
+                        )
+                except asyncpg.exceptions.LockNotAvailableError:
+                    break
                 await con.execute(f'DROP TABLE "{name}"', timeout=_MAINTENANCE_TIMEOUT_S)
-                removed += estimate
+                return max(1, int(estimate))
+            # A partition detached by a step that ended before its drop: drop it now.
+            for (name,) in await con.fetch(_DETACHED, timeout=_MAINTENANCE_TIMEOUT_S):
+                if _expired_partition(name, before_ns):
+                    await con.execute(f'DROP TABLE "{name}"', timeout=_MAINTENANCE_TIMEOUT_S)
+                    return 1
             status = await con.execute(
-                "DELETE FROM location_history_default WHERE recorded_at_ns < $1",
-                before_ns,
-                timeout=_MAINTENANCE_TIMEOUT_S,
+                _EXPIRE_DEFAULT, before_ns, batch, timeout=_MAINTENANCE_TIMEOUT_S
             )
-        return removed + _row_count(status)
+        return _row_count(status)
 
     async def prepare_history(self, now_ns: int) -> None:
         """Make the daily partitions from yesterday to PARTITIONS_AHEAD days ahead; rows of

@@ -249,6 +249,8 @@ class SqliteRepository:
         #: Rows of history, counted once at open and kept by every insert and delete (a
         #: count(*) would scan the table on the writer thread).
         self.history_rows = 0
+        #: Seconds spent on expiry steps (HistoryStore.expiry_busy_s: retention's pace).
+        self.expiry_busy_s = 0.0
 
     @classmethod
     async def open(
@@ -716,10 +718,20 @@ class SqliteRepository:
                 pending.add_done_callback(_ignore_result)
 
     async def expire_history(self, before_ns: int, batch: int = 1000) -> int:
+        """One transaction of at most `batch` rows, oldest first; its time on the writer
+        thread is added to `expiry_busy_s` (the wait behind ingestion's commits is not)."""
+
         def expire(con: sqlite3.Connection) -> int:
             return con.execute(_EXPIRE, (before_ns, batch)).rowcount
 
-        removed = await self._run(lambda: self._transaction_value(expire))
+        def timed() -> int:
+            started = time.perf_counter()
+            try:
+                return self._transaction_value(expire)
+            finally:
+                self.expiry_busy_s += time.perf_counter() - started
+
+        removed = await self._run(timed)
         self.history_rows -= removed
         return removed
 

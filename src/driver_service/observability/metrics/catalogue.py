@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from driver_service.domain import Rejection
 from driver_service.observability.metrics.core import (
     CounterFamily,
+    CounterReading,
     GaugeFamily,
     HistogramFamily,
     LoopCounter,
@@ -256,9 +257,19 @@ class ServiceMetrics:
         """Read the stale-driver gauge from `count` (the dispatch sweeper's last result)."""
         self.stale_drivers.set_function(count)
 
-    def watch_history(self, stats: Callable[[], HistoryStats]) -> None:
-        """Export the history's size from `stats` (the retention loop's last figures)."""
+    def watch_history(
+        self, stats: Callable[[], HistoryStats], expired: Callable[[], float] = lambda: 0.0
+    ) -> None:
+        """Export the history's size from `stats` (the retention loop's last figures, at
+        most an interval old, also while a backlog drains) and the fixes it has expired."""
         reg = self.registry
+        CounterReading(
+            "driver_service_history_expired_fixes",
+            "Fixes removed by history retention since start (PostgreSQL: dropped partitions"
+            " count by the planner's estimate).",
+            expired,
+            reg,
+        )
         Gauge(
             "driver_service_history_rows",
             "Fixes of location history stored (PostgreSQL: the planner's estimate).",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 from typing import Generic, TypeVar
 
@@ -191,3 +191,27 @@ class HistogramFamily(_Family[LoopHistogram, HistogramMetricFamily]):
             cumulative += count
             buckets.append((le, cumulative))
         family.add_metric(values, buckets, child.sum)
+
+
+class CounterReading(Collector):
+    """A counter without labels whose value is read from `read` at scrape time (what
+    prometheus_client's `Gauge.set_function` is for gauges): the owner keeps the count as
+    a plain attribute and no instrument is updated on its path."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        read: Callable[[], float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._read = read
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self._read())]

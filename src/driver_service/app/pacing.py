@@ -1,0 +1,106 @@
+"""A duty cycle for background maintenance that shares a resource with the hot path (the
+SQLite writer thread, PostgreSQL's I/O): after each step, rest in proportion to the step's
+time, so the steps take at most `share` of the time however large the backlog is, and size
+the next batch so that one step holds the resource for about `step_target_s`.
+
+Plain logic over an injectable monotonic clock and sleep, so that tests check the share
+and the batch sizes deterministically, without timing anything. Hand-written: the rate
+limiters at hand (token buckets such as aiolimiter) cap operations per second, not the
+share of time the operations take, and a step's cost varies tenfold with the load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+#: The default share: expiry takes at most 5 % of the writer's (or the store's) time.
+DEFAULT_SHARE = 0.05
+#: The time one step aims to hold the resource: an ingestion commit queued behind it waits
+#: about this long at most.
+STEP_TARGET_S = 0.004
+
+
+@dataclass(frozen=True, slots=True)
+class PaceLimits:
+    """Batch sizes a step may use: it starts at `first` and is resized after each step
+    towards `step_target_s` of work, never below `smallest` nor above `largest`."""
+
+    first: int = 100
+    smallest: int = 50
+    largest: int = 5_000
+    step_target_s: float = STEP_TARGET_S
+
+
+def validate_share(share: float) -> float:
+    """A share is a fraction of the time: more than 0, at most 1 (1 never rests)."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError("the share must be more than 0 and at most 1 (e.g. 0.05 for 5 %)")
+    return share
+
+
+class Pacer:
+    """Runs steps `work(batch) -> items done` at a duty cycle of `share`: a step that took
+    t seconds is followed by a rest of t * (1 - share) / share, so over any run of steps
+    busy / (busy + resting) <= share. A step's time is what the resource spent on it when
+    the caller can tell (`cost`: a step queued behind ingestion's commits does not hold
+    the writer while it waits), else its whole wait."""
+
+    def __init__(
+        self,
+        share: float = DEFAULT_SHARE,
+        limits: PaceLimits = PaceLimits(),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.share = validate_share(share)
+        self.limits = limits
+        self.batch = limits.first
+        self._clock = clock
+        self._sleep = sleep
+        #: Seconds spent in steps, and resting after them, since this pacer was made.
+        self.busy_s = 0.0
+        self.rested_s = 0.0
+        #: Items done by all steps.
+        self.done = 0
+
+    def rest_after(self, spent_s: float) -> float:
+        """The rest that keeps a step of `spent_s` within the share."""
+        return max(0.0, spent_s) * (1.0 - self.share) / self.share
+
+    async def step(
+        self, work: Callable[[int], Awaitable[int]], cost: Callable[[], float] | None = None
+    ) -> int:
+        """One step of at most `self.batch` items, then its rest (always awaited, so the
+        event loop runs between steps even at a share of 1); returns the items done.
+        `cost` is a clock of the resource's own time spent (the SQLite writer thread's
+        time in expiry, without the wait for it); by default the step's whole wait."""
+        batch = self.batch
+        clock = self._clock if cost is None else cost
+        started = clock()
+        done = await work(batch)
+        spent = clock() - started
+        self.busy_s += spent
+        self.done += done
+        self._resize(batch, done, spent)
+        rest = self.rest_after(spent)
+        self.rested_s += rest
+        await self._sleep(rest)
+        return done
+
+    def _resize(self, batch: int, done: int, spent_s: float) -> None:
+        """A full batch tells the rate: aim the next at the target time. A short batch (the
+        backlog's end) says nothing about the rate; the size stays."""
+        limits = self.limits
+        if done < batch or done <= 0:
+            return
+        if spent_s <= 0.0:
+            wanted = batch * 2
+        else:
+            wanted = round(done * limits.step_target_s / spent_s)
+            # Grow at most twice per step: one quick step (a cache hit) must not make the
+            # next one hold the writer for long.
+            wanted = min(wanted, batch * 2)
+        self.batch = max(limits.smallest, min(limits.largest, wanted))

@@ -1,0 +1,144 @@
+"""The retention pacer (app/pacing.py) on a fake clock: the duty cycle's share and the batch
+sizes are checked exactly, with no timing."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from driver_service.app.pacing import DEFAULT_SHARE, PaceLimits, Pacer, validate_share
+
+
+class FakeTime:
+    """A monotonic clock that moves only when a step works or the pacer sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def work_at(
+    fake: FakeTime, per_item_s: float, backlog: list[int], fixed_s: float = 0.0
+) -> tuple[Callable[[int], Awaitable[int]], list[int]]:
+    """A step that does min(batch, backlog) items at `per_item_s` each (plus `fixed_s`)."""
+    batches: list[int] = []
+
+    async def work(batch: int) -> int:
+        batches.append(batch)
+        done = min(batch, backlog[0])
+        backlog[0] -= done
+        fake.now += fixed_s + done * per_item_s
+        return done
+
+    return work, batches
+
+
+@pytest.mark.parametrize("share", [0.01, DEFAULT_SHARE, 0.1, 0.5, 1.0])
+async def test_steps_take_at_most_the_share_of_the_time(share: float) -> None:
+    fake = FakeTime()
+    pacer = Pacer(share, clock=fake.clock, sleep=fake.sleep)
+    backlog = [100_000]
+    work, _ = work_at(fake, 20e-6, backlog, fixed_s=0.0005)
+    steps = 1
+    while await pacer.step(work) > 0:
+        steps += 1
+    assert backlog == [0]
+    assert pacer.done == 100_000
+    busy = pacer.busy_s
+    assert busy > 0
+    assert pacer.rested_s == pytest.approx(sum(fake.sleeps))
+    assert busy / fake.now == pytest.approx(share)
+    # Every step is followed by its rest: the event loop runs between steps, even at 1.
+    assert len(fake.sleeps) == steps
+
+
+async def test_each_step_is_followed_by_its_own_rest() -> None:
+    fake = FakeTime()
+    pacer = Pacer(0.05, PaceLimits(first=100, smallest=100, largest=100), clock=fake.clock,
+                  sleep=fake.sleep)  # fmt: skip
+    backlog = [1_000]
+    work, batches = work_at(fake, 10e-6, backlog)
+    while await pacer.step(work) > 0:
+        pass
+    assert batches == [100] * 11  # ten full steps and the one that finds nothing
+    # A step of 100 items at 10 us is 1 ms of work, then 19 ms of rest (5 %).
+    assert fake.sleeps[:10] == [pytest.approx(0.019)] * 10
+    assert fake.sleeps[10] == 0.0  # the empty step cost nothing here; it still yields
+
+
+async def test_batches_aim_at_the_target_time_within_the_limits() -> None:
+    fake = FakeTime()
+    limits = PaceLimits(first=500, smallest=50, largest=5_000, step_target_s=0.004)
+    pacer = Pacer(0.05, limits, clock=fake.clock, sleep=fake.sleep)
+    backlog = [10**9]
+    # 20 us an item: 200 items make the 4 ms target.
+    work, batches = work_at(fake, 20e-6, backlog)
+    for _ in range(5):
+        await pacer.step(work)
+    assert batches[0] == 500
+    assert batches[1:] == [200, 200, 200, 200]
+    # The store gets faster (a warm cache): the batch grows, at most twice a step.
+    fast, fast_batches = work_at(fake, 0.5e-6, backlog)
+    for _ in range(8):
+        await pacer.step(fast)
+    assert fast_batches[:4] == [200, 400, 800, 1600]
+    assert max(fast_batches) == 5_000  # never above the largest
+    # And slower (ingestion is busy): it shrinks at once, never below the smallest.
+    slow, slow_batches = work_at(fake, 1e-3, backlog)
+    for _ in range(3):
+        await pacer.step(slow)
+    assert slow_batches[1:] == [50, 50]
+    # No step held the resource longer than the target, once sized (the first at a size
+    # measured under other conditions is the exception the resize corrects).
+    assert all(b * 20e-6 <= 0.004 for b in batches[1:])
+
+
+async def test_the_wait_behind_the_hot_path_is_not_counted_as_the_step_s_cost() -> None:
+    """With `cost` (the writer's own time in the step), a step that waited 18 ms behind an
+    ingestion commit and then worked 2 ms rests 38 ms (5 % of the writer), not 380 ms, and
+    its batch is sized from the 2 ms."""
+    fake = FakeTime()
+    busy = [0.0]
+    pacer = Pacer(0.05, PaceLimits(first=100, step_target_s=0.004), clock=fake.clock,
+                  sleep=fake.sleep)  # fmt: skip
+
+    async def queued(batch: int) -> int:
+        fake.now += 0.018  # waiting for the writer
+        fake.now += 0.002  # the step's own work
+        busy[0] += 0.002
+        return batch
+
+    assert await pacer.step(queued, lambda: busy[0]) == 100
+    assert fake.sleeps == [pytest.approx(0.038)]
+    assert pacer.busy_s == pytest.approx(0.002)
+    assert pacer.batch == 200
+    # Without it, the whole wait counts: the pace errs on the side of the hot path.
+    plain = Pacer(0.05, PaceLimits(first=100), clock=fake.clock, sleep=fake.sleep)
+    await plain.step(queued)
+    assert fake.sleeps[-1] == pytest.approx(0.38)
+    assert plain.batch == 50
+
+
+async def test_a_short_batch_does_not_resize() -> None:
+    fake = FakeTime()
+    pacer = Pacer(0.05, PaceLimits(first=500), clock=fake.clock, sleep=fake.sleep)
+    backlog = [30]
+    work, _ = work_at(fake, 1.0, backlog)  # very slow, but the batch was not full
+    assert await pacer.step(work) == 30
+    assert pacer.batch == 500
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5, float("nan")])
+def test_a_share_outside_0_to_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="share"):
+        validate_share(share)
+    with pytest.raises(ValueError, match="share"):
+        Pacer(share)
