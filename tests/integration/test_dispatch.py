@@ -22,7 +22,7 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
-from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.adapters.redis.connection import create_redis_client, redis_guard
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.api import DriverServicer
@@ -379,9 +379,13 @@ def test_redis_index_matches_brute_force(
     cutoff = NOW - max_age_s * 10**9
 
     async def search() -> list[tuple[str, float]]:
-        client = create_redis_client(redis_server.url)
+        # An oracle test, not a timeout test: generous bounds, so a loaded machine's slow
+        # connect is not read as Redis hung.
+        client = create_redis_client(redis_server.url, timeout_s=30)
         try:
-            index = RedisDriverIndex(client, f"t{uuid.uuid4().hex[:12]}:")
+            index = RedisDriverIndex(
+                client, f"t{uuid.uuid4().hex[:12]}:", guard=redis_guard(client, 30)
+            )
             await index.put(drivers)
             found = await index.nearby(lat, lon, radius_m, limit, wanted, cutoff)
             return [(n.driver.driver_id, n.distance_m) for n in found]
