@@ -123,6 +123,7 @@ async def run_chain(args: argparse.Namespace) -> None:
 
     from driver_service.api import DriverServicer
     from driver_service.api.batch_servicer import add_batch_service
+    from driver_service.api.servicer import add_driver_service
     from driver_service.observability.metrics.catalogue import ServiceMetrics
     from driver_service.server.composition import build_tracking
     from driver_service.server.running import server_options
@@ -134,7 +135,7 @@ async def run_chain(args: argparse.Namespace) -> None:
     server = grpc.aio.server(options=server_options(settings))
     pipeline = chain_pipeline(names, metrics)
     services = server if pipeline is None else pipeline.around(server)  # as server.py does
-    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), services)
+    add_driver_service(services, DriverServicer(tracking))  # as server/running.py does
     add_batch_service(services, tracking)
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), services)
     if args.tls:

@@ -1,8 +1,8 @@
 """Every per-call concern of the server in one wrapper per method, for all four RPC kinds.
 
 In order, for each call: a request id (the caller's `x-request-id` if sane, else a new one)
-returned to the caller; authentication and per-method authorization; undecodable requests
-answered INVALID_ARGUMENT; each incoming stream message checked (decodable, and naming the
+returned to a caller that sent one; authentication and per-method authorization;
+undecodable requests answered INVALID_ARGUMENT; each incoming stream message checked (decodable, and naming the
 token's own driver) before the handler sees it; go-grpc-prometheus metrics; an escaping
 exception answered INTERNAL without details; one access-log line at the end.
 
@@ -295,10 +295,12 @@ class _MethodCalls:
             undecodable_message(method),
         )
 
-    def begin(self, context: _Context) -> tuple[str, MessageCheck | None, Refusal | None]:
-        """The call's request id (set for its log lines), its per-message check, and why it
-        is refused, if it is; one pass over the metadata."""
+    def begin(self, context: _Context) -> tuple[str, bool, MessageCheck | None, Refusal | None]:
+        """The call's request id (set for its log lines), whether to return it (only to a
+        caller that sent one: its own if sane, else the one it is logged under), the call's
+        per-message check, and why it is refused, if it is; one pass over the metadata."""
         request_id = ""
+        asked = False
         authorization: str | None = None
         auth_headers = 0
         for key, value in _metadata_of(context):
@@ -306,21 +308,24 @@ class _MethodCalls:
                 auth_headers += 1
                 if auth_headers == 1 and isinstance(value, str):
                     authorization = value
-            elif key == REQUEST_ID_HEADER and not request_id and is_safe_request_id(value):
-                request_id = value
+            elif key == REQUEST_ID_HEADER and not request_id:
+                asked = True
+                if is_safe_request_id(value):
+                    request_id = value
         if self.request_ids:
             request_id = request_id or new_request_id()
             REQUEST_ID.set(request_id)  # each call runs in its own task: no reset needed
         else:
             request_id = "-"
+            asked = False
         if self.auth is None:
-            return request_id, None, None
+            return request_id, asked, None, None
         principal, refusal = authenticate(self.auth, authorization, auth_headers)
         if principal is None or refusal is not None:
-            return request_id, None, refusal
+            return request_id, asked, None, refusal
         refusal = admission(principal, self.rule, self.method)
         PRINCIPAL.set(principal)
-        return request_id, message_check(principal, self.rule), refusal
+        return request_id, asked, message_check(principal, self.rule), refusal
 
     def check_of(self, check: MessageCheck | None) -> MessageCheck:
         """Every incoming message of a stream: decodable, then `check` (the token's own)."""
@@ -405,7 +410,6 @@ class _MethodCalls:
         admit = self.admit_request
         started_at = self.started
         finish = self.finish
-        request_ids = self.request_ids
         streaming_in = self.streaming_in
         method = self.method
 
@@ -415,10 +419,11 @@ class _MethodCalls:
             request_id = "-"
             code = _OK
             try:
-                request_id, check, refusal = begin(context)
-                if request_ids:
+                request_id, echo, check, refusal = begin(context)
+                if echo:
                     # Trailers, not headers: headers sent before a failure commit the call
-                    # and clients never retry it, and a separate send costs ~50 µs.
+                    # and clients never retry it, and a separate send costs ~50 µs. Only to
+                    # a caller that sent an id: a trailer costs grpc ~2 % of a GetDriver.
                     context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
                 if refusal is None:
                     request, context, refusal = admit(request, context, check, counts)
@@ -463,8 +468,8 @@ class _MethodCalls:
             # there crashes the process (SIGSEGV; tests/chaos, the watcher storms).
             peer = context.peer() if self.access_log is not None else None
             try:
-                request_id, check, refusal = self.begin(context)
-                if self.request_ids:
+                request_id, echo, check, refusal = self.begin(context)
+                if echo:
                     await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
                 if refusal is None:
                     request, context, refusal = self.admit_request(request, context, check, counts)
