@@ -2,9 +2,10 @@
 
 In order, for each call: a request id (the caller's `x-request-id` if sane, else a new one)
 returned to a caller that sent one; authentication and per-method authorization;
-undecodable requests answered INVALID_ARGUMENT; each incoming stream message checked (decodable, and naming the
-token's own driver) before the handler sees it; go-grpc-prometheus metrics; an escaping
-exception answered INTERNAL without details; one access-log line at the end.
+undecodable requests answered INVALID_ARGUMENT; each incoming stream message checked
+(decodable, and naming the token's own driver) before the handler sees it;
+go-grpc-prometheus metrics; an escaping exception answered INTERNAL without details; one
+access-log line at the end.
 
 One wrapper instead of a chain of interceptors because in grpc.aio each interceptor layer is
 an extra coroutine per call and an extra async generator per stream message, and the
