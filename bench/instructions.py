@@ -37,26 +37,34 @@ from bench.common import (
     pinned,
     wait_for_port,
 )
+from bench.profile import auth_header
 from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
 #: (label, server kind, extra arguments), each adding one concern to the one before.
 VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare", "bare", []),
+    # The floor with our server options (message limits, keepalive, connection age): what
+    # grpc core does more per call for them, apart from any Python of ours.
+    ("bare+options", "bare", ["--server-options"]),
+    # The floor answering prebuilt bytes (no response encoding): the ceiling for a reply
+    # served as bytes already encoded.
+    ("bare bytes", "bare", ["--raw"]),
     ("servicer", "chain", ["--interceptors="]),
     ("+pipeline", "chain", ["--interceptors=pipeline"]),
     ("+request id", "chain", ["--interceptors=pipeline,request_id"]),
     ("+metrics", "chain", ["--interceptors=pipeline,request_id,metrics"]),
     ("+access log", "chain", ["--interceptors=pipeline,request_id,metrics,logging"]),
+    ("+auth", "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
     ("full", "full", []),
 ]
 CALLS = 2_000
 WARMUP_CALLS = 300
 
 
-def _load(port: int, body: Path, calls: int) -> None:
+def _load(port: int, body: Path, calls: int, token: bool = False) -> None:
     argv = ["h2load", "-n", str(calls), "-c", "10", "-d", str(body)]
-    for header in GRPC_HEADERS:
+    for header in (*GRPC_HEADERS, auth_header()) if token else GRPC_HEADERS:
         argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{port}{GET_DRIVER}")
     out = subprocess.run(
@@ -88,14 +96,15 @@ def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body:
         proc = subprocess.Popen(
             pinned(SERVER_CORE, argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
+    token = any("auth" in arg for arg in extra)
     try:
         wait_for_port(port, proc, timeout_s=300)
-        _load(port, body, WARMUP_CALLS)
+        _load(port, body, WARMUP_CALLS, token)
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, WARMUP_CALLS)
+        _load(port, body, WARMUP_CALLS, token)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, CALLS)
+        _load(port, body, CALLS, token)
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
         dumps = sorted(work.glob(f"callgrind-{port}.out.*"))

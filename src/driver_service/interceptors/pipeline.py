@@ -383,7 +383,8 @@ class _MethodCalls:
         metrics = self.metrics
         if metrics is not None:
             metrics.handling.observe(duration)
-            metrics.handled[code].inc()
+            # StatusCode hashes in Python (Enum.__hash__): OK, the usual code, skips it.
+            (metrics.handled_ok if code is _OK else metrics.handled[code]).inc()
             if metrics.open_streams is not None:
                 metrics.open_streams.dec()
         if self.access_log is not None:
@@ -406,6 +407,8 @@ class _MethodCalls:
     def unary(self, behavior: UnaryBehavior) -> UnaryBehavior:
         """Calls with one response (unary, client streaming): the hot path, so everything
         that cannot change per call is resolved here, once."""
+        if not self.streaming_in:
+            return self._unary_request(behavior)
         metrics = self.metrics
         begin = self.begin
         admit = self.admit_request
@@ -452,6 +455,66 @@ class _MethodCalls:
                 finish(
                     context, started, code, request_id, counts.received, counts.sent, streaming_in
                 )
+
+        return call
+
+    def _unary_request(self, behavior: UnaryBehavior) -> UnaryBehavior:
+        """Unary calls (GetDriver: the hottest path of all): the same steps as the client
+        streaming path, with the one request checked inline and the counters bumped in
+        place (no per-call objects or calls beyond what each concern needs)."""
+        metrics = self.metrics
+        counters = (
+            None if metrics is None else (metrics.started, metrics.msg_received, metrics.msg_sent)
+        )
+        begin = self.begin
+        finish = self.finish
+        method = self.method
+        bad_request = self.bad_request
+        clock = time.perf_counter
+
+        async def call(request: Any, context: _Context) -> Any:  # noqa: PLR0912 - inlined
+            started = clock()
+            if counters is not None:
+                counters[0].value += 1.0  # LoopCounter.inc, without the call
+            request_id = "-"
+            code = _OK
+            received = sent = 0
+            try:
+                request_id, echo, check, refusal = begin(context)
+                if echo:
+                    # Trailers, not headers: headers sent before a failure commit the call
+                    # and clients never retry it, and a separate send costs ~50 µs.
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+                if refusal is None:
+                    received = 1
+                    if counters is not None:
+                        counters[1].value += 1.0
+                    if request is UNDECODABLE:
+                        refusal = bad_request
+                    elif check is not None:
+                        refusal = check(request)
+                if refusal is not None:
+                    await context.abort(*refusal)
+                response = await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = status_code(context.code())
+                raise
+            except Exception:  # noqa: BLE001 - logged and answered INTERNAL by recover()
+                code = _INTERNAL
+                await recover(context, method)
+                return None
+            except BaseException as exc:
+                code = code_of_exception(exc, context)
+                raise
+            else:
+                code = status_code(context.code())
+                if code is _OK:
+                    sent = 1
+                    if counters is not None:
+                        counters[2].value += 1.0
+                return response
+            finally:
+                finish(context, started, code, request_id, received, sent, False)
 
         return call
 
