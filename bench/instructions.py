@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,37 +82,56 @@ def _total_instructions(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body: Path) -> float:
-    """Instructions per call of one server variant: instrumentation is switched on after
-    start-up and a warm-up, zeroed, and read after CALLS calls."""
+def counted(
+    server_argv: list[str],
+    work: Path,
+    warm_up: Callable[[int], None],
+    measured: Callable[[int], None],
+    valgrind_options: Sequence[str] = (),
+) -> int:
+    """Instructions a server (`server_argv` after `--port P`, started under callgrind on the
+    server core) executes during `measured(port)`: instrumentation is switched on after
+    start-up and `warm_up(port)`, zeroed, and read at the end."""
     port = free_port()
-    own = work / f"data-{len(list(work.iterdir()))}"
-    shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
     out = work / f"callgrind-{port}.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    argv += [PYTHON, "-m", "bench.servers", kind, "--port", str(port), *extra]
-    if kind != "bare":
-        argv += ["--data-dir", str(own)]
+    argv += [*valgrind_options, PYTHON, "-m", "bench.servers", *server_argv, "--port", str(port)]
     with (work / f"server-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
             pinned(SERVER_CORE, argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
-    token = any("auth" in arg for arg in extra)
+    control = ["callgrind_control"]
     try:
         wait_for_port(port, proc, timeout_s=300)
-        _load(port, body, WARMUP_CALLS, token)
-        control = ["callgrind_control"]
+        warm_up(port)
         subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, WARMUP_CALLS, token)
+        warm_up(port)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, CALLS, token)
+        measured(port)
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
         dumps = sorted(work.glob(f"callgrind-{port}.out.*"))
-        per_call = _total_instructions(dumps[-1]) / CALLS
+        return _total_instructions(dumps[-1])
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body: Path) -> float:
+    """Instructions per call of one server variant, over CALLS calls after a warm-up."""
+    server_argv = [kind, *extra]
+    if kind != "bare":
+        own = work / f"data-{len(list(work.iterdir()))}"
+        shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
+        server_argv += ["--data-dir", str(own)]
+    token = any("auth" in arg for arg in extra)
+    total = counted(
+        server_argv,
+        work,
+        lambda port: _load(port, body, WARMUP_CALLS, token),
+        lambda port: _load(port, body, CALLS, token),
+    )
+    per_call = total / CALLS
     print(f"  {label}: {per_call / 1000:.1f} k instructions per call", flush=True)
     return per_call
 

@@ -177,3 +177,20 @@ def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
     assert problem(validator, forged) is TokenProblem.BAD_SIGNATURE  # never from the cache
     time.sleep(1.3)
     assert problem(validator, token) is TokenProblem.EXPIRED
+
+
+def test_header_cache_answers_only_whole_valid_header_values() -> None:
+    """A valid `Bearer <token>` is answered from the cache on the next call; the bare token
+    (no scheme) stays malformed however often the header was accepted."""
+    issuer = TokenIssuer.from_secret(SECRET_FOR_CACHE)
+    validator = TokenValidator.from_secret(SECRET_FOR_CACHE)
+    token = issuer.issue_service(["drivers:read"])
+    first = validator.validate_authorization(f"Bearer {token}")
+    assert validator.validate_authorization(f"Bearer {token}") is first
+    with pytest.raises(InvalidToken):
+        validator.validate_authorization(token)
+    with pytest.raises(InvalidToken):
+        validator.validate_authorization(f"Basic {token}")
+
+
+SECRET_FOR_CACHE = b"header-cache-test-secret-of-32-bytes!"
