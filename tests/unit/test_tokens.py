@@ -179,9 +179,9 @@ def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
     assert problem(validator, token) is TokenProblem.EXPIRED
 
 
-def test_header_cache_answers_only_whole_valid_header_values() -> None:
-    """A valid `Bearer <token>` is answered from the cache on the next call; the bare token
-    (no scheme) stays malformed however often the header was accepted."""
+def test_a_cached_token_is_still_refused_without_its_scheme() -> None:
+    """A token answered from the cache is so only behind `Bearer `: the bare token, or
+    another scheme, stays malformed however often the header was accepted."""
     issuer = TokenIssuer.from_secret(SECRET_FOR_CACHE)
     validator = TokenValidator.from_secret(SECRET_FOR_CACHE)
     token = issuer.issue_service(["drivers:read"])

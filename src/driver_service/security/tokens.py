@@ -154,9 +154,6 @@ class TokenValidator:
         # Verified tokens -> (principal, usable until, wall clock): a client sends the same
         # token on every call, and a signature check costs more than the RPC itself.
         self._verified: dict[str, tuple[Principal, float]] = {}
-        #: The same, by whole `authorization` values that were valid (kept apart: a bare
-        #: token is not a valid header value).
-        self._by_header: dict[str, tuple[Principal, float]] = {}
 
     @classmethod
     def from_secret(cls, secret: bytes, **options: Any) -> TokenValidator:
@@ -191,23 +188,7 @@ class TokenValidator:
         return cls(_Keys(ASYMMETRIC_ALGORITHMS, jwks=keys), **options)
 
     def validate_authorization(self, value: str | None) -> Principal:
-        """Validate an `authorization` metadata value of the form `Bearer <token>`. A value
-        seen before is answered from the cache by the value itself (a client sends the same
-        header on every call), under the same expiry as its token."""
-        if value is not None:
-            cached = self._by_header.get(value)
-            if cached is not None and time.time() < cached[1]:
-                return cached[0]
-        principal = self._validate_header(value)
-        assert value is not None  # _validate_header refused a missing value
-        entry = self._verified.get(value.strip().partition(" ")[2].strip())
-        if entry is not None:
-            if len(self._by_header) >= CACHE_ENTRIES:
-                del self._by_header[next(iter(self._by_header))]  # the oldest entry
-            self._by_header[value] = entry
-        return principal
-
-    def _validate_header(self, value: str | None) -> Principal:
+        """Validate an `authorization` metadata value of the form `Bearer <token>`."""
         if value is None or not value.strip():
             raise InvalidToken(TokenProblem.MISSING)
         scheme, _, token = value.strip().partition(" ")
