@@ -75,6 +75,8 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         try:
             driver = await self._tracking.get_driver(request.driver_id)
         except DomainError as error:
+            if isinstance(error, DriverNotFound):  # erased: keep nothing of its last state
+                self._responses.forget(request.driver_id)
             await abort_with(context, error)
         return self._responses.of(driver)
 
@@ -92,7 +94,7 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
             try:
                 driver = await self._tracking.get_driver(driver_id)
             except DomainError as error:
-                if isinstance(error, DriverNotFound):
+                if isinstance(error, DriverNotFound):  # erased: keep nothing of its last state
                     self._responses.forget(driver_id)
                 await abort_with(context, error)
         return self._responses.encoded(driver)
