@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +38,34 @@ from bench.common import (
     pinned,
     wait_for_port,
 )
+from bench.profile import auth_header
 from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
 #: (label, server kind, extra arguments), each adding one concern to the one before.
 VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare", "bare", []),
+    # The floor with our server options (message limits, keepalive, connection age): what
+    # grpc core does more per call for them, apart from any Python of ours.
+    ("bare+options", "bare", ["--server-options"]),
+    # The floor answering prebuilt bytes (no response encoding): the ceiling for a reply
+    # served as bytes already encoded.
+    ("bare bytes", "bare", ["--raw"]),
     ("servicer", "chain", ["--interceptors="]),
     ("+pipeline", "chain", ["--interceptors=pipeline"]),
     ("+request id", "chain", ["--interceptors=pipeline,request_id"]),
     ("+metrics", "chain", ["--interceptors=pipeline,request_id,metrics"]),
     ("+access log", "chain", ["--interceptors=pipeline,request_id,metrics,logging"]),
+    ("+auth", "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
     ("full", "full", []),
 ]
 CALLS = 2_000
 WARMUP_CALLS = 300
 
 
-def _load(port: int, body: Path, calls: int) -> None:
+def _load(port: int, body: Path, calls: int, token: bool = False) -> None:
     argv = ["h2load", "-n", str(calls), "-c", "10", "-d", str(body)]
-    for header in GRPC_HEADERS:
+    for header in (*GRPC_HEADERS, auth_header()) if token else GRPC_HEADERS:
         argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{port}{GET_DRIVER}")
     out = subprocess.run(
@@ -73,36 +82,60 @@ def _total_instructions(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body: Path) -> float:
-    """Instructions per call of one server variant: instrumentation is switched on after
-    start-up and a warm-up, zeroed, and read after CALLS calls."""
+def counted(
+    server_argv: list[str],
+    work: Path,
+    warm_up: Callable[[int], None],
+    measured: Callable[[int], None],
+    valgrind_options: Sequence[str] = (),
+) -> int:
+    """Instructions a server (`server_argv` after `--port P`, started under callgrind on the
+    server core) executes during `measured(port)`: instrumentation is switched on after
+    start-up and `warm_up(port)`, zeroed, and read at the end."""
     port = free_port()
-    own = work / f"data-{len(list(work.iterdir()))}"
-    shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
     out = work / f"callgrind-{port}.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    argv += [PYTHON, "-m", "bench.servers", kind, "--port", str(port), *extra]
-    if kind != "bare":
-        argv += ["--data-dir", str(own)]
+    argv += [*valgrind_options, PYTHON, "-m", "bench.servers", *server_argv, "--port", str(port)]
     with (work / f"server-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
             pinned(SERVER_CORE, argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
+    control = ["callgrind_control"]
     try:
         wait_for_port(port, proc, timeout_s=300)
-        _load(port, body, WARMUP_CALLS)
-        control = ["callgrind_control"]
+        warm_up(port)
         subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, WARMUP_CALLS)
+        warm_up(port)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
-        _load(port, body, CALLS)
+        measured(port)
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
         dumps = sorted(work.glob(f"callgrind-{port}.out.*"))
-        per_call = _total_instructions(dumps[-1]) / CALLS
+        return _total_instructions(dumps[-1])
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:  # a loaded machine: the counts are read already
+            proc.kill()
+            proc.wait(30)
+
+
+def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body: Path) -> float:
+    """Instructions per call of one server variant, over CALLS calls after a warm-up."""
+    server_argv = [kind, *extra]
+    if kind != "bare":
+        own = work / f"data-{len(list(work.iterdir()))}"
+        shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
+        server_argv += ["--data-dir", str(own)]
+    token = any("auth" in arg for arg in extra)
+    total = counted(
+        server_argv,
+        work,
+        lambda port: _load(port, body, WARMUP_CALLS, token),
+        lambda port: _load(port, body, CALLS, token),
+    )
+    per_call = total / CALLS
     print(f"  {label}: {per_call / 1000:.1f} k instructions per call", flush=True)
     return per_call
 

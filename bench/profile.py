@@ -94,11 +94,25 @@ def costs(workdir: Path, data: Path, *, repeats: int, duration_s: float) -> list
     return rows
 
 
-#: The servers of the paired comparison: the floor, and production as `serve` runs it.
-PAIRED: list[tuple[str, str, list[str]]] = [
-    ("bare", "bare", []),
-    ("full", "full", []),
-    ("full, --access-log errors", "full", ["--access-log", "errors"]),
+#: The servers of the paired comparison: the floor (and the floor answering prebuilt bytes),
+#: production as `serve` runs it with a token on every call (the whole chain), then with
+#: each concern off in turn. (label, kind, extra arguments, whether calls carry a token)
+_CHAIN = ("pipeline", "request_id", "logging", "auth", "metrics")
+PAIRED: list[tuple[str, str, list[str], bool]] = [
+    ("bare", "bare", [], False),
+    ("bare, bytes", "bare", ["--raw"], False),
+    ("production (auth on)", "chain", ["--interceptors", ",".join(_CHAIN)], True),
+    ("full: serve --insecure (auth off)", "full", [], False),
+    ("full, --access-log errors", "full", ["--access-log", "errors"], False),
+    *[
+        (
+            f"production, {name} off",
+            "chain",
+            ["--interceptors", ",".join(c for c in _CHAIN if c != name)],
+            name != "auth",
+        )
+        for name in ("request_id", "logging", "metrics")
+    ],
 ]
 
 
@@ -108,16 +122,19 @@ def paired(workdir: Path, data: Path, *, rounds: int, duration_s: float) -> dict
     drifts of this shared machine hit all alike. Reports each server's median RPS and CPU
     per call, and the median over rounds of each round's ratio to the floor."""
     body = get_driver_body()
+    with_token = (*GRPC_HEADERS, auth_header())
     with contextlib.ExitStack() as stack:
         servers = []
-        for n, (label, kind, extra) in enumerate(PAIRED):
-            args: list[str] = []
+        headers: dict[str, tuple[str, ...]] = {}
+        for n, (label, kind, extra, token) in enumerate(PAIRED):
+            args: list[str] = list(extra)
             if kind != "bare":  # each server its own copy of the data (the store is locked)
                 own = workdir / f"paired-data-{n}"
                 shutil.rmtree(own, ignore_errors=True)
                 shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
-                args = [*extra, "--data-dir", str(own)]
+                args += ["--data-dir", str(own)]
             servers.append((label, stack.enter_context(server(kind, *args, workdir=workdir))))
+            headers[label] = with_token if token else tuple(GRPC_HEADERS)
         urls = {label: f"http://127.0.0.1:{srv.port}{GET_DRIVER}" for label, srv in servers}
         for label, srv in servers:  # warm-up
             h2load(
@@ -126,7 +143,7 @@ def paired(workdir: Path, data: Path, *, rounds: int, duration_s: float) -> dict
                 duration_s=1,
                 server_pid=srv.pid,
                 body=body,
-                headers=GRPC_HEADERS,
+                headers=headers[label],
             )
         runs: dict[str, list[LoadResult]] = {label: [] for label, _ in servers}
         for _ in range(rounds):
@@ -138,7 +155,7 @@ def paired(workdir: Path, data: Path, *, rounds: int, duration_s: float) -> dict
                         duration_s=duration_s,
                         server_pid=srv.pid,
                         body=body,
-                        headers=GRPC_HEADERS,
+                        headers=headers[label],
                     )
                 )
     floor = runs["bare"]

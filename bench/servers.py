@@ -123,6 +123,7 @@ async def run_chain(args: argparse.Namespace) -> None:
 
     from driver_service.api import DriverServicer
     from driver_service.api.batch_servicer import add_batch_service
+    from driver_service.api.servicer import add_driver_service
     from driver_service.observability.metrics.catalogue import ServiceMetrics
     from driver_service.server.composition import build_tracking
     from driver_service.server.running import server_options
@@ -134,7 +135,7 @@ async def run_chain(args: argparse.Namespace) -> None:
     server = grpc.aio.server(options=server_options(settings))
     pipeline = chain_pipeline(names, metrics)
     services = server if pipeline is None else pipeline.around(server)  # as server.py does
-    pb_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), services)
+    add_driver_service(services, DriverServicer(tracking))  # as server/running.py does
     add_batch_service(services, tracking)
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), services)
     if args.tls:
@@ -231,8 +232,27 @@ class BareServicer(pb_grpc.DriverServiceServicer):
 
 
 async def run_bare(args: argparse.Namespace) -> None:
-    server = grpc.aio.server()
-    pb_grpc.add_DriverServiceServicer_to_server(BareServicer(), server)
+    options = None
+    if args.server_options:  # the floor with our limits and keepalive (grpc core's share)
+        from driver_service.server.running import server_options
+
+        options = server_options(settings_for(args))
+    server = grpc.aio.server(options=options)
+    servicer = BareServicer()
+    pb_grpc.add_DriverServiceServicer_to_server(servicer, server)
+    if args.raw:  # GetDriver answers prebuilt bytes, sent as they are (no serializer)
+        encoded = {key: reply.SerializeToString() for key, reply in servicer.table.items()}
+
+        async def get_driver_raw(request: pb.GetDriverRequest, context: Any) -> bytes:
+            return encoded[request.driver_id]
+
+        handler = grpc.unary_unary_rpc_method_handler(
+            get_driver_raw, request_deserializer=pb.GetDriverRequest.FromString
+        )
+        # Registered methods are looked up before generic handlers: replace it there.
+        server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            "driver.v1.DriverService", {"GetDriver": handler}
+        )
     server.add_insecure_port(f"127.0.0.1:{args.port}")
     await server.start()
     settle_heap()
@@ -299,6 +319,10 @@ def main() -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keepalive-timeout", type=float, default=1.0)
     parser.add_argument("--access-log", default="all", choices=["all", "errors", "off"])
+    parser.add_argument(
+        "--server-options", action="store_true", help="bare: with the production server options"
+    )
+    parser.add_argument("--raw", action="store_true", help="bare: GetDriver answers bytes")
     args = parser.parse_args()
     if args.kind == "fastapi":
         run_fastapi(args)

@@ -59,12 +59,20 @@ def summary_to_pb(result: UploadCounts) -> pb.UploadSummary:
 class DriverResponses:
     """GetDriver responses, built once per state of a driver: drivers are read far more often
     than they move, and a Driver is immutable, so its response is reused until the store
-    hands out a new Driver. Bounded; the messages are only ever serialized, never changed."""
+    hands out a new Driver. Bounded; the messages are only ever serialized, never changed.
 
-    __slots__ = ("_built", "_max")
+    `encoded` keeps the serialized reply too, the bytes grpc sends: a reply for a driver
+    that has not changed is then neither built nor encoded again (the protobuf encoding is
+    a good part of the bare runtime's own cost per call, BENCHMARKS.md). Entries are
+    matched by the identity of the Driver they were made from, so an entry for a driver
+    that has since moved, changed status or been erased is never served: the store hands
+    out a new Driver (or none) and the entry is replaced (or forgotten)."""
+
+    __slots__ = ("_built", "_encoded", "_max")
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._built: dict[str, tuple[Driver, pb.GetDriverResponse]] = {}
+        self._encoded: dict[str, tuple[Driver, bytes]] = {}
         self._max = max_entries
 
     def of(self, driver: Driver) -> pb.GetDriverResponse:
@@ -76,6 +84,23 @@ class DriverResponses:
             self._built.clear()
         self._built[driver.driver_id] = (driver, response)
         return response
+
+    def encoded(self, driver: Driver) -> bytes:
+        """`driver`'s GetDriverResponse as protobuf bytes, encoded once per state."""
+        entry = self._encoded.get(driver.driver_id)
+        if entry is not None and entry[0] is driver:
+            return entry[1]
+        data = driver_to_pb(driver).SerializeToString()
+        if entry is None and len(self._encoded) >= self._max:
+            self._encoded.clear()
+        self._encoded[driver.driver_id] = (driver, data)
+        return data
+
+    def forget(self, driver_id: str) -> None:
+        """Drop what is kept for a driver that is gone (erased): no copy of its last state
+        stays in memory until the entry would have been replaced."""
+        self._built.pop(driver_id, None)
+        self._encoded.pop(driver_id, None)
 
 
 def location_to_pb(location: Location) -> pb.LocationUpdate:

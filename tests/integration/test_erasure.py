@@ -30,7 +30,7 @@ from driver_service.adapters.redis.connection import create_redis_client
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
-from tests.helpers.redis import RedisServer
+from tests.helpers.stores import STORE_KINDS, store_settings
 
 S = 10**9
 VICTIM = "erase-me-7f3a"
@@ -98,21 +98,9 @@ class Setup:
         return dump
 
 
-@pytest.fixture(params=["sqlite", "postgres+redis"])
+@pytest.fixture(params=STORE_KINDS)
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> ServerSettings:
-    if request.param == "sqlite":
-        return ServerSettings(
-            listen="127.0.0.1:0", admin_listen="", data_dir=tmp_path, insecure=True, rate_limit=0
-        )
-    redis: RedisServer = request.getfixturevalue("private_redis")
-    return ServerSettings(
-        listen="127.0.0.1:0",
-        admin_listen="",
-        store=request.getfixturevalue("postgres_url"),
-        bus=redis.url,
-        insecure=True,
-        rate_limit=0,
-    )
+    return store_settings(request, tmp_path)
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ async def test_request_id_is_echoed_and_logged(env: Env) -> None:
     assert record.request_id == "abc-123"  # type: ignore[attr-defined]
 
 
-async def test_request_id_is_generated_when_absent_or_unsafe(env: Env) -> None:
+async def test_an_unsafe_request_id_is_replaced_and_the_replacement_returned(env: Env) -> None:
     call = env.stub.GetDriver(
         pb.GetDriverRequest(driver_id="nobody"), metadata=meta(env, "bad id <x>")
     )
@@ -133,6 +133,23 @@ async def test_request_id_is_generated_when_absent_or_unsafe(env: Env) -> None:
     [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
     assert record.request_id == sent  # type: ignore[attr-defined]
     assert record.code == "NOT_FOUND"  # type: ignore[attr-defined]
+
+
+async def test_without_a_request_id_one_is_logged_and_none_returned(env: Env) -> None:
+    """A caller that sends no id gets no trailer (it costs grpc a few per cent of a call);
+    the call's log line still has a generated one."""
+    call = env.stub.GetDriver(pb.GetDriverRequest(driver_id="nobody"), metadata=meta(env))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    assert [k for k, _ in await call.trailing_metadata() if k == "x-request-id"] == []
+    await env.stub.UploadLocations(iter([update("d1", 1.0)]), metadata=meta(env))
+    stream = env.stub.StreamLocation(pb.StreamLocationRequest(driver_id="d1"), metadata=meta(env))
+    await stream.read()  # the latest location, sent at once with the headers
+    assert [k for k, _ in await stream.initial_metadata() or () if k == "x-request-id"] == []
+    stream.cancel()
+    [record] = await env.records.settled_calls("/driver.v1.DriverService/GetDriver")
+    assert len(record.request_id) == 32  # type: ignore[attr-defined]
+    int(record.request_id, 16)  # type: ignore[attr-defined]
 
 
 async def test_unary_record_has_every_field_and_no_token(env: Env) -> None:

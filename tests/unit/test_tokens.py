@@ -177,3 +177,20 @@ def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
     assert problem(validator, forged) is TokenProblem.BAD_SIGNATURE  # never from the cache
     time.sleep(1.3)
     assert problem(validator, token) is TokenProblem.EXPIRED
+
+
+def test_a_cached_token_is_still_refused_without_its_scheme() -> None:
+    """A token answered from the cache is so only behind `Bearer `: the bare token, or
+    another scheme, stays malformed however often the header was accepted."""
+    issuer = TokenIssuer.from_secret(SECRET_FOR_CACHE)
+    validator = TokenValidator.from_secret(SECRET_FOR_CACHE)
+    token = issuer.issue_service(["drivers:read"])
+    first = validator.validate_authorization(f"Bearer {token}")
+    assert validator.validate_authorization(f"Bearer {token}") is first
+    with pytest.raises(InvalidToken):
+        validator.validate_authorization(token)
+    with pytest.raises(InvalidToken):
+        validator.validate_authorization(f"Basic {token}")
+
+
+SECRET_FOR_CACHE = b"header-cache-test-secret-of-32-bytes!"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, cast
 
 import grpc
 
@@ -14,32 +15,46 @@ from driver_service.api.errors import AbortOnDomainError, abort_with
 from driver_service.app.session_inbox import InputEnded, PushedCommand, SessionInbox
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.upload import Upload
-from driver_service.domain import DomainError, InvalidInput
+from driver_service.domain import DomainError, DriverNotFound, InvalidInput
 from driver_service.wire import (
+    NANOS,
     DriverResponses,
     LocationMessages,
     server_command,
     summary_to_pb,
-    timestamp_to_ns,
 )
 
 log = logging.getLogger(__name__)
+
+SERVICE = "driver.v1.DriverService"
 
 _EMPTY_EVENT = (
     "DriverEvent has no event set: send exactly one of location, status_change or heartbeat"
 )
 
 
-async def offer_update(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
-    """Offer one wire update to an upload (validation, rate limit, group commit)."""
-    return await ingest.offer(
+def offer_message(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
+    """Offer one wire update to an upload (validation, rate limit, group commit); the caller
+    waited for room (`Upload.full`). A timestamp of zero is told from an unset one only
+    then (HasField is the slow part)."""
+    ts = msg.timestamp
+    seconds = ts.seconds
+    nanos = ts.nanos
+    return ingest.offer_now(
         msg.driver_id,
         msg.latitude,
         msg.longitude,
         msg.speed_mps,
         msg.heading_degrees,
-        timestamp_to_ns(msg.timestamp) if msg.HasField("timestamp") else None,
+        seconds * NANOS + nanos if seconds or nanos or msg.HasField("timestamp") else None,
     )
+
+
+async def offer_update(ingest: Upload, msg: pb.LocationUpdate) -> DomainError | None:
+    """`offer_message` after waiting for room in the writer."""
+    if ingest.full:
+        await ingest.wait_for_room()
+    return offer_message(ingest, msg)
 
 
 class DriverServicer(pb_grpc.DriverServiceServicer):
@@ -60,8 +75,29 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
         try:
             driver = await self._tracking.get_driver(request.driver_id)
         except DomainError as error:
+            if isinstance(error, DriverNotFound):  # erased: keep nothing of its last state
+                self._responses.forget(request.driver_id)
             await abort_with(context, error)
         return self._responses.of(driver)
+
+    async def get_driver_encoded(
+        self,
+        request: pb.GetDriverRequest,
+        context: grpc.aio.ServicerContext[pb.GetDriverRequest, bytes],
+    ) -> bytes:
+        """GetDriver as the server sends it (`add_driver_service`): the reply's protobuf
+        bytes, encoded once per state of the driver, read without a wait where this process
+        holds the driver's current state. The same answers as `GetDriver`, byte for byte."""
+        driver_id = request.driver_id
+        driver = self._tracking.current_driver(driver_id)
+        if driver is None:
+            try:
+                driver = await self._tracking.get_driver(driver_id)
+            except DomainError as error:
+                if isinstance(error, DriverNotFound):  # erased: keep nothing of its last state
+                    self._responses.forget(driver_id)
+                await abort_with(context, error)
+        return self._responses.encoded(driver)
 
     async def StreamLocation(  # noqa: N802
         self,
@@ -80,8 +116,11 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
     ) -> pb.UploadSummary:
         async with AbortOnDomainError(context):
             upload = self._tracking.new_upload()
+            # The ingest hot path: a coroutine (and an await) only while the writer is full.
             async for msg in request_iterator:
-                await offer_update(upload, msg)
+                if upload.full:
+                    await upload.wait_for_room()
+                offer_message(upload, msg)
             result = await upload.finish()
         return summary_to_pb(result)
 
@@ -168,3 +207,38 @@ async def _pump(events: AsyncIterable[pb.DriverEvent], inbox: SessionInbox[pb.Dr
         await inbox.put(InputEnded(error))
         return
     await inbox.put(InputEnded())
+
+
+def add_driver_service(server: grpc.aio.Server, servicer: DriverServicer) -> None:
+    """`driver_pb2_grpc.add_DriverServiceServicer_to_server`, but GetDriver answers with
+    bytes already encoded (`DriverServicer.get_driver_encoded`): a handler without a
+    response serializer has its return value sent as it is. The other methods are the
+    generated ones."""
+    generated: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    pb_grpc.add_DriverServiceServicer_to_server(
+        servicer, cast("grpc.aio.Server", _Registered(generated))
+    )
+    handlers = dict(generated)
+    handlers["GetDriver"] = grpc.unary_unary_rpc_method_handler(
+        servicer.get_driver_encoded,
+        request_deserializer=pb.GetDriverRequest.FromString,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    register = getattr(server, "add_registered_method_handlers")  # noqa: B009 - not in grpc-stubs
+    register(SERVICE, handlers)
+
+
+class _Registered:
+    """Stands in for a server to collect the generated method handlers."""
+
+    def __init__(self, into: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self._into = into
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._into.update(handlers)

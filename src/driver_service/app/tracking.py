@@ -49,8 +49,12 @@ class DriverTracking:
         rate_limiter: RateLimiter | None = None,
         count_rejection: Callable[[Rejection], None] | None = None,
         supervisor: TaskSupervisor | None = None,
+        current: Callable[[str], Driver | None] | None = None,
     ) -> None:
         self.repository = repository
+        #: A driver's current state without a wait, where this process holds it for sure
+        #: (see `current_driver`); None: every read goes through the repository.
+        self._current = current
         self.rate_limiter = rate_limiter
         #: Told why, for each update refused without being stored (metrics).
         self.count_rejection = count_rejection
@@ -92,6 +96,14 @@ class DriverTracking:
         if driver is None:
             raise DriverNotFound(driver_id)
         return driver
+
+    def current_driver(self, driver_id: str) -> Driver | None:
+        """The driver as this process knows it for sure, without a wait (GetDriver's fast
+        path); None when it does not hold it (an unknown or invalid id, a store whose state
+        lives elsewhere, a replica's view that may be behind): then ask `get_driver`, which
+        validates, reads the store and raises the error a caller must see."""
+        current = self._current
+        return None if current is None else current(driver_id)
 
     # --- StreamLocation --------------------------------------------------------------------
     async def watch(self, driver_id: str) -> AsyncIterator[Location]:

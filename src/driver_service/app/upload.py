@@ -84,11 +84,34 @@ class Upload:
         recorded_at_ns: int | None,
     ) -> InvalidInput | RateLimited | None:
         """Count and, if valid and within the rate, queue one update; else return why not."""
-        self.received += 1
-        service = self._service
-        writer = service.writer
+        writer = self._service.writer
         if writer.full:
             await writer.wait_for_room()
+        return self.offer_now(
+            driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
+        )
+
+    @property
+    def full(self) -> bool:
+        """Whether the writer has no room: wait with `wait_for_room` before `offer_now`."""
+        return self._service.writer.full
+
+    async def wait_for_room(self) -> None:
+        await self._service.writer.wait_for_room()
+
+    def offer_now(
+        self,
+        driver_id: str,
+        latitude: float,
+        longitude: float,
+        speed_mps: float,
+        heading_degrees: float,
+        recorded_at_ns: int | None,
+    ) -> InvalidInput | RateLimited | None:
+        """`offer` without waiting for room (the caller waited while `full`): no coroutine
+        per update on the streams' hot path, and no point at which a cancel can land."""
+        self.received += 1
+        service = self._service
         try:
             location = service.admit_location(
                 driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
@@ -100,7 +123,7 @@ class Upload:
                     Rejection.INVALID if isinstance(exc, InvalidInput) else Rejection.RATE_LIMITED
                 )
             return exc
-        done = writer.submit(location)
+        done = service.writer.submit(location)
         pending = self._pending
         if pending and pending[-1][0] is done:
             pending[-1][1].append(location)

@@ -142,9 +142,18 @@ class LocationWriter:
     def submit(self, location: Location) -> Commit:
         """Queue one update; the returned commit resolves once it is durably stored (and is
         shared by every update of the same commit)."""
-        done = self._open_batch()
-        self._batch.append(location)
-        self._queued()
+        done = self._batch_done
+        if done is None or self._closed:
+            done = self._open_batch()
+        batch = self._batch
+        if not batch:
+            # The writer sleeps only with no batch to take: wake it for the first update.
+            # Until it takes the batch it stays awake, so the rest are appends.
+            self._idle.clear()
+            self._work.set()
+        batch.append(location)
+        if len(batch) >= self._max_pending:
+            self._room.clear()
         return done
 
     def submit_many(self, locations: Sequence[Location]) -> Commit:

@@ -73,7 +73,18 @@ def validate_location(
     now_ns: int,
     rules: LocationRules = DEFAULT_RULES,
 ) -> Location:
-    """Return a Location if every field is plausible, else raise InvalidInput naming the field."""
+    """Return a Location if every field is plausible, else raise InvalidInput naming the field.
+    A plausible update passes one inlined test (a range test is False for NaN, and the
+    bounds exclude infinities: the same rules as the checks below, which name the field)."""
+    if (
+        -90.0 <= latitude <= 90.0
+        and -180.0 <= longitude <= 180.0
+        and 0.0 <= speed_mps < math.inf
+        and 0.0 <= heading_degrees <= 360.0
+        and EARLIEST_TIMESTAMP_NS <= recorded_at_ns <= now_ns + rules.max_future_skew_ns
+        and driver_id in _VALID_IDS
+    ):
+        return Location(driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns)
     if driver_id not in _VALID_IDS:
         validate_driver_id(driver_id)
     if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):

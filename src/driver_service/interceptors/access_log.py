@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Final
+from typing import Any, Final
 
 import grpc
 
@@ -27,6 +27,7 @@ _SERVER_FAULTS = frozenset(
 _OK = grpc.StatusCode.OK
 #: StatusCode.name goes through enum's descriptor (~0.3 µs); a dict lookup does not.
 _NAMES = {code: code.name for code in grpc.StatusCode}
+_LEVELS = {level: logging.getLevelName(level) for level in (logging.INFO, logging.WARNING)}
 #: Escaped forms of methods and peers, which repeat (bounded: peers come and go).
 _ESCAPED_MAX = 10_000
 
@@ -39,13 +40,15 @@ class AccessLog:
     """Writes the access-log line of each call; with `errors_only`, calls that ended OK are
     skipped (a deployment that wants volume without a line per call)."""
 
-    __slots__ = ("_errors_only", "_escaped", "_log", "_name")
+    __slots__ = ("_errors_only", "_escaped", "_log", "_name", "_parts")
 
     def __init__(self, logger: logging.Logger | None = None, *, errors_only: bool = False) -> None:
         self._log = logger or logging.getLogger("driver_service.rpc")
         self._name = logs.json_string(self._log.name)[1:-1]
         self._errors_only = errors_only
         self._escaped: dict[str, str] = {}
+        #: Per method, the line's fixed text around the status name and around the peer.
+        self._parts: dict[str, tuple[str, str]] = {}
 
     def _json(self, text: str) -> str:
         """`text` as a JSON string literal, remembered."""
@@ -55,6 +58,28 @@ class AccessLog:
                 self._escaped.clear()
             found = self._escaped[text] = logs.json_string(text)
         return found
+
+    def _line(self, entry: tuple[Any, ...]) -> str:
+        """The line JsonFormatter would write for the call's record, built in one step from
+        a queued entry (record's fields). Request ids are JSON-safe by construction
+        (validated or generated)."""
+        _, at, level, method, peer, duration_s, code, request_id, m_in, m_out, static = entry
+        parts = self._parts.get(method)
+        if parts is None:
+            if len(self._parts) >= _ESCAPED_MAX:
+                self._parts.clear()
+            method_json = self._json(method)
+            parts = self._parts[method] = (
+                f'"logger":"{self._name}","message":"rpc {method_json[1:-1]} ',
+                f'","method":{method_json},"peer":',
+            )
+        name = "OK" if code is _OK else _NAMES[code]  # a StatusCode hashes in Python
+        return (
+            f'{{"time":"{logs.iso_millis(at)}","level":"{_LEVELS[level]}",{parts[0]}{name}",'
+            f'"request_id":"{request_id}{parts[1]}{self._json(peer)},'
+            f'"duration_ms":{duration_s * 1000:.3f},"code":"{name}",'
+            f'"messages_in":{m_in},"messages_out":{m_out}{static}}}\n'
+        )
 
     def record(
         self,
@@ -67,26 +92,32 @@ class AccessLog:
         messages_out: int,
         streaming: bool,
     ) -> None:
-        if self._errors_only and code is _OK:
-            return
-        level = logging.WARNING if code in _SERVER_FAULTS else logging.INFO
+        if code is _OK:  # no lookup: a StatusCode hashes in Python (Enum.__hash__)
+            if self._errors_only:
+                return
+            level = logging.INFO
+        else:
+            level = logging.WARNING if code in _SERVER_FAULTS else logging.INFO
         log = self._log
         if not log.isEnabledFor(level):
             return
         sink = logs.fast_json_sink(log, level)
         if sink is not None:
-            # The line JsonFormatter would write for the record below, built in one step.
-            # Request ids are JSON-safe by construction (validated or generated).
-            method_json = self._json(method)
-            name = _NAMES[code]
+            # Only the fields now; the line is built when the handler writes its queue.
             sink.write_line(
-                f'{{"time":"{logs.iso_millis(time.time())}",'
-                f'"level":"{logging.getLevelName(level)}","logger":"{self._name}",'
-                f'"message":"rpc {method_json[1:-1]} {name}","request_id":"{request_id}",'
-                f'"method":{method_json},"peer":{self._json(peer)},'
-                f'"duration_ms":{duration_s * 1000:.3f},"code":"{name}",'
-                f'"messages_in":{messages_in},"messages_out":{messages_out}'
-                f"{sink.static_json}}}\n"
+                (
+                    self._line,
+                    time.time(),
+                    level,
+                    method,
+                    peer,
+                    duration_s,
+                    code,
+                    request_id,
+                    messages_in,
+                    messages_out,
+                    sink.static_json,
+                )
             )
             return
         duration_ms = round(duration_s * 1000, 3)

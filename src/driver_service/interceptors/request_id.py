@@ -1,6 +1,8 @@
 """Every call's request id: the caller's `x-request-id` if it is sane, else a new one; kept in
-observability.context's ContextVar for log lines and returned to the caller (unary calls: in
-the trailers, so a failed call stays retryable; streams: in the headers, at once)."""
+observability.context's ContextVar for log lines and returned to a caller that sent one
+(unary calls: in the trailers, so a failed call stays retryable; streams: in the headers, at
+once). A caller that sent none gets none back: the trailer costs the runtime 0.5-2 % of a
+GetDriver, and such a caller has nothing to match it with."""
 
 from __future__ import annotations
 

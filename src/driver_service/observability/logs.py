@@ -117,11 +117,14 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.static_json = "".join(
             f",{json_string(k)}:{json.dumps(v, default=str)}" for k, v in (static or {}).items()
         )
-        self._pending: list[str] = []
+        #: Lines, and entries (a formatter, then its fields) turned into lines at the flush.
+        self._pending: list[str | tuple[Any, ...]] = []
 
-    def write_line(self, line: str) -> None:
-        """Queue `line` (one JSON object and its newline); outside an event loop, write it at
-        once."""
+    def write_line(self, line: str | tuple[Any, ...]) -> None:
+        """Queue `line` (one JSON object and its newline), or an entry whose first item
+        formats it into one (`entry[0](entry)`), formatted when the queue is written: the
+        caller (the access log, once per call) only stores its fields. Outside an event
+        loop, write it at once."""
         with self.lock:  # type: ignore[union-attr]
             self._pending.append(line)
             queued = len(self._pending)
@@ -153,7 +156,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             if self._pending:
                 lines, self._pending = self._pending, []
-                self.stream.write("".join(lines))
+                self.stream.write("".join([x if isinstance(x, str) else x[0](x) for x in lines]))
             super().flush()
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -230,6 +230,11 @@ async def _build_tracking(
         rate_limiter=limiter,
         count_rejection=None if rejected is None else lambda reason: rejected[reason].inc(),
         supervisor=supervisor,
+        # GetDriver reads the SQLite mirror without a wait: it is the current state when
+        # this process alone writes it (with Redis, replicas' writes land there instead).
+        current=durable.current_driver
+        if redis is None and isinstance(durable, SqliteRepository)
+        else None,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)

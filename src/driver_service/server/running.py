@@ -18,7 +18,6 @@ from driver_service._gen.driver.v1 import (
     dispatch_pb2,
     dispatch_pb2_grpc,
     driver_pb2,
-    driver_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     history_pb2_grpc,
@@ -35,6 +34,7 @@ from driver_service.api.event_servicer import EventServicer
 from driver_service.api.history_servicer import SERVICE_NAME as HISTORY_SERVICE_NAME
 from driver_service.api.history_servicer import HistoryServicer
 from driver_service.api.rules import RULES
+from driver_service.api.servicer import add_driver_service
 from driver_service.api.webhook_servicer import WebhookServicer
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.tracking import DriverTracking
@@ -283,7 +283,7 @@ async def start_server(
     server = grpc.aio.server(options=server_options(settings))
     # Every service is registered through the pipeline: all of them get its checks.
     services_server = pipeline.around(server)
-    driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(tracking), services_server)
+    add_driver_service(services_server, DriverServicer(tracking))
     add_batch_service(services_server, tracking)
     services_served = [SERVICE_NAME, BATCH_SERVICE_NAME]
     if dispatch is not None:

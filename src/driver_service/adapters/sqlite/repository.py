@@ -293,6 +293,12 @@ class SqliteRepository:
     async def get_driver(self, driver_id: str) -> Driver | None:
         return self._drivers.get(driver_id)
 
+    @property
+    def current_driver(self) -> Callable[[str], Driver | None]:
+        """`get_driver` without a wait: this file's drivers are all in memory, and each
+        is replaced there once its commit is done (one process holds the file)."""
+        return self._drivers.get
+
     def driver_count(self) -> int:
         return len(self._drivers)
 

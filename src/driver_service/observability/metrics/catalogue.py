@@ -50,8 +50,8 @@ class MethodMetrics:
     (one dict lookup per call finds this object; one per code finds the handled child).
     Every child is a Loop* instrument: updated only on the event-loop thread, lock-free."""
 
-    __slots__ = ("grpc_type", "handled", "handling", "msg_received", "msg_sent", "open_streams",
-                 "started")  # fmt: skip
+    __slots__ = ("grpc_type", "handled", "handled_ok", "handling", "msg_received", "msg_sent",
+                 "open_streams", "started")  # fmt: skip
 
     def __init__(self, metrics: ServiceMetrics, full_method: str, rpc_type: str) -> None:
         service, method = split_method(full_method)
@@ -67,6 +67,8 @@ class MethodMetrics:
             code: metrics.rpc_handled.labels(*labels, grpc_code_label(code))
             for code in grpc.StatusCode
         }
+        #: handled[OK] without the lookup: a StatusCode hashes in Python (Enum.__hash__).
+        self.handled_ok = self.handled[grpc.StatusCode.OK]
         self.open_streams = (
             None if rpc_type == UNARY else metrics.rpc_open_streams.labels(service, method)
         )
