@@ -174,8 +174,8 @@ async def test_round_robin_spreads_get_driver_over_both_servers(
 @contextlib.asynccontextmanager
 async def flaky_get_driver(failures: list[int]) -> AsyncIterator[tuple[str, list[str]]]:
     """A bare grpc.aio server whose GetDriver answers UNAVAILABLE `failures[0]` times, then
-    NOT_FOUND. driver-service itself sends response headers (the request id) before its
-    answer, which commits a call in grpc's retry logic; this server answers trailers-only,
+    NOT_FOUND. driver-service's streams send response headers (a caller's request id) before
+    their answer, which commits a call in grpc's retry logic; this server answers trailers-only,
     as a server does when it fails before any handler runs, so the client's retry policy is
     what is measured. Yields the target and the log of attempts."""
     attempts: list[str] = []
