@@ -75,6 +75,9 @@ class CallLog:
             return new_upload()
 
         tracking.get_driver = counted_get_driver  # type: ignore[method-assign]
+        # GetDriver's no-wait path would answer without `get_driver`: every call goes through
+        # it here, so each attempt is counted and an injected failure is seen.
+        tracking.current_driver = lambda driver_id: None  # type: ignore[method-assign]
         tracking.watch = counted_watch  # type: ignore[method-assign]
         tracking.new_upload = counted_new_upload  # type: ignore[method-assign]
 
