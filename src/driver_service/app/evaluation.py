@@ -8,6 +8,16 @@ committed before it: the replica that changed a zone and every other one alike, 
 polling and no notification to miss. A reload parses only the zones whose version changed
 (parsed zones are kept by id and version), so it costs one small query when nothing did.
 
+A driver that has not moved far enough to change anything skips the lookup. When a fix is
+looked up near its driver's previous looked-up fix (the driver is not jumping about), the
+evaluator also asks the index for its clear radius (`ZoneIndex.clear_radii`: no band edge of
+any zone nearer than that), and the driver's next fixes strictly inside that disc, less
+`CLEAR_MARGIN_DEG`, take the anchor's `where` map instead of a lookup: it is the map they
+would get. The tracker still judges each of them (its `Settled` memo then skips its per-zone
+loop unless a settle or dwell timer is due). The discs are kept in memory only, for the index
+they were measured against: all are dropped when the index changes, a driver's when it has
+no state (new, or erased), all of them on restart; they are never stored.
+
 `logged` forwards the newest committed event id to a listener (app/events.py's feed), which
 wakes this process's watchers.
 """
@@ -18,14 +28,31 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
 from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker
-from driver_service.domain.zones import Zone, ZoneIndex
+from driver_service.domain.zones import Where, Zone, ZoneIndex
+
+#: Taken off a clear radius (degrees of the lon/lat plane, ~1 cm) before a fix inside it skips
+#: its lookup: GEOS's and haversine's rounding (~1e-12 degree) is far smaller, so a fix on an
+#: edge is never mistaken for one just short of it.
+CLEAR_MARGIN_DEG = 1e-7
+#: A looked-up fix this much beyond its driver's last disc (degrees) gets a clear radius of
+#: its own; a fix farther from the last one (a jump, not driving) does not, so updates that
+#: never stay near each other do not pay for a radius they would never use.
+NEAR_DEG = 0.002
+
+#: A driver's last looked-up fix: (longitude, latitude, the square of the radius a next fix
+#: must be strictly within to skip its lookup or -1.0, that fix's where map, its clear radius).
+_Disc = tuple[float, float, float, Mapping[str, Where], float]
 
 
 class ZoneEvaluator:
     """Implements ports.EventEvaluator over a swappable ZoneIndex."""
 
-    def __init__(self, tracker: ZoneTracker | None = None) -> None:
+    def __init__(self, tracker: ZoneTracker | None = None, *, skip_near: bool = True) -> None:
         self._tracker = tracker or ZoneTracker()
+        self._skip_near = skip_near
+        self._discs: dict[str, _Disc] = {}
+        #: The token of the index the discs were measured against.
+        self._discs_token = 0
         self._index = ZoneIndex()
         #: -1: nothing loaded yet, so the first transaction loads whatever is stored.
         self._version = -1
@@ -63,9 +90,13 @@ class ZoneEvaluator:
         self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
     ) -> tuple[dict[str, TrackerState], list[Event]]:
         index = self._index
-        found = index.locate_many(
-            [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
-        )
+        found: Sequence[Mapping[str, Where]]
+        if self._skip_near:
+            found = self._locate(states, advanced, index)
+        else:
+            found = index.locate_many(
+                [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
+            )
         tracker = self._tracker
         new_states: dict[str, TrackerState] = {}
         events: list[Event] = []
@@ -76,6 +107,58 @@ class ZoneEvaluator:
             new_states[driver_id] = state
             events.extend(caused)
         return new_states, events
+
+    def _locate(
+        self, states: Mapping[str, TrackerState], advanced: Sequence[Location], index: ZoneIndex
+    ) -> list[Mapping[str, Where]]:
+        """`index.locate_many` of each fix, skipping the fixes inside their driver's disc."""
+        discs = self._discs
+        if self._discs_token != index.token:
+            discs.clear()
+            self._discs_token = index.token
+        found: list[Mapping[str, Where]] = []
+        todo: list[int] = []
+        for i, loc in enumerate(advanced):
+            disc = discs.get(loc.driver_id)
+            if disc is not None:
+                dx = loc.longitude - disc[0]
+                dy = loc.latitude - disc[1]
+                if dx * dx + dy * dy < disc[2] and loc.driver_id in states:
+                    found.append(disc[3])
+                    continue
+            found.append({})
+            todo.append(i)
+        if not todo:
+            return found
+        looked = index.locate_many(
+            [advanced[i].latitude for i in todo], [advanced[i].longitude for i in todo]
+        )
+        near: dict[str, int] = {}
+        for i, where in zip(todo, looked, strict=True):
+            loc = advanced[i]
+            driver_id, lon, lat = loc.driver_id, loc.longitude, loc.latitude
+            found[i] = where
+            disc = discs.get(driver_id)
+            if disc is not None and driver_id in states:
+                dx = lon - disc[0]
+                dy = lat - disc[1]
+                reach = disc[4] + NEAR_DEG
+                if dx * dx + dy * dy < reach * reach:
+                    near[driver_id] = i
+                else:
+                    near.pop(driver_id, None)
+            discs[driver_id] = (lon, lat, -1.0, where, 0.0)
+        if near:
+            at = list(near.values())
+            radii = index.clear_radii(
+                [advanced[i].latitude for i in at], [advanced[i].longitude for i in at]
+            )
+            for i, radius in zip(at, radii, strict=True):
+                loc = advanced[i]
+                inner = radius - CLEAR_MARGIN_DEG
+                reach_sq = inner * inner if inner > 0.0 else -1.0
+                discs[loc.driver_id] = (loc.longitude, loc.latitude, reach_sq, found[i], radius)
+        return found
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int

@@ -92,6 +92,10 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _QUAD_SEGS = 4
 #: An envelope tolerance so float rounding never drops a zone whose edge a point is on.
 _EPS_DEG = 1e-9
+#: How far `ZoneIndex.clear_radii` looks for a band edge, in degrees of the lon/lat plane
+#: (~550 m north-south): bounds the cost of a search; a point with no edge this near gets
+#: this radius.
+CLEAR_SEARCH_DEG = 0.005
 
 #: An envelope in degrees: (min longitude, min latitude, max longitude, max latitude).
 Box = tuple[float, float, float, float]
@@ -488,6 +492,7 @@ class ZoneIndex:
 
     __slots__ = (
         "_circles",
+        "_edges",
         "_inner",
         "_is_polygon",
         "_outer",
@@ -534,6 +539,9 @@ class ZoneIndex:
         self._outer, self._raw, self._inner = columns
         self._circles: NDArray[np.float64] = np.array(circles, dtype=np.float64).reshape(-1, 3)
         self._tree: STRtree | None = STRtree(boxes) if boxes else None
+        #: Per box, every ring of a polygon's three polygons (None for a circle); made at the
+        #: first `clear_radii`, as most indexes (tests, replicas' reloads) never need it.
+        self._edges: NDArray[np.object_] | None = None
 
     def __len__(self) -> int:
         return len(self._zones)
@@ -599,6 +607,56 @@ class ZoneIndex:
         ):
             found[point][owners[box]] = wheres[level]
         return found
+
+    def clear_radii(self, latitudes: Sequence[float], longitudes: Sequence[float]) -> list[float]:
+        """For each point, a distance in the lon/lat plane (degrees, at most
+        `CLEAR_SEARCH_DEG`) within which no band edge of any zone lies: every point strictly
+        nearer (plane distance) is where this one is relative to every zone, so `locate`
+        would give it the same map (app/evaluation.py skips the lookup there).
+
+        Polygons are classified in the lon/lat plane, so their radius is the plane distance
+        to the nearest ring of the zone, its inner or its outer band (GEOS). A circle is
+        classified by great-circle distance, which is never more than `_M_PER_DEG` times the
+        plane distance (the plane's scale is 1 north-south and cos(latitude) east-west), so
+        its radius is the gap in metres to the nearest of its three radii over `_M_PER_DEG`.
+        Zones whose envelope is farther than the search distance are beyond it: their bands
+        lie inside their envelopes."""
+        radii = np.full(len(latitudes), CLEAR_SEARCH_DEG, dtype=np.float64)
+        if self._tree is None or not radii.size:
+            return radii.tolist()
+        lats = np.asarray(latitudes, dtype=np.float64)
+        lons = np.asarray(longitudes, dtype=np.float64)
+        points: NDArray[np.object_] = np.asarray(shapely.points(lons, lats), dtype=object)
+        point_of, box_of = self._tree.query(points, predicate="dwithin", distance=CLEAR_SEARCH_DEG)
+        if point_of.size == 0:
+            return radii.tolist()
+        polygon = self._is_polygon[box_of]
+        if polygon.any():
+            p, b = point_of[polygon], box_of[polygon]
+            np.minimum.at(radii, p, shapely.distance(self._edge_column()[b], points[p]))
+        circle = ~polygon
+        if circle.any():
+            p, b = point_of[circle], box_of[circle]
+            centre_lat, centre_lon, radius = self._circles[b].T
+            d = _haversine_np(centre_lat, centre_lon, lats[p], lons[p])
+            gap = np.minimum(
+                np.abs(d - (radius + MARGIN_M)),
+                np.minimum(np.abs(d - radius), np.abs(d - (radius - MARGIN_M))),
+            )
+            np.minimum.at(radii, p, gap / _M_PER_DEG)
+        # A NaN (an empty geometry) would compare false everywhere: no radius at all.
+        clear: list[float] = np.nan_to_num(radii, nan=0.0).tolist()
+        return clear
+
+    def _edge_column(self) -> NDArray[np.object_]:
+        edges = self._edges
+        if edges is None:
+            edges = np.empty(len(self._owners), dtype=object)
+            for i in np.flatnonzero(self._is_polygon).tolist():
+                rings = shapely.boundary([self._outer[i], self._raw[i], self._inner[i]])
+                edges[i] = shapely.multilinestrings(shapely.get_parts(rings))
+            self._edges = edges
+        return edges
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
         """A new index with `zone` added, or replacing the zone of the same id."""
