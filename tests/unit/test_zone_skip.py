@@ -41,12 +41,20 @@ def circle(zone_id: str, east: float, north: float, radius: float, version: int 
     return Zone(zone_id, zone_id, (), Circle(lat, lon, radius), version=version)
 
 
+def diamond(zone_id: str, east: float, north: float, reach: float) -> Zone:
+    """A square turned 45 degrees (and a little more): edges no axis rounds exactly."""
+    corners = [(reach, 7.0), (-7.0, reach), (-reach, -7.0), (7.0, -reach), (reach, 7.0)]
+    coords = [[list(lonlat(east + e, north + n)) for e, n in corners]]
+    shape = PolygonShape(json.dumps({"type": "Polygon", "coordinates": coords}))
+    return Zone(zone_id, zone_id, (), shape)
+
+
 #: Zone sets the routes switch between mid-route: a zone appears under the driver, one grows,
 #: one moves away, all vanish.
 LAYOUTS: list[list[Zone]] = [
-    [square("a", 0, 0, 300), circle("c", 450, 150, 60)],
+    [square("a", 0, 0, 300), circle("c", 450, 150, 60), diamond("d", 150, 150, 100)],
     [square("a", 0, 0, 320, version=2), square("b", 250, 0, 200), circle("c", 450, 150, 60)],
-    [circle("c", 100, 100, 150, version=2)],
+    [circle("c", 100, 100, 150, version=2), diamond("d", 150, 150, 140)],
     [],
 ]
 
@@ -73,7 +81,8 @@ def rings(zones: list[Zone]) -> shapely.Geometry:
 
 
 #: (kind, dx, dy, gap_s, zone change): kind 0 drives by (dx, dy) metres, 1 goes onto the
-#: nearest edge, 2 onto it and a hair (dx * 1e-9 degree) either side, 3 jitters by a metre.
+#: nearest edge, 2 onto it and up to 3 units in the last place either side, 3 jitters by a
+#: metre.
 STEP = st.tuples(
     st.integers(0, 3),
     st.integers(-40, 40),
@@ -95,8 +104,12 @@ def advance(
     if edges.is_empty:
         return place
     nearest = shapely.get_coordinates(shapely.shortest_line(shapely.Point(lon, lat), edges))[1]
-    hair = 1e-9 * dx if kind == 2 else 0.0
-    return float(nearest[0]) + hair, float(nearest[1]) - hair
+    x, y = float(nearest[0]), float(nearest[1])
+    if kind == 2:  # a few units in the last place towards where the driver was, or away
+        for _ in range(abs(dx) % 4):
+            x = math.nextafter(x, lon if dx > 0 else -lon)
+            y = math.nextafter(y, lat if dx > 0 else -lat)
+    return x, y
 
 
 @settings(max_examples=400, deadline=None)
@@ -193,3 +206,45 @@ def test_clear_radii_are_the_distance_to_the_nearest_band_edge() -> None:
     # Far from everything: the search distance.
     lon, lat = lonlat(5000, 5000)
     assert index.clear_radii([lat], [lon]) == [CLEAR_SEARCH_DEG]
+
+
+def test_a_fix_on_the_edge_nearest_its_anchor_is_looked_up() -> None:
+    # The margin at work: points on the nearest edge, or a few units in the last place either
+    # side of it, are at the clear radius up to rounding, and each of them is looked up (its
+    # driver's disc is replaced), never taken from the disc.
+    zones = [diamond("d", 0, 0, 100), circle("c", 300, 0, 80), square("a", -400, -50, 200)]
+    evaluator = ZoneEvaluator()
+    evaluator.load_zones(1, {z.zone_id: 1 for z in zones}, zones)
+    edges = rings(zones)
+    t = T0
+    looked_up = 0
+    for k in range(60):
+        east, north = -500 + 17.0 * k, 11.0 * math.sin(k)
+        states: dict[str, TrackerState] = {}
+        for e in (east, east + 0.5):  # two fixes close together: the second gets a radius
+            t += S
+            lon, lat = lonlat(e, north)
+            new, _ = evaluator.on_locations(states, [Location("d1", lat, lon, 0, 0, t)])
+            states.update(new)
+        anchor = evaluator._discs["d1"]
+        if anchor[2] <= 0:
+            continue
+        x, y = (
+            float(v)
+            for v in shapely.get_coordinates(
+                shapely.shortest_line(shapely.Point(anchor[0], anchor[1]), edges)
+            )[1]
+        )
+        for ulps in range(-3, 4):
+            px, py = x, y
+            for _ in range(abs(ulps)):
+                px = math.nextafter(px, anchor[0] if ulps > 0 else -anchor[0])
+                py = math.nextafter(py, anchor[1] if ulps > 0 else -anchor[1])
+            if (px - anchor[0]) ** 2 + (py - anchor[1]) ** 2 < (anchor[4] - 1e-9) ** 2:
+                continue  # truly inside the disc, by more than rounding: may be skipped
+            t += S
+            evaluator.on_locations(states, [Location("d1", py, px, 0, 0, t)])
+            assert evaluator._discs["d1"] is not anchor
+            looked_up += 1
+            evaluator._discs["d1"] = anchor
+    assert looked_up > 100
