@@ -21,6 +21,13 @@ instructions  (--instructions; needs valgrind) the same updates as cpu, in a chi
          within ~1 % whatever else loads the machine, where the CPU time above moves by
          ±30 %; instructions are not time (GEOS and the interpreter differ in cycles per
          instruction), so both are reported.
+serve    (--serve) the whole accepted update: a real `driver-service serve` subprocess on
+         SQLite (pinned to core 0), fed the same updates as one streaming UploadLocations
+         call by h2load (core 1, a prebuilt body, so the client costs the server nothing):
+         the server process's CPU time (/proc, every thread) per stored update, with no zones
+         and with --zones zones, driving and teleporting, --repeats pairs alternating which
+         runs first. This is the issue's denominator, "today's per-update cost": gRPC, the
+         interceptors, validation, the group commit and the evaluator together.
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
@@ -47,8 +54,9 @@ from typing import Any
 
 import grpc
 
-from bench.common import PYTHON, ROOT
-from bench.ingest import update
+from bench.common import CLIENT_CORE, PYTHON, ROOT, cpu_seconds, free_port, grpc_frame, pinned
+from bench.common import wait_for_port as _wait_for_port
+from bench.ingest import UPLOAD, stored_rows, update
 from bench.zone_index import make_zones
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
@@ -63,11 +71,13 @@ from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.tracking import DriverTracking
 from driver_service.domain.zones import Zone
 from driver_service.server.composition import build_services
-from driver_service.server.config import ServerSettings
+from driver_service.server.config import SQLITE_FILE_NAME, ServerSettings
 from driver_service.server.running import start_server
 from driver_service.wire import pb_to_location
 
 S = 10**9
+#: False (--no-skip): evaluate every fix, as before the clear-disc skip (an A/B in one run).
+SKIP_NEAR = True
 
 
 async def _fill(path: Path, zones: list[Zone]) -> float:
@@ -113,7 +123,7 @@ async def _ingest(
         rows = [astuple(pb_to_location(driving(i, base, drivers))) for i in range(total)]
     else:
         rows = [astuple(pb_to_location(update(i, base))) for i in range(total)]
-    repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator())
+    repo = await SqliteRepository.open(path, evaluator=ZoneEvaluator(skip_near=SKIP_NEAR))
     tracking = DriverTracking(repo, MemoryBus(), rate_limiter=RateLimiter(100, 20_000))
     await tracking.start()
     try:
@@ -205,6 +215,7 @@ def instructions_part(
         argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zones", "--counted-child"]
         argv += [str(path), "--total", str(total), "--per-driver", str(per_driver)]
         argv += [] if moving else ["--teleporting"]
+        argv += [] if SKIP_NEAR else ["--no-skip"]
         subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
         per_update[kind] = _instructions(dump) / (total - 1)
         for leftover in path.parent.glob(path.name + "*"):
@@ -217,6 +228,82 @@ def instructions_part(
         "instructions_per_update_with_zones": round(per_update["zones"]),
         "added_instructions_per_update": round(added),
         "added_share": added / per_update["none"],
+    }
+
+
+def _h2load_stream(port: int, body: Path) -> None:
+    """One UploadLocations call carrying every update framed in `body`."""
+    argv = ["h2load", "-n", "1", "-c", "1", "-d", str(body)]
+    argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    argv += [f"http://127.0.0.1:{port}{UPLOAD}"]
+    out = subprocess.run(pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=True)
+    if "1 succeeded" not in out.stdout:
+        raise RuntimeError(f"h2load: {out.stdout[-500:]}")
+
+
+def _serve_once(
+    work: Path, template: Path | None, messages: list[pb.LocationUpdate], tag: str
+) -> tuple[float, int]:
+    """(server CPU seconds, updates stored) for all but the first of `messages`, sent to a
+    fresh `driver-service serve` (the first goes alone before: start-up, loading zones)."""
+    data = work / f"serve-{tag}"
+    data.mkdir()
+    if template is not None:
+        shutil.copy(template, data / SQLITE_FILE_NAME)
+    first, rest = work / f"first-{tag}.bin", work / f"rest-{tag}.bin"
+    first.write_bytes(grpc_frame(messages[0].SerializeToString()))
+    rest.write_bytes(b"".join(grpc_frame(m.SerializeToString()) for m in messages[1:]))
+    port = free_port()
+    argv = [PYTHON, "-m", "driver_service", "serve", "--insecure", "--listen"]
+    argv += [f"127.0.0.1:{port}", "--admin-listen", "", "--http-listen", ""]
+    argv += ["--data-dir", str(data), "--rate-limit", "0", "--stale-after", "86400"]
+    with (work / f"serve-{tag}.log").open("wb") as log:
+        proc = subprocess.Popen(pinned("0", argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, 120.0)
+        _h2load_stream(port, first)
+        before = stored_rows(data, "")
+        cpu0 = cpu_seconds(proc.pid)
+        _h2load_stream(port, rest)
+        cpu = cpu_seconds(proc.pid) - cpu0
+        stored = stored_rows(data, "") - before
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data)
+    return cpu, stored
+
+
+def serve_part(
+    work: Path, zones: int, total: int, repeats: int, moving: bool, per_driver: int = 100
+) -> dict[str, Any]:
+    """Server CPU per accepted update through `serve`, no zones against `zones` zones."""
+    if shutil.which("h2load") is None:
+        return {"skipped": "h2load missing (Debian: nghttp2-client)"}
+    template = work / "serve-template.sqlite3"
+    if not template.exists():
+        asyncio.run(_fill(template, make_zones(zones, random.Random(7))))
+    base = time.time_ns() - 3600 * S
+    drivers = max(1, total // per_driver)
+    messages = [driving(i, base, drivers) if moving else update(i, base) for i in range(total)]
+    per_update: dict[str, list[float]] = {"none": [], "zones": []}
+    for r in range(repeats):
+        for kind in ("none", "zones") if r % 2 == 0 else ("zones", "none"):
+            cpu, stored = _serve_once(
+                work, template if kind == "zones" else None, messages, f"{r}-{kind}"
+            )
+            if stored != total - 1:
+                raise RuntimeError(f"{stored} of {total - 1} updates stored")
+            per_update[kind].append(cpu / stored * 1e6)
+    none = statistics.median(per_update["none"])
+    with_zones = statistics.median(per_update["zones"])
+    return {
+        "updates": total,
+        "updates_per_driver": per_driver if moving else None,
+        "server_cpu_us_per_update_no_zones": none,
+        "server_cpu_us_per_update_with_zones": with_zones,
+        "added_share": (with_zones - none) / none,
+        "runs_us": per_update,
     }
 
 
@@ -297,13 +384,33 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: instructions per update under callgrind (driving, then teleporting)",
     )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead: server CPU per accepted update through `driver-service serve`",
+    )
+    parser.add_argument(
+        "--no-skip", action="store_true", help="evaluate every fix (no clear-disc skip)"
+    )
     parser.add_argument("--counted-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--teleporting", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global SKIP_NEAR  # noqa: PLW0603 - one switch for this process and the children it starts
+    SKIP_NEAR = not args.no_skip
     if args.counted_child:  # one store, run by instructions_part under callgrind
         asyncio.run(
             _ingest(args.counted_child, args.total, not args.teleporting, args.per_driver, True)
         )
+        return 0
+    if args.serve:
+        with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
+            served = {
+                "driving": serve_part(
+                    Path(tmp), args.zones, args.total, args.repeats, True, args.per_driver
+                ),
+                "teleporting": serve_part(Path(tmp), args.zones, args.total, args.repeats, False),
+            }
+        print(json.dumps(served, indent=2))
         return 0
     if args.instructions:
         with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
