@@ -224,9 +224,9 @@ def test_a_fix_on_the_edge_nearest_its_anchor_is_looked_up() -> None:
         for e in (east, east + 0.5):  # two fixes close together: the second gets a radius
             t += S
             lon, lat = lonlat(e, north)
-            new, _ = evaluator.on_locations(states, [Location("d1", lat, lon, 0, 0, t)])
+            new, _ = evaluator.on_locations(states, [Location(f"k{k}", lat, lon, 0, 0, t)])
             states.update(new)
-        anchor = evaluator._discs["d1"]
+        anchor = evaluator._discs[f"k{k}"]
         if anchor[2] <= 0:
             continue
         x, y = (
@@ -243,8 +243,8 @@ def test_a_fix_on_the_edge_nearest_its_anchor_is_looked_up() -> None:
             if (px - anchor[0]) ** 2 + (py - anchor[1]) ** 2 < (anchor[4] - 1e-9) ** 2:
                 continue  # truly inside the disc, by more than rounding: may be skipped
             t += S
-            evaluator.on_locations(states, [Location("d1", py, px, 0, 0, t)])
-            assert evaluator._discs["d1"] is not anchor
+            evaluator.on_locations(states, [Location(f"k{k}", py, px, 0, 0, t)])
+            assert evaluator._discs[f"k{k}"] is not anchor
             looked_up += 1
-            evaluator._discs["d1"] = anchor
+            evaluator._discs[f"k{k}"] = anchor
     assert looked_up > 100

@@ -13,8 +13,10 @@ looked up near its driver's previous looked-up fix (the driver is not jumping ab
 evaluator also asks the index for its clear radius (`ZoneIndex.clear_radii`: no band edge of
 any zone nearer than that), and the driver's next fixes strictly inside that disc, less
 `CLEAR_MARGIN_DEG`, take the anchor's `where` map instead of a lookup: it is the map they
-would get. The tracker still judges each of them (its `Settled` memo then skips its per-zone
-loop unless a settle or dwell timer is due). The discs are kept in memory only, for the index
+would get. A radius costs about five lookups, so a driver whose radii do not pay (zones so
+dense that the nearest edge is a step or two away) measures them ever less often. The
+tracker still judges each fix (its `Settled` memo then skips its per-zone loop unless a
+settle or dwell timer is due). The discs are kept in memory only, for the index
 they were measured against: all are dropped when the index changes, a driver's when it has
 no state (new, or erased), all of them on restart; they are never stored.
 
@@ -39,9 +41,16 @@ CLEAR_MARGIN_DEG = 1e-7
 #: never stay near each other do not pay for a radius they would never use.
 NEAR_DEG = 0.002
 
+#: A radius costs about five lookups (a GEOS distance to the rings of every zone near): one
+#: followed by fewer skips than this did not pay, and the driver's next radius waits for
+#: twice as many lookups as the last wait (at most MAX_BACKOFF); one that paid resets it.
+PAYING_SKIPS = 5
+MAX_BACKOFF = 64
+
 #: A driver's last looked-up fix: (longitude, latitude, the square of the radius a next fix
-#: must be strictly within to skip its lookup or -1.0, that fix's where map, its clear radius).
-_Disc = tuple[float, float, float, Mapping[str, Where], float]
+#: must be strictly within to skip its lookup or -1.0, that fix's where map, its clear radius
+#: or 0.0 if none was measured, the backoff, lookups still to wait before measuring again).
+_Disc = tuple[float, float, float, Mapping[str, Where], float, int, int]
 
 
 class ZoneEvaluator:
@@ -51,6 +60,8 @@ class ZoneEvaluator:
         self._tracker = tracker or ZoneTracker()
         self._skip_near = skip_near
         self._discs: dict[str, _Disc] = {}
+        #: Fixes each driver took from its disc since its radius was measured.
+        self._skips: dict[str, int] = {}
         #: The token of the index the discs were measured against.
         self._discs_token = 0
         self._index = ZoneIndex()
@@ -113,8 +124,10 @@ class ZoneEvaluator:
     ) -> list[Mapping[str, Where]]:
         """`index.locate_many` of each fix, skipping the fixes inside their driver's disc."""
         discs = self._discs
+        skips = self._skips
         if self._discs_token != index.token:
             discs.clear()
+            skips.clear()
             self._discs_token = index.token
         found: list[Mapping[str, Where]] = []
         todo: list[int] = []
@@ -125,6 +138,7 @@ class ZoneEvaluator:
                 dy = loc.latitude - disc[1]
                 if dx * dx + dy * dy < disc[2] and loc.driver_id in states:
                     found.append(disc[3])
+                    skips[loc.driver_id] = skips.get(loc.driver_id, 0) + 1
                     continue
             found.append({})
             todo.append(i)
@@ -133,32 +147,46 @@ class ZoneEvaluator:
         looked = index.locate_many(
             [advanced[i].latitude for i in todo], [advanced[i].longitude for i in todo]
         )
-        near: dict[str, int] = {}
+        measure: dict[str, int] = {}
         for i, where in zip(todo, looked, strict=True):
             loc = advanced[i]
             driver_id, lon, lat = loc.driver_id, loc.longitude, loc.latitude
             found[i] = where
             disc = discs.get(driver_id)
-            if disc is not None and driver_id in states:
-                dx = lon - disc[0]
-                dy = lat - disc[1]
-                reach = disc[4] + NEAR_DEG
-                if dx * dx + dy * dy < reach * reach:
-                    near[driver_id] = i
-                else:
-                    near.pop(driver_id, None)
-            discs[driver_id] = (lon, lat, -1.0, where, 0.0)
-        if near:
-            at = list(near.values())
-            radii = index.clear_radii(
-                [advanced[i].latitude for i in at], [advanced[i].longitude for i in at]
-            )
-            for i, radius in zip(at, radii, strict=True):
-                loc = advanced[i]
-                inner = radius - CLEAR_MARGIN_DEG
-                reach_sq = inner * inner if inner > 0.0 else -1.0
-                discs[loc.driver_id] = (loc.longitude, loc.latitude, reach_sq, found[i], radius)
+            if disc is None or driver_id not in states:
+                discs[driver_id] = (lon, lat, -1.0, where, 0.0, 0, 0)
+                measure.pop(driver_id, None)
+                continue
+            _, _, _, _, radius, backoff, wait = disc
+            if radius > 0.0:  # measured at the last lookup: did it pay?
+                backoff = 0 if skips.pop(driver_id, 0) >= PAYING_SKIPS else backoff * 2 + 1
+                wait = backoff = min(backoff, MAX_BACKOFF)
+            else:
+                wait -= 1
+            discs[driver_id] = (lon, lat, -1.0, where, 0.0, backoff, wait)
+            dx = lon - disc[0]
+            dy = lat - disc[1]
+            reach = radius + NEAR_DEG
+            if wait <= 0 and dx * dx + dy * dy < reach * reach:
+                measure[driver_id] = i
+            else:
+                measure.pop(driver_id, None)
+        if measure:
+            self._measure(index, [advanced[i] for i in measure.values()])
         return found
+
+    def _measure(self, index: ZoneIndex, anchors: Sequence[Location]) -> None:
+        """Give each of these looked-up fixes (the last of its driver) its clear radius."""
+        discs = self._discs
+        radii = index.clear_radii(
+            [loc.latitude for loc in anchors], [loc.longitude for loc in anchors]
+        )
+        for loc, radius in zip(anchors, radii, strict=True):
+            lon, lat, _, where, _, backoff, wait = discs[loc.driver_id]
+            inner = radius - CLEAR_MARGIN_DEG
+            reach_sq = inner * inner if inner > 0.0 else -1.0
+            discs[loc.driver_id] = (lon, lat, reach_sq, where, radius, backoff, wait)
+            self._skips.pop(loc.driver_id, None)
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int
