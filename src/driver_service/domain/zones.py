@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import shapely
 from numpy.typing import NDArray
-from shapely import MultiPolygon, Polygon, STRtree
+from shapely import MultiLineString, MultiPolygon, Polygon, STRtree
 
 from driver_service.domain.errors import InvalidInput
 
@@ -180,6 +180,9 @@ class PolygonShape:
     geometry: Polygon | MultiPolygon = field(init=False, compare=False, repr=False)
     _inner: Polygon | MultiPolygon = field(init=False, compare=False, repr=False)
     _outer: Polygon | MultiPolygon = field(init=False, compare=False, repr=False)
+    #: Every ring of the three, as one MultiLineString: what `ZoneIndex.clear_radii` measures
+    #: distances to; made once per zone, so rebuilding an index after a change reuses it.
+    _edges: MultiLineString = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         kind, coordinates = _parse_geojson(self.geojson)
@@ -192,6 +195,7 @@ class PolygonShape:
         object.__setattr__(self, "geometry", geometry)
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_outer", outer)
+        object.__setattr__(self, "_edges", _edges(geometry, inner, outer))
 
     @classmethod
     def stored(cls, geojson: str, prepared: bytes | None = None) -> PolygonShape:
@@ -218,6 +222,7 @@ class PolygonShape:
         object.__setattr__(shape, "geometry", geometry)
         object.__setattr__(shape, "_inner", inner)
         object.__setattr__(shape, "_outer", outer)
+        object.__setattr__(shape, "_edges", _edges(geometry, inner, outer))
         return shape
 
     def to_prepared(self) -> bytes:
@@ -470,6 +475,11 @@ def _unpack_prepared(prepared: bytes | None) -> PolygonParts | None:
     return geometry, inner, outer
 
 
+def _edges(*polygons: Polygon | MultiPolygon) -> MultiLineString:
+    """Every ring of `polygons` as one MultiLineString (an empty polygon has none)."""
+    return MultiLineString(list(shapely.get_parts(shapely.boundary(list(polygons)))))
+
+
 def _polygonal(geometry: shapely.Geometry) -> Polygon | MultiPolygon:
     if isinstance(geometry, Polygon | MultiPolygon):
         return geometry
@@ -539,9 +549,12 @@ class ZoneIndex:
         self._outer, self._raw, self._inner = columns
         self._circles: NDArray[np.float64] = np.array(circles, dtype=np.float64).reshape(-1, 3)
         self._tree: STRtree | None = STRtree(boxes) if boxes else None
-        #: Per box, every ring of a polygon's three polygons (None for a circle); made at the
-        #: first `clear_radii`, as most indexes (tests, replicas' reloads) never need it.
-        self._edges: NDArray[np.object_] | None = None
+        #: Per box, a polygon's `_edges` (None for a circle), for `clear_radii`.
+        self._edges: NDArray[np.object_] = np.empty(len(polygons), dtype=object)
+        for i, box_owner in enumerate(owners):
+            owner_shape = by_id[box_owner].shape
+            if isinstance(owner_shape, PolygonShape):
+                self._edges[i] = owner_shape._edges
 
     def __len__(self) -> int:
         return len(self._zones)
@@ -633,7 +646,7 @@ class ZoneIndex:
         polygon = self._is_polygon[box_of]
         if polygon.any():
             p, b = point_of[polygon], box_of[polygon]
-            np.minimum.at(radii, p, shapely.distance(self._edge_column()[b], points[p]))
+            np.minimum.at(radii, p, shapely.distance(self._edges[b], points[p]))
         circle = ~polygon
         if circle.any():
             p, b = point_of[circle], box_of[circle]
@@ -647,16 +660,6 @@ class ZoneIndex:
         # A NaN (an empty geometry) would compare false everywhere: no radius at all.
         clear: list[float] = np.nan_to_num(radii, nan=0.0).tolist()
         return clear
-
-    def _edge_column(self) -> NDArray[np.object_]:
-        edges = self._edges
-        if edges is None:
-            edges = np.empty(len(self._owners), dtype=object)
-            for i in np.flatnonzero(self._is_polygon).tolist():
-                rings = shapely.boundary([self._outer[i], self._raw[i], self._inner[i]])
-                edges[i] = shapely.multilinestrings(shapely.get_parts(rings))
-            self._edges = edges
-        return edges
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
         """A new index with `zone` added, or replacing the zone of the same id."""
