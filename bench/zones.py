@@ -269,7 +269,11 @@ def _serve_once(
         stored = stored_rows(data, "") - before
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:  # the figures are taken: no need to wait longer
+            proc.kill()
+            proc.wait(10)
         shutil.rmtree(data)
     return cpu, stored
 

@@ -102,7 +102,7 @@ class ZoneEvaluator:
     ) -> tuple[dict[str, TrackerState], list[Event]]:
         index = self._index
         found: Sequence[Mapping[str, Where]]
-        if self._skip_near:
+        if self._skip_near and len(index):
             found = self._locate(states, advanced, index)
         else:
             found = index.locate_many(
