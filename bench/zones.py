@@ -76,8 +76,9 @@ from driver_service.server.running import start_server
 from driver_service.wire import pb_to_location
 
 S = 10**9
-#: False (--no-skip): evaluate every fix, as before the clear-disc skip (an A/B in one run).
-SKIP_NEAR = True
+#: True (--skip): the evaluator's clear-disc skip (ZoneEvaluator(skip_near=True)), off in
+#: `serve`; with --instructions, an A/B against the default in the same harness.
+SKIP_NEAR = False
 
 
 async def _fill(path: Path, zones: list[Zone]) -> float:
@@ -215,7 +216,7 @@ def instructions_part(
         argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zones", "--counted-child"]
         argv += [str(path), "--total", str(total), "--per-driver", str(per_driver)]
         argv += [] if moving else ["--teleporting"]
-        argv += [] if SKIP_NEAR else ["--no-skip"]
+        argv += ["--skip"] if SKIP_NEAR else []
         subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
         per_update[kind] = _instructions(dump) / (total - 1)
         for leftover in path.parent.glob(path.name + "*"):
@@ -394,13 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: server CPU per accepted update through `driver-service serve`",
     )
     parser.add_argument(
-        "--no-skip", action="store_true", help="evaluate every fix (no clear-disc skip)"
+        "--skip", action="store_true", help="with the evaluator's clear-disc skip (not --serve)"
     )
     parser.add_argument("--counted-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--teleporting", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global SKIP_NEAR  # noqa: PLW0603 - one switch for this process and the children it starts
-    SKIP_NEAR = not args.no_skip
+    SKIP_NEAR = args.skip
     if args.counted_child:  # one store, run by instructions_part under callgrind
         asyncio.run(
             _ingest(args.counted_child, args.total, not args.teleporting, args.per_driver, True)

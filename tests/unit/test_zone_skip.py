@@ -120,7 +120,7 @@ def advance(
 def test_the_skip_never_changes_what_a_route_gives(
     steps: list[tuple[tuple[int, int, int, int, int], bool]], first_layout: int
 ) -> None:
-    skipping, plain = ZoneEvaluator(), ZoneEvaluator(skip_near=False)
+    skipping, plain = ZoneEvaluator(skip_near=True), ZoneEvaluator()
     layout = first_layout
     version = 1
 
@@ -162,7 +162,7 @@ def test_a_driver_creeping_along_skips_most_lookups_and_misses_no_edge() -> None
     # and a fix's clear radius measured only now and then.
     zones = [square("a", 0, 0, 300)]
     live = {"a": 1}
-    skipping, plain = ZoneEvaluator(), ZoneEvaluator(skip_near=False)
+    skipping, plain = ZoneEvaluator(skip_near=True), ZoneEvaluator()
     for evaluator in (skipping, plain):
         evaluator.load_zones(1, live, zones)
     states_skip: dict[str, TrackerState] = {}
@@ -213,7 +213,7 @@ def test_a_fix_on_the_edge_nearest_its_anchor_is_looked_up() -> None:
     # side of it, are at the clear radius up to rounding, and each of them is looked up (its
     # driver's disc is replaced), never taken from the disc.
     zones = [diamond("d", 0, 0, 100), circle("c", 300, 0, 80), square("a", -400, -50, 200)]
-    evaluator = ZoneEvaluator()
+    evaluator = ZoneEvaluator(skip_near=True)
     evaluator.load_zones(1, {z.zone_id: 1 for z in zones}, zones)
     edges = rings(zones)
     t = T0

@@ -8,7 +8,9 @@ committed before it: the replica that changed a zone and every other one alike, 
 polling and no notification to miss. A reload parses only the zones whose version changed
 (parsed zones are kept by id and version), so it costs one small query when nothing did.
 
-A driver that has not moved far enough to change anything skips the lookup. When a fix is
+With `skip_near` (off by default: measured, it costs more than it saves at the density of
+`bench.zones`, see BENCHMARKS.md "Zones"), a driver that has not moved far enough to change
+anything skips the lookup. When a fix is
 looked up near its driver's previous looked-up fix (the driver is not jumping about), the
 evaluator also asks the index for its clear radius (`ZoneIndex.clear_radii`: no band edge of
 any zone nearer than that), and the driver's next fixes strictly inside that disc, less
@@ -56,7 +58,7 @@ _Disc = tuple[float, float, float, Mapping[str, Where], float, int, int]
 class ZoneEvaluator:
     """Implements ports.EventEvaluator over a swappable ZoneIndex."""
 
-    def __init__(self, tracker: ZoneTracker | None = None, *, skip_near: bool = True) -> None:
+    def __init__(self, tracker: ZoneTracker | None = None, *, skip_near: bool = False) -> None:
         self._tracker = tracker or ZoneTracker()
         self._skip_near = skip_near
         self._discs: dict[str, _Disc] = {}
