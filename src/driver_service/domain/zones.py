@@ -181,8 +181,9 @@ class PolygonShape:
     _inner: Polygon | MultiPolygon = field(init=False, compare=False, repr=False)
     _outer: Polygon | MultiPolygon = field(init=False, compare=False, repr=False)
     #: Every ring of the three, as one MultiLineString: what `ZoneIndex.clear_radii` measures
-    #: distances to; made once per zone, so rebuilding an index after a change reuses it.
-    _edges: MultiLineString = field(init=False, compare=False, repr=False)
+    #: distances to; made at its first use (`edges`) and kept, so an index rebuilt after a
+    #: change reuses it, and a process that never asks pays nothing at load.
+    _edges: MultiLineString | None = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         kind, coordinates = _parse_geojson(self.geojson)
@@ -195,7 +196,7 @@ class PolygonShape:
         object.__setattr__(self, "geometry", geometry)
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_outer", outer)
-        object.__setattr__(self, "_edges", _edges(geometry, inner, outer))
+        object.__setattr__(self, "_edges", None)
 
     @classmethod
     def stored(cls, geojson: str, prepared: bytes | None = None) -> PolygonShape:
@@ -222,7 +223,7 @@ class PolygonShape:
         object.__setattr__(shape, "geometry", geometry)
         object.__setattr__(shape, "_inner", inner)
         object.__setattr__(shape, "_outer", outer)
-        object.__setattr__(shape, "_edges", _edges(geometry, inner, outer))
+        object.__setattr__(shape, "_edges", None)
         return shape
 
     def to_prepared(self) -> bytes:
@@ -231,6 +232,15 @@ class PolygonShape:
         shape read back (`stored`) classifies every point as this one does."""
         parts = shapely.to_wkb([self.geometry, self._inner, self._outer])
         return _PREPARED_TAG + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+    @property
+    def edges(self) -> MultiLineString:
+        """Every ring of the geometry and its band, made once."""
+        edges = self._edges
+        if edges is None:
+            edges = _edges(self.geometry, self._inner, self._outer)
+            object.__setattr__(self, "_edges", edges)
+        return edges
 
     @property
     def vertex_count(self) -> int:
@@ -549,12 +559,8 @@ class ZoneIndex:
         self._outer, self._raw, self._inner = columns
         self._circles: NDArray[np.float64] = np.array(circles, dtype=np.float64).reshape(-1, 3)
         self._tree: STRtree | None = STRtree(boxes) if boxes else None
-        #: Per box, a polygon's `_edges` (None for a circle), for `clear_radii`.
-        self._edges: NDArray[np.object_] = np.empty(len(polygons), dtype=object)
-        for i, box_owner in enumerate(owners):
-            owner_shape = by_id[box_owner].shape
-            if isinstance(owner_shape, PolygonShape):
-                self._edges[i] = owner_shape._edges
+        #: Per box, a polygon's `edges` (None for a circle), made at the first `clear_radii`.
+        self._edges: NDArray[np.object_] | None = None
 
     def __len__(self) -> int:
         return len(self._zones)
@@ -646,7 +652,7 @@ class ZoneIndex:
         polygon = self._is_polygon[box_of]
         if polygon.any():
             p, b = point_of[polygon], box_of[polygon]
-            np.minimum.at(radii, p, shapely.distance(self._edges[b], points[p]))
+            np.minimum.at(radii, p, shapely.distance(self._edge_column()[b], points[p]))
         circle = ~polygon
         if circle.any():
             p, b = point_of[circle], box_of[circle]
@@ -660,6 +666,17 @@ class ZoneIndex:
         # A NaN (an empty geometry) would compare false everywhere: no radius at all.
         clear: list[float] = np.nan_to_num(radii, nan=0.0).tolist()
         return clear
+
+    def _edge_column(self) -> NDArray[np.object_]:
+        edges = self._edges
+        if edges is None:
+            edges = np.empty(len(self._owners), dtype=object)
+            for i, owner in enumerate(self._owners):
+                shape = self._zones[owner].shape
+                if isinstance(shape, PolygonShape):
+                    edges[i] = shape.edges
+            self._edges = edges
+        return edges
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
         """A new index with `zone` added, or replacing the zone of the same id."""
