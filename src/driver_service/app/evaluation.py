@@ -10,17 +10,18 @@ polling and no notification to miss. A reload parses only the zones whose versio
 
 With `skip_near` (off by default: measured, it costs more than it saves at the density of
 `bench.zones`, see BENCHMARKS.md "Zones"), a driver that has not moved far enough to change
-anything skips the lookup. When a fix is
-looked up near its driver's previous looked-up fix (the driver is not jumping about), the
-evaluator also asks the index for its clear radius (`ZoneIndex.clear_radii`: no band edge of
-any zone nearer than that), and the driver's next fixes strictly inside that disc, less
-`CLEAR_MARGIN_DEG`, take the anchor's `where` map instead of a lookup: it is the map they
-would get. A radius costs about five lookups, so a driver whose radii do not pay (zones so
-dense that the nearest edge is a step or two away) measures them ever less often. The
-tracker still judges each fix (its `Settled` memo then skips its per-zone loop unless a
-settle or dwell timer is due). The discs are kept in memory only, for the index
-they were measured against: all are dropped when the index changes, a driver's when it has
-no state (new, or erased), all of them on restart; they are never stored.
+anything skips the lookup. When a fix is looked up near its driver's previous looked-up fix
+(the driver is not jumping about), the evaluator also asks the index for its clear radius
+(`ZoneIndex.clear_radii`: no band edge of any zone nearer than that), and the driver's next
+fixes strictly inside that disc, less `CLEAR_MARGIN_DEG`, take the anchor's `where` map
+instead of a lookup: it is the map they would get. A radius costs about five lookups, so a
+driver whose radii do not pay (zones so dense that the nearest edge is a step or two away)
+measures them ever less often. The tracker still judges each fix (its `Settled` memo then
+skips its per-zone loop unless a settle or dwell timer is due). The discs are kept in memory
+only, never stored, for the index they were measured against: all are dropped when the
+index changes and on restart; a driver's is not used while the driver has no state (new, or
+erased) and is replaced at its next fix. The port has no erasure hook, so an erased
+driver's last disc (one position) stays in memory until then.
 
 `logged` forwards the newest committed event id to a listener (app/events.py's feed), which
 wakes this process's watchers.
