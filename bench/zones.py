@@ -21,7 +21,8 @@ instructions  (--instructions; needs valgrind) the same updates as cpu, in a chi
          within ~1 % whatever else loads the machine, where the CPU time above moves by
          ±30 %; instructions are not time (GEOS and the interpreter differ in cycles per
          instruction), so both are reported.
-serve    (also --serve alone) the whole accepted update: a real `driver-service serve` subprocess on
+serve    (also --serve alone; --serve --instructions: the server under callgrind, one
+         pair, instructions while the updates after the first go in) the whole accepted update: a real `driver-service serve` subprocess on
          SQLite (pinned to core 0), fed the same updates as one streaming UploadLocations
          call by h2load (core 1, a prebuilt body, so the client costs the server nothing):
          the server process's CPU time (/proc, every thread) per stored update, with no zones
@@ -107,9 +108,10 @@ def driving(i: int, base_ns: int, drivers: int = 10_000) -> pb.LocationUpdate:
     return msg
 
 
-def _callgrind(on: bool) -> None:
-    """Switch this process's callgrind instrumentation on or off (see instructions_part)."""
-    switch = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+def _callgrind(on: bool, pid: int | None = None) -> None:
+    """Switch a process's (this one's) callgrind instrumentation on or off (see
+    instructions_part)."""
+    switch = ["callgrind_control", "-i", "on" if on else "off", str(pid or os.getpid())]
     subprocess.run(switch, check=True, capture_output=True)
 
 
@@ -243,10 +245,16 @@ def _h2load_stream(port: int, body: Path) -> None:
 
 
 def _serve_once(
-    work: Path, template: Path | None, messages: list[pb.LocationUpdate], tag: str
+    work: Path,
+    template: Path | None,
+    messages: list[pb.LocationUpdate],
+    tag: str,
+    counted: bool = False,
 ) -> tuple[float, int]:
     """(server CPU seconds, updates stored) for all but the first of `messages`, sent to a
-    fresh `driver-service serve` (the first goes alone before: start-up, loading zones)."""
+    fresh `driver-service serve` (the first goes alone before: start-up, loading zones);
+    `counted`: the server runs under callgrind, and the first figure is its instructions
+    while the rest went in."""
     data = work / f"serve-{tag}"
     data.mkdir()
     if template is not None:
@@ -258,15 +266,28 @@ def _serve_once(
     argv = [PYTHON, "-m", "driver_service", "serve", "--insecure", "--listen"]
     argv += [f"127.0.0.1:{port}", "--admin-listen", "", "--http-listen", ""]
     argv += ["--data-dir", str(data), "--rate-limit", "0", "--stale-after", "86400"]
+    dump = work / f"callgrind-serve-{tag}.out"
+    if counted:
+        callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        argv = [*callgrind, f"--callgrind-out-file={dump}", *argv]
     with (work / f"serve-{tag}.log").open("wb") as log:
         proc = subprocess.Popen(pinned("0", argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for_port(port, proc, 120.0)
+        _wait_for_port(port, proc, 900.0 if counted else 120.0)
         _h2load_stream(port, first)
         before = stored_rows(data, "")
+        if counted:
+            _callgrind(True, proc.pid)
         cpu0 = cpu_seconds(proc.pid)
         _h2load_stream(port, rest)
         cpu = cpu_seconds(proc.pid) - cpu0
+        if counted:
+            _callgrind(False, proc.pid)
+            control = ["callgrind_control", "-d", str(proc.pid)]
+            subprocess.run(control, check=True, capture_output=True)
+            # The forced dump is the file with a part suffix (the main one is written at exit).
+            parts = [d for d in work.glob(dump.name + ".*") if d.name != dump.name]
+            cpu = float(sum(_instructions(d) for d in parts))
         stored = stored_rows(data, "") - before
     finally:
         proc.terminate()
@@ -280,7 +301,13 @@ def _serve_once(
 
 
 def serve_part(
-    work: Path, zones: int, total: int, repeats: int, moving: bool, per_driver: int = 100
+    work: Path,
+    zones: int,
+    total: int,
+    repeats: int,
+    moving: bool,
+    per_driver: int = 100,
+    counted: bool = False,
 ) -> dict[str, Any]:
     """Server CPU per accepted update through `serve`, no zones against `zones` zones."""
     if shutil.which("h2load") is None:
@@ -295,20 +322,22 @@ def serve_part(
     for r in range(repeats):
         for kind in ("none", "zones") if r % 2 == 0 else ("zones", "none"):
             cpu, stored = _serve_once(
-                work, template if kind == "zones" else None, messages, f"{r}-{kind}"
+                work, template if kind == "zones" else None, messages, f"{r}-{kind}", counted
             )
             if stored != total - 1:
                 raise RuntimeError(f"{stored} of {total - 1} updates stored")
-            per_update[kind].append(cpu / stored * 1e6)
+            per_update[kind].append(cpu / stored if counted else cpu / stored * 1e6)
     none = statistics.median(per_update["none"])
     with_zones = statistics.median(per_update["zones"])
+    unit = "instructions" if counted else "cpu_us"
     return {
         "updates": total,
         "updates_per_driver": per_driver if moving else None,
-        "server_cpu_us_per_update_no_zones": none,
-        "server_cpu_us_per_update_with_zones": with_zones,
+        "unit": "server instructions (callgrind)" if counted else "server CPU µs",
+        f"server_{unit}_per_update_no_zones": none,
+        f"server_{unit}_per_update_with_zones": with_zones,
         "added_share": (with_zones - none) / none,
-        "runs_us": per_update,
+        "runs": per_update,
     }
 
 
@@ -413,12 +442,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.serve:
+        # With --instructions: the server under callgrind, one pair (counts repeat).
+        counted = args.instructions
+        repeats = 1 if counted else args.repeats
         with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
             served = {
                 "driving": serve_part(
-                    Path(tmp), args.zones, args.total, args.repeats, True, args.per_driver
+                    Path(tmp), args.zones, args.total, repeats, True, args.per_driver, counted
                 ),
-                "teleporting": serve_part(Path(tmp), args.zones, args.total, args.repeats, False),
+                "teleporting": serve_part(
+                    Path(tmp), args.zones, args.total, repeats, False, 100, counted
+                ),
             }
         print(json.dumps(served, indent=2))
         return 0
