@@ -21,14 +21,16 @@ instructions  (--instructions; needs valgrind) the same updates as cpu, in a chi
          within ~1 % whatever else loads the machine, where the CPU time above moves by
          ±30 %; instructions are not time (GEOS and the interpreter differ in cycles per
          instruction), so both are reported.
-serve    (also --serve alone; --serve --instructions: the server under callgrind, one
-         pair, instructions while the updates after the first go in) the whole accepted update: a real `driver-service serve` subprocess on
-         SQLite (pinned to core 0), fed the same updates as one streaming UploadLocations
-         call by h2load (core 1, a prebuilt body, so the client costs the server nothing):
+serve    (also --serve alone) the whole accepted update: a real `driver-service serve`
+         subprocess on SQLite (pinned to core 0), fed the same updates as one streaming
+         UploadLocations call by h2load (core 1, a prebuilt body, so the client costs the
+         server nothing):
          the server process's CPU time (/proc, every thread) per stored update, with no zones
          and with --zones zones, driving and teleporting, --repeats pairs alternating which
          runs first. This is the issue's denominator, "today's per-update cost": gRPC, the
          interceptors, validation, the group commit and the evaluator together.
+         --serve --instructions: the server under callgrind instead, one pair, counting
+         the instructions while the updates after the first go in.
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
