@@ -324,7 +324,11 @@ def serve_part(
     for r in range(repeats):
         for kind in ("none", "zones") if r % 2 == 0 else ("zones", "none"):
             cpu, stored = _serve_once(
-                work, template if kind == "zones" else None, messages, f"{r}-{kind}", counted
+                work,
+                template if kind == "zones" else None,
+                messages,
+                f"{'driving' if moving else 'teleporting'}-{r}-{kind}",
+                counted,
             )
             if stored != total - 1:
                 raise RuntimeError(f"{stored} of {total - 1} updates stored")
