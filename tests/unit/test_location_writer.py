@@ -456,3 +456,31 @@ async def test_batched_offers_count_conflicts_within_and_across_commits(
     history = await repo.location_history("d1", 0, 2**63 - 1, 10)
     assert [h.latitude for h in history] == [10.0, 13.0]
     await tracking.close()
+
+
+async def test_commits_counts_each_commit_handed_to_the_store_and_its_end(
+    repo: CountingRepository,
+) -> None:
+    """Retention's pacer reads `commits` to tell ingestion used the store: it moves when a
+    commit starts (held here by the gate) and again when it ends, failed or not."""
+    writer = LocationWriter(repo, MemoryBus(), linger_s=0)
+    writer.start()
+    base = time.time_ns() - 10**12
+    assert writer.commits == 0
+    repo.gate = asyncio.Event()
+    held = writer.submit(make_loc("d1", 1, base))
+
+    async def handed_to_the_store() -> None:
+        while not repo.calls:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(handed_to_the_store(), 5)
+    assert writer.commits == 1  # in the store now
+    repo.gate.set()
+    await asyncio.wait_for(held, 5)
+    assert writer.commits == 2
+    repo.failures_left = 1
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(writer.submit(make_loc("d1", 2, base)), 5)
+    assert writer.commits == 4
+    await writer.close()

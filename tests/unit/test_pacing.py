@@ -7,7 +7,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from driver_service.app.pacing import DEFAULT_SHARE, PaceLimits, Pacer, validate_share
+from driver_service.app.pacing import (
+    DEFAULT_SHARE,
+    IDLE_SHARE,
+    PaceLimits,
+    Pacer,
+    validate_share,
+)
 
 
 class FakeTime:
@@ -72,6 +78,7 @@ async def test_each_step_is_followed_by_its_own_rest() -> None:
     # A step of 100 items at 10 us is 1 ms of work, then 19 ms of rest (5 %).
     assert fake.sleeps[:10] == [pytest.approx(0.019)] * 10
     assert fake.sleeps[10] == 0.0  # the empty step cost nothing here; it still yields
+    assert pacer.idle_steps == 0  # no activity signal: every step is taken as busy
 
 
 async def test_batches_aim_at_the_target_time_within_the_limits() -> None:
@@ -142,3 +149,80 @@ def test_a_share_outside_0_to_1_is_refused(share: float) -> None:
         validate_share(share)
     with pytest.raises(ValueError, match="share"):
         Pacer(share)
+
+
+class Commits:
+    """The hot path's activity counter (the location writer's `commits`), moved by hand."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def read(self) -> int:
+        return self.count
+
+
+def fixed_pacer(fake: FakeTime, commits: Commits, share: float = 0.05) -> Pacer:
+    """A pacer of fixed 100-item batches reading `commits` as its activity signal."""
+    limits = PaceLimits(first=100, smallest=100, largest=100)
+    return Pacer(share, limits, clock=fake.clock, sleep=fake.sleep, activity=commits.read)
+
+
+async def test_with_no_ingestion_the_pacer_rests_at_the_idle_share() -> None:
+    fake, commits = FakeTime(), Commits()
+    pacer = fixed_pacer(fake, commits)
+    assert pacer.idle_share == IDLE_SHARE
+    backlog = [1_000]
+    work, _ = work_at(fake, 10e-6, backlog)
+    while await pacer.step(work) > 0:
+        pass
+    assert backlog == [0]
+    # The first step has nothing to compare with: a full rest (19 ms after 1 ms at 5 %);
+    # every later one saw no commit since the previous step: a rest as long as the step.
+    assert fake.sleeps[0] == pytest.approx(0.019)
+    assert fake.sleeps[1:10] == [pytest.approx(0.001)] * 9
+    assert pacer.idle_steps == 10  # the nine and the empty last step
+
+
+async def test_with_ingestion_between_steps_the_share_holds_exactly() -> None:
+    fake, commits = FakeTime(), Commits()
+    pacer = fixed_pacer(fake, commits)
+    backlog = [1_000]
+    inner, _ = work_at(fake, 10e-6, backlog)
+
+    async def work(batch: int) -> int:
+        commits.count += 1  # a commit in each rest (seen by the step after it)
+        return await inner(batch)
+
+    while await pacer.step(work) > 0:
+        pass
+    assert fake.sleeps[:10] == [pytest.approx(0.019)] * 10
+    assert pacer.idle_steps == 0
+    assert pacer.busy_s / fake.now == pytest.approx(0.05)
+
+
+async def test_it_switches_within_one_step_each_way() -> None:
+    fake, commits = FakeTime(), Commits()
+    pacer = fixed_pacer(fake, commits)
+    busy_at = {3, 4, 7}  # steps (from 0) with a commit in the rest before them or in them
+    step = [0]
+    backlog = [1_000]
+    inner, _ = work_at(fake, 10e-6, backlog)
+
+    async def work(batch: int) -> int:
+        if step[0] in busy_at:
+            commits.count += 2  # handed to the store and done
+        step[0] += 1
+        return await inner(batch)
+
+    while await pacer.step(work) > 0:
+        pass
+    full, idle = pytest.approx(0.019), pytest.approx(0.001)
+    assert fake.sleeps[:10] == [full, idle, idle, full, full, idle, idle, full, idle, idle]
+
+
+async def test_the_idle_share_is_never_below_the_share() -> None:
+    fake, commits = FakeTime(), Commits()
+    pacer = fixed_pacer(fake, commits, share=0.8)
+    assert pacer.idle_share == 0.8
+    with pytest.raises(ValueError, match="more than 0"):
+        Pacer(0.05, idle_share=0.0)

@@ -3,6 +3,12 @@ SQLite writer thread, PostgreSQL's I/O): after each step, rest in proportion to 
 time, so the steps take at most `share` of the time however large the backlog is, and size
 the next batch so that one step holds the resource for about `step_target_s`.
 
+The share bounds the steps only while the hot path is using the resource: given an
+`activity` signal (a counter the hot path bumps, e.g. the location writer's commits), a step
+after which the counter has not moved since the previous step (no commit in that rest nor
+in the step) rests at `idle_share` instead, so a backlog drains quickly on an idle service
+and the full rest comes back after the first step that sees a commit.
+
 Plain logic over an injectable monotonic clock and sleep, so that tests check the share
 and the batch sizes deterministically, without timing anything. Hand-written: the rate
 limiters at hand (token buckets such as aiolimiter) cap operations per second, not the
@@ -20,6 +26,11 @@ DEFAULT_SHARE = 0.05
 #: The time one step aims to hold the resource: an ingestion commit queued behind it waits
 #: about this long at most.
 STEP_TARGET_S = 0.004
+#: The share while the hot path is idle (no commit since the previous step): each step is
+#: followed by a rest as long as itself, so the resource stays free half the time (reads
+#: that share it, and the event loop on a small machine) and the first commit after the
+#: idle spell waits one step at most.
+IDLE_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +56,11 @@ class Pacer:
     t seconds is followed by a rest of t * (1 - share) / share, so over any run of steps
     busy / (busy + resting) <= share. A step's time is what the resource spent on it when
     the caller can tell (`cost`: a step queued behind ingestion's commits does not hold
-    the writer while it waits), else its whole wait."""
+    the writer while it waits), else its whole wait.
+
+    `activity` (optional) reads a counter the hot path bumps on each use of the resource:
+    when it has not moved since the previous step ended, the hot path is idle and the rest
+    is at `idle_share` (never below `share`); without it every step is taken as busy."""
 
     def __init__(
         self,
@@ -54,8 +69,14 @@ class Pacer:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        activity: Callable[[], int] | None = None,
+        idle_share: float = IDLE_SHARE,
     ) -> None:
         self.share = validate_share(share)
+        self.idle_share = max(self.share, validate_share(idle_share))
+        self._activity = activity
+        #: The activity counter when the previous step ended (None: no step yet, busy).
+        self._seen: int | None = None
         self.limits = limits
         self.batch = limits.first
         self._clock = clock
@@ -65,16 +86,28 @@ class Pacer:
         self.rested_s = 0.0
         #: Items done by all steps.
         self.done = 0
+        #: Steps rested at the idle share (no commit since the previous step).
+        self.idle_steps = 0
 
-    def rest_after(self, spent_s: float) -> float:
-        """The rest that keeps a step of `spent_s` within the share."""
-        return max(0.0, spent_s) * (1.0 - self.share) / self.share
+    def rest_after(self, spent_s: float, share: float | None = None) -> float:
+        """The rest that keeps a step of `spent_s` within the share (default `share`)."""
+        share = self.share if share is None else share
+        return max(0.0, spent_s) * (1.0 - share) / share
+
+    def _idle(self) -> bool:
+        """Whether the hot path has not used the resource since the previous step ended
+        (its rest and this step); the first step counts as busy (nothing seen yet)."""
+        if self._activity is None:
+            return False
+        seen, self._seen = self._seen, self._activity()
+        return seen is not None and seen == self._seen
 
     async def step(
         self, work: Callable[[int], Awaitable[int]], cost: Callable[[], float] | None = None
     ) -> int:
         """One step of at most `self.batch` items, then its rest (always awaited, so the
-        event loop runs between steps even at a share of 1); returns the items done.
+        event loop runs between steps even at a share of 1; at `idle_share` when nothing
+        used the resource since the previous step); returns the items done.
         `cost` is a clock of the resource's own time spent (the SQLite writer thread's
         time in expiry, without the wait for it); by default the step's whole wait."""
         batch = self.batch
@@ -85,7 +118,9 @@ class Pacer:
         self.busy_s += spent
         self.done += done
         self._resize(batch, done, spent)
-        rest = self.rest_after(spent)
+        idle = self._idle()
+        self.idle_steps += idle
+        rest = self.rest_after(spent, self.idle_share if idle else self.share)
         self.rested_s += rest
         await self._sleep(rest)
         return done

@@ -113,6 +113,10 @@ class LocationWriter:
         self._closed = False
         #: A full disk or a store that is away fails every commit: no traceback per commit.
         self._failures = FailureLog(log, "committing location updates")
+        #: Bumped when a commit is handed to the store and when it ends: background work
+        #: that shares the store (history retention's pacer) reads it to tell whether
+        #: ingestion used the store since it last looked.
+        self.commits = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -216,12 +220,15 @@ class LocationWriter:
                 self._idle.set()
 
     async def _commit(self, batch: Sequence[Location], done: Commit) -> None:
+        self.commits += 1
         try:
             advanced = await self._repository.record_locations(batch)
         except Exception as exc:  # noqa: BLE001 - any store failure fails this commit only
             self._failures.failed(exc, f"{len(batch)} updates")
             done._resolve(StoreUnavailable("storing location updates failed"))
             return
+        finally:
+            self.commits += 1
         self._failures.succeeded()
         done._resolve(conflicts=advanced.conflicts)
         if advanced:  # refused conflicts never advance, so they are never published

@@ -306,7 +306,9 @@ async def build_services(
     history = LocationHistory(
         built.durable,
         retention_s=settings.history_retention_s,
-        pacer=Pacer(settings.history_retention_share),
+        # Idle-aware: the share holds while this process commits fixes; on an idle writer
+        # a backlog drains at the pacer's idle share.
+        pacer=Pacer(settings.history_retention_share, activity=lambda: tracking.writer.commits),
         forget_commands=dispatch.commands.forget,
         forget_live=built.forget_live,
     )
