@@ -12,8 +12,10 @@ import pytest
 
 from driver_service.adapters.postgres.repository import PostgresRepository, partition_name
 from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fanout import MemoryBus
 from driver_service.app.history import LocationHistory
 from driver_service.app.pacing import PaceLimits, Pacer
+from driver_service.app.writer import LocationWriter
 from driver_service.domain import DriverNotFound, Location
 
 DAY = 86_400 * 10**9
@@ -377,3 +379,59 @@ async def test_a_pass_stopped_while_resting_has_counted_its_step(store: Any) -> 
     assert history.expired_total >= 1
     left = await read(store, "r", 0, 2**62)
     assert history.expired_total == 30 - len(left) == 10
+
+
+async def test_retention_rests_briefly_while_the_writer_is_idle_and_fully_beside_commits(
+    store: Any,
+) -> None:
+    """The server's signal end to end: the pacer reads the real location writer's commit
+    counter over the real store. A pass with no ingestion rests as long as each step after
+    the first (50 %); a pass with a commit through the writer in every rest (and one before
+    it) keeps the full 5 % rest at every step."""
+    drivers = [f"w{i}" for i in range(3)]
+
+    def backlog(days_back: int) -> list[Location]:
+        return [fix(d, -days_back * 86_400 + t) for d in drivers for t in range(150)]
+
+    await store.record_locations(backlog(3) + backlog(1))
+    writer = LocationWriter(store, MemoryBus(), linger_s=0)
+    writer.start()
+    clock = [0.0]
+    rests: list[float] = []
+    ingesting = [False]
+    sent = [0]
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+        clock[0] += seconds
+        if ingesting[0]:  # a fix committed through the writer while retention rests
+            sent[0] += 1
+            await writer.submit(fix(drivers[0], sent[0]))
+
+    pacer = Pacer(
+        0.05, PaceLimits(first=100, smallest=100, largest=100), clock=lambda: clock[0],
+        sleep=rest, activity=lambda: writer.commits,
+    )  # fmt: skip
+    stepping = Stepping(store, clock, step_s=0.001)
+    history = LocationHistory(
+        stepping, retention_s=DAY / 2 / S, clock_ns=lambda: T0, pacer=pacer,
+        monotonic=lambda: clock[0],
+    )  # fmt: skip
+    try:
+        assert await history.expire_once() >= 1
+        assert len(rests) >= 2
+        # The first step has nothing to compare with; then no commit: rest = step (50 %).
+        assert rests == [pytest.approx(0.019)] + [pytest.approx(0.001)] * (len(rests) - 1)
+        assert pacer.idle_steps == len(rests) - 1
+
+        await store.record_locations(backlog(3))
+        rests.clear()
+        ingesting[0] = True
+        await writer.submit(fix(drivers[0], 0))  # ingestion resumes before the pass
+        assert await history.expire_once() >= 1
+        assert len(rests) >= 2
+        assert rests == [pytest.approx(0.019)] * len(rests)
+    finally:
+        await writer.close()
+    got = [x.recorded_at_ns for x in await read(store, drivers[0], 0, 2**62)]
+    assert got == [T0 + t * S for t in range(sent[0] + 1)]
