@@ -4,7 +4,7 @@ test_repository_contract): paged reads in fix-time order, retention, erasure, st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -384,33 +384,48 @@ async def test_a_pass_stopped_while_resting_has_counted_its_step(store: Any) -> 
 async def test_retention_rests_briefly_while_the_writer_is_idle_and_fully_beside_commits(
     store: Any,
 ) -> None:
-    """The server's signal end to end: the pacer reads the real location writer's commit
-    counter over the real store. A pass with no ingestion rests as long as each step after
-    the first (50 %); a pass with a commit through the writer in every rest (and one before
-    it) keeps the full 5 % rest at every step."""
+    """The server's signal end to end: the pacer reads the real location writer's busy time
+    over the real store (its timer the test's clock, moved by the store while it holds a
+    commit). A pass with no ingestion rests as long as each step after the first (50 %); a
+    pass whose rests are all spent in commits through the writer (busy 95 % of the time)
+    keeps the full 5 % rest at every step."""
     drivers = [f"w{i}" for i in range(3)]
 
     def backlog(days_back: int) -> list[Location]:
         return [fix(d, -days_back * 86_400 + t) for d in drivers for t in range(150)]
 
     await store.record_locations(backlog(3) + backlog(1))
-    writer = LocationWriter(store, MemoryBus(), linger_s=0)
-    writer.start()
     clock = [0.0]
+    hold = [0.0]  # how long the store holds the next commit, on the test's clock
+
+    class Holding:
+        """The real store; a location commit moves the clock by `hold` while in it."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        async def record_locations(self, locations: Sequence[Location]) -> Any:
+            clock[0] += hold[0]
+            return await store.record_locations(locations)
+
+    writer = LocationWriter(Holding(), MemoryBus(), linger_s=0, timer=lambda: clock[0])  # type: ignore[arg-type]
+    writer.start()
     rests: list[float] = []
     ingesting = [False]
     sent = [0]
 
     async def rest(seconds: float) -> None:
         rests.append(seconds)
-        clock[0] += seconds
-        if ingesting[0]:  # a fix committed through the writer while retention rests
+        if ingesting[0]:  # the writer commits a fix through the whole rest
             sent[0] += 1
+            hold[0] = seconds
             await writer.submit(fix(drivers[0], sent[0]))
+        else:
+            clock[0] += seconds
 
     pacer = Pacer(
         0.05, PaceLimits(first=100, smallest=100, largest=100), clock=lambda: clock[0],
-        sleep=rest, activity=lambda: writer.commits,
+        sleep=rest, busy=lambda: writer.busy_s,
     )  # fmt: skip
     stepping = Stepping(store, clock, step_s=0.001)
     history = LocationHistory(
@@ -420,17 +435,19 @@ async def test_retention_rests_briefly_while_the_writer_is_idle_and_fully_beside
     try:
         assert await history.expire_once() >= 1
         assert len(rests) >= 2
-        # The first step has nothing to compare with; then no commit: rest = step (50 %).
+        # The first step has nothing to compare with; then an idle writer: rest = step (50 %).
         assert rests == [pytest.approx(0.019)] + [pytest.approx(0.001)] * (len(rests) - 1)
-        assert pacer.idle_steps == len(rests) - 1
+        assert writer.busy_s == 0.0
 
         await store.record_locations(backlog(3))
         rests.clear()
         ingesting[0] = True
-        await writer.submit(fix(drivers[0], 0))  # ingestion resumes before the pass
+        hold[0] = 0.019  # ingestion resumes before the pass, and keeps the writer busy
+        await writer.submit(fix(drivers[0], 0))
         assert await history.expire_once() >= 1
         assert len(rests) >= 2
         assert rests == [pytest.approx(0.019)] * len(rests)
+        assert writer.busy_s == pytest.approx(0.019 + sum(rests))  # each rest in a commit
     finally:
         await writer.close()
     got = [x.recorded_at_ns for x in await read(store, drivers[0], 0, 2**62)]

@@ -458,29 +458,38 @@ async def test_batched_offers_count_conflicts_within_and_across_commits(
     await tracking.close()
 
 
-async def test_commits_counts_each_commit_handed_to_the_store_and_its_end(
+async def test_busy_s_adds_each_commit_s_time_in_the_store_and_nothing_else(
     repo: CountingRepository,
 ) -> None:
-    """Retention's pacer reads `commits` to tell ingestion used the store: it moves when a
-    commit starts (held here by the gate) and again when it ends, failed or not."""
-    writer = LocationWriter(repo, MemoryBus(), linger_s=0)
+    """Retention's pacer reads `busy_s` for how busy ingestion keeps the store: each commit
+    adds its time in the store when it ends, failed or not; time between commits adds
+    nothing. The timer is a hand-moved one, so the sums are exact."""
+    now = [100.0]
+    writer = LocationWriter(repo, MemoryBus(), linger_s=0, timer=lambda: now[0])
     writer.start()
     base = time.time_ns() - 10**12
-    assert writer.commits == 0
+    assert writer.busy_s == 0.0
     repo.gate = asyncio.Event()
     held = writer.submit(make_loc("d1", 1, base))
 
-    async def handed_to_the_store() -> None:
-        while not repo.calls:
+    async def handed_to_the_store(commits: int) -> None:
+        while len(repo.calls) < commits:
             await asyncio.sleep(0)
 
-    await asyncio.wait_for(handed_to_the_store(), 5)
-    assert writer.commits == 1  # in the store now
+    await asyncio.wait_for(handed_to_the_store(1), 5)
+    now[0] += 0.25  # the store holds the commit
+    assert writer.busy_s == 0.0  # counted when it ends
     repo.gate.set()
     await asyncio.wait_for(held, 5)
-    assert writer.commits == 2
+    assert writer.busy_s == 0.25
+    now[0] += 10.0  # idle between commits: not busy
+    repo.gate = asyncio.Event()
     repo.failures_left = 1
+    failing = writer.submit(make_loc("d1", 2, base))
+    await asyncio.wait_for(handed_to_the_store(2), 5)
+    now[0] += 0.5
+    repo.gate.set()
     with pytest.raises(StoreUnavailable):
-        await asyncio.wait_for(writer.submit(make_loc("d1", 2, base)), 5)
-    assert writer.commits == 4
+        await asyncio.wait_for(failing, 5)
+    assert writer.busy_s == 0.75  # a failed commit held the store too
     await writer.close()

@@ -78,7 +78,7 @@ async def test_each_step_is_followed_by_its_own_rest() -> None:
     # A step of 100 items at 10 us is 1 ms of work, then 19 ms of rest (5 %).
     assert fake.sleeps[:10] == [pytest.approx(0.019)] * 10
     assert fake.sleeps[10] == 0.0  # the empty step cost nothing here; it still yields
-    assert pacer.idle_steps == 0  # no activity signal: every step is taken as busy
+    assert pacer.last_share == 0.05  # no busy signal: every step is taken as saturated
 
 
 async def test_batches_aim_at_the_target_time_within_the_limits() -> None:
@@ -151,78 +151,112 @@ def test_a_share_outside_0_to_1_is_refused(share: float) -> None:
         Pacer(share)
 
 
-class Commits:
-    """The hot path's activity counter (the location writer's `commits`), moved by hand."""
+class Writer:
+    """The hot path's busy signal (the location writer's `busy_s`) on the fake clock: busy
+    a fraction `rate` of the time, changed by hand between steps."""
 
-    def __init__(self) -> None:
-        self.count = 0
+    def __init__(self, fake: FakeTime, rate: float) -> None:
+        self.fake = fake
+        self.rate = rate
+        self.busy = 0.0
+        self.since = 0.0
 
-    def read(self) -> int:
-        return self.count
+    def read(self) -> float:
+        self.busy += (self.fake.now - self.since) * self.rate
+        self.since = self.fake.now
+        return self.busy
+
+    def set_rate(self, rate: float) -> None:
+        self.read()  # what it was busy so far at the old rate
+        self.rate = rate
 
 
-def fixed_pacer(fake: FakeTime, commits: Commits, share: float = 0.05) -> Pacer:
-    """A pacer of fixed 100-item batches reading `commits` as its activity signal."""
+def fixed_pacer(fake: FakeTime, writer: Writer, share: float = 0.05) -> Pacer:
+    """A pacer of fixed 100-item batches reading `writer` as its busy signal."""
     limits = PaceLimits(first=100, smallest=100, largest=100)
-    return Pacer(share, limits, clock=fake.clock, sleep=fake.sleep, activity=commits.read)
+    return Pacer(share, limits, clock=fake.clock, sleep=fake.sleep, busy=writer.read)
 
 
-async def test_with_no_ingestion_the_pacer_rests_at_the_idle_share() -> None:
-    fake, commits = FakeTime(), Commits()
-    pacer = fixed_pacer(fake, commits)
+@pytest.mark.parametrize(
+    ("rate", "share", "rest_s"),
+    [
+        (0.0, IDLE_SHARE, 0.001),  # idle: a rest as long as the 1 ms step
+        (0.25, 0.375, 0.001 * 0.625 / 0.375),  # a quarter busy: 3/4 of the idle share
+        (0.95, DEFAULT_SHARE, 0.019),  # 5 % of 50 % is below the floor
+        (1.0, DEFAULT_SHARE, 0.019),  # saturated: the share
+    ],
+)
+async def test_the_share_follows_the_writer_s_free_time(
+    rate: float, share: float, rest_s: float
+) -> None:
+    fake = FakeTime()
+    pacer = fixed_pacer(fake, Writer(fake, rate))
     assert pacer.idle_share == IDLE_SHARE
     backlog = [1_000]
     work, _ = work_at(fake, 10e-6, backlog)
     while await pacer.step(work) > 0:
         pass
     assert backlog == [0]
-    # The first step has nothing to compare with: a full rest (19 ms after 1 ms at 5 %);
-    # every later one saw no commit since the previous step: a rest as long as the step.
+    # The first step has nothing to compare with: the full rest (19 ms after 1 ms at 5 %);
+    # every later one rests at the share the writer's busy fraction leaves.
     assert fake.sleeps[0] == pytest.approx(0.019)
-    assert fake.sleeps[1:10] == [pytest.approx(0.001)] * 9
-    assert pacer.idle_steps == 10  # the nine and the empty last step
+    assert fake.sleeps[1:10] == [pytest.approx(rest_s)] * 9
+    assert pacer.last_share == pytest.approx(share)
+    # Over the steps after the first, expiry took exactly that share of the time.
+    assert 0.009 / sum(fake.sleeps[1:10], 0.009) == pytest.approx(share)
 
 
-async def test_with_ingestion_between_steps_the_share_holds_exactly() -> None:
-    fake, commits = FakeTime(), Commits()
-    pacer = fixed_pacer(fake, commits)
-    backlog = [1_000]
-    inner, _ = work_at(fake, 10e-6, backlog)
-
-    async def work(batch: int) -> int:
-        commits.count += 1  # a commit in each rest (seen by the step after it)
-        return await inner(batch)
-
-    while await pacer.step(work) > 0:
-        pass
-    assert fake.sleeps[:10] == [pytest.approx(0.019)] * 10
-    assert pacer.idle_steps == 0
-    assert pacer.busy_s / fake.now == pytest.approx(0.05)
+async def test_a_quarter_busy_writer_that_always_commits_leaves_7_5_times_5_percent() -> None:
+    """The gap this closes: commits in every rest used to keep expiry at 5 %; a writer busy
+    a quarter of the time now leaves it 37.5 %, 7.5 times the old rate of expiry."""
+    fake = FakeTime()
+    pacer = fixed_pacer(fake, Writer(fake, 0.25))
+    backlog = [10**9]
+    work, _ = work_at(fake, 10e-6, backlog)
+    for _ in range(101):
+        await pacer.step(work)
+    started = fake.sleeps[0] + 0.001  # after the first step and its rest
+    rate = (pacer.done - 100) / (fake.now - started)
+    assert rate == pytest.approx(0.375 / 10e-6)
+    assert rate / (DEFAULT_SHARE / 10e-6) == pytest.approx(7.5)
 
 
 async def test_it_switches_within_one_step_each_way() -> None:
-    fake, commits = FakeTime(), Commits()
-    pacer = fixed_pacer(fake, commits)
-    busy_at = {3, 4, 7}  # steps (from 0) with a commit in the rest before them or in them
-    step = [0]
-    backlog = [1_000]
-    inner, _ = work_at(fake, 10e-6, backlog)
+    """The writer's load changes as a rest begins: the very next step rests accordingly."""
+    fake = FakeTime()
+    writer = Writer(fake, 1.0)
+    rates = [1.0, 0.0, 0.0, 1.0, 0.25, 0.0, 1.0, 0.0, 0.0]  # over each step and the rest before
+    rests: list[float] = []
 
-    async def work(batch: int) -> int:
-        if step[0] in busy_at:
-            commits.count += 2  # handed to the store and done
-        step[0] += 1
-        return await inner(batch)
+    async def sleep(seconds: float) -> None:
+        rests.append(seconds)
+        if len(rests) < len(rates):
+            writer.set_rate(rates[len(rests)])
+        await fake.sleep(seconds)
 
-    while await pacer.step(work) > 0:
-        pass
-    full, idle = pytest.approx(0.019), pytest.approx(0.001)
-    assert fake.sleeps[:10] == [full, idle, idle, full, full, idle, idle, full, idle, idle]
+    limits = PaceLimits(first=100, smallest=100, largest=100)
+    pacer = Pacer(0.05, limits, clock=fake.clock, sleep=sleep, busy=writer.read)
+    work, _ = work_at(fake, 10e-6, [1_000])
+    for _ in rates:
+        await pacer.step(work)
+    full, idle, quarter = (pytest.approx(x) for x in (0.019, 0.001, 0.001 * 0.625 / 0.375))
+    assert rests == [full, idle, idle, full, quarter, idle, full, idle, idle]
+
+
+async def test_without_a_signal_every_step_takes_the_share() -> None:
+    fake = FakeTime()
+    pacer = Pacer(0.05, PaceLimits(first=100, smallest=100, largest=100), clock=fake.clock,
+                  sleep=fake.sleep)  # fmt: skip
+    work, _ = work_at(fake, 10e-6, [300])
+    for _ in range(3):
+        await pacer.step(work)
+    assert fake.sleeps == [pytest.approx(0.019)] * 3
+    assert pacer.last_share == 0.05
 
 
 async def test_the_idle_share_is_never_below_the_share() -> None:
-    fake, commits = FakeTime(), Commits()
-    pacer = fixed_pacer(fake, commits, share=0.8)
+    fake = FakeTime()
+    pacer = fixed_pacer(fake, Writer(fake, 0.0), share=0.8)
     assert pacer.idle_share == 0.8
     with pytest.raises(ValueError, match="more than 0"):
         Pacer(0.05, idle_share=0.0)

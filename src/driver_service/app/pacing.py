@@ -3,11 +3,13 @@ SQLite writer thread, PostgreSQL's I/O): after each step, rest in proportion to 
 time, so the steps take at most `share` of the time however large the backlog is, and size
 the next batch so that one step holds the resource for about `step_target_s`.
 
-The share bounds the steps only while the hot path is using the resource: given an
-`activity` signal (a counter the hot path bumps, e.g. the location writer's commits), a step
-after which the counter has not moved since the previous step (no commit in that rest nor
-in the step) rests at `idle_share` instead, so a backlog drains quickly on an idle service
-and the full rest comes back after the first step that sees a commit.
+The share is a floor, for a saturated hot path: given a `busy` signal (the seconds the hot
+path has spent holding the resource, e.g. the location writer's time in store commits), a
+step takes the hot path's busy fraction b over the time since the previous step and rests
+at a share of max(share, (1 - b) * idle_share): an idle writer lets a backlog drain at
+`idle_share`, a quarter-busy one at ~3/4 of it, and only a saturated one holds expiry to
+`share`. A fleet that commits all the time but uses a part of the writer therefore still
+expires faster than it ingests.
 
 Plain logic over an injectable monotonic clock and sleep, so that tests check the share
 and the batch sizes deterministically, without timing anything. Hand-written: the rate
@@ -26,8 +28,8 @@ DEFAULT_SHARE = 0.05
 #: The time one step aims to hold the resource: an ingestion commit queued behind it waits
 #: about this long at most.
 STEP_TARGET_S = 0.004
-#: The share while the hot path is idle (no commit since the previous step): each step is
-#: followed by a rest as long as itself, so the resource stays free half the time (reads
+#: The share while the hot path is idle (no time in commits since the previous step): each
+#: step is followed by a rest as long as itself, so the resource stays free half the time (reads
 #: that share it, and the event loop on a small machine) and the first commit after the
 #: idle spell waits one step at most.
 IDLE_SHARE = 0.5
@@ -58,9 +60,10 @@ class Pacer:
     the caller can tell (`cost`: a step queued behind ingestion's commits does not hold
     the writer while it waits), else its whole wait.
 
-    `activity` (optional) reads a counter the hot path bumps on each use of the resource:
-    when it has not moved since the previous step ended, the hot path is idle and the rest
-    is at `idle_share` (never below `share`); without it every step is taken as busy."""
+    `busy` (optional) reads the seconds the hot path has spent in the resource (monotonic,
+    on the same time base as `clock`): over the time since the previous step, the hot
+    path's busy fraction b sets the share to max(share, (1 - b) * idle_share); without it,
+    and at the first step (nothing to compare with), the hot path is taken as saturated."""
 
     def __init__(
         self,
@@ -69,14 +72,14 @@ class Pacer:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        activity: Callable[[], int] | None = None,
+        busy: Callable[[], float] | None = None,
         idle_share: float = IDLE_SHARE,
     ) -> None:
         self.share = validate_share(share)
         self.idle_share = max(self.share, validate_share(idle_share))
-        self._activity = activity
-        #: The activity counter when the previous step ended (None: no step yet, busy).
-        self._seen: int | None = None
+        self._busy = busy
+        #: (clock, hot path's busy seconds) when the previous step ended (None: no step yet).
+        self._seen: tuple[float, float] | None = None
         self.limits = limits
         self.batch = limits.first
         self._clock = clock
@@ -86,28 +89,34 @@ class Pacer:
         self.rested_s = 0.0
         #: Items done by all steps.
         self.done = 0
-        #: Steps rested at the idle share (no commit since the previous step).
-        self.idle_steps = 0
+        #: The share the last step rested at (`share` up to `idle_share`).
+        self.last_share = self.share
 
     def rest_after(self, spent_s: float, share: float | None = None) -> float:
         """The rest that keeps a step of `spent_s` within the share (default `share`)."""
         share = self.share if share is None else share
         return max(0.0, spent_s) * (1.0 - share) / share
 
-    def _idle(self) -> bool:
-        """Whether the hot path has not used the resource since the previous step ended
-        (its rest and this step); the first step counts as busy (nothing seen yet)."""
-        if self._activity is None:
-            return False
-        seen, self._seen = self._seen, self._activity()
-        return seen is not None and seen == self._seen
+    def share_now(self) -> float:
+        """The share for the step just taken, from the hot path's busy fraction since the
+        previous step ended (its rest and this step): 1 - b of `idle_share`, never below
+        `share`. The first step, or none without a signal, counts as saturated."""
+        if self._busy is None:
+            return self.share
+        seen, self._seen = self._seen, (self._clock(), self._busy())
+        if seen is None:
+            return self.share
+        elapsed = self._seen[0] - seen[0]
+        fraction = (self._seen[1] - seen[1]) / elapsed if elapsed > 0.0 else 1.0
+        free = 1.0 - min(1.0, max(0.0, fraction))
+        return max(self.share, min(self.idle_share, free * self.idle_share))
 
     async def step(
         self, work: Callable[[int], Awaitable[int]], cost: Callable[[], float] | None = None
     ) -> int:
         """One step of at most `self.batch` items, then its rest (always awaited, so the
-        event loop runs between steps even at a share of 1; at `idle_share` when nothing
-        used the resource since the previous step); returns the items done.
+        event loop runs between steps even at a share of 1; at up to `idle_share` when the
+        hot path left the resource free since the previous step); returns the items done.
         `cost` is a clock of the resource's own time spent (the SQLite writer thread's
         time in expiry, without the wait for it); by default the step's whole wait."""
         batch = self.batch
@@ -118,9 +127,8 @@ class Pacer:
         self.busy_s += spent
         self.done += done
         self._resize(batch, done, spent)
-        idle = self._idle()
-        self.idle_steps += idle
-        rest = self.rest_after(spent, self.idle_share if idle else self.share)
+        self.last_share = self.share_now()
+        rest = self.rest_after(spent, self.last_share)
         self.rested_s += rest
         await self._sleep(rest)
         return done

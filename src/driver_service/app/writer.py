@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from driver_service.domain import Location, StoreUnavailable
 from driver_service.ports import DriverRepository, LocationBus
@@ -94,8 +94,10 @@ class LocationWriter:
         max_pending: int = DEFAULT_MAX_PENDING,
         linger_s: float = LINGER_S,
         supervisor: TaskSupervisor | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._repository = repository
+        self._timer = timer
         self._linger_s = linger_s
         self._bus = bus
         self._max_pending = max_pending
@@ -113,10 +115,10 @@ class LocationWriter:
         self._closed = False
         #: A full disk or a store that is away fails every commit: no traceback per commit.
         self._failures = FailureLog(log, "committing location updates")
-        #: Bumped when a commit is handed to the store and when it ends: background work
-        #: that shares the store (history retention's pacer) reads it to tell whether
-        #: ingestion used the store since it last looked.
-        self.commits = 0
+        #: Seconds spent in store commits (added when each ends, failed or not; one timer
+        #: pair a commit, not an update): background work that shares the store (history
+        #: retention's pacer) reads it for how busy ingestion kept the store since it looked.
+        self.busy_s = 0.0
 
     def start(self) -> None:
         if self._task is None:
@@ -220,7 +222,7 @@ class LocationWriter:
                 self._idle.set()
 
     async def _commit(self, batch: Sequence[Location], done: Commit) -> None:
-        self.commits += 1
+        started = self._timer()
         try:
             advanced = await self._repository.record_locations(batch)
         except Exception as exc:  # noqa: BLE001 - any store failure fails this commit only
@@ -228,7 +230,7 @@ class LocationWriter:
             done._resolve(StoreUnavailable("storing location updates failed"))
             return
         finally:
-            self.commits += 1
+            self.busy_s += self._timer() - started
         self._failures.succeeded()
         done._resolve(conflicts=advanced.conflicts)
         if advanced:  # refused conflicts never advance, so they are never published

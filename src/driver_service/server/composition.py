@@ -306,9 +306,9 @@ async def build_services(
     history = LocationHistory(
         built.durable,
         retention_s=settings.history_retention_s,
-        # Idle-aware: the share holds while this process commits fixes; on an idle writer
-        # a backlog drains at the pacer's idle share.
-        pacer=Pacer(settings.history_retention_share, activity=lambda: tracking.writer.commits),
+        # Busy-aware: the share is the floor for a saturated writer; the less of its time
+        # this process's commits take, the nearer a backlog drains to the idle share.
+        pacer=Pacer(settings.history_retention_share, busy=lambda: tracking.writer.busy_s),
         forget_commands=dispatch.commands.forget,
         forget_live=built.forget_live,
     )
