@@ -149,10 +149,10 @@ class ServerSettings:
     )
     history_retention_share: float = _setting(
         0.05,
-        "largest share of the store's time history retention may take while ingestion "
-        "commits, 0 < share <= 1 (each expiry step is followed by a rest in proportion; "
-        "with no commit since the previous step it takes up to 50 %; raise it if a "
-        "backlog drains too slowly, see docs/history.md)",
+        "share of the store's time history retention may take while ingestion keeps the "
+        "writer busy, 0 < share <= 1 (each expiry step is followed by a rest in proportion; "
+        "the less of the writer ingestion uses, the more it takes, up to 50 % when idle; "
+        "raise it if a backlog drains too slowly, see docs/history.md)",
     )
     webhook_allow_http: bool = _setting(
         False, "let webhooks use plain http:// URLs (development and tests only)"
