@@ -462,7 +462,7 @@ async def test_busy_s_adds_each_commit_s_time_in_the_store_and_nothing_else(
     repo: CountingRepository,
 ) -> None:
     """Retention's pacer reads `busy_s` for how busy ingestion keeps the store: each commit
-    adds its time in the store when it ends, failed or not; time between commits adds
+    adds its time in the store, while in it too, failed or not; time between commits adds
     nothing. The timer is a hand-moved one, so the sums are exact."""
     now = [100.0]
     writer = LocationWriter(repo, MemoryBus(), linger_s=0, timer=lambda: now[0])
@@ -478,7 +478,7 @@ async def test_busy_s_adds_each_commit_s_time_in_the_store_and_nothing_else(
 
     await asyncio.wait_for(handed_to_the_store(1), 5)
     now[0] += 0.25  # the store holds the commit
-    assert writer.busy_s == 0.0  # counted when it ends
+    assert writer.busy_s == 0.25  # counted while the store holds it
     repo.gate.set()
     await asyncio.wait_for(held, 5)
     assert writer.busy_s == 0.25
@@ -488,8 +488,11 @@ async def test_busy_s_adds_each_commit_s_time_in_the_store_and_nothing_else(
     failing = writer.submit(make_loc("d1", 2, base))
     await asyncio.wait_for(handed_to_the_store(2), 5)
     now[0] += 0.5
+    assert writer.busy_s == 0.75
     repo.gate.set()
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(failing, 5)
     assert writer.busy_s == 0.75  # a failed commit held the store too
+    now[0] += 10.0
+    assert writer.busy_s == 0.75  # and ended
     await writer.close()

@@ -115,16 +115,25 @@ class LocationWriter:
         self._closed = False
         #: A full disk or a store that is away fails every commit: no traceback per commit.
         self._failures = FailureLog(log, "committing location updates")
-        #: Seconds spent in store commits (added when each ends, failed or not; one timer
-        #: pair a commit, not an update): background work that shares the store (history
-        #: retention's pacer) reads it for how busy ingestion kept the store since it looked.
-        self.busy_s = 0.0
+        #: Seconds spent in store commits that ended (failed or not; one timer pair a
+        #: commit, not an update), and when the one in the store now began.
+        self._busy_done_s = 0.0
+        self._commit_started: float | None = None
 
     def start(self) -> None:
         if self._task is None:
             self._task = self._supervisor.start(
                 "location-writer", self._run, Policy.FATAL, on_exit=self._fail_pending
             )
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds this writer has spent in store commits, the one in the store now included
+        (a commit stalled for seconds is busy all along, not idle until it ends): background
+        work that shares the store (history retention's pacer) reads it for how busy
+        ingestion kept the store since it last looked."""
+        started = self._commit_started
+        return self._busy_done_s + (0.0 if started is None else self._timer() - started)
 
     @property
     def running(self) -> bool:
@@ -222,7 +231,7 @@ class LocationWriter:
                 self._idle.set()
 
     async def _commit(self, batch: Sequence[Location], done: Commit) -> None:
-        started = self._timer()
+        started = self._commit_started = self._timer()
         try:
             advanced = await self._repository.record_locations(batch)
         except Exception as exc:  # noqa: BLE001 - any store failure fails this commit only
@@ -230,7 +239,8 @@ class LocationWriter:
             done._resolve(StoreUnavailable("storing location updates failed"))
             return
         finally:
-            self.busy_s += self._timer() - started
+            self._busy_done_s += self._timer() - started
+            self._commit_started = None
         self._failures.succeeded()
         done._resolve(conflicts=advanced.conflicts)
         if advanced:  # refused conflicts never advance, so they are never published
