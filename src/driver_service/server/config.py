@@ -151,7 +151,7 @@ class ServerSettings:
         0.05,
         "share of the store's time history retention may take while ingestion keeps the "
         "writer busy, 0 < share <= 1 (each expiry step is followed by a rest in proportion; "
-        "the less of the writer ingestion uses, the more it takes, up to 50 % when idle; "
+        "the less of the writer ingestion uses, the more it takes, up to half when idle; "
         "raise it if a backlog drains too slowly, see docs/history.md)",
     )
     webhook_allow_http: bool = _setting(
