@@ -22,6 +22,7 @@ from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
 from driver_service._gen.driver.v1 import zones_pb2_grpc as zpb_grpc
 from driver_service.app.events import EventRetention
+from driver_service.app.pacing import Pacer
 from driver_service.security import TokenIssuer
 from driver_service.server.composition import Services, build_services
 from driver_service.server.config import ServerSettings
@@ -373,8 +374,17 @@ async def test_retention_cuts_the_log_and_an_older_after_id_is_out_of_range(api:
     assert len(kept) == 2
 
     # The retention's clock an hour past the cutoff: only the first upload's events expire.
-    retention = EventRetention(api.services.events._log, 3600, lambda: cutoff + 3600 * S)
+    rests: list[float] = []
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+
+    retention = EventRetention(
+        api.services.events._log, 3600, lambda: cutoff + 3600 * S, pacer=Pacer(sleep=rest)
+    )
     assert await retention.expire_once() == 3
+    assert rests  # paced as history's retention is
+    assert retention.pacer.done == 3
     assert [e.id for e in await api.logged()] == [e.id for e in kept]
 
     async def replay(after: int) -> list[epb.Event]:

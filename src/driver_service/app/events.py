@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+from driver_service.app.pacing import DEFAULT_SHARE, Pacer
 from driver_service.domain.errors import EventsExpired
 from driver_service.domain.events import LoggedEvent
 from driver_service.ports import EventLog
@@ -169,33 +170,39 @@ class EventFeed:
 
 #: How often the event log's retention runs.
 EVENT_RETENTION_EVERY_S = 600.0
-#: Events one retention transaction removes; ingestion's commits run between them.
-EVENT_EXPIRY_BATCH = 5_000
 
 
 class EventRetention:
     """Removes events older than `retention_s` (0 keeps them forever) in small transactions,
-    off the hot path: a supervised loop, a failed pass logged once and retried."""
+    off the hot path: a supervised loop, a failed pass logged once and retried. Paced as
+    history's retention is (`pacer`, app/pacing.py): a backlog of events (a teleporting
+    fleet logs several an update) drains without holding the writer from ingestion."""
 
     def __init__(
         self,
         log_: EventLog,
         retention_s: float,
         clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        pacer: Pacer | None = None,
     ) -> None:
         self._log = log_
         self.retention_ns = int(retention_s * 1e9)
         self._clock_ns = clock_ns
+        self.pacer = pacer if pacer is not None else Pacer(DEFAULT_SHARE)
         self._failures = FailureLog(log, "event log retention", level=logging.WARNING)
 
     async def expire_once(self) -> int:
         if self.retention_ns <= 0:
             return 0
         cutoff = self._clock_ns() - self.retention_ns
+
+        async def step(batch: int) -> int:
+            return await self._log.expire_events(cutoff, batch)
+
         removed = 0
-        while (step := await self._log.expire_events(cutoff, EVENT_EXPIRY_BATCH)) > 0:
-            removed += step
-            await asyncio.sleep(0)
+        while (done := await self.pacer.step(step)) > 0:
+            removed += done
         return removed
 
     async def run(self, every_s: float = EVENT_RETENTION_EVERY_S) -> None:

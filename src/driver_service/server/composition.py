@@ -328,7 +328,11 @@ async def build_services(
     # The event log's retention, the same way (its first pass at once: a short one).
     event_retention = tracking.supervisor.start(
         "event-retention",
-        EventRetention(built.durable, settings.event_retention_s).run,
+        EventRetention(
+            built.durable,
+            settings.event_retention_s,
+            pacer=Pacer(settings.history_retention_share, busy=lambda: tracking.writer.busy_s),
+        ).run,
         Policy.RESTART,
     )
     return Services(
