@@ -78,9 +78,11 @@ _FAILURES: tuple[type[BaseException], ...] = (
 #: COPY into a temp table; smaller ones as arrays through unnest(...). asyncpg's array encoder
 #: tests every element with isinstance() against collections.abc (a Python call, ~2.8k
 #: instructions; two for a text element): ~17k instructions a history row, ~48k a driver
-#: (create, lock and advance), against COPY's two extra round trips per commit (measured
-#: with `python -m bench.ingest_instructions`; was 1,000, chosen by wall time on 10,000 rows).
-COPY_THRESHOLD = 64
+#: (create, lock and advance). COPY costs two more round trips per table and ~0.2M
+#: instructions, and pays off from a few rows: client instructions per update, commits of B
+#: advancing drivers (callgrind): B=8 238k with arrays, 216k staged; B=32 127k, 72k; B=1000
+#: 69k, 27k. Was 1,000 (for history only), chosen by wall time on 10,000 rows.
+COPY_THRESHOLD = 8
 
 _GET_DRIVER = (
     "SELECT driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
