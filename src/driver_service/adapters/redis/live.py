@@ -26,6 +26,7 @@ from typing import Literal, cast
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import redis_guard
+from driver_service.adapters.redis.read_cache import DriverReadCache
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import DriverRepository, Recorded
 from driver_service.resilience.guard import DependencyGuard, DependencyUnavailable
@@ -51,6 +52,7 @@ local function newer(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
+local changed = false
 if redis.call('EXISTS', key) == 0 then
   if mode == 'loc' then return 0 end
   redis.call('HSET', key, 'status', status, 'last_seen_at_ns', seen)
@@ -58,19 +60,54 @@ if redis.call('EXISTS', key) == 0 then
     redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
                'heading', ARGV[7], 'location_at_ns', at)
   end
+  changed = true
 else
-  if mode == 'status' then redis.call('HSET', key, 'status', status) end
+  if mode == 'status' and redis.call('HGET', key, 'status') ~= status then
+    redis.call('HSET', key, 'status', status)
+    changed = true
+  end
   if newer(seen, redis.call('HGET', key, 'last_seen_at_ns')) then
     redis.call('HSET', key, 'last_seen_at_ns', seen)
+    changed = true
   end
   if at ~= '' and newer(at, redis.call('HGET', key, 'location_at_ns')) then
     redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
                'heading', ARGV[7], 'location_at_ns', at)
+    changed = true
   end
+end
+if changed then
+  -- A new version (microseconds of Redis's clock, or one past the last: it never goes
+  -- back, even over a key that expired and was made again), then the whole new state on
+  -- the channel named like the key: in the order of the writes, to every read cache.
+  local t = redis.call('TIME')
+  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('HGET', key, 'v') or '0')
+  if v <= last then v = last + 1 end
+  v = string.format('%.0f', v)
+  redis.call('HSET', key, 'v', v)
+  local f = redis.call('HMGET', key, 'status', 'last_seen_at_ns', 'lat', 'lon', 'speed',
+                       'heading', 'location_at_ns')
+  local state = v .. ' ' .. f[1] .. ' ' .. f[2]
+  if f[7] then
+    state = state .. ' ' .. f[3] .. ' ' .. f[4] .. ' ' .. f[5] .. ' ' .. f[6] .. ' ' .. f[7]
+  end
+  redis.call('PUBLISH', key, state)
 end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 return 1
+"""
+
+# Deletes keys (an erasure, keys that missed a write) and tells every read cache on the
+# channel named like each key ("-": drop it; the next read goes to Redis or the store).
+_DROP_LUA = """
+local n = 0
+for i = 1, #KEYS do
+  n = n + redis.call('DEL', KEYS[i])
+  redis.call('PUBLISH', KEYS[i], '-')
+end
+return n
 """
 
 # The same merge for many keys in one command (a rebuild's page; one command instead of one
@@ -148,6 +185,8 @@ class LiveStateRepository:
         self._ttl_s = ttl_s
         self._merge = redis.register_script(_MERGE_LUA)
         self._merge_many = redis.register_script(_MERGE_MANY_LUA)
+        self._drop = redis.register_script(_DROP_LUA)
+        self._cache: DriverReadCache | None = None
         self._close_client = close_client
         #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
         #: timeout per call, and its probe tells when to use Redis again.
@@ -160,7 +199,27 @@ class LiveStateRepository:
         return self._key_prefix + driver_id
 
     # --- reads -------------------------------------------------------------------------------
+    def use_cache(self, cache: DriverReadCache) -> None:
+        """Answer reads from `cache` where it is fresh (`read_cache.py`), filling it on a miss."""
+        self._cache = cache
+
+    def current_driver(self, driver_id: str) -> Driver | None:
+        """The driver from the read cache without a wait, if it holds it fresh; else None."""
+        cache = self._cache
+        return None if cache is None else cache.peek(driver_id)
+
     async def get_driver(self, driver_id: str) -> Driver | None:
+        cache = self._cache
+        if cache is None:
+            return (await self._read(driver_id))[0]
+        driver = cache.peek(driver_id)
+        if driver is not None:
+            return driver
+        return await cache.read_through(driver_id, self._read)
+
+    async def _read(self, driver_id: str) -> tuple[Driver | None, int]:
+        """The driver, and the version of the live hash it was read from (0: the durable
+        store answered)."""
         if self.guard.up and driver_id not in self._dirty:
             try:
                 async with self.guard.bounded():
@@ -173,12 +232,12 @@ class LiveStateRepository:
             else:
                 driver = _driver_from_hash(driver_id, fields) if fields else None
                 if driver is not None:
-                    return driver
+                    return driver, int(fields.get(b"v", b"0"))
                 driver = await self.durable.get_driver(driver_id)
                 if driver is not None:
                     await self._write_live([(driver_id, "fill", driver.status, driver)])
-                return driver
-        return await self.durable.get_driver(driver_id)
+                return driver, 0
+        return await self.durable.get_driver(driver_id), 0
 
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
@@ -265,7 +324,7 @@ class LiveStateRepository:
         DependencyUnavailable while Redis is down: an erasure must not pass half done."""
         self._dirty.discard(driver_id)
         async with self.guard.bounded():
-            return int(await self._redis.delete(self.key(driver_id)))
+            return int(await self._drop(keys=[self.key(driver_id)]))
 
     # --- Redis availability ------------------------------------------------------------------
     async def _drop_dirty_keys(self) -> None:
@@ -278,7 +337,8 @@ class LiveStateRepository:
             async with asyncio.timeout(self.guard.timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(dirty), 1000):
-                        pipe.delete(*(self.key(d) for d in dirty[start : start + 1000]))
+                        keys = [self.key(d) for d in dirty[start : start + 1000]]
+                        await self._drop(keys=keys, client=pipe)
                     await pipe.execute()
             self._dirty.difference_update(dirty)
             dropped += len(dirty)

@@ -1,0 +1,275 @@
+"""The per-process read cache on PostgreSQL + Redis (adapters/redis/read_cache.py): two
+replicas, each its own RedisBus, Redis client and PostgreSQL pool, on ONE private
+redis-server and one database. A location, a status change or an erasure made on one replica
+reaches the other's cache within the staleness bound; a Redis that is killed or hung makes
+the cache step aside (reads go to Redis or the store) within the bound, and it fills again
+once Redis is back; an older message never moves an entry back; the cache stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from driver_service.adapters.postgres.repository import PostgresRepository
+from driver_service.adapters.redis.bus import RedisBus
+from driver_service.adapters.redis.connection import create_redis_client, redis_guard
+from driver_service.adapters.redis.live import LiveStateRepository
+from driver_service.adapters.redis.read_cache import DriverReadCache
+from driver_service.domain import Driver, Location, Status
+from tests.helpers.redis import RedisServer
+from tests.helpers.waiting import eventually
+
+T0 = 1_717_200_000 * 10**9
+PREFIX = "rc:"
+#: The bound the replicas run with, and what a poll on a loaded machine may add to it.
+STALE_S = 0.4
+SLACK_S = 0.3
+
+
+def loc(driver_id: str, i: int) -> Location:
+    return Location(driver_id, i / 1000, -i / 1000, float(i % 30), float(i % 360), T0 + i)
+
+
+@dataclass
+class Replica:
+    live: LiveStateRepository
+    bus: RedisBus
+    cache: DriverReadCache
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.live.close()
+
+
+async def open_replica(redis_url: str, postgres_url: str, max_entries: int = 100) -> Replica:
+    durable = await PostgresRepository.open(postgres_url, timeout_s=2.0)
+    client = create_redis_client(redis_url, timeout_s=0.3)
+    guard = redis_guard(client, 0.3, probe_every_s=0.05)
+    bus = RedisBus(
+        client,
+        PREFIX,
+        guard=guard,
+        idle_ping_s=1.0,  # as served: a hung connection is declared dead after 1-2 s
+        ping_every_s=STALE_S / 4,
+        reconnect_max_s=0.2,
+    )
+    bus.start()
+    live = LiveStateRepository(durable, client, PREFIX, close_client=True, guard=guard)
+    cache = DriverReadCache(bus, guard, live.key(""), max_entries=max_entries, max_stale_s=STALE_S)
+    live.use_cache(cache)
+    return Replica(live, bus, cache)
+
+
+@pytest.fixture
+async def replicas(
+    private_redis: RedisServer, postgres_url: str
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    a = await open_replica(private_redis.url, postgres_url)
+    b = await open_replica(private_redis.url, postgres_url)
+    await eventually(lambda: a.bus.healthy and b.bus.healthy, what="both buses to connect")
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def cached(replica: Replica, driver_id: str) -> Driver:
+    """Read the driver through the replica until its cache holds it."""
+    for _ in range(200):
+        driver = await replica.live.get_driver(driver_id)
+        assert driver is not None
+        if replica.live.current_driver(driver_id) is not None:
+            return driver
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{driver_id} never got into the read cache")
+
+
+async def seen_within(
+    replica: Replica, driver_id: str, check: Callable[[Driver | None], bool], what: str
+) -> float:
+    """Seconds until the replica's GetDriver path (cache first) answers what `check` wants;
+    fails past the staleness bound and its slack."""
+    started = time.monotonic()
+    while True:
+        driver = replica.live.current_driver(driver_id)
+        if driver is None:
+            driver = await replica.live.get_driver(driver_id)
+        if check(driver):
+            return time.monotonic() - started
+        if time.monotonic() - started > STALE_S + SLACK_S:
+            pytest.fail(f"{what}: still {driver} after {STALE_S + SLACK_S} s")
+        await asyncio.sleep(0.005)
+
+
+async def test_location_status_and_erasure_on_one_replica_reach_the_others_cache(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    await a.live.record_locations([loc("d1", 1)])
+    assert (await cached(b, "d1")).location == loc("d1", 1)
+
+    # At a time before the last fix (the phone's clock runs ahead): only the status changes.
+    await a.live.set_status("d1", Status.BUSY, T0)
+    await seen_within(b, "d1", lambda d: d is not None and d.status is Status.BUSY, "status")
+    # Served from memory, not read again: the message brought the change.
+    assert b.live.current_driver("d1") is not None
+
+    await a.live.record_locations([loc("d1", 5)])
+    await seen_within(b, "d1", lambda d: d is not None and d.location == loc("d1", 5), "loc")
+    driver = b.live.current_driver("d1")
+    assert driver is not None
+    assert driver.status is Status.BUSY
+    assert driver.last_seen_at_ns == T0 + 5
+
+    # Erasure: the live hash goes first (its "-" drops every cached copy), then the store.
+    await a.live.forget("d1")
+    await a.live.durable.forget_driver("d1")
+    await seen_within(b, "d1", lambda d: d is None, "erasure")
+    assert b.live.current_driver("d1") is None
+
+
+async def test_an_older_message_never_moves_an_entry_back(
+    replicas: tuple[Replica, Replica], private_redis: RedisServer
+) -> None:
+    a, b = replicas
+    await a.live.record_locations([loc("d2", 10)])
+    await cached(b, "d2")
+    client = create_redis_client(private_redis.url)
+    try:
+        channel = b.live.key("d2")
+        entry = b.live.current_driver("d2")
+        handled = asyncio.Event()
+        sentinel = await b.bus.subscribe_channel(b"rc:sentinel", lambda _: handled.set())
+        # A state older than the entry's (an earlier version), then a message on another
+        # channel of the same connection: once that one is handled, so was the first.
+        await client.publish(channel, f"1 OFFLINE {T0 + 99} 1.0 2.0 3.0 4.0 {T0 + 99}")
+        await client.publish("rc:sentinel", "x")
+        await asyncio.wait_for(handled.wait(), 2)
+        sentinel.close()
+        assert b.live.current_driver("d2") is entry, "an older message moved the entry back"
+        # A real change still moves it forward.
+        await a.live.set_status("d2", Status.BUSY, T0 + 11)
+        await seen_within(b, "d2", lambda d: d is not None and d.status is Status.BUSY, "st")
+        driver = b.live.current_driver("d2")
+        assert driver is not None
+        assert driver.location == loc("d2", 10)
+        assert driver.last_seen_at_ns == T0 + 11
+    finally:
+        await client.aclose()
+
+
+async def test_a_change_made_during_the_first_read_is_not_missed(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    """The first read of a driver races a write on another replica: the write lands after
+    the read but before the entry is made. The entry still gets the write (its message
+    arrived on the channel subscribed before the read)."""
+    a, b = replicas
+    await a.live.record_locations([loc("d3", 1)])
+
+    async def read_then_someone_writes(driver_id: str) -> tuple[Driver | None, int]:
+        answer = await b.live._read(driver_id)
+        await a.live.set_status(driver_id, Status.BUSY, T0 + 2)
+        await eventually(lambda: b.cache.hits >= 0)  # let the reader task run
+        await asyncio.sleep(0.05)
+        return answer
+
+    driver = await b.cache.read_through("d3", read_then_someone_writes)
+    assert driver is not None
+    cached_driver = b.live.current_driver("d3")
+    assert cached_driver is not None, "the first read was not cached"
+    assert cached_driver.status is Status.BUSY, "the change during the first read was lost"
+
+
+async def test_the_cache_stays_bounded_and_unsubscribes_what_it_evicts(
+    private_redis: RedisServer, postgres_url: str
+) -> None:
+    small = await open_replica(private_redis.url, postgres_url, max_entries=3)
+    try:
+        await eventually(lambda: small.bus.healthy, what="bus to connect")
+        await small.live.record_locations([loc(f"e{i}", i) for i in range(10)])
+        for i in range(10):
+            await cached(small, f"e{i}")
+            assert len(small.cache) <= 3
+        assert small.cache.fills == 10
+        await eventually(lambda: small.bus.channel_count() <= 3, what="evicted unsubscribed")
+        # The least recently read were evicted; the newest are served from memory.
+        assert small.live.current_driver("e0") is None
+        assert small.live.current_driver("e9") is not None
+    finally:
+        await small.close()
+
+
+async def serve_stale_for(replica: Replica, driver_id: str, stale: Driver) -> float:
+    """Poll the cache path until it stops answering `stale`; the seconds it kept doing so."""
+    started = time.monotonic()
+    while replica.live.current_driver(driver_id) == stale:
+        assert time.monotonic() - started < 5
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started
+
+
+async def recovered(replica: Replica, driver_id: str, want: Callable[[Driver], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        driver = await replica.live.get_driver(driver_id)
+        current = replica.live.current_driver(driver_id)
+        if driver is not None and want(driver) and current is not None and want(current):
+            return
+        assert time.monotonic() < deadline, f"cache did not recover: {driver} / {current}"
+        await asyncio.sleep(0.02)
+
+
+async def outage_then_recovery(
+    a: Replica, b: Replica, stop: Callable[[], None], restart: Callable[[], Awaitable[None]]
+) -> None:
+    await a.live.record_locations([loc("d4", 1)])
+    before = await cached(b, "d4")
+    stopped = time.monotonic()
+    stop()
+    # A change on A while Redis is away: it lands in PostgreSQL only.
+    await a.live.set_status("d4", Status.BUSY, T0 + 2)
+    served_stale = await serve_stale_for(b, "d4", before)
+    assert served_stale <= STALE_S + SLACK_S, f"served a stale entry for {served_stale:.2f} s"
+    assert time.monotonic() - stopped < 5
+    # Falls back honestly: the store's answer (Redis skipped), never the old entry.
+    driver = await b.live.get_driver("d4")
+    assert driver is not None
+    assert driver.status is Status.BUSY
+    assert b.live.current_driver("d4") is None
+    await restart()
+    await recovered(b, "d4", lambda d: d.status is Status.BUSY)
+    assert b.cache.fills >= 2
+
+
+async def test_redis_killed_the_cache_steps_aside_and_fills_again(
+    replicas: tuple[Replica, Replica], private_redis: RedisServer
+) -> None:
+    a, b = replicas
+
+    async def restart() -> None:
+        private_redis.start()
+
+    await outage_then_recovery(a, b, private_redis.kill, restart)
+
+
+async def test_redis_hung_the_cache_stops_serving_within_the_bound(
+    replicas: tuple[Replica, Replica], private_redis: RedisServer
+) -> None:
+    """SIGSTOP: the connection stays open and silent. Entries stop being served once the
+    last answered PING is older than the bound, before the bus declares the connection
+    dead; after SIGCONT the keys A could not write are dropped and B caches the new state."""
+    a, b = replicas
+
+    async def restart() -> None:
+        private_redis.resume()
+
+    try:
+        await outage_then_recovery(a, b, private_redis.pause, restart)
+    finally:
+        private_redis.resume()
