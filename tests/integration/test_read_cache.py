@@ -12,14 +12,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 import pytest
 
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service._gen.driver.v1 import history_pb2 as hpb
+from driver_service._gen.driver.v1 import history_pb2_grpc as hpb_grpc
 from driver_service.adapters.postgres.repository import PostgresRepository
 from driver_service.adapters.redis.bus import RedisBus
 from driver_service.adapters.redis.connection import create_redis_client, redis_guard
 from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.redis.read_cache import DriverReadCache
 from driver_service.domain import Driver, Location, Status
+from driver_service.server.composition import build_services
+from driver_service.server.config import ServerSettings
+from driver_service.server.running import RunningServer, start_server
 from tests.helpers.redis import RedisServer
 from tests.helpers.waiting import eventually
 
@@ -131,6 +139,22 @@ async def test_location_status_and_erasure_on_one_replica_reach_the_others_cache
     await a.live.durable.forget_driver("d1")
     await seen_within(b, "d1", lambda d: d is None, "erasure")
     assert b.live.current_driver("d1") is None
+
+
+async def test_a_replica_reads_its_own_writes_at_once(replicas: tuple[Replica, Replica]) -> None:
+    """The writing replica's cache takes its own writes before they are acknowledged, not a
+    pub/sub trip later: read-your-writes holds on one replica, as on SQLite."""
+    a, _ = replicas
+    await a.live.record_locations([loc("d5", 1)])
+    await cached(a, "d5")
+    await a.live.record_locations([loc("d5", 2)])
+    driver = a.live.current_driver("d5")
+    assert driver is not None
+    assert driver.location == loc("d5", 2)
+    driver = await a.live.set_status("d5", Status.OFFLINE, T0)
+    assert a.live.current_driver("d5") == driver
+    await a.live.forget("d5")
+    assert a.live.current_driver("d5") is None
 
 
 async def test_an_older_message_never_moves_an_entry_back(
@@ -273,3 +297,77 @@ async def test_redis_hung_the_cache_stops_serving_within_the_bound(
         await outage_then_recovery(a, b, private_redis.pause, restart)
     finally:
         private_redis.resume()
+
+
+@pytest.fixture
+async def servers(
+    private_redis: RedisServer, postgres_url: str
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Two production servers (build_services, default read cache) on one database and Redis."""
+    settings = ServerSettings(
+        listen="127.0.0.1:0",
+        admin_listen="",
+        store=postgres_url,
+        bus=private_redis.url,
+        insecure=True,
+        rate_limit=0,
+    )
+    a = await start_server(settings, await build_services(settings))
+    try:
+        b = await start_server(settings, await build_services(settings))
+        try:
+            yield a, b
+        finally:
+            await b.stop(0)
+    finally:
+        await a.stop(0)
+
+
+async def test_get_driver_on_the_other_server_follows_status_and_erasure(
+    servers: tuple[RunningServer, RunningServer],
+) -> None:
+    """The served wiring: GetDriver on B answers from B's cache (no wait), and a status change
+    and an erasure made through A reach it within the default bound (1 s)."""
+    a, b = servers
+    bound_s = ServerSettings().read_cache_staleness
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as to_a,
+        grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as to_b,
+    ):
+        drivers_a = pb_grpc.DriverServiceStub(to_a)
+        drivers_b = pb_grpc.DriverServiceStub(to_b)
+        update = pb.LocationUpdate(driver_id="g1", latitude=52.5, longitude=13.4)
+        update.timestamp.FromNanoseconds(time.time_ns())
+        summary = await drivers_a.UploadLocations(iter([update]), timeout=5)
+        assert summary.persisted_count == 1
+        for _ in range(2):
+            reply = await drivers_b.GetDriver(pb.GetDriverRequest(driver_id="g1"), timeout=5)
+            assert reply.status == "AVAILABLE"
+        assert b.tracking.current_driver("g1") is not None, "B did not cache the driver"
+
+        session = drivers_a.DriverSession(timeout=10)
+        await session.write(
+            pb.DriverEvent(status_change=pb.DriverStatusChange(driver_id="g1", new_status="BUSY"))
+        )
+        await session.write(pb.DriverEvent(heartbeat=pb.HeartbeatPing()))
+        assert (await session.read()).HasField("pong")  # the status change is committed
+        changed = time.monotonic()
+        while True:
+            reply = await drivers_b.GetDriver(pb.GetDriverRequest(driver_id="g1"), timeout=5)
+            if reply.status == "BUSY":
+                break
+            assert time.monotonic() - changed < bound_s + SLACK_S, "B kept the old status"
+            await asyncio.sleep(0.01)
+        await session.done_writing()
+
+        history = hpb_grpc.HistoryServiceStub(to_a)
+        await history.ForgetDriver(hpb.ForgetDriverRequest(driver_id="g1"), timeout=10)
+        erased = time.monotonic()
+        code = grpc.StatusCode.OK
+        while code == grpc.StatusCode.OK:
+            assert time.monotonic() - erased < bound_s + SLACK_S, "B still serves the erased"
+            await asyncio.sleep(0.01)
+            call = drivers_b.GetDriver(pb.GetDriverRequest(driver_id="g1"), timeout=5)
+            code = await call.code()
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert b.tracking.current_driver("g1") is None

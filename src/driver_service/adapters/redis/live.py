@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import redis_guard
-from driver_service.adapters.redis.read_cache import DriverReadCache
+from driver_service.adapters.redis.read_cache import DROPPED, DriverReadCache
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import DriverRepository, Recorded
 from driver_service.resilience.guard import DependencyGuard, DependencyUnavailable
@@ -76,6 +76,7 @@ else
     changed = true
   end
 end
+local state
 if changed then
   -- A new version (microseconds of Redis's clock, or one past the last: it never goes
   -- back, even over a key that expired and was made again), then the whole new state on
@@ -88,7 +89,7 @@ if changed then
   redis.call('HSET', key, 'v', v)
   local f = redis.call('HMGET', key, 'status', 'last_seen_at_ns', 'lat', 'lon', 'speed',
                        'heading', 'location_at_ns')
-  local state = v .. ' ' .. f[1] .. ' ' .. f[2]
+  state = v .. ' ' .. f[1] .. ' ' .. f[2]
   if f[7] then
     state = state .. ' ' .. f[3] .. ' ' .. f[4] .. ' ' .. f[5] .. ' ' .. f[6] .. ' ' .. f[7]
   end
@@ -96,6 +97,7 @@ if changed then
 end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+if changed then return state end
 return 1
 """
 
@@ -287,6 +289,7 @@ class LiveStateRepository:
                         args = _merge_args(mode, status, item.recorded_at_ns, item, self._ttl_s)
                     await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
                 results = await pipe.execute()
+            self._tell_cache([u[0] for u in updates], results)
             # Keys Redis lost (restart, expiry): rebuild them from the durable store, which
             # alone knows those drivers' status.
             missing = [u[0] for u, res in zip(updates, results, strict=True) if res == 0]
@@ -303,9 +306,19 @@ class LiveStateRepository:
                             mode, status, driver.last_seen_at_ns, driver.location, self._ttl_s
                         )
                         await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
-                    await pipe.execute()
+                    self._tell_cache([f[0] for f in fills], await pipe.execute())
         except DependencyUnavailable:
             self._dirty.update(driver_id for driver_id, *_ in updates)
+
+    def _tell_cache(self, driver_ids: Sequence[str], results: list[Any]) -> None:
+        """This process's own writes reach its read cache at once, not a pub/sub trip later:
+        a caller reads what it wrote on the same process. (The states are the ones the
+        script published; the cache keeps only newer versions, so order does not matter.)"""
+        cache = self._cache
+        if cache is not None:
+            for driver_id, result in zip(driver_ids, results, strict=True):
+                if isinstance(result, bytes):
+                    cache.apply(driver_id, result)
 
     async def fill(self, drivers: Sequence[Driver]) -> None:
         """Merge drivers a rebuild read from the durable store into Redis in one command
@@ -324,7 +337,10 @@ class LiveStateRepository:
         DependencyUnavailable while Redis is down: an erasure must not pass half done."""
         self._dirty.discard(driver_id)
         async with self.guard.bounded():
-            return int(await self._drop(keys=[self.key(driver_id)]))
+            deleted = int(await self._drop(keys=[self.key(driver_id)]))
+        if self._cache is not None:
+            self._cache.apply(driver_id, DROPPED)
+        return deleted
 
     # --- Redis availability ------------------------------------------------------------------
     async def _drop_dirty_keys(self) -> None:

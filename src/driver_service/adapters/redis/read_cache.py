@@ -42,7 +42,8 @@ DEFAULT_MAX_STALE_S = 1.0
 #: hash Redis holds, e.g. the store answered; such a read is not cached).
 Read = Callable[[str], Awaitable[tuple[Driver | None, int]]]
 
-_DROP = b"-"
+#: The message of a deleted key: drop the entry.
+DROPPED = b"-"
 
 
 def decode_state(driver_id: str, payload: bytes) -> tuple[Driver, int] | None:
@@ -144,7 +145,7 @@ class DriverReadCache:
         try:
             channel = (self._key_prefix + driver_id).encode()
             subscription = await self._bus.subscribe_channel(
-                channel, lambda payload: self._on_message(driver_id, payload)
+                channel, lambda payload: self.apply(driver_id, payload)
             )
             confirmed = self._bus.channel_confirmed(channel)
             connection = self._bus.connects
@@ -176,9 +177,10 @@ class DriverReadCache:
             _, evicted = self._entries.popitem(last=False)
             evicted.subscription.close()
 
-    def _on_message(self, driver_id: str, payload: bytes) -> None:
-        """A message on a cached driver's channel (in the bus's reader task)."""
-        state = None if payload == _DROP else decode_state(driver_id, payload)
+    def apply(self, driver_id: str, payload: bytes) -> None:
+        """A message of a driver's channel (from the bus's reader task, or this process's
+        own write as the script returned it): newer states replace the entry, "-" drops it."""
+        state = None if payload == DROPPED else decode_state(driver_id, payload)
         entry = self._entries.get(driver_id)
         if entry is not None:
             if state is None:  # erased, dropped, or not understood: forget it
