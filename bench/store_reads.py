@@ -5,7 +5,7 @@ from memory, kept fresh by pub/sub). Same run, same calls, so the ratios compare
 The PostgreSQL and Redis are private ones started here, pinned to the client core (their
 work is not the server's; callgrind counts the server process only).
 
-    python -m bench.store_reads [REPEATS]
+    python -m bench.store_reads [REPEATS [LABEL ...]]     # e.g. 3 sqlite "pg+redis, cache"
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
 ]
 
 
-def run(workdir: Path, repeats: int = 3) -> dict[str, Any]:
+def run(workdir: Path, repeats: int = 3, labels: list[str] | None = None) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         return {"skipped": "valgrind missing (Debian: valgrind)"}
     data = workdir / "data"
@@ -43,11 +43,12 @@ def run(workdir: Path, repeats: int = 3) -> dict[str, Any]:
     asyncio.run(preload(data))
     body = workdir / "body.bin"
     body.write_bytes(get_driver_body())
-    runs: dict[str, list[float]] = {label: [] for label, _ in VARIANTS}
+    chosen = [(label, extra) for label, extra in VARIANTS if not labels or label in labels]
+    runs: dict[str, list[float]] = {label: [] for label, _ in chosen}
     with scale_out_stores(int(CLIENT_CORE)) as (store, bus):
         asyncio.run(_preload(store))
         for _ in range(repeats):  # interleaved: drift of the machine hits every variant
-            for label, extra in VARIANTS:
+            for label, extra in chosen:
                 own = workdir / f"data-{len(list(workdir.iterdir()))}"
                 shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
                 argv = ["chain", "--data-dir", str(own), "--log-level", "WARNING"]
@@ -84,5 +85,6 @@ def _exit_on_term(signum: int, frame: object) -> None:
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _exit_on_term)
     with tempfile.TemporaryDirectory(prefix="bench-store-reads-") as tmp:
-        result = run(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+        repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+        result = run(Path(tmp), repeats, sys.argv[2:] or None)
         print(json.dumps(result, indent=1))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
@@ -145,6 +145,10 @@ def _merge_args(
     ]
 
 
+def _nothing_cached(driver_id: str) -> Driver | None:
+    return None
+
+
 def _driver_from_hash(driver_id: str, fields: dict[bytes, bytes]) -> Driver | None:
     """The driver in a live hash, or None if the hash is not one we wrote completely."""
     try:
@@ -205,10 +209,12 @@ class LiveStateRepository:
         """Answer reads from `cache` where it is fresh (`read_cache.py`), filling it on a miss."""
         self._cache = cache
 
-    def current_driver(self, driver_id: str) -> Driver | None:
-        """The driver from the read cache without a wait, if it holds it fresh; else None."""
+    @property
+    def current_driver(self) -> Callable[[str], Driver | None]:
+        """The driver from the read cache without a wait, if it holds it fresh; else None
+        (GetDriver's no-wait path: the cache's own method, no call in between)."""
         cache = self._cache
-        return None if cache is None else cache.peek(driver_id)
+        return _nothing_cached if cache is None else cache.peek
 
     async def get_driver(self, driver_id: str) -> Driver | None:
         cache = self._cache

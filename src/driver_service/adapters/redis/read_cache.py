@@ -109,21 +109,24 @@ class DriverReadCache:
         self._generation = 0
         bus.disconnect_listeners.append(self.clear)
         guard.on_recover.append(self._recovered)
-        #: Reads answered from memory, and first reads that filled an entry (tests, metrics).
-        self.hits = 0
+        #: First reads that filled an entry (tests, metrics).
         self.fills = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def peek(self, driver_id: str) -> Driver | None:
-        """The cached driver if it is fresh for sure (GetDriver's no-wait path), else None:
-        then `read_through`."""
+        """The cached driver if it is fresh for sure (GetDriver's no-wait path, one call per
+        RPC: kept flat), else None: then `read_through`. `confirmed_at` is -inf while the
+        bus is not connected, so its age covers the connection's state too."""
         entry = self._entries.get(driver_id)
-        if entry is None or not self._fresh():
+        if (
+            entry is None
+            or self._monotonic() - self._bus.confirmed_at > self._max_stale_s
+            or not self._guard.up
+        ):
             return None
         self._entries.move_to_end(driver_id)
-        self.hits += 1
         return entry.driver
 
     def _fresh(self) -> bool:
