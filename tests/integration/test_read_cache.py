@@ -24,6 +24,7 @@ from driver_service.adapters.redis.bus import RedisBus
 from driver_service.adapters.redis.connection import create_redis_client, redis_guard
 from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.redis.read_cache import DriverReadCache
+from driver_service.app.history import LocationHistory
 from driver_service.domain import Driver, Location, Status
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
@@ -155,6 +156,36 @@ async def test_a_replica_reads_its_own_writes_at_once(replicas: tuple[Replica, R
     assert a.live.current_driver("d5") == driver
     await a.live.forget("d5")
     assert a.live.current_driver("d5") is None
+
+
+async def test_a_refill_that_raced_an_erasure_does_not_bring_the_driver_back(
+    replicas: tuple[Replica, Replica], private_redis: RedisServer
+) -> None:
+    """ForgetDriver on A deletes live state, erases the store, then deletes live state again.
+    A first read on B that found no live key between the two and read the store before it
+    was erased back-fills the key after the erasure: refused, or B and every replica would
+    serve the erased driver again (from Redis and from their caches) until the key expired."""
+    a, b = replicas
+    await a.live.record_locations([loc("d7", 1)])
+    raced: list[tuple[bytes | None, Driver | None]] = []
+
+    async def b_reads_between(driver_id: str) -> int:
+        if not raced:  # B's read as `_read` does it: count deletions, then read the store
+            drops = await b.live._redis.get(b.live._drops_key)
+            raced.append((drops, await b.live.durable.get_driver(driver_id)))
+        return 0
+
+    history = LocationHistory(a.live.durable, forget_live=[a.live.forget, b_reads_between])
+    await history.forget("d7", by="test")
+    drops, stale = raced[0]
+    assert stale is not None  # the store had not erased it yet when B read it
+    await b.live._fill_missing(stale, drops)  # B's back-fill lands after the erasure
+    assert await b.live.get_driver("d7") is None
+    client = create_redis_client(private_redis.url)
+    try:
+        assert not await client.exists(b.live.key("d7"))
+    finally:
+        await client.aclose()
 
 
 async def test_an_older_message_never_moves_an_entry_back(

@@ -103,14 +103,27 @@ return 1
 
 # Deletes keys (an erasure, keys that missed a write) and tells every read cache on the
 # channel named like each key ("-": drop it; the next read goes to Redis or the store).
+# KEYS[1] counts these deletions (_BACKFILL_LUA), the rest are the keys.
 _DROP_LUA = """
+redis.call('INCR', KEYS[1])
 local n = 0
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   n = n + redis.call('DEL', KEYS[i])
   redis.call('PUBLISH', KEYS[i], '-')
 end
 return n
 """
+
+# A read's back-fill of a missing key from the durable store ('fill'), unless a key was
+# deleted since the read began (KEYS[2], the deletion count, is no longer ARGV[10]): its
+# store read may predate what the deletion stands for (an erasure not yet committed in the
+# store, a write Redis missed), and would bring it back until the key's TTL.
+_BACKFILL_LUA = (
+    """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[10] then return -1 end
+"""
+    + _MERGE_LUA
+)
 
 # The same merge for many keys in one command (a rebuild's page; one command instead of one
 # per key costs the client ~10x less CPU per driver): _MERGE_LUA's text runs as a function
@@ -192,6 +205,8 @@ class LiveStateRepository:
         self._merge = redis.register_script(_MERGE_LUA)
         self._merge_many = redis.register_script(_MERGE_MANY_LUA)
         self._drop = redis.register_script(_DROP_LUA)
+        self._backfill = redis.register_script(_BACKFILL_LUA)
+        self._drops_key = f"{prefix}drvdrops"
         self._cache: DriverReadCache | None = None
         self._close_client = close_client
         #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
@@ -235,6 +250,9 @@ class LiveStateRepository:
                     fields = cast(
                         "dict[bytes, bytes]", await self._redis.hgetall(self.key(driver_id))
                     )
+                    drops = None
+                    if not fields:  # counted before the store is read (_BACKFILL_LUA)
+                        drops = cast("bytes | None", await self._redis.get(self._drops_key))
             except DependencyUnavailable:
                 pass  # logged by the guard; the durable store answers
             else:
@@ -243,9 +261,25 @@ class LiveStateRepository:
                     return driver, int(fields.get(b"v", b"0"))
                 driver = await self.durable.get_driver(driver_id)
                 if driver is not None:
-                    await self._write_live([(driver_id, "fill", driver.status, driver)])
+                    await self._fill_missing(driver, drops)
                 return driver, 0
         return await self.durable.get_driver(driver_id), 0
+
+    async def _fill_missing(self, driver: Driver, drops: bytes | None) -> None:
+        """Back-fill a key a read found missing with what the store answered, unless a key
+        was deleted since (`_BACKFILL_LUA`); never raises (the read stands)."""
+        args = _merge_args(
+            "fill", driver.status, driver.last_seen_at_ns, driver.location, self._ttl_s
+        )
+        args.append((drops or b"0").decode())
+        try:
+            async with self.guard.bounded():
+                keys = [self.key(driver.driver_id), self._drops_key]
+                result = await self._backfill(keys=keys, args=args)
+        except DependencyUnavailable:
+            self._dirty.add(driver.driver_id)
+        else:
+            self._tell_cache([driver.driver_id], [result])
 
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
@@ -343,7 +377,7 @@ class LiveStateRepository:
         DependencyUnavailable while Redis is down: an erasure must not pass half done."""
         self._dirty.discard(driver_id)
         async with self.guard.bounded():
-            deleted = int(await self._drop(keys=[self.key(driver_id)]))
+            deleted = int(await self._drop(keys=[self._drops_key, self.key(driver_id)]))
         if self._cache is not None:
             self._cache.apply(driver_id, DROPPED)
         return deleted
@@ -359,7 +393,10 @@ class LiveStateRepository:
             async with asyncio.timeout(self.guard.timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(dirty), 1000):
-                        keys = [self.key(d) for d in dirty[start : start + 1000]]
+                        keys = [
+                            self._drops_key,
+                            *(self.key(d) for d in dirty[start : start + 1000]),
+                        ]
                         await self._drop(keys=keys, client=pipe)
                     await pipe.execute()
             self._dirty.difference_update(dirty)
