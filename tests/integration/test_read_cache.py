@@ -83,8 +83,16 @@ async def replicas(
     try:
         yield a, b
     finally:
-        await a.close()
-        await b.close()
+        try:
+            async with asyncio.timeout(20):
+                await a.close()
+                await b.close()
+        except TimeoutError:
+            import sys
+
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            raise
 
 
 async def cached(replica: Replica, driver_id: str) -> Driver:
@@ -401,3 +409,34 @@ async def test_get_driver_on_the_other_server_follows_status_and_erasure(
             code = await call.code()
         assert code == grpc.StatusCode.NOT_FOUND
         assert b.tracking.current_driver("g1") is None
+
+
+async def test_a_backlog_longer_than_the_ping_deadline_is_not_a_dead_connection(
+    private_redis: RedisServer,
+) -> None:
+    """The reader PINGs while messages flow; a PONG queued behind a backlog that takes longer
+    than `idle_ping_s` to handle must not end the connection (its messages would be lost)."""
+    bus = RedisBus(
+        create_redis_client(private_redis.url), "bl:", idle_ping_s=0.2, ping_every_s=0.05,
+        close_client=True,
+    )  # fmt: skip
+    publisher = create_redis_client(private_redis.url)
+    received: list[bytes] = []
+
+    def slow_handler(payload: bytes) -> None:
+        time.sleep(0.002)  # the reader is busy for ~0.8 s in all
+        received.append(payload)
+
+    try:
+        await bus.subscribe_channel(b"bl:work", slow_handler)
+        assert bus.connects == 1
+        async with publisher.pipeline(transaction=False) as pipe:
+            for i in range(400):
+                pipe.publish("bl:work", str(i))
+            await pipe.execute()
+        await eventually(lambda: len(received) == 400, 10, "every message of the backlog")
+        assert bus.connects == 1, "the busy connection was dropped as dead"
+        assert received == [str(i).encode() for i in range(400)]
+    finally:
+        await publisher.aclose()
+        await bus.close()

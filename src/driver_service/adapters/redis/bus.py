@@ -13,8 +13,8 @@ subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and R
 subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
 jittered backoff and resubscribes every channel. A connection that hangs instead of dropping
-is found by a PING after `idle_ping_s` without messages that gets no PONG within the next
-`idle_ping_s`; every other wait on Redis is bounded by the shared guard's timeout.
+is found by a PING that gets no PONG, and no message either, within `idle_ping_s`; every
+other wait on Redis is bounded by the shared guard's timeout.
 
 The reader also PINGs every `ping_every_s` while messages flow, and `confirmed_at` is when
 the last answered PING was sent: Redis answers a PING after every message it published to
@@ -396,7 +396,7 @@ class RedisBus:
         monotonic = time.monotonic
         # When the unanswered PING was sent (None: none is out), and the last PING was sent.
         ping_sent: float | None = None
-        last_ping = monotonic()
+        last_ping = heard = monotonic()
         while True:
             now = monotonic()
             if ping_sent is None and now - last_ping >= ping_every:
@@ -404,15 +404,18 @@ class RedisBus:
                 ping_sent = last_ping = now
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.ping()
-            elif ping_sent is not None and now - ping_sent >= idle:
-                # A connection that cannot answer a PING within `idle_ping_s` is dead even
-                # if TCP has not noticed (a half-open socket after a partition).
+            elif ping_sent is not None and now - max(ping_sent, heard) >= idle:
+                # A connection that answers a PING with nothing, not even the messages queued
+                # before its PONG, within `idle_ping_s` is dead even if TCP has not noticed
+                # (a half-open socket after a partition). One that still delivers a backlog
+                # is not: its PONG comes after it.
                 raise RedisError("redis bus connection did not answer a ping")
             # Until the next PING is due, or the unanswered one's answer is late.
-            due = last_ping + ping_every if ping_sent is None else ping_sent + idle
+            due = last_ping + ping_every if ping_sent is None else max(ping_sent, heard) + idle
             message: dict[str, Any] | None = await pubsub.get_message(timeout=max(due - now, 0.001))
             if message is None:
                 continue
+            heard = monotonic()
             if message["type"] == "pong":
                 if ping_sent is not None:
                     self.confirmed_at = ping_sent
