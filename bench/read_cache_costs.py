@@ -40,7 +40,7 @@ r = redis.Redis.from_url(sys.argv[1])
 channel, n = sys.argv[2], int(sys.argv[3])
 pipe = r.pipeline(transaction=False)
 for i in range(n):
-    pipe.publish(channel, f"{10**15 + i} AVAILABLE {sys.argv[4]} 52.5 13.4 8.5 90.0 {sys.argv[4]}")
+    pipe.publish(channel, f"{10**16 + i} AVAILABLE {sys.argv[4]} 52.5 13.4 8.5 90.0 {sys.argv[4]}")
     if i % 1000 == 999:
         pipe.execute()
 pipe.execute()
@@ -49,9 +49,11 @@ pipe.execute()
 
 async def _measure(redis_url: str, store: str) -> dict[str, Any]:
     durable = await PostgresRepository.open(store)
-    client = create_redis_client(redis_url)
-    guard = redis_guard(client)
-    bus = RedisBus(client, "rcb:", guard=guard, ping_every_s=0.25)
+    # Generous bounds: on a loaded machine a 0.5 s stall would count Redis as down and empty
+    # the cache in the middle of the measurement.
+    client = create_redis_client(redis_url, timeout_s=3.0)
+    guard = redis_guard(client, 3.0)
+    bus = RedisBus(client, "rcb:", guard=guard, ping_every_s=0.25, idle_ping_s=5.0)
     bus.start()
     live = LiveStateRepository(durable, client, "rcb:", close_client=True, guard=guard)
     cache = DriverReadCache(bus, guard, live.key(""), max_entries=FILLS // 2)
@@ -86,7 +88,7 @@ async def _measure(redis_url: str, store: str) -> dict[str, Any]:
         publisher = await asyncio.create_subprocess_exec(
             PYTHON, "-c", _PUBLISHER, redis_url, live.key(followed), str(MESSAGES), str(T0)
         )
-        last = 10**15 + MESSAGES - 1
+        last = 10**16 + MESSAGES - 1
         while True:
             await asyncio.sleep(0.05)
             entry = cache._entries.get(followed)

@@ -397,7 +397,12 @@ class RedisBus:
         # When the unanswered PING was sent (None: none is out), and the last PING was sent.
         ping_sent: float | None = None
         last_ping = heard = monotonic()
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (inside redis-py) can swallow a cancel that comes as
+                # its read completes: honour it, or stop() would wait for this loop forever.
+                raise asyncio.CancelledError
             now = monotonic()
             if ping_sent is None and now - last_ping >= ping_every:
                 # Busy or idle: a PING's answer confirms every message published before it.
