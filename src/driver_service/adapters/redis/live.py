@@ -2,9 +2,12 @@
 
 Writes go to the durable repository FIRST, so nothing is acknowledged that is not durable;
 then each changed driver's current state is merged into the hash `{prefix}drv:{id}` by a Lua
-script that never moves the location back in time, whichever replica writes last. Reads are
-one HGETALL (no database round trip); a missing key or an unreachable Redis falls back to the
-durable repository (and back-fills Redis), and a down database still answers from Redis.
+script that never moves the location back in time, whichever replica writes last. The same
+script publishes each change (a growing version and the whole new state) on the channel named
+like the key, which keeps every process's read cache current (`read_cache.py`, on with
+`use_cache`). Reads not answered by that cache are one HGETALL (no database round trip); a
+missing key or an unreachable Redis falls back to the durable repository (and back-fills
+Redis, unless a key was deleted meanwhile), and a down database still answers from Redis.
 
 A Redis write that fails after the durable commit does not fail the commit: the driver is
 marked dirty, read from the durable store meanwhile, and its key is deleted once Redis
