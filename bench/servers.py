@@ -65,6 +65,8 @@ def settings_for(args: argparse.Namespace) -> ServerSettings:
         admin_listen="127.0.0.1:0" if args.kind == "full" else "",
         data_dir=Path(args.data_dir),
         store=args.store or None,
+        bus=args.bus,
+        read_cache_size=args.read_cache_size,
         insecure=True,
         rate_limit=args.rate_limit,
         log_level=args.log_level,
@@ -314,6 +316,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=".")
     parser.add_argument("--interceptors", default=",".join(INTERCEPTORS))
     parser.add_argument("--store", default="", help="store URL (default: SQLite in data dir)")
+    parser.add_argument("--bus", default="memory", help="memory or a redis:// URL")
+    parser.add_argument("--read-cache-size", type=int, default=10_000, help="with Redis")
     parser.add_argument("--tls", default="", help="directory with server.crt / server.key")
     parser.add_argument("--rate-limit", type=float, default=0.0)
     parser.add_argument("--log-level", default="INFO")

@@ -81,6 +81,21 @@ def test_dependency_timeouts_are_settings_and_must_be_bounded() -> None:
         assert any(line.startswith("--store-timeout must be > 0") for line in lines)
 
 
+def test_read_cache_settings_default_on_and_are_checked() -> None:
+    env = {"DRIVER_SERVICE_READ_CACHE_SIZE": "0", "DRIVER_SERVICE_READ_CACHE_STALENESS": "0.5"}
+    settings = load_settings({"insecure": True}, env)
+    assert (settings.read_cache_size, settings.read_cache_staleness) == (0, 0.5)
+    assert (ServerSettings().read_cache_size, ServerSettings().read_cache_staleness) == (
+        10_000,
+        1.0,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings({"insecure": True, "read_cache_size": "-1", "read_cache_staleness": "0"}, {})
+    lines = str(info.value).splitlines()
+    assert any(line.startswith("--read-cache-size must be >= 0") for line in lines)
+    assert any(line.startswith("--read-cache-staleness must be > 0") for line in lines)
+
+
 def test_partial_tls_material_is_refused(tmp_path: Path) -> None:
     cert = tmp_path / "server.crt"
     cert.write_text("x")

@@ -237,6 +237,11 @@ class LocationHistory:
         for forget in self._forget_live:
             live += await forget(driver_id)
         stored: Forgotten = await self.store.forget_driver(driver_id)
+        # Again: a read that raced the erasure may have refilled live state from the store
+        # before the store forgot the driver (adapters/redis/live.py refuses such a refill
+        # once this second pass has run).
+        for forget in self._forget_live:
+            await forget(driver_id)
         erasure = Erasure(
             driver_id,
             stored.history_fixes,

@@ -151,14 +151,29 @@ async def open_live(
     from driver_service.adapters.redis.bus import RedisBus
     from driver_service.adapters.redis.connection import create_redis_client, redis_guard
     from driver_service.adapters.redis.live import LiveStateRepository
+    from driver_service.adapters.redis.read_cache import DriverReadCache
 
     client = create_redis_client(settings.bus, timeout_s=settings.redis_timeout)
     # One guard for every user of this Redis: once one finds it hung, all skip it.
     guard = redis_guard(client, settings.redis_timeout)
-    bus = RedisBus(client, prefix=REDIS_PREFIX, guard=guard, supervisor=supervisor)
+    # With the read cache, PINGs often enough that its entries stay confirmed (read_cache.py).
+    ping_every_s = settings.read_cache_staleness / 4 if settings.read_cache_size else None
+    bus = RedisBus(
+        client, prefix=REDIS_PREFIX, guard=guard, supervisor=supervisor, ping_every_s=ping_every_s
+    )
     bus.start()
     # The repository closes the shared client last (DriverTracking closes the bus first).
     live = LiveStateRepository(durable, client, prefix=REDIS_PREFIX, close_client=True, guard=guard)
+    if settings.read_cache_size:
+        live.use_cache(
+            DriverReadCache(
+                bus,
+                guard,
+                live.key(""),
+                max_entries=settings.read_cache_size,
+                max_stale_s=settings.read_cache_staleness,
+            )
+        )
     return live, bus, (client, bus)
 
 
@@ -199,12 +214,15 @@ async def _build_tracking(
     # Derived state a rebuild fills from the store: Redis's live hashes, then the index.
     fills: list[Fill] = []
     forget_live: list[Forgetter] = []
+    current = durable.current_driver if isinstance(durable, SqliteRepository) else None
     if redis is not None:
         from driver_service.adapters.redis.live import LiveStateRepository
 
         assert isinstance(repository, LiveStateRepository)
         fills.append(repository.fill)
         forget_live.append(repository.forget)
+        # Replicas write the SQLite mirror's state to Redis instead: the read cache, if on.
+        current = repository.current_driver if settings.read_cache_size else None
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
     )
@@ -230,11 +248,9 @@ async def _build_tracking(
         rate_limiter=limiter,
         count_rejection=None if rejected is None else lambda reason: rejected[reason].inc(),
         supervisor=supervisor,
-        # GetDriver reads the SQLite mirror without a wait: it is the current state when
-        # this process alone writes it (with Redis, replicas' writes land there instead).
-        current=durable.current_driver
-        if redis is None and isinstance(durable, SqliteRepository)
-        else None,
+        # GetDriver without a wait: the SQLite mirror when this process alone writes it,
+        # the read cache kept fresh by Redis pub/sub with Redis.
+        current=current,
     )
     if metrics is not None:
         metrics.count_sessions(lambda: tracking.session_count)

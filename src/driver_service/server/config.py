@@ -121,6 +121,16 @@ class ServerSettings:
         "seconds one Redis operation may take; past it Redis counts as down, is skipped and "
         "probed in the background",
     )
+    read_cache_size: int = _setting(
+        10_000,
+        "with --bus redis://: drivers whose live state each process keeps in memory for "
+        "GetDriver, kept fresh by Redis pub/sub; 0: every read goes to Redis",
+    )
+    read_cache_staleness: float = _setting(
+        1.0,
+        "with the read cache: the most seconds a cached state may lag what Redis published; "
+        "past it (a quiet or hung pub/sub connection) reads go to Redis",
+    )
     store_timeout: float = _setting(
         2.0,
         "seconds one PostgreSQL operation (pool wait included) may take; past it the call "
@@ -407,6 +417,13 @@ class ServerSettings:
             if not 0 < getattr(self, name) <= MAX_DEPENDENCY_TIMEOUT_S
         )
         errors.extend(self._retention_errors())
+        if self.read_cache_size < 0:
+            errors.append("--read-cache-size must be >= 0 (0: off)")
+        if not 0 < self.read_cache_staleness <= MAX_DEPENDENCY_TIMEOUT_S:
+            errors.append(
+                f"--read-cache-staleness must be > 0 and at most "
+                f"{MAX_DEPENDENCY_TIMEOUT_S:.0f} seconds"
+            )
         if not 0 < self.history_retention_share <= 1:
             errors.append("--history-retention-share must be > 0 and at most 1 (e.g. 0.05)")
         if self.rate_limit > 0 and self.rate_burst < 1:

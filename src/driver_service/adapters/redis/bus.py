@@ -13,8 +13,13 @@ subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and R
 subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
 jittered backoff and resubscribes every channel. A connection that hangs instead of dropping
-is found by a PING after `idle_ping_s` without messages that gets no PONG within the next
-`idle_ping_s`; every other wait on Redis is bounded by the shared guard's timeout.
+is found by a PING that gets no PONG, and no message either, within `idle_ping_s`; every
+other wait on Redis is bounded by the shared guard's timeout.
+
+The reader also PINGs every `ping_every_s` while messages flow, and `confirmed_at` is when
+the last answered PING was sent: Redis answers a PING after every message it published to
+this connection before it, so by then this process has seen every such message. The read
+cache (`adapters/redis/read_cache.py`) serves only while that confirmation is recent.
 
 Other Redis channels (dispatch's per-driver command channels and per-command outcome
 channels) ride on the same connection through `subscribe_channel()`: a raw payload to a
@@ -28,6 +33,7 @@ import contextlib
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -128,6 +134,7 @@ class RedisBus:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 1.0,
         idle_ping_s: float = 1.0,
+        ping_every_s: float | None = None,
         subscribe_timeout_s: float = 1.0,
         close_client: bool = False,
         guard: DependencyGuard | None = None,
@@ -135,7 +142,8 @@ class RedisBus:
     ) -> None:
         """`guard`: the one shared with live state and dispatch (the composition root passes it); by
         default a guard of this bus alone. `supervisor` runs the reader (restarted if it
-        ever ends unexpectedly)."""
+        ever ends unexpectedly). `ping_every_s` (default `idle_ping_s`): the most time
+        between PINGs while messages flow, i.e. how stale `confirmed_at` gets."""
         self._client = client
         #: Bounds every Redis call of this bus; publishing is skipped while it is down.
         self.guard = redis_guard(client) if guard is None else guard
@@ -149,6 +157,7 @@ class RedisBus:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._idle_ping_s = idle_ping_s
+        self._ping_every_s = idle_ping_s if ping_every_s is None else ping_every_s
         self._subscribe_timeout_s = subscribe_timeout_s
         self._close_client = close_client
         self._pubsub: PubSub | None = None
@@ -170,6 +179,12 @@ class RedisBus:
         self.connects = 0
         #: Locations not published because Redis was down (no watcher could get them).
         self.skipped = 0
+        #: Monotonic time when the last answered PING (or the current connection's
+        #: subscriptions) was sent: every message Redis published to us before it is handled.
+        self.confirmed_at = float("-inf")
+        #: Called (synchronously, in order) each time the pub/sub connection is dropped:
+        #: whatever was kept fresh by its messages may have missed some from now on.
+        self.disconnect_listeners: list[Callable[[], None]] = []
 
     # --- LocationBus -------------------------------------------------------------------------
     async def publish(self, locations: Sequence[Location]) -> None:
@@ -306,6 +321,11 @@ class RedisBus:
     def watcher_count(self) -> int:
         return self._local.watcher_count()
 
+    def channel_confirmed(self, channel: bytes) -> bool:
+        """True if Redis confirmed our subscription to `channel` on the current connection
+        (every message published to it from then on reaches this process while connected)."""
+        return self._healthy and channel in self._subscribed and channel not in self._confirmations
+
     # --- reader ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the reader (idempotent); `subscribe()` starts it too. Needs a running loop."""
@@ -344,6 +364,7 @@ class RedisBus:
         return self._pubsub
 
     async def _connect(self) -> None:
+        started = time.monotonic()
         async with self._lock:
             pubsub = self._client.pubsub()
             self._pubsub = pubsub
@@ -365,41 +386,67 @@ class RedisBus:
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.psubscribe(*patterns)
         self.connects += 1
+        # Nothing was published to this connection before it existed.
+        self.confirmed_at = started
         log.info("redis bus connected; %d channels subscribed", len(channels))
 
     async def _read(self, pubsub: PubSub) -> None:
-        prefix = self._channel_prefix
-        prefix_len = len(prefix)
-        awaiting_pong = False
+        ping_every = self._ping_every_s
+        idle = self._idle_ping_s
+        monotonic = time.monotonic
+        # When the unanswered PING was sent (None: none is out), and the last PING was sent.
+        ping_sent: float | None = None
+        last_ping = heard = monotonic()
+        task = asyncio.current_task()
         while True:
-            message: dict[str, Any] | None = await pubsub.get_message(timeout=self._idle_ping_s)
-            if message is None:
-                # Idle: a connection that cannot answer a PING within one idle period is
-                # dead even if TCP has not noticed (a half-open socket after a partition).
-                if awaiting_pong:
-                    raise RedisError("redis bus connection did not answer a ping")
-                awaiting_pong = True
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (inside redis-py) can swallow a cancel that comes as
+                # its read completes: honour it, or stop() would wait for this loop forever.
+                raise asyncio.CancelledError
+            now = monotonic()
+            if ping_sent is None and now - last_ping >= ping_every:
+                # Busy or idle: a PING's answer confirms every message published before it.
+                ping_sent = last_ping = now
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.ping()
+            elif ping_sent is not None and now - max(ping_sent, heard) >= idle:
+                # A connection that answers a PING with nothing, not even the messages queued
+                # before its PONG, within `idle_ping_s` is dead even if TCP has not noticed
+                # (a half-open socket after a partition). One that still delivers a backlog
+                # is not: its PONG comes after it.
+                raise RedisError("redis bus connection did not answer a ping")
+            # Until the next PING is due, or the unanswered one's answer is late.
+            due = last_ping + ping_every if ping_sent is None else max(ping_sent, heard) + idle
+            message: dict[str, Any] | None = await pubsub.get_message(timeout=max(due - now, 0.001))
+            if message is None:
                 continue
-            kind = message["type"]
-            if kind == "message":
-                channel: bytes = message["channel"]
-                if channel.startswith(prefix):
-                    driver_id = channel[prefix_len:].decode()
-                    location = decode_location(driver_id, message["data"])
-                    if location is not None:
-                        await self._local.publish((location,))
-                else:
-                    self._handle_raw(channel, message["data"])
-            elif kind == "pmessage":
-                self._to_fleet(message["channel"], message["data"])
-            elif kind == "pong":
-                awaiting_pong = False
-            elif kind in ("subscribe", "psubscribe"):
-                confirmation = self._confirmations.pop(message["channel"], None)
-                if confirmation is not None and not confirmation.done():
-                    confirmation.set_result(None)
+            heard = monotonic()
+            if message["type"] == "pong":
+                if ping_sent is not None:
+                    self.confirmed_at = ping_sent
+                ping_sent = None
+            else:
+                await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        """A message of the pub/sub connection (not a PONG) to whoever waits for it here."""
+        kind = message["type"]
+        if kind == "message":
+            channel: bytes = message["channel"]
+            prefix = self._channel_prefix
+            if channel.startswith(prefix):
+                driver_id = channel[len(prefix) :].decode()
+                location = decode_location(driver_id, message["data"])
+                if location is not None:
+                    await self._local.publish((location,))
+            else:
+                self._handle_raw(channel, message["data"])
+        elif kind == "pmessage":
+            self._to_fleet(message["channel"], message["data"])
+        elif kind in ("subscribe", "psubscribe"):
+            confirmation = self._confirmations.pop(message["channel"], None)
+            if confirmation is not None and not confirmation.done():
+                confirmation.set_result(None)
 
     def _to_fleet(self, channel: bytes, payload: bytes) -> None:
         """A message of the fleet pattern (every location channel) to the fleet subscriptions
@@ -421,6 +468,9 @@ class RedisBus:
     async def _drop_connection(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         self._healthy = False
+        self.confirmed_at = float("-inf")
+        for listener in self.disconnect_listeners:
+            listener()
         for confirmation in self._confirmations.values():
             if not confirmation.done():
                 confirmation.set_result(None)  # nobody waits for a dead connection

@@ -2,9 +2,12 @@
 
 Writes go to the durable repository FIRST, so nothing is acknowledged that is not durable;
 then each changed driver's current state is merged into the hash `{prefix}drv:{id}` by a Lua
-script that never moves the location back in time, whichever replica writes last. Reads are
-one HGETALL (no database round trip); a missing key or an unreachable Redis falls back to the
-durable repository (and back-fills Redis), and a down database still answers from Redis.
+script that never moves the location back in time, whichever replica writes last. The same
+script publishes each change (a growing version and the whole new state) on the channel named
+like the key, which keeps every process's read cache current (`read_cache.py`, on with
+`use_cache`). Reads not answered by that cache are one HGETALL (no database round trip); a
+missing key or an unreachable Redis falls back to the durable repository (and back-fills
+Redis, unless a key was deleted meanwhile), and a down database still answers from Redis.
 
 A Redis write that fails after the durable commit does not fail the commit: the driver is
 marked dirty, read from the durable store meanwhile, and its key is deleted once Redis
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Literal, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import redis_guard
+from driver_service.adapters.redis.read_cache import DROPPED, DriverReadCache
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import DriverRepository, Recorded
 from driver_service.resilience.guard import DependencyGuard, DependencyUnavailable
@@ -51,6 +55,7 @@ local function newer(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
+local changed = false
 if redis.call('EXISTS', key) == 0 then
   if mode == 'loc' then return 0 end
   redis.call('HSET', key, 'status', status, 'last_seen_at_ns', seen)
@@ -58,20 +63,70 @@ if redis.call('EXISTS', key) == 0 then
     redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
                'heading', ARGV[7], 'location_at_ns', at)
   end
+  changed = true
 else
-  if mode == 'status' then redis.call('HSET', key, 'status', status) end
+  if mode == 'status' and redis.call('HGET', key, 'status') ~= status then
+    redis.call('HSET', key, 'status', status)
+    changed = true
+  end
   if newer(seen, redis.call('HGET', key, 'last_seen_at_ns')) then
     redis.call('HSET', key, 'last_seen_at_ns', seen)
+    changed = true
   end
   if at ~= '' and newer(at, redis.call('HGET', key, 'location_at_ns')) then
     redis.call('HSET', key, 'lat', ARGV[4], 'lon', ARGV[5], 'speed', ARGV[6],
                'heading', ARGV[7], 'location_at_ns', at)
+    changed = true
   end
+end
+local state
+if changed then
+  -- A new version (microseconds of Redis's clock, or one past the last: it never goes
+  -- back, even over a key that expired and was made again), then the whole new state on
+  -- the channel named like the key: in the order of the writes, to every read cache.
+  local t = redis.call('TIME')
+  local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('HGET', key, 'v') or '0')
+  if v <= last then v = last + 1 end
+  v = string.format('%.0f', v)
+  redis.call('HSET', key, 'v', v)
+  local f = redis.call('HMGET', key, 'status', 'last_seen_at_ns', 'lat', 'lon', 'speed',
+                       'heading', 'location_at_ns')
+  state = v .. ' ' .. f[1] .. ' ' .. f[2]
+  if f[7] then
+    state = state .. ' ' .. f[3] .. ' ' .. f[4] .. ' ' .. f[5] .. ' ' .. f[6] .. ' ' .. f[7]
+  end
+  redis.call('PUBLISH', key, state)
 end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+if changed then return state end
 return 1
 """
+
+# Deletes keys (an erasure, keys that missed a write) and tells every read cache on the
+# channel named like each key ("-": drop it; the next read goes to Redis or the store).
+# KEYS[1] counts these deletions (_BACKFILL_LUA), the rest are the keys.
+_DROP_LUA = """
+redis.call('INCR', KEYS[1])
+local n = 0
+for i = 2, #KEYS do
+  n = n + redis.call('DEL', KEYS[i])
+  redis.call('PUBLISH', KEYS[i], '-')
+end
+return n
+"""
+
+# A read's back-fill of a missing key from the durable store ('fill'), unless a key was
+# deleted since the read began (KEYS[2], the deletion count, is no longer ARGV[10]): its
+# store read may predate what the deletion stands for (an erasure not yet committed in the
+# store, a write Redis missed), and would bring it back until the key's TTL.
+_BACKFILL_LUA = (
+    """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[10] then return -1 end
+"""
+    + _MERGE_LUA
+)
 
 # The same merge for many keys in one command (a rebuild's page; one command instead of one
 # per key costs the client ~10x less CPU per driver): _MERGE_LUA's text runs as a function
@@ -104,6 +159,10 @@ def _merge_args(
         location.recorded_at_ns,
         ttl_s,
     ]
+
+
+def _nothing_cached(driver_id: str) -> Driver | None:
+    return None
 
 
 def _driver_from_hash(driver_id: str, fields: dict[bytes, bytes]) -> Driver | None:
@@ -148,6 +207,10 @@ class LiveStateRepository:
         self._ttl_s = ttl_s
         self._merge = redis.register_script(_MERGE_LUA)
         self._merge_many = redis.register_script(_MERGE_MANY_LUA)
+        self._drop = redis.register_script(_DROP_LUA)
+        self._backfill = redis.register_script(_BACKFILL_LUA)
+        self._drops_key = f"{prefix}drvdrops"
+        self._cache: DriverReadCache | None = None
         self._close_client = close_client
         #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
         #: timeout per call, and its probe tells when to use Redis again.
@@ -160,7 +223,29 @@ class LiveStateRepository:
         return self._key_prefix + driver_id
 
     # --- reads -------------------------------------------------------------------------------
+    def use_cache(self, cache: DriverReadCache) -> None:
+        """Answer reads from `cache` where it is fresh (`read_cache.py`), filling it on a miss."""
+        self._cache = cache
+
+    @property
+    def current_driver(self) -> Callable[[str], Driver | None]:
+        """The driver from the read cache without a wait, if it holds it fresh; else None
+        (GetDriver's no-wait path: the cache's own method, no call in between)."""
+        cache = self._cache
+        return _nothing_cached if cache is None else cache.peek
+
     async def get_driver(self, driver_id: str) -> Driver | None:
+        cache = self._cache
+        if cache is None:
+            return (await self._read(driver_id))[0]
+        driver = cache.peek(driver_id)
+        if driver is not None:
+            return driver
+        return await cache.read_through(driver_id, self._read)
+
+    async def _read(self, driver_id: str) -> tuple[Driver | None, int]:
+        """The driver, and the version of the live hash it was read from (0: the durable
+        store answered)."""
         if self.guard.up and driver_id not in self._dirty:
             try:
                 async with self.guard.bounded():
@@ -168,17 +253,36 @@ class LiveStateRepository:
                     fields = cast(
                         "dict[bytes, bytes]", await self._redis.hgetall(self.key(driver_id))
                     )
+                    drops = None
+                    if not fields:  # counted before the store is read (_BACKFILL_LUA)
+                        drops = cast("bytes | None", await self._redis.get(self._drops_key))
             except DependencyUnavailable:
                 pass  # logged by the guard; the durable store answers
             else:
                 driver = _driver_from_hash(driver_id, fields) if fields else None
                 if driver is not None:
-                    return driver
+                    return driver, int(fields.get(b"v", b"0"))
                 driver = await self.durable.get_driver(driver_id)
                 if driver is not None:
-                    await self._write_live([(driver_id, "fill", driver.status, driver)])
-                return driver
-        return await self.durable.get_driver(driver_id)
+                    await self._fill_missing(driver, drops)
+                return driver, 0
+        return await self.durable.get_driver(driver_id), 0
+
+    async def _fill_missing(self, driver: Driver, drops: bytes | None) -> None:
+        """Back-fill a key a read found missing with what the store answered, unless a key
+        was deleted since (`_BACKFILL_LUA`); never raises (the read stands)."""
+        args = _merge_args(
+            "fill", driver.status, driver.last_seen_at_ns, driver.location, self._ttl_s
+        )
+        args.append((drops or b"0").decode())
+        try:
+            async with self.guard.bounded():
+                keys = [self.key(driver.driver_id), self._drops_key]
+                result = await self._backfill(keys=keys, args=args)
+        except DependencyUnavailable:
+            self._dirty.add(driver.driver_id)
+        else:
+            self._tell_cache([driver.driver_id], [result])
 
     async def location_history(
         self, driver_id: str, start_ns: int, end_ns: int, limit: int
@@ -228,6 +332,7 @@ class LiveStateRepository:
                         args = _merge_args(mode, status, item.recorded_at_ns, item, self._ttl_s)
                     await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
                 results = await pipe.execute()
+            self._tell_cache([u[0] for u in updates], results)
             # Keys Redis lost (restart, expiry): rebuild them from the durable store, which
             # alone knows those drivers' status.
             missing = [u[0] for u, res in zip(updates, results, strict=True) if res == 0]
@@ -244,9 +349,19 @@ class LiveStateRepository:
                             mode, status, driver.last_seen_at_ns, driver.location, self._ttl_s
                         )
                         await self._merge(keys=[self.key(driver_id)], args=args, client=pipe)
-                    await pipe.execute()
+                    self._tell_cache([f[0] for f in fills], await pipe.execute())
         except DependencyUnavailable:
             self._dirty.update(driver_id for driver_id, *_ in updates)
+
+    def _tell_cache(self, driver_ids: Sequence[str], results: list[Any]) -> None:
+        """This process's own writes reach its read cache at once, not a pub/sub trip later:
+        a caller reads what it wrote on the same process. (The states are the ones the
+        script published; the cache keeps only newer versions, so order does not matter.)"""
+        cache = self._cache
+        if cache is not None:
+            for driver_id, result in zip(driver_ids, results, strict=True):
+                if isinstance(result, bytes):
+                    cache.apply(driver_id, result)
 
     async def fill(self, drivers: Sequence[Driver]) -> None:
         """Merge drivers a rebuild read from the durable store into Redis in one command
@@ -265,7 +380,10 @@ class LiveStateRepository:
         DependencyUnavailable while Redis is down: an erasure must not pass half done."""
         self._dirty.discard(driver_id)
         async with self.guard.bounded():
-            return int(await self._redis.delete(self.key(driver_id)))
+            deleted = int(await self._drop(keys=[self._drops_key, self.key(driver_id)]))
+        if self._cache is not None:
+            self._cache.apply(driver_id, DROPPED)
+        return deleted
 
     # --- Redis availability ------------------------------------------------------------------
     async def _drop_dirty_keys(self) -> None:
@@ -278,7 +396,11 @@ class LiveStateRepository:
             async with asyncio.timeout(self.guard.timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for start in range(0, len(dirty), 1000):
-                        pipe.delete(*(self.key(d) for d in dirty[start : start + 1000]))
+                        keys = [
+                            self._drops_key,
+                            *(self.key(d) for d in dirty[start : start + 1000]),
+                        ]
+                        await self._drop(keys=keys, client=pipe)
                     await pipe.execute()
             self._dirty.difference_update(dirty)
             dropped += len(dirty)
