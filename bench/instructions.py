@@ -51,6 +51,9 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     # The floor answering prebuilt bytes (no response encoding): the ceiling for a reply
     # served as bytes already encoded.
     ("bare bytes", "bare", ["--raw"]),
+    # Our services registered grpc.aio's way, each method by name: every registered method
+    # costs each call (its own pending request in grpc.aio's accept loop).
+    ("servicer, registered", "chain", ["--interceptors=", "--registered"]),
     ("servicer", "chain", ["--interceptors="]),
     ("+pipeline", "chain", ["--interceptors=pipeline"]),
     ("+request id", "chain", ["--interceptors=pipeline,request_id"]),

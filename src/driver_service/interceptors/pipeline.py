@@ -15,12 +15,9 @@ CPU per call is the service's throughput limit (BENCHMARKS.md: the six-intercept
 
 from __future__ import annotations
 
-import asyncio
 import time
-from asyncio import current_task
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -42,8 +39,10 @@ from driver_service.interceptors.auth import (
     authenticate,
     message_check,
 )
+from driver_service.interceptors.call_metadata import keep_metadata, metadata_of
 from driver_service.interceptors.decoding import UNDECODABLE, tolerant, undecodable_message
 from driver_service.interceptors.recovery import recover
+from driver_service.interceptors.registration import one_table
 from driver_service.interceptors.request_id import (
     REQUEST_ID_HEADER,
     is_safe_request_id,
@@ -56,32 +55,9 @@ from driver_service.observability.metrics.grpc_labels import grpc_type
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL
-#: Invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
-_Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
 if TYPE_CHECKING:
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-
-
-#: The invocation metadata grpc.aio decoded to find the current call's handler, and the task
-#: that call runs in. `context.invocation_metadata()` decodes it all again (~4 k of ~300 k
-#: instructions per GetDriver, bench/instructions.py); grpc.aio finds the handler and runs
-#: it in the same task, one call per task.
-_CALL_METADATA: ContextVar[tuple[asyncio.Task[Any] | None, _Metadata]] = ContextVar("call_metadata")
-
-
-def _keep_metadata(handler_call_details: grpc.HandlerCallDetails) -> None:
-    _CALL_METADATA.set((current_task(), handler_call_details.invocation_metadata))
-
-
-def _metadata_of(context: _Context) -> _Metadata:
-    """The current call's invocation metadata, decoded once per call where possible. Kept
-    metadata counts only in the task it was kept in: a grpc.aio that looked handlers up
-    elsewhere would make this decode again, never hand one call another's headers."""
-    kept = _CALL_METADATA.get(None)
-    if kept is not None and kept[0] is current_task() and kept[0] is not None:
-        return kept[1]
-    return context.invocation_metadata() or ()
 
 
 class _Counts:
@@ -164,7 +140,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        _keep_metadata(handler_call_details)
+        keep_metadata(handler_call_details)
         return self.wrap(handler_call_details.method, handler)
 
     def wrap(self, method: str, handler: _Handler) -> _Handler:
@@ -182,8 +158,9 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def around(self, server: grpc.aio.Server) -> grpc.aio.Server:
         """`server` for the generated `add_*_to_server` functions, wrapping every handler
         they register in the pipeline: the same calls as `interceptors=[pipeline]`, without
-        grpc.aio's interceptor hop (a coroutine and a lookup on every call)."""
-        return cast("grpc.aio.Server", _PipelinedServer(server, self))
+        grpc.aio's interceptor hop (a coroutine and a lookup on every call), and every
+        method found with one lookup (interceptors/registration.py)."""
+        return one_table(server, self.wrap)
 
     def _build(self, method: str, handler: _Handler) -> _Handler:
         call = _MethodCalls(
@@ -201,57 +178,6 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             call.stream,
             tolerant(deserializer) if deserializer is not None else None,
         )
-
-
-class _PipelinedHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """A registered service's handlers, each handed out wrapped in the pipeline."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], pipeline: CallPipeline) -> None:
-        self._inner = inner
-        self._pipeline = pipeline
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        _keep_metadata(handler_call_details)
-        return self._pipeline.wrap(handler_call_details.method, handler)
-
-
-class _PipelinedServer:
-    """Stands in for the server where services are registered; everything else is the
-    real server's."""
-
-    def __init__(self, server: grpc.aio.Server, pipeline: CallPipeline) -> None:
-        self._server = server
-        self._pipeline = pipeline
-
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(_PipelinedHandlers(handler, self._pipeline) for handler in handlers)
-        )
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, _Handler]
-    ) -> None:
-        wrap = self._pipeline.wrap
-        register = getattr(self._server, "add_registered_method_handlers")  # noqa: B009 - not in grpc-stubs
-        register(
-            service_name,
-            {
-                name: wrap(f"/{service_name}/{name}", handler)
-                for name, handler in method_handlers.items()
-            },
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-
-# Registration helpers such as grpc_reflection's pick their asyncio servicer by isinstance.
-grpc.aio.Server.register(_PipelinedServer)  # type: ignore[attr-defined]
 
 
 class _MethodCalls:
@@ -304,7 +230,7 @@ class _MethodCalls:
         asked = False
         authorization: str | None = None
         auth_headers = 0
-        for key, value in _metadata_of(context):
+        for key, value in metadata_of(context):
             if key == AUTHORIZATION_HEADER:
                 auth_headers += 1
                 if auth_headers == 1 and isinstance(value, str):
