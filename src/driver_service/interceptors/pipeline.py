@@ -32,12 +32,10 @@ from driver_service.interceptors.access_log import AccessLog
 from driver_service.interceptors.auth import (
     AUTHORIZATION_HEADER,
     PRINCIPAL,
+    Admissions,
     AuthPolicy,
     MessageCheck,
     Refusal,
-    admission,
-    authenticate,
-    message_check,
 )
 from driver_service.interceptors.call_metadata import keep_metadata, metadata_of
 from driver_service.interceptors.decoding import UNDECODABLE, tolerant, undecodable_message
@@ -126,7 +124,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metrics: ServiceMetrics | None = None,
         request_ids: bool = True,
     ) -> None:
-        self._auth = auth
+        self._admissions = Admissions(auth) if auth is not None else None
         self._access_log = access_log
         self._metrics = metrics
         self._request_ids = request_ids
@@ -166,7 +164,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         call = _MethodCalls(
             method,
             handler,
-            auth=self._auth,
+            admissions=self._admissions,
             access_log=self._access_log,
             metrics=self._metrics,
             request_ids=self._request_ids,
@@ -186,7 +184,7 @@ class _MethodCalls:
 
     __slots__ = (
         "access_log",
-        "auth",
+        "admissions",
         "bad_request",
         "method",
         "metrics",
@@ -200,7 +198,7 @@ class _MethodCalls:
         method: str,
         handler: _Handler,
         *,
-        auth: AuthPolicy | None,
+        admissions: Admissions | None,
         access_log: AccessLog | None,
         metrics: ServiceMetrics | None,
         request_ids: bool,
@@ -213,8 +211,9 @@ class _MethodCalls:
             if metrics is not None
             else None
         )
-        self.auth = auth if auth is not None and not auth.exempt.exempt(method) else None
-        self.rule = self.auth.rules.get(method) if self.auth is not None else None
+        exempt = admissions is None or admissions.policy.exempt.exempt(method)
+        self.admissions = None if exempt else admissions
+        self.rule = admissions.policy.rules.get(method) if admissions is not None else None
         self.access_log = access_log
         self.request_ids = request_ids
         self.bad_request: Refusal = (
@@ -245,14 +244,14 @@ class _MethodCalls:
         else:
             request_id = "-"
             asked = False
-        if self.auth is None:
+        if self.admissions is None:
             return request_id, asked, None, None
-        principal, refusal = authenticate(self.auth, authorization, auth_headers)
-        if principal is None or refusal is not None:
-            return request_id, asked, None, refusal
-        refusal = admission(principal, self.rule, self.method)
-        PRINCIPAL.set(principal)
-        return request_id, asked, message_check(principal, self.rule), refusal
+        principal, check, refusal = self.admissions.decide(
+            authorization, auth_headers, self.method, self.rule
+        )
+        if principal is not None:
+            PRINCIPAL.set(principal)
+        return request_id, asked, check, refusal
 
     def check_of(self, check: MessageCheck | None) -> MessageCheck:
         """Every incoming message of a stream: decodable, then `check` (the token's own)."""
