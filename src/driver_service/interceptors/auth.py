@@ -138,7 +138,7 @@ class Admissions:
     (its whole `authorization` value) and method for as long as the token's verification is
     reused (TokenValidator's cache: until `exp` plus leeway, at most CACHE_SECONDS). A client
     sends the same header on every call; parsing it, finding the token and deciding again
-    cost a GetDriver ~10 k instructions (of ~400 k), a repeat caller's lookup here ~2 k.
+    cost a GetDriver ~10 k instructions (of ~400 k), a repeat caller's lookup here ~3 k.
     Refusals of the token itself (missing, repeated, malformed, invalid) are never kept."""
 
     MAX_CALLERS = 10_000

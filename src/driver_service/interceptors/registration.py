@@ -7,7 +7,9 @@ registered method adds callbacks, set entries and an isinstance check to every c
 (callgrind: our eight services cost a GetDriver ~40 k instructions over one service's, the
 grpc.aio floor ~360 k; BENCHMARKS.md, issue 20). Generic handlers share one pending request,
 so the methods here are served through one generic handler holding all of them, looked up
-first, as grpc.aio looks registered methods up before generic handlers.
+first, as grpc.aio looks registered methods up before generic handlers. (grpc core then knows
+no method by name: grpc's own OpenTelemetry plugin, not used here, would label every method
+"other"; the service's metrics name each one.)
 """
 
 from __future__ import annotations
