@@ -7,7 +7,8 @@ Every kind settles its heap before serving, as `serve` does (driver_service.serv
 that between kinds only the code differs: left to the default collector, the bare floor's
 10,000 prebuilt responses cost it ~1 µs per call in old-generation collections.
 chain    the same service and options with a chosen subset of the interceptor chain,
-         optionally with server-authenticated TLS, and the batch service
+         optionally with server-authenticated TLS, and the batch and health services,
+         registered in one method table as `serve` does (--registered: grpc.aio's way)
 bare     the floor: a grpc.aio servicer that returns a prebuilt response from a dict, reads
          an UploadLocations stream without storing it, and hands each update it reads to the
          driver's StreamLocation watchers as the message it received (the fan-out floor)
@@ -126,6 +127,7 @@ async def run_chain(args: argparse.Namespace) -> None:
     from driver_service.api import DriverServicer
     from driver_service.api.batch_servicer import add_batch_service
     from driver_service.api.servicer import add_driver_service
+    from driver_service.interceptors.registration import one_table
     from driver_service.observability.metrics.catalogue import ServiceMetrics
     from driver_service.server.composition import build_tracking
     from driver_service.server.running import server_options
@@ -136,7 +138,14 @@ async def run_chain(args: argparse.Namespace) -> None:
     names = [n for n in args.interceptors.split(",") if n]
     server = grpc.aio.server(options=server_options(settings))
     pipeline = chain_pipeline(names, metrics)
-    services = server if pipeline is None else pipeline.around(server)  # as server.py does
+    # As server/running.py does: every method in one table, wrapped in the pipeline if any;
+    # --registered: no pipeline, each method registered by name with grpc.aio (its default).
+    if args.registered:
+        services = server
+    elif pipeline is None:
+        services = one_table(server)
+    else:
+        services = pipeline.around(server)
     add_driver_service(services, DriverServicer(tracking))  # as server/running.py does
     add_batch_service(services, tracking)
     health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), services)
@@ -327,6 +336,11 @@ def main() -> None:
         "--server-options", action="store_true", help="bare: with the production server options"
     )
     parser.add_argument("--raw", action="store_true", help="bare: GetDriver answers bytes")
+    parser.add_argument(
+        "--registered",
+        action="store_true",
+        help="chain without interceptors: methods registered by name with grpc.aio",
+    )
     args = parser.parse_args()
     if args.kind == "fastapi":
         run_fastapi(args)

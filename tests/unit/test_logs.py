@@ -150,3 +150,55 @@ async def test_queued_lines_go_out_together_and_in_order(
     await asyncio.sleep(0.05)
     found = [line.get("request_id", line["message"]) for line in lines(stream)]
     assert found == ["rid-0", "rid-1", "rid-2", "between", "rid-3"]
+
+
+async def test_access_lines_keep_their_exact_text(logger: logging.Logger) -> None:
+    """Byte for byte, whichever fields repeat (the fixed text is kept per method, status
+    and peer): log readers parse these lines."""
+    logger.handlers.clear()
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream, {"worker": 3})
+    logger.addHandler(handler)
+    access = AccessLog(logger)
+    access.record("/svc/M", "ipv4:10.0.0.1:5", 0.0015, grpc.StatusCode.OK, "r1", 1, 1, False)
+    access.record("/svc/M", HOSTILE, 0.25, grpc.StatusCode.NOT_FOUND, "r2", 2, 0, True)
+    access.record("/svc/M", "ipv4:10.0.0.1:5", 1.0, grpc.StatusCode.INTERNAL, "r3", 1, 0, False)
+    handler.flush()
+    found = [line.split('",', 1)[1] for line in stream.getvalue().splitlines()]
+    tail = '"method":"/svc/M","peer":'
+    assert found == [
+        '"level":"INFO","logger":"test.logs.fast","message":"rpc /svc/M OK","request_id":"r1",'
+        f'{tail}"ipv4:10.0.0.1:5","duration_ms":1.500,"code":"OK","messages_in":1,'
+        '"messages_out":1,"worker":3}',
+        '"level":"INFO","logger":"test.logs.fast","message":"rpc /svc/M NOT_FOUND",'
+        f'"request_id":"r2",{tail}{json.dumps(HOSTILE)},"duration_ms":250.000,'
+        '"code":"NOT_FOUND","messages_in":2,"messages_out":0,"worker":3}',
+        '"level":"WARNING","logger":"test.logs.fast","message":"rpc /svc/M INTERNAL",'
+        f'"request_id":"r3",{tail}"ipv4:10.0.0.1:5","duration_ms":1000.000,'
+        '"code":"INTERNAL","messages_in":1,"messages_out":0,"worker":3}',
+    ]
+
+
+async def test_logging_reconfigured_reaches_the_access_log_at_the_next_queue(
+    logger: logging.Logger,
+) -> None:
+    """The access log keeps the handler it found while that handler's queue is open (50 ms
+    at most), not longer."""
+    logger.handlers.clear()
+    first, second = io.StringIO(), io.StringIO()
+    handler = JsonLinesHandler(first)
+    logger.addHandler(handler)
+    access = AccessLog(logger)
+    access.record("/svc/M", "p", 0.001, grpc.StatusCode.OK, "rid-0", 1, 1, False)
+    logger.removeHandler(handler)
+    logger.addHandler(JsonLinesHandler(second))
+    access.record("/svc/M", "p", 0.001, grpc.StatusCode.OK, "rid-1", 1, 1, False)  # queue open
+    handler.flush()
+    access.record("/svc/M", "p", 0.001, grpc.StatusCode.OK, "rid-2", 1, 1, False)
+    logger.handlers[0].flush()
+    # rid-1 may go either way (the queue was open); rid-2 came after it was written.
+    to_first = [line["request_id"] for line in lines(first)]
+    to_second = [line["request_id"] for line in lines(second)]
+    assert sorted(to_first + to_second) == ["rid-0", "rid-1", "rid-2"]
+    assert to_first[0] == "rid-0"
+    assert to_second[-1] == "rid-2"

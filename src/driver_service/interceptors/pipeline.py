@@ -15,12 +15,9 @@ CPU per call is the service's throughput limit (BENCHMARKS.md: the six-intercept
 
 from __future__ import annotations
 
-import asyncio
 import time
-from asyncio import current_task
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -35,15 +32,15 @@ from driver_service.interceptors.access_log import AccessLog
 from driver_service.interceptors.auth import (
     AUTHORIZATION_HEADER,
     PRINCIPAL,
+    Admissions,
     AuthPolicy,
     MessageCheck,
     Refusal,
-    admission,
-    authenticate,
-    message_check,
 )
+from driver_service.interceptors.call_metadata import keep_metadata, metadata_of
 from driver_service.interceptors.decoding import UNDECODABLE, tolerant, undecodable_message
 from driver_service.interceptors.recovery import recover
+from driver_service.interceptors.registration import one_table
 from driver_service.interceptors.request_id import (
     REQUEST_ID_HEADER,
     is_safe_request_id,
@@ -56,32 +53,9 @@ from driver_service.observability.metrics.grpc_labels import grpc_type
 
 _OK = grpc.StatusCode.OK
 _INTERNAL = grpc.StatusCode.INTERNAL
-#: Invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
-_Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
 if TYPE_CHECKING:
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-
-
-#: The invocation metadata grpc.aio decoded to find the current call's handler, and the task
-#: that call runs in. `context.invocation_metadata()` decodes it all again (~4 k of ~300 k
-#: instructions per GetDriver, bench/instructions.py); grpc.aio finds the handler and runs
-#: it in the same task, one call per task.
-_CALL_METADATA: ContextVar[tuple[asyncio.Task[Any] | None, _Metadata]] = ContextVar("call_metadata")
-
-
-def _keep_metadata(handler_call_details: grpc.HandlerCallDetails) -> None:
-    _CALL_METADATA.set((current_task(), handler_call_details.invocation_metadata))
-
-
-def _metadata_of(context: _Context) -> _Metadata:
-    """The current call's invocation metadata, decoded once per call where possible. Kept
-    metadata counts only in the task it was kept in: a grpc.aio that looked handlers up
-    elsewhere would make this decode again, never hand one call another's headers."""
-    kept = _CALL_METADATA.get(None)
-    if kept is not None and kept[0] is current_task() and kept[0] is not None:
-        return kept[1]
-    return context.invocation_metadata() or ()
 
 
 class _Counts:
@@ -150,7 +124,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metrics: ServiceMetrics | None = None,
         request_ids: bool = True,
     ) -> None:
-        self._auth = auth
+        self._admissions = Admissions(auth) if auth is not None else None
         self._access_log = access_log
         self._metrics = metrics
         self._request_ids = request_ids
@@ -164,7 +138,7 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        _keep_metadata(handler_call_details)
+        keep_metadata(handler_call_details)
         return self.wrap(handler_call_details.method, handler)
 
     def wrap(self, method: str, handler: _Handler) -> _Handler:
@@ -182,14 +156,15 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def around(self, server: grpc.aio.Server) -> grpc.aio.Server:
         """`server` for the generated `add_*_to_server` functions, wrapping every handler
         they register in the pipeline: the same calls as `interceptors=[pipeline]`, without
-        grpc.aio's interceptor hop (a coroutine and a lookup on every call)."""
-        return cast("grpc.aio.Server", _PipelinedServer(server, self))
+        grpc.aio's interceptor hop (a coroutine and a lookup on every call), and every
+        method found with one lookup (interceptors/registration.py)."""
+        return one_table(server, self.wrap)
 
     def _build(self, method: str, handler: _Handler) -> _Handler:
         call = _MethodCalls(
             method,
             handler,
-            auth=self._auth,
+            admissions=self._admissions,
             access_log=self._access_log,
             metrics=self._metrics,
             request_ids=self._request_ids,
@@ -203,64 +178,13 @@ class CallPipeline(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
 
-class _PipelinedHandlers(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """A registered service's handlers, each handed out wrapped in the pipeline."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], pipeline: CallPipeline) -> None:
-        self._inner = inner
-        self._pipeline = pipeline
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> _Handler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        _keep_metadata(handler_call_details)
-        return self._pipeline.wrap(handler_call_details.method, handler)
-
-
-class _PipelinedServer:
-    """Stands in for the server where services are registered; everything else is the
-    real server's."""
-
-    def __init__(self, server: grpc.aio.Server, pipeline: CallPipeline) -> None:
-        self._server = server
-        self._pipeline = pipeline
-
-    def add_generic_rpc_handlers(
-        self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
-    ) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(_PipelinedHandlers(handler, self._pipeline) for handler in handlers)
-        )
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, _Handler]
-    ) -> None:
-        wrap = self._pipeline.wrap
-        register = getattr(self._server, "add_registered_method_handlers")  # noqa: B009 - not in grpc-stubs
-        register(
-            service_name,
-            {
-                name: wrap(f"/{service_name}/{name}", handler)
-                for name, handler in method_handlers.items()
-            },
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._server, name)
-
-
-# Registration helpers such as grpc_reflection's pick their asyncio servicer by isinstance.
-grpc.aio.Server.register(_PipelinedServer)  # type: ignore[attr-defined]
-
-
 class _MethodCalls:
     """What the pipeline does around the calls of one method; everything that does not
     change per call is resolved here, once."""
 
     __slots__ = (
         "access_log",
-        "auth",
+        "admissions",
         "bad_request",
         "method",
         "metrics",
@@ -274,7 +198,7 @@ class _MethodCalls:
         method: str,
         handler: _Handler,
         *,
-        auth: AuthPolicy | None,
+        admissions: Admissions | None,
         access_log: AccessLog | None,
         metrics: ServiceMetrics | None,
         request_ids: bool,
@@ -287,8 +211,9 @@ class _MethodCalls:
             if metrics is not None
             else None
         )
-        self.auth = auth if auth is not None and not auth.exempt.exempt(method) else None
-        self.rule = self.auth.rules.get(method) if self.auth is not None else None
+        exempt = admissions is None or admissions.policy.exempt.exempt(method)
+        self.admissions = None if exempt else admissions
+        self.rule = admissions.policy.rules.get(method) if admissions is not None else None
         self.access_log = access_log
         self.request_ids = request_ids
         self.bad_request: Refusal = (
@@ -304,7 +229,7 @@ class _MethodCalls:
         asked = False
         authorization: str | None = None
         auth_headers = 0
-        for key, value in _metadata_of(context):
+        for key, value in metadata_of(context):
             if key == AUTHORIZATION_HEADER:
                 auth_headers += 1
                 if auth_headers == 1 and isinstance(value, str):
@@ -319,14 +244,14 @@ class _MethodCalls:
         else:
             request_id = "-"
             asked = False
-        if self.auth is None:
+        if self.admissions is None:
             return request_id, asked, None, None
-        principal, refusal = authenticate(self.auth, authorization, auth_headers)
-        if principal is None or refusal is not None:
-            return request_id, asked, None, refusal
-        refusal = admission(principal, self.rule, self.method)
-        PRINCIPAL.set(principal)
-        return request_id, asked, message_check(principal, self.rule), refusal
+        principal, check, refusal = self.admissions.decide(
+            authorization, auth_headers, self.method, self.rule
+        )
+        if principal is not None:
+            PRINCIPAL.set(principal)
+        return request_id, asked, check, refusal
 
     def check_of(self, check: MessageCheck | None) -> MessageCheck:
         """Every incoming message of a stream: decodable, then `check` (the token's own)."""

@@ -55,10 +55,9 @@ class _SecondCache:
 
 _clock = _SecondCache()
 
-
-def iso_millis(created: float) -> str:
-    """`created` (seconds since the epoch) as 2026-11-26T04:40:00.123+00:00."""
-    return _clock.iso(created)
+#: `created` (seconds since the epoch) as 2026-11-26T04:40:00.123+00:00 (the cache's bound
+#: method itself: a wrapper function would cost a frame on every access-log line).
+iso_millis = _clock.iso
 
 
 def json_string(value: str) -> str:
@@ -119,6 +118,9 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         )
         #: Lines, and entries (a formatter, then its fields) turned into lines at the flush.
         self._pending: list[str | tuple[Any, ...]] = []
+        #: Queues written so far: a writer that found this handler while the current queue
+        #: was open may skip finding it again until the queue is written (AccessLog).
+        self.batch = 0
 
     def write_line(self, line: str | tuple[Any, ...]) -> None:
         """Queue `line` (one JSON object and its newline), or an entry whose first item
@@ -156,6 +158,7 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]
             if self._pending:
                 lines, self._pending = self._pending, []
+                self.batch += 1
                 self.stream.write("".join([x if isinstance(x, str) else x[0](x) for x in lines]))
             super().flush()
 

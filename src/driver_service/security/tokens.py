@@ -189,30 +189,37 @@ class TokenValidator:
 
     def validate_authorization(self, value: str | None) -> Principal:
         """Validate an `authorization` metadata value of the form `Bearer <token>`."""
+        return self.authorization_principal(value)[0]
+
+    def authorization_principal(self, value: str | None) -> tuple[Principal, float]:
+        """`validate_authorization`, and the wall-clock time until which its answer stands
+        for the same value (the cached verification's): a caller may reuse it until then."""
         if value is None or not value.strip():
             raise InvalidToken(TokenProblem.MISSING)
         scheme, _, token = value.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidToken(TokenProblem.MALFORMED, "expected 'Bearer <token>'")
-        return self.validate(token.strip())
+        return self._principal_until(token.strip())
 
     def validate(self, token: str) -> Principal:
         """The token's principal. A token verified before is answered from a bounded cache
         until its `exp` (plus leeway) or for at most CACHE_SECONDS; nothing else is cached."""
+        return self._principal_until(token)[0]
+
+    def _principal_until(self, token: str) -> tuple[Principal, float]:
         cached = self._verified.get(token)
         if cached is not None:
-            principal, usable_until = cached
-            if time.time() < usable_until:
-                return principal
+            if time.time() < cached[1]:
+                return cached
             del self._verified[token]
         principal, expires_at = self._verify(token)
         if len(self._verified) >= CACHE_ENTRIES:
             del self._verified[next(iter(self._verified))]  # the oldest entry
-        self._verified[token] = (
+        verified = self._verified[token] = (
             principal,
             min(expires_at + self.leeway_s, time.time() + CACHE_SECONDS),
         )
-        return principal
+        return verified
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         if not token:
