@@ -1,26 +1,32 @@
 """Instructions per ingested update, counted by valgrind's callgrind: the bare read-only floor,
-our servicer and store without the call pipeline, and the production chain, on SQLite.
+our servicer and store without the call pipeline, and the production chain, on SQLite and on
+PostgreSQL (a private cluster, a fresh database per server; skipped without its binaries).
 
 The ingest counterpart of `bench/instructions.py` (same method and caveats): one stream of
 UPDATES distinct updates (h2load posting a prebuilt body), counted from the first request to
 the summary, which our server sends only once every update is durably committed; every
 thread counts, so the SQLite writer thread's commit work is in the figure. Compare counts
-from the same run.
+from the same run. Each count is also split by thread (callgrind's
+`--separate-threads=yes`): the event loop (thread 1), the busiest other thread (SQLite's
+writer thread; on PostgreSQL grpc's poller) and the rest. On PostgreSQL the database server's
+own work is another process's and not counted: the figure is this service's share.
 
     python -m bench.ingest_instructions [LABEL ...]     # every variant by default, 3 runs each
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLIENT_CORE, pinned
+from bench.common import CLIENT_CORE, pinned, run_async
 from bench.ingest import PRODUCTION_INSECURE, UPLOAD, bodies
 from bench.instructions import counted
 
@@ -29,9 +35,11 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare", "bare", []),
     ("sqlite, no pipeline", "chain", ["--interceptors="]),
     ("sqlite, production chain", "chain", [f"--interceptors={PRODUCTION_INSECURE}"]),
+    ("postgres, production chain", "chain", [f"--interceptors={PRODUCTION_INSECURE}"]),
 ]
-#: Extra valgrind options (e.g. --separate-threads=yes to split the writer thread off).
-EXTRA_VALGRIND: list[str] = []
+POSTGRES = "postgres, production chain"
+#: Extra valgrind options (each count is split by thread).
+EXTRA_VALGRIND: list[str] = ["--separate-threads=yes"]
 UPDATES = 5_000
 WARMUP_UPDATES = 1_000
 
@@ -47,8 +55,11 @@ def _upload(port: int, body: Path) -> None:
         raise RuntimeError(f"h2load: the upload failed:\n{out[-600:]}")
 
 
-def count(label: str, kind: str, extra: list[str], work: Path) -> float:
-    """Instructions per update of one server variant (a fresh server and store)."""
+def count(
+    label: str, kind: str, extra: list[str], work: Path, store: str = ""
+) -> tuple[float, dict[str, float]]:
+    """Instructions per update of one server variant (a fresh server and store, `store` a
+    PostgreSQL URL or SQLite in the data directory), and per update by thread."""
     data = work / f"data-{len(list(work.iterdir()))}"
     data.mkdir()
     base_ns = time.time_ns() - 3_600_000_000_000
@@ -56,6 +67,7 @@ def count(label: str, kind: str, extra: list[str], work: Path) -> float:
     warmup.write_bytes(bodies(WARMUP_UPDATES, 1, False, base_ns)[0])
     measured.write_bytes(bodies(UPDATES, 1, False, base_ns + 10**12)[0])
     server_argv = [kind, *extra] + (["--data-dir", str(data)] if kind != "bare" else [])
+    server_argv += ["--store", store] if store else []
 
     def warm_up(port: int) -> None:
         for attempt in range(5):  # under valgrind a server may listen before it serves
@@ -68,12 +80,41 @@ def count(label: str, kind: str, extra: list[str], work: Path) -> float:
             else:
                 return
 
+    threads: dict[int, int] = {}
     total = counted(
-        server_argv, work, warm_up, lambda port: _upload(port, measured), EXTRA_VALGRIND
+        server_argv, work, warm_up, lambda port: _upload(port, measured), EXTRA_VALGRIND, threads
     )
     per_update = total / UPDATES
-    print(f"  {label}: {per_update / 1000:.1f} k instructions per update", flush=True)
-    return per_update
+    split = by_thread(threads)
+    shown = ", ".join(f"{name} {value / 1000:.1f} k" for name, value in split.items())
+    print(f"  {label}: {per_update / 1000:.1f} k instructions per update ({shown})", flush=True)
+    return per_update, split
+
+
+def by_thread(threads: dict[int, int]) -> dict[str, float]:
+    """Per update: the event loop (thread 1), the busiest other thread, all the others."""
+    loop = threads.get(1, 0)
+    others = sorted((n for t, n in threads.items() if t != 1), reverse=True)
+    return {
+        "loop": loop / UPDATES,
+        "busiest other thread": (others[0] if others else 0) / UPDATES,
+        "rest": sum(others[1:]) / UPDATES,
+    }
+
+
+def private_postgres(stack: contextlib.ExitStack) -> Callable[[], str] | None:
+    """A private PostgreSQL cluster for this run (thrown away at the end), as a maker of
+    fresh databases' URLs; None without PostgreSQL's binaries."""
+    try:
+        from tests.helpers.postgres import PostgresServer, create_database, find_postgres_binaries
+    except ImportError:
+        return None
+    if find_postgres_binaries() is None:
+        return None
+    pg = PostgresServer.create()
+    stack.callback(pg.destroy)
+    pg.start()
+    return lambda: str(run_async(create_database(pg)))
 
 
 def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dict[str, Any]:
@@ -83,16 +124,35 @@ def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dic
     work = workdir / "ingest-instructions"
     work.mkdir(parents=True, exist_ok=True)
     chosen = [v for v in VARIANTS if not labels or v[0] in labels]
-    runs = {
-        label: sorted(count(label, kind, extra, work) for _ in range(repeats))
-        for label, kind, extra in chosen
-    }
-    per_update = {label: counts[len(counts) // 2] for label, counts in runs.items()}
+    with contextlib.ExitStack() as stack:
+        databases = private_postgres(stack) if any(v[0] == POSTGRES for v in chosen) else None
+        if databases is None:
+            chosen = [v for v in chosen if v[0] != POSTGRES]
+
+        def store(label: str) -> str:
+            return databases() if databases is not None and label == POSTGRES else ""
+
+        runs = {
+            label: sorted(
+                (count(label, kind, extra, work, store(label)) for _ in range(repeats)),
+                key=lambda counted_: counted_[0],
+            )
+            for label, kind, extra in chosen
+        }
+    median = {label: counts[len(counts) // 2] for label, counts in runs.items()}
+    per_update = {label: value for label, (value, _) in median.items()}
     floor = per_update.get("bare")
-    for label, value in per_update.items():
+    for label, (value, split) in median.items():
         versus = f", {value / floor:.2f}x the floor" if floor else ""
-        print(f"  median {label}: {value / 1000:.1f} k{versus}")
-    return {"updates": UPDATES, "repeats": repeats, "instructions_per_update": per_update}
+        shown = ", ".join(f"{name} {v / 1000:.1f} k" for name, v in split.items())
+        print(f"  median {label}: {value / 1000:.1f} k{versus} ({shown})")
+    return {
+        "updates": UPDATES,
+        "repeats": repeats,
+        "instructions_per_update": per_update,
+        "by_thread": {label: split for label, (_, split) in median.items()},
+        "postgres": "measured" if any(v[0] == POSTGRES for v in chosen) else "skipped",
+    }
 
 
 if __name__ == "__main__":

@@ -93,16 +93,28 @@ def _total_instructions(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
+def _last_dump(work: Path, port: int) -> dict[int, int]:
+    """Instructions of the last dump by thread (1: the main thread, the event loop). With
+    `--separate-threads=yes` a dump is a file per thread (`.out.N-TT`), else one (`.out.N`)."""
+    files: dict[int, dict[int, Path]] = {}
+    for path in work.glob(f"callgrind-{port}.out.*"):
+        dump, _, thread = path.name.rsplit(".", 1)[1].partition("-")
+        files.setdefault(int(dump), {})[int(thread or 1)] = path
+    return {thread: _total_instructions(path) for thread, path in files[max(files)].items()}
+
+
 def counted(
     server_argv: list[str],
     work: Path,
     warm_up: Callable[[int], None],
     measured: Callable[[int], None],
     valgrind_options: Sequence[str] = (),
+    threads: dict[int, int] | None = None,
 ) -> int:
     """Instructions a server (`server_argv` after `--port P`, started under callgrind on the
-    server core) executes during `measured(port)`: instrumentation is switched on after
-    start-up and `warm_up(port)`, zeroed, and read at the end."""
+    server core) executes during `measured(port)`, every thread: instrumentation is switched
+    on after start-up and `warm_up(port)`, zeroed, and read at the end. `threads`, if given,
+    receives them by thread (split only with `--separate-threads=yes`)."""
     port = free_port()
     out = work / f"callgrind-{port}.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -121,8 +133,10 @@ def counted(
         measured(port)
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
-        dumps = sorted(work.glob(f"callgrind-{port}.out.*"))
-        return _total_instructions(dumps[-1])
+        by_thread = _last_dump(work, port)
+        if threads is not None:
+            threads.update(by_thread)
+        return sum(by_thread.values())
     finally:
         proc.terminate()
         try:

@@ -426,3 +426,34 @@ async def test_list_drivers_pages_the_whole_fleet_by_id(repository: DriverReposi
     assert await repository.list_drivers("d148", 5) == drivers[149:]
     assert await repository.list_drivers("s:only", 5) == []
     assert await repository.list_drivers("s", 1) == [drivers[-1]]
+
+
+@pytest.mark.parametrize("drivers", [3, 100])  # PostgreSQL: arrays, and staged by COPY
+async def test_a_batch_advances_each_driver_to_its_newest_fix_and_keeps_last_seen(
+    repository: DriverRepository, drivers: int
+) -> None:
+    """New drivers, drivers with only a status (seen later than the batch's fixes), drivers
+    whose stored fix is newer than the batch's and drivers it moves on, in one batch."""
+    ids = [f"m{i:03d}" for i in range(drivers)]
+    for i, driver_id in enumerate(ids):
+        if i % 4 == 1:
+            await repository.set_status(driver_id, Status.BUSY, T0 + 700)
+        elif i % 4 == 2:
+            await repository.record_locations([loc(driver_id, 900)])
+        elif i % 4 == 3:
+            await repository.record_locations([loc(driver_id, 10)])
+    batch = [loc(driver_id, t) for t in (300, 100, 600, 200) for driver_id in reversed(ids)]
+
+    advanced = await repository.record_locations(batch)
+
+    expected = []
+    for x in batch:
+        i = ids.index(x.driver_id)
+        if i % 4 != 2 and (x.recorded_at_ns - T0 in (300, 600)):
+            expected.append(x)
+    assert advanced == expected
+    for i, driver_id in enumerate(ids):
+        driver = await repository.get_driver(driver_id)
+        newest = loc(driver_id, 900 if i % 4 == 2 else 600)
+        status, seen = (Status.BUSY, T0 + 700) if i % 4 == 1 else (Status.AVAILABLE, None)
+        assert driver == Driver(driver_id, status, newest, seen or newest.recorded_at_ns)

@@ -116,10 +116,11 @@ class DriverServicer(pb_grpc.DriverServiceServicer):
     ) -> pb.UploadSummary:
         async with AbortOnDomainError(context):
             upload = self._tracking.new_upload()
+            writer = upload.writer
             # The ingest hot path: a coroutine (and an await) only while the writer is full.
             async for msg in request_iterator:
-                if upload.full:
-                    await upload.wait_for_room()
+                if writer.full:
+                    await writer.wait_for_room()
                 offer_message(upload, msg)
             result = await upload.finish()
         return summary_to_pb(result)

@@ -63,10 +63,12 @@ class Upload:
     its updates of the commits not yet done.
     """
 
-    __slots__ = ("_lost", "_pending", "_persisted", "_service", "received", "session_id")
+    __slots__ = ("_lost", "_pending", "_persisted", "_service", "received", "session_id", "writer")
 
     def __init__(self, service: UploadHost) -> None:
         self._service = service
+        #: The service's writer: a stream reads `writer.full` before each `offer_now`.
+        self.writer = service.writer
         self.session_id = f"upl-{uuid.uuid4().hex}"
         self.received = 0
         #: Commits not settled yet, oldest first, each with this stream's updates in it.
@@ -84,7 +86,7 @@ class Upload:
         recorded_at_ns: int | None,
     ) -> InvalidInput | RateLimited | None:
         """Count and, if valid and within the rate, queue one update; else return why not."""
-        writer = self._service.writer
+        writer = self.writer
         if writer.full:
             await writer.wait_for_room()
         return self.offer_now(
@@ -94,10 +96,10 @@ class Upload:
     @property
     def full(self) -> bool:
         """Whether the writer has no room: wait with `wait_for_room` before `offer_now`."""
-        return self._service.writer.full
+        return self.writer.full
 
     async def wait_for_room(self) -> None:
-        await self._service.writer.wait_for_room()
+        await self.writer.wait_for_room()
 
     def offer_now(
         self,
@@ -123,7 +125,7 @@ class Upload:
                     Rejection.INVALID if isinstance(exc, InvalidInput) else Rejection.RATE_LIMITED
                 )
             return exc
-        done = service.writer.submit(location)
+        done = self.writer.submit(location)
         pending = self._pending
         if pending and pending[-1][0] is done:
             pending[-1][1].append(location)
@@ -136,7 +138,7 @@ class Upload:
         limit, counting and acknowledgement, in one validation loop and one queueing call."""
         self.received += len(fixes)
         service = self._service
-        writer = service.writer
+        writer = self.writer
         if writer.full:
             await writer.wait_for_room()
         valid, invalid = validate_locations(fixes, time.time_ns(), service.rules)

@@ -109,6 +109,10 @@ class LocationWriter:
         self._work = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        #: Whether the pending batch is full (`_room` clear): wait with `wait_for_room` before
+        #: submitting more. A plain attribute, read for every update of a stream (a property
+        #: over `_room.is_set()` cost ~1.8k instructions an update).
+        self.full = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: Supervised | None = None
@@ -168,7 +172,7 @@ class LocationWriter:
             self._work.set()
         batch.append(location)
         if len(batch) >= self._max_pending:
-            self._room.clear()
+            self._close_door()
         return done
 
     def submit_many(self, locations: Sequence[Location]) -> Commit:
@@ -196,7 +200,15 @@ class LocationWriter:
         self._idle.clear()
         self._work.set()
         if len(self._batch) >= self._max_pending:
-            self._room.clear()
+            self._close_door()
+
+    def _close_door(self) -> None:
+        self._room.clear()
+        self.full = True
+
+    def _open_door(self) -> None:
+        self._room.set()
+        self.full = False
 
     async def wait_for_room(self) -> None:
         """Backpressure: wait while the pending batch is full."""
@@ -207,10 +219,6 @@ class LocationWriter:
     def queued(self) -> int:
         """Updates waiting for the next commit (not yet handed to the store)."""
         return len(self._batch)
-
-    @property
-    def full(self) -> bool:
-        return not self._room.is_set()
 
     async def _run(self) -> None:
         while True:
@@ -223,7 +231,7 @@ class LocationWriter:
                 self._idle.set()
                 continue
             self._batch, self._batch_done = [], None
-            self._room.set()
+            self._open_door()
             self._committing = done
             await self._commit(batch, done)
             self._committing = None
@@ -257,7 +265,7 @@ class LocationWriter:
                 commit._resolve(error)
         self._committing = self._batch_done = None
         self._batch = []
-        self._room.set()
+        self._open_door()
         self._idle.set()
 
     async def flush(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 class Status(enum.StrEnum):
@@ -18,7 +20,14 @@ class Status(enum.StrEnum):
 INITIAL_STATUS = Status.AVAILABLE
 
 
-@dataclass(frozen=True, slots=True)
+# Location and Driver are frozen dataclasses with their own __init__ (init=False): the one
+# dataclass generates for a frozen class sets each field through `object.__setattr__`, ~12.7k
+# instructions for a Location against ~8.6k through the slots' own setters (callgrind; one
+# Location is built per ingested update, one Driver per driver a commit advances). Equality,
+# hashing, repr, `replace` and immutability are the dataclass's, unchanged.
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Location:
     """One validated GPS fix. Times are integer nanoseconds since the Unix epoch (UTC),
     which round-trip a protobuf Timestamp exactly."""
@@ -30,8 +39,24 @@ class Location:
     heading_degrees: float
     recorded_at_ns: int
 
+    def __init__(
+        self,
+        driver_id: str,
+        latitude: float,
+        longitude: float,
+        speed_mps: float,
+        heading_degrees: float,
+        recorded_at_ns: int,
+    ) -> None:
+        _set_location_driver_id(self, driver_id)
+        _set_latitude(self, latitude)
+        _set_longitude(self, longitude)
+        _set_speed_mps(self, speed_mps)
+        _set_heading_degrees(self, heading_degrees)
+        _set_recorded_at_ns(self, recorded_at_ns)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Driver:
     """A driver's current state: the newest location and status, never moved back in time."""
 
@@ -39,3 +64,37 @@ class Driver:
     status: Status
     location: Location | None
     last_seen_at_ns: int
+
+    def __init__(
+        self, driver_id: str, status: Status, location: Location | None, last_seen_at_ns: int
+    ) -> None:
+        _set_driver_id(self, driver_id)
+        _set_status(self, status)
+        _set_location(self, location)
+        _set_last_seen_at_ns(self, last_seen_at_ns)
+
+
+def _slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The `__set__` of each named slot of `cls` (frozen: only its __init__ uses them)."""
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+(
+    _set_location_driver_id,
+    _set_latitude,
+    _set_longitude,
+    _set_speed_mps,
+    _set_heading_degrees,
+    _set_recorded_at_ns,
+) = _slot_setters(
+    Location,
+    "driver_id",
+    "latitude",
+    "longitude",
+    "speed_mps",
+    "heading_degrees",
+    "recorded_at_ns",
+)
+_set_driver_id, _set_status, _set_location, _set_last_seen_at_ns = _slot_setters(
+    Driver, "driver_id", "status", "location", "last_seen_at_ns"
+)

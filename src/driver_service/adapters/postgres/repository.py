@@ -74,11 +74,15 @@ _FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 
-#: Batches of at least this many fixes go to history through binary COPY into a temp table;
-#: smaller ones through one INSERT ... SELECT FROM unnest(...) (COPY costs two extra round
-#: trips, which only pays off on large batches; measured on 10,000 rows: COPY ~53 ms,
-#: unnest ~74 ms, executemany ~83 ms, each including the commit).
-COPY_THRESHOLD = 1000
+#: Batches of at least this many fixes (drivers) go to history (to drivers) through binary
+#: COPY into a temp table; smaller ones as arrays through unnest(...). asyncpg's array encoder
+#: tests every element with isinstance() against collections.abc (a Python call, ~2.8k
+#: instructions; two for a text element): ~17k instructions a history row, ~48k a driver
+#: (create, lock and advance). COPY costs two more round trips per table and ~0.2M
+#: instructions, and pays off from a few rows: client instructions per update, commits of B
+#: advancing drivers (callgrind): B=8 238k with arrays, 216k staged; B=32 127k, 72k; B=1000
+#: 69k, 27k. Was 1,000 (for history only), chosen by wall time on 10,000 rows.
+COPY_THRESHOLD = 8
 
 _GET_DRIVER = (
     "SELECT driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
@@ -98,6 +102,43 @@ _CREATE_DRIVERS = (
 _LOCK_DRIVERS = (
     "SELECT driver_id, location_at_ns, last_seen_at_ns, tracker FROM drivers"
     " WHERE driver_id = ANY($1::text[]) ORDER BY driver_id FOR UPDATE"
+)
+# The same three steps from the batch's newest fix per driver staged by COPY (large batches):
+# created in driver_id order; the drivers not created ($2) locked in driver_id order; then
+# each advanced to its newest fix if that is newer than the locked row's (the created ones
+# hold theirs already), last seen never moved back.
+_STAGED_DRIVERS = "incoming_drivers"
+_CREATE_STAGED_DRIVERS = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_drivers (driver_id text, latitude float8,"
+    " longitude float8, speed_mps float8, heading_degrees float8, at_ns bigint)"
+    " ON COMMIT DELETE ROWS"
+)
+_DRIVER_STAGING_COLUMNS = (
+    "driver_id",
+    "latitude",
+    "longitude",
+    "speed_mps",
+    "heading_degrees",
+    "at_ns",
+)
+_CREATE_DRIVERS_STAGED = (
+    "INSERT INTO drivers AS d (driver_id, status, latitude, longitude, speed_mps,"
+    " heading_degrees, location_at_ns, last_seen_at_ns)"
+    " SELECT u.driver_id, $1, u.latitude, u.longitude, u.speed_mps, u.heading_degrees,"
+    " u.at_ns, u.at_ns FROM incoming_drivers AS u ORDER BY u.driver_id"
+    " ON CONFLICT (driver_id) DO NOTHING RETURNING d.driver_id"
+)
+_LOCK_DRIVERS_STAGED = (
+    "SELECT d.driver_id, d.location_at_ns, d.last_seen_at_ns, d.tracker FROM drivers AS d"
+    " JOIN incoming_drivers AS u ON u.driver_id = d.driver_id"
+    " WHERE d.driver_id <> ALL($1::text[]) ORDER BY d.driver_id FOR UPDATE OF d"
+)
+_ADVANCE_DRIVERS_STAGED = (
+    "UPDATE drivers AS d SET latitude = u.latitude, longitude = u.longitude,"
+    " speed_mps = u.speed_mps, heading_degrees = u.heading_degrees,"
+    " location_at_ns = u.at_ns, last_seen_at_ns = greatest(d.last_seen_at_ns, u.at_ns)"
+    " FROM incoming_drivers AS u WHERE d.driver_id = u.driver_id"
+    " AND (d.location_at_ns IS NULL OR u.at_ns > d.location_at_ns)"
 )
 _ADVANCE_DRIVERS = (
     "UPDATE drivers AS d SET latitude = u.latitude, longitude = u.longitude,"
@@ -302,8 +343,9 @@ def _row_count(status: str) -> int:
 
 
 async def _prepare_connection(connection: Any) -> None:
-    """Per-connection setup: the COPY staging table lives as long as the connection."""
+    """Per-connection setup: the COPY staging tables live as long as the connection."""
     await connection.execute(_CREATE_STAGING)
+    await connection.execute(_CREATE_STAGED_DRIVERS)
 
 
 async def _keep_session(connection: Any) -> None:
@@ -407,30 +449,20 @@ class PostgresRepository:
             seen = newest.get(loc.driver_id)
             if seen is None or loc.recorded_at_ns > seen.recorded_at_ns:
                 newest[loc.driver_id] = loc
-        ids = sorted(newest)
         async with self._pool.acquire() as con, con.transaction():
-            new = [newest[i] for i in ids]
-            created_rows = await con.fetch(
-                _CREATE_DRIVERS,
-                INITIAL_STATUS.value,
-                ids,
-                [x.latitude for x in new],
-                [x.longitude for x in new],
-                [x.speed_mps for x in new],
-                [x.heading_degrees for x in new],
-                [x.recorded_at_ns for x in new],
-            )
-            created = {row[0] for row in created_rows}
+            staged = len(newest) >= COPY_THRESHOLD
+            if staged:
+                created, locked = await self._lock_staged(con, newest)
+            else:
+                created, locked = await self._lock_drivers(con, newest)
             # Newest fix time per driver as this transaction sees it; None: no location yet.
             current: dict[str, int | None] = dict.fromkeys(created)
             last_seen: dict[str, int] = {}
             trackers: dict[str, str | None] = {}
-            existing = [i for i in ids if i not in created]
-            if existing:
-                for driver_id, at_ns, seen_ns, tracker in await con.fetch(_LOCK_DRIVERS, existing):
-                    current[driver_id] = at_ns
-                    last_seen[driver_id] = seen_ns
-                    trackers[driver_id] = tracker
+            for driver_id, at_ns, seen_ns, tracker in locked:
+                current[driver_id] = at_ns
+                last_seen[driver_id] = seen_ns
+                trackers[driver_id] = tracker
             before = dict(current)
             advanced: list[Location] = []
             for loc in locations:
@@ -438,19 +470,10 @@ class PostgresRepository:
                 if at_ns is None or loc.recorded_at_ns > at_ns:
                     current[loc.driver_id] = loc.recorded_at_ns
                     advanced.append(loc)
-            # An existing driver that advanced now holds its newest fix of the batch.
-            moved = [newest[i] for i in existing if current[i] != before[i]]
-            if moved:
-                await con.execute(
-                    _ADVANCE_DRIVERS,
-                    [x.driver_id for x in moved],
-                    [x.latitude for x in moved],
-                    [x.longitude for x in moved],
-                    [x.speed_mps for x in moved],
-                    [x.heading_degrees for x in moved],
-                    [x.recorded_at_ns for x in moved],
-                    [max(last_seen[x.driver_id], x.recorded_at_ns) for x in moved],
-                )
+            if staged:
+                await con.execute(_ADVANCE_DRIVERS_STAGED)
+            else:
+                await self._advance_drivers(con, newest, created, current, before, last_seen)
             conflicts: tuple[Location, ...] = ()
             if await self._insert_history(con, locations) < len(locations):  # rare
                 conflicts = await self._conflicts(con, locations, before)
@@ -470,6 +493,71 @@ class PostgresRepository:
                 new_states, events = evaluator.on_locations(states, advanced)
                 last_event_id = await self._write_events(con, new_states, events, states)
         return Recorded(advanced, conflicts), last_event_id
+
+    @staticmethod
+    async def _lock_drivers(con: Any, newest: dict[str, Location]) -> tuple[set[str], list[Any]]:
+        """Create the drivers first seen here with their newest fix, then lock the others'
+        rows, both in driver_id order (concurrent batches wait in one order, never deadlock):
+        the ids created, and the locked rows (driver_id, location_at_ns, last_seen, tracker)."""
+        ids = sorted(newest)
+        new = [newest[i] for i in ids]
+        created_rows = await con.fetch(
+            _CREATE_DRIVERS,
+            INITIAL_STATUS.value,
+            ids,
+            [x.latitude for x in new],
+            [x.longitude for x in new],
+            [x.speed_mps for x in new],
+            [x.heading_degrees for x in new],
+            [x.recorded_at_ns for x in new],
+        )
+        created = {row[0] for row in created_rows}
+        existing = [i for i in ids if i not in created]
+        return created, (await con.fetch(_LOCK_DRIVERS, existing) if existing else [])
+
+    @staticmethod
+    async def _lock_staged(con: Any, newest: dict[str, Location]) -> tuple[set[str], list[Any]]:
+        """`_lock_drivers` with the newest fixes staged by COPY (no array per column)."""
+        await con.copy_records_to_table(
+            _STAGED_DRIVERS,
+            records=[
+                (
+                    x.driver_id,
+                    x.latitude,
+                    x.longitude,
+                    x.speed_mps,
+                    x.heading_degrees,
+                    x.recorded_at_ns,
+                )
+                for x in newest.values()
+            ],
+            columns=_DRIVER_STAGING_COLUMNS,
+        )
+        created = {row[0] for row in await con.fetch(_CREATE_DRIVERS_STAGED, INITIAL_STATUS.value)}
+        return created, await con.fetch(_LOCK_DRIVERS_STAGED, list(created))
+
+    @staticmethod
+    async def _advance_drivers(
+        con: Any,
+        newest: dict[str, Location],
+        created: set[str],
+        current: dict[str, int | None],
+        before: dict[str, int | None],
+        last_seen: dict[str, int],
+    ) -> None:
+        """An existing driver that advanced now holds its newest fix of the batch."""
+        moved = [newest[i] for i in sorted(newest) if i not in created and current[i] != before[i]]
+        if moved:
+            await con.execute(
+                _ADVANCE_DRIVERS,
+                [x.driver_id for x in moved],
+                [x.latitude for x in moved],
+                [x.longitude for x in moved],
+                [x.speed_mps for x in moved],
+                [x.heading_degrees for x in moved],
+                [x.recorded_at_ns for x in moved],
+                [max(last_seen[x.driver_id], x.recorded_at_ns) for x in moved],
+            )
 
     # --- events (the outbox) and zones ---------------------------------------------------------
 
