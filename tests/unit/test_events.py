@@ -433,9 +433,7 @@ def test_the_memo_never_changes_what_a_route_gives(steps: list[tuple[int, int, i
             index = layouts[(layouts.index(index) + 1) % len(layouts)]
         location = fix(*_PLACES[place], t_s)
         memo, with_memo = tracker.on_location(memo, location, index)
-        plain, without = tracker.on_location(
-            TrackerState.from_json(plain.to_json()), location, index
-        )
+        plain, without = tracker.on_location(TrackerState._parse(plain.to_json()), location, index)
         assert with_memo == without
         assert memo == plain
 
