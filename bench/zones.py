@@ -463,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         "alone; 0: the writer's own",
     )
     parser.add_argument("--workload", choices=("driving", "teleporting", "both"), default="both")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="instead: event -> WatchEvents latency only (--crossings crossings)",
+    )
     parser.add_argument("--counted-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--teleporting", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -470,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(
             _ingest(args.counted_child, args.total, not args.teleporting, args.per_driver, True)
         )
+        return 0
+    if args.latency:
+        with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
+            print(json.dumps(asyncio.run(_latency(Path(tmp), args.crossings)), indent=2))
         return 0
     if args.serve:
         # With --instructions: the server under callgrind, one pair (counts repeat).

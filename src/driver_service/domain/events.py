@@ -323,7 +323,7 @@ class ZoneTracker:
             return _online_state(t, new_seen, status, state.visits, settled), ()
         driver_id = location.driver_id
         visits, until, caused = self._visit_zones(state.visits, location, zones, where)
-        new_state = _online_state(t, new_seen, status, tuple(visits), Settled(token, where, until))
+        new_state = _online_state(t, new_seen, status, tuple(visits), _settled(token, where, until))
         events: list[Event] = []
         if not state.online:
             online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
@@ -349,7 +349,7 @@ class ZoneTracker:
         visits: list[Visit] = []
         until: float = math.inf
         settle_ns = self.settle_ns
-        zone_of = zones.get
+        zone_of = zones.zone_getter
         if not before:
             return self._first_visits(location, zone_of, where)
         previous = {v.zone_id: v for v in before}
@@ -524,6 +524,9 @@ _SET_ONLINE = _slot_setter(TrackerState, "online")
 _SET_STATUS = _slot_setter(TrackerState, "status")
 _SET_VISITS = _slot_setter(TrackerState, "visits")
 _SET_SETTLED = _slot_setter(TrackerState, "settled")
+_SET_SETTLED_TOKEN = _slot_setter(Settled, "index_token")
+_SET_SETTLED_WHERE = _slot_setter(Settled, "where")
+_SET_SETTLED_UNTIL = _slot_setter(Settled, "until_ns")
 _SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
 _SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
 _SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
@@ -539,6 +542,15 @@ _SET_EVENT_LOCATION = _slot_setter(Event, "location")
 _SET_EVENT_OLD = _slot_setter(Event, "old_status")
 _SET_EVENT_NEW = _slot_setter(Event, "new_status")
 _SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
+
+
+def _settled(index_token: int, where: Mapping[str, Where], until_ns: float) -> Settled:
+    """`Settled(...)` through the slots' setters (see _online_state): one a judged fix."""
+    settled: Settled = _new_object(Settled)
+    _SET_SETTLED_TOKEN(settled, index_token)
+    _SET_SETTLED_WHERE(settled, where)
+    _SET_SETTLED_UNTIL(settled, until_ns)
+    return settled
 
 
 def _new_visit(
