@@ -5,6 +5,7 @@ read back from a text this process knows."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from driver_service.domain.events import (
     Visit,
     ZoneTracker,
     sweep_stale,
+    with_times,
 )
 from driver_service.domain.zones import Circle, Where, Zone, ZoneIndex
 
@@ -131,6 +133,9 @@ def test_a_state_read_back_from_its_text_keeps_its_memo() -> None:
     state, _ = tracker.on_location(NEW_DRIVER, _fix("d1", 0), zones, {"a": Where.INSIDE})
     assert state.settled is not None
     read = TrackerState.from_json(state.to_json())
+    moved = with_times(read, T0 + 5, T0 + 6)
+    assert moved == replace(read, last_fix_ns=T0 + 5, last_seen_ns=T0 + 6)
+    assert moved.settled is state.settled
     assert read == TrackerState._parse(state.to_json())
     assert read.settled is state.settled
     again, events = tracker.on_location(read, _fix("d1", 1), zones, {"a": Where.INSIDE})
