@@ -17,17 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
-from driver_service.domain.events import (
-    NEW_DRIVER,
-    Event,
-    TrackerState,
-    ZoneTracker,
-    times_only,
-)
-from driver_service.domain.zones import Where, Zone, ZoneIndex
-
-#: Where a point is when no zone exists.
-_NOWHERE: Mapping[str, Where] = {}
+from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker
+from driver_service.domain.zones import Zone, ZoneIndex
 
 
 class ZoneEvaluator:
@@ -72,8 +63,8 @@ class ZoneEvaluator:
         self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
     ) -> tuple[dict[str, TrackerState], list[Event]]:
         index = self._index
-        if not len(index):
-            return self._without_zones(states, advanced)
+        if not len(index):  # no lookup, and no tracker call for most fixes
+            return self._tracker.on_locations_nowhere(states, advanced, index)
         found = index.locate_many(
             [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
         )
@@ -86,27 +77,6 @@ class ZoneEvaluator:
             state, caused = tracker.on_location(state, loc, index, where)
             new_states[driver_id] = state
             events.extend(caused)
-        return new_states, events
-
-    def _without_zones(
-        self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
-    ) -> tuple[dict[str, TrackerState], list[Event]]:
-        """`on_locations` when no zone exists: a fix of a driver already online only moves
-        its times (`times_only`), with no lookup and no call of the tracker; the others
-        (a driver's first fix, its first after going offline, one with visits of deleted
-        zones to exit) take the tracker's path."""
-        index = self._index
-        tracker = self._tracker
-        new_states: dict[str, TrackerState] = {}
-        events: list[Event] = []
-        for loc in advanced:
-            driver_id = loc.driver_id
-            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
-            moved = times_only(state, loc.recorded_at_ns)
-            if moved is None:
-                moved, caused = tracker.on_location(state, loc, index, _NOWHERE)
-                events.extend(caused)
-            new_states[driver_id] = moved
         return new_states, events
 
     def on_status(

@@ -264,21 +264,6 @@ def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
     )
 
 
-def times_only(state: TrackerState, fix_ns: int) -> TrackerState | None:
-    """The state after a fix at `fix_ns` when no zone exists, if that fix can change only
-    the fix and last-seen times (what `ZoneTracker.on_location` would return for it: the
-    driver is online with a known status and no visit, and the fix is newer than the last);
-    else None, and the tracker must judge it. With no zones this is every fix of a driver
-    but its first (and the first after going offline), so that fleet pays one object."""
-    last = state.last_fix_ns
-    status = state.status
-    if not state.online or state.visits or status is None or last is None or fix_ns <= last:
-        return None
-    seen = state.last_seen_ns
-    new_seen = fix_ns if seen is None or fix_ns > seen else seen
-    return _online_state(fix_ns, new_seen, status, (), state.settled)
-
-
 def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
     """`state` with the fix and last-seen times its driver's row holds (see stored_alike),
     its memo kept; through the slots' setters (see _online_state), as `dataclasses.replace`
@@ -341,6 +326,47 @@ class ZoneTracker:
             caused.sort(key=_by_rank)  # stable: each group stays in zone id order
             events.extend(event for _, event in caused)
         return new_state, tuple(events)
+
+    def on_locations_nowhere(
+        self,
+        states: Mapping[str, TrackerState],
+        advanced: Iterable[Location],
+        zones: ZoneIndex,
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        """Each driver's state after `advanced` (in order) and their events, when `zones`
+        holds no zone. A fix that can change only the fix and last-seen times (the driver
+        online with a known status and no visit, the fix newer than the last: with no zones,
+        every fix but a driver's first and its first after going offline) moves them in
+        this loop, without a call per fix; the rest take `on_location`."""
+        new_states: dict[str, TrackerState] = {}
+        events: list[Event] = []
+        for loc in advanced:
+            driver_id = loc.driver_id
+            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            t = loc.recorded_at_ns
+            last = state.last_fix_ns
+            status = state.status
+            if (
+                state.online
+                and not state.visits
+                and status is not None
+                and last is not None
+                and t > last
+            ):
+                seen = state.last_seen_ns
+                moved: TrackerState = _new_object(TrackerState)
+                _SET_FIX(moved, t)
+                _SET_SEEN(moved, t if seen is None or t > seen else seen)
+                _SET_ONLINE(moved, True)
+                _SET_STATUS(moved, status)
+                _SET_VISITS(moved, ())
+                _SET_SETTLED(moved, state.settled)
+                new_states[driver_id] = moved
+                continue
+            state, caused = self.on_location(state, loc, zones, _NOWHERE)
+            new_states[driver_id] = state
+            events.extend(caused)
+        return new_states, events
 
     def _visit_zones(
         self,
@@ -505,6 +531,8 @@ class ZoneTracker:
 
 
 _OUTSIDE = Where.OUTSIDE
+#: Where a point is when no zone exists.
+_NOWHERE: Mapping[str, Where] = {}
 _INSIDE_BAND = Where.INSIDE_BAND
 _EXIT = EventType.ZONE_EXIT
 _ONLINE = EventType.DRIVER_ONLINE
