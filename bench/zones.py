@@ -30,11 +30,14 @@ serve    (also --serve alone) the whole accepted update: a real `driver-service 
          runs first. This is the issue's denominator, "today's per-update cost": gRPC, the
          interceptors, validation, the group commit and the evaluator together.
          --serve --instructions: the server under callgrind instead, one pair, counting
-         the instructions while the updates after the first go in.
+         the instructions while the updates after the first go in. Add --group NONE ZONES
+         for commit groups of those sizes and no periodic work (bench/fixed_groups.py):
+         under valgrind the writer's own groups shrink ~10x and follow the machine's
+         timing, which made this count unrepeatable (BENCHMARKS.md, "Zones", fourth pass).
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
-latency  a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
+latency  (also --latency alone) a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
          driver crossing a zone one UploadLocations at a time: recorded_at (just before the
          commit) -> the watcher has the event, and upload sent -> event received.
 """
