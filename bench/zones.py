@@ -37,9 +37,10 @@ serve    (also --serve alone) the whole accepted update: a real `driver-service 
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
-latency  (also --latency alone) a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
-         driver crossing a zone one UploadLocations at a time: recorded_at (just before the
-         commit) -> the watcher has the event, and upload sent -> event received.
+latency  (also --latency alone) a real server (grpc.aio, built as `serve` builds it), one
+         WatchEvents watcher, a driver crossing a zone one UploadLocations at a time:
+         recorded_at (just before the commit) -> the watcher has the event, and upload
+         sent -> event received.
 """
 
 from __future__ import annotations
