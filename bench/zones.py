@@ -30,13 +30,17 @@ serve    (also --serve alone) the whole accepted update: a real `driver-service 
          runs first. This is the issue's denominator, "today's per-update cost": gRPC, the
          interceptors, validation, the group commit and the evaluator together.
          --serve --instructions: the server under callgrind instead, one pair, counting
-         the instructions while the updates after the first go in.
+         the instructions while the updates after the first go in. Add --group NONE ZONES
+         for commit groups of those sizes and no periodic work (bench/fixed_groups.py):
+         under valgrind the writer's own groups shrink ~10x and follow the machine's
+         timing, which made this count unrepeatable (BENCHMARKS.md, "Zones", fourth pass).
 startup  the first commit after opening a store holding --zones zones: the evaluator loads
          every zone (polygons from the WKB stored beside their GeoJSON) and indexes them
          before evaluating.
-latency  a real server (grpc.aio, built as `serve` builds it), one WatchEvents watcher, a
-         driver crossing a zone one UploadLocations at a time: recorded_at (just before the
-         commit) -> the watcher has the event, and upload sent -> event received.
+latency  (also --latency alone) a real server (grpc.aio, built as `serve` builds it), one
+         WatchEvents watcher, a driver crossing a zone one UploadLocations at a time:
+         recorded_at (just before the commit) -> the watcher has the event, and upload
+         sent -> event received.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import shutil
@@ -248,11 +253,13 @@ def _serve_once(
     messages: list[pb.LocationUpdate],
     tag: str,
     counted: bool = False,
-) -> tuple[float, int]:
-    """(server CPU seconds, updates stored) for all but the first of `messages`, sent to a
-    fresh `driver-service serve` (the first goes alone before: start-up, loading zones);
-    `counted`: the server runs under callgrind, and the first figure is its instructions
-    while the rest went in."""
+    group: int = 0,
+) -> tuple[float, int, float]:
+    """(server CPU seconds, updates stored, mean updates a commit or nan) for all but the
+    first of `messages`, sent to a fresh `driver-service serve` (the first goes alone
+    before: start-up, loading zones); `counted`: the server runs under callgrind, and the
+    first figure is its instructions while the rest went in; `group`: commit groups of
+    that size and no periodic work (bench/fixed_groups.py)."""
     data = work / f"serve-{tag}"
     data.mkdir()
     if template is not None:
@@ -261,7 +268,8 @@ def _serve_once(
     first.write_bytes(grpc_frame(messages[0].SerializeToString()))
     rest.write_bytes(b"".join(grpc_frame(m.SerializeToString()) for m in messages[1:]))
     port = free_port()
-    argv = [PYTHON, "-m", "driver_service", "serve", "--insecure", "--listen"]
+    server = ["bench.fixed_groups", str(group)] if group else ["driver_service"]
+    argv = [PYTHON, "-m", *server, "serve", "--insecure", "--listen"]
     argv += [f"127.0.0.1:{port}", "--admin-listen", "", "--http-listen", ""]
     argv += ["--data-dir", str(data), "--rate-limit", "0", "--stale-after", "86400"]
     dump = work / f"callgrind-serve-{tag}.out"
@@ -295,7 +303,18 @@ def _serve_once(
             proc.kill()
             proc.wait(10)
         shutil.rmtree(data)
-    return cpu, stored
+    return cpu, stored, _mean_group(work / f"serve-{tag}.log")
+
+
+def _mean_group(log: Path) -> float:
+    """Mean updates a commit from bench/fixed_groups.py's line at exit (nan without it);
+    the first commit, of the single first update, is left out."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("fixed_groups: commits"):
+            words = line.split()
+            commits, updates = int(words[2]), int(words[4])
+            return (updates - 1) / (commits - 1) if commits > 1 else math.nan
+    return math.nan
 
 
 def serve_part(
@@ -306,8 +325,10 @@ def serve_part(
     moving: bool,
     per_driver: int = 100,
     counted: bool = False,
+    groups: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
-    """Server CPU per accepted update through `serve`, no zones against `zones` zones."""
+    """Server CPU per accepted update through `serve`, no zones against `zones` zones;
+    `groups`: fixed commit group sizes (no zones, zones), 0 for the writer's own."""
     if shutil.which("h2load") is None:
         return {"skipped": "h2load missing (Debian: nghttp2-client)"}
     template = work / "serve-template.sqlite3"
@@ -317,18 +338,21 @@ def serve_part(
     drivers = max(1, total // per_driver)
     messages = [driving(i, base, drivers) if moving else update(i, base) for i in range(total)]
     per_update: dict[str, list[float]] = {"none": [], "zones": []}
+    mean_groups: dict[str, list[float]] = {"none": [], "zones": []}
     for r in range(repeats):
         for kind in ("none", "zones") if r % 2 == 0 else ("zones", "none"):
-            cpu, stored = _serve_once(
+            cpu, stored, mean_group = _serve_once(
                 work,
                 template if kind == "zones" else None,
                 messages,
                 f"{'driving' if moving else 'teleporting'}-{r}-{kind}",
                 counted,
+                groups[kind == "zones"],
             )
             if stored != total - 1:
                 raise RuntimeError(f"{stored} of {total - 1} updates stored")
             per_update[kind].append(cpu / stored if counted else cpu / stored * 1e6)
+            mean_groups[kind].append(mean_group)
     none = statistics.median(per_update["none"])
     with_zones = statistics.median(per_update["zones"])
     unit = "instructions" if counted else "cpu_us"
@@ -340,6 +364,8 @@ def serve_part(
         f"server_{unit}_per_update_with_zones": with_zones,
         "added_share": (with_zones - none) / none,
         "runs": per_update,
+        "fixed_groups": list(groups) if any(groups) else None,
+        "mean_updates_per_commit": mean_groups if any(groups) else None,
     }
 
 
@@ -430,6 +456,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead: server CPU per accepted update through `driver-service serve`",
     )
+    parser.add_argument(
+        "--group",
+        type=int,
+        nargs=2,
+        default=(0, 0),
+        metavar=("NONE", "ZONES"),
+        help="with --serve: commit groups of these sizes (no zones, with zones) and no "
+        "periodic work (bench/fixed_groups.py), so a callgrind count depends on the updates "
+        "alone; 0: the writer's own",
+    )
+    parser.add_argument("--workload", choices=("driving", "teleporting", "both"), default="both")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="instead: event -> WatchEvents latency only (--crossings crossings)",
+    )
     parser.add_argument("--counted-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--teleporting", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -438,19 +480,26 @@ def main(argv: list[str] | None = None) -> int:
             _ingest(args.counted_child, args.total, not args.teleporting, args.per_driver, True)
         )
         return 0
+    if args.latency:
+        with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
+            print(json.dumps(asyncio.run(_latency(Path(tmp), args.crossings)), indent=2))
+        return 0
     if args.serve:
         # With --instructions: the server under callgrind, one pair (counts repeat).
         counted = args.instructions
         repeats = 1 if counted else args.repeats
+        groups = tuple(args.group)
+        served: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="bench-zones-") as tmp:
-            served = {
-                "driving": serve_part(
-                    Path(tmp), args.zones, args.total, repeats, True, args.per_driver, counted
-                ),
-                "teleporting": serve_part(
-                    Path(tmp), args.zones, args.total, repeats, False, 100, counted
-                ),
-            }
+            for name, moving, per_driver in (
+                ("driving", True, args.per_driver),
+                ("teleporting", False, 100),
+            ):
+                if args.workload in (name, "both"):
+                    served[name] = serve_part(
+                        Path(tmp), args.zones, args.total, repeats, moving, per_driver,
+                        counted, groups,
+                    )  # fmt: skip
         print(json.dumps(served, indent=2))
         return 0
     if args.instructions:

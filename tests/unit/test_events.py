@@ -395,6 +395,8 @@ def test_the_fast_constructors_set_every_field_as_the_dataclasses_do() -> None:
     visit = events_module._new_visit("z", True, T0, 2, True, T0 + 1)
     assert visit == Visit("z", True, T0, 2, True, T0 + 1)
     memo = events_module.Settled(0, {}, 0.0)
+    assert events_module._settled(0, {}, 0.0) == memo
+    assert len(fields(events_module.Settled)) == 3
     state = events_module._online_state(T0, T0 + 1, Status.BUSY, (visit,), memo)
     assert state == TrackerState(T0, T0 + 1, True, Status.BUSY, (visit,))
     assert len(fields(Event)) == 9
@@ -433,9 +435,7 @@ def test_the_memo_never_changes_what_a_route_gives(steps: list[tuple[int, int, i
             index = layouts[(layouts.index(index) + 1) % len(layouts)]
         location = fix(*_PLACES[place], t_s)
         memo, with_memo = tracker.on_location(memo, location, index)
-        plain, without = tracker.on_location(
-            TrackerState.from_json(plain.to_json()), location, index
-        )
+        plain, without = tracker.on_location(TrackerState._parse(plain.to_json()), location, index)
         assert with_memo == without
         assert memo == plain
 

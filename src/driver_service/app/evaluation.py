@@ -63,6 +63,8 @@ class ZoneEvaluator:
         self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
     ) -> tuple[dict[str, TrackerState], list[Event]]:
         index = self._index
+        if not len(index):  # no lookup, and no tracker call for most fixes
+            return self._tracker.on_locations_nowhere(states, advanced, index)
         found = index.locate_many(
             [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
         )

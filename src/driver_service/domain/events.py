@@ -147,22 +147,57 @@ class TrackerState:
     settled: Settled | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> str:
-        """Compact JSON (version 1), stable key order: the form stored beside the driver."""
-        doc: dict[str, Any] = {
-            "v": 1,
-            "fix": self.last_fix_ns,
-            "seen": self.last_seen_ns,
-            "online": self.online,
-            "status": None if self.status is None else self.status.value,
-            "visits": [
-                [v.zone_id, v.entered, v.since_ns, v.zone_version, v.dwelled, v.outside_since_ns]
-                for v in self.visits
-            ],
-        }
-        return _COMPACT.encode(doc)
+        """Compact JSON (version 1), stable key order: the form stored beside the driver.
+        Written directly (the same text as json.dumps gives, see `_state_doc`): a fleet
+        crossing zones writes one on every update."""
+        parts = [_STATE_HEAD]
+        for value, after in ((self.last_fix_ns, ',"seen":'), (self.last_seen_ns, ",")):
+            if value is None:
+                parts.append("null")
+            elif type(value) is int:
+                parts.append(str(value))
+            else:
+                return _COMPACT.encode(_state_doc(self))
+            parts.append(after)
+        parts.append('"online":true,"status":' if self.online else '"online":false,"status":')
+        status = self.status
+        parts.append("null" if status is None else _quoted(status.value))
+        parts.append(',"visits":[')
+        first = True
+        for v in self.visits:
+            since, version, outside = v.since_ns, v.zone_version, v.outside_since_ns
+            if (
+                type(since) is not int
+                or type(version) is not int
+                or not (outside is None or type(outside) is int)
+            ):
+                return _COMPACT.encode(_state_doc(self))
+            parts.append(
+                f"{'' if first else ','}[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
+                f"{version},{_BOOL[v.dwelled]},{'null' if outside is None else outside}]"
+            )
+            first = False
+        parts.append("]}")
+        text = "".join(parts)
+        _remember(text, self)
+        return text
 
     @classmethod
     def from_json(cls, text: str) -> TrackerState:
+        """The state a `to_json` text holds. A text this process wrote or read before is
+        not parsed again: the state is taken from `_BY_TEXT` (states are immutable), with
+        its memo, so a PostgreSQL replica, which reads each driver's state from its row in
+        every transaction, keeps the tracker's fast path (the same visits give the same
+        memo, whoever wrote them)."""
+        known = _BY_TEXT.get(text)
+        if known is not None:
+            return known
+        state = cls._parse(text)
+        _remember(text, state)
+        return state
+
+    @classmethod
+    def _parse(cls, text: str) -> TrackerState:
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("v") != 1:
             raise ValueError("not a version 1 tracker state")
@@ -181,6 +216,41 @@ class TrackerState:
 
 NEW_DRIVER = TrackerState()
 
+#: States by the JSON text they were written as or read from (see `from_json`); emptied
+#: when it reaches _BY_TEXT_LIMIT, so it holds at most that many.
+_BY_TEXT: dict[str, TrackerState] = {}
+_BY_TEXT_LIMIT = 100_000
+
+
+def _remember(text: str, state: TrackerState) -> None:
+    if len(_BY_TEXT) >= _BY_TEXT_LIMIT:
+        _BY_TEXT.clear()
+    _BY_TEXT[text] = state
+
+
+#: The state text's fixed start: its format version, then the fix time's key.
+_STATE_HEAD = '{"v":1,"fix":'
+#: JSON's spelling of a boolean, by the value (an int 0/1 where a bool was meant alike).
+_BOOL = {False: "false", True: "true"}
+#: A str as JSON writes it (ASCII, escaped): json's own C function.
+_quoted: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _state_doc(state: TrackerState) -> dict[str, Any]:
+    """The state as the document its JSON holds: `to_json`'s reference form, used for a
+    value of an unexpected type (json.dumps then decides)."""
+    return {
+        "v": 1,
+        "fix": state.last_fix_ns,
+        "seen": state.last_seen_ns,
+        "online": state.online,
+        "status": None if state.status is None else state.status.value,
+        "visits": [
+            [v.zone_id, v.entered, v.since_ns, v.zone_version, v.dwelled, v.outside_since_ns]
+            for v in state.visits
+        ],
+    }
+
 
 def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
     """Whether `after` differs from `before` in its fix and last-seen times at most: a store
@@ -195,8 +265,17 @@ def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
 
 
 def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
-    """`state` with the fix and last-seen times its driver's row holds (see stored_alike)."""
-    return replace(state, last_fix_ns=fix_ns, last_seen_ns=seen_ns)
+    """`state` with the fix and last-seen times its driver's row holds (see stored_alike),
+    its memo kept; through the slots' setters (see _online_state), as `dataclasses.replace`
+    costs ~20x a dict lookup: PostgreSQL does this for every driver in every commit."""
+    copy: TrackerState = _new_object(TrackerState)
+    _SET_FIX(copy, fix_ns)
+    _SET_SEEN(copy, seen_ns)
+    _SET_ONLINE(copy, state.online)
+    _SET_STATUS(copy, state.status)
+    _SET_VISITS(copy, state.visits)
+    _SET_SETTLED(copy, state.settled)
+    return copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +317,7 @@ class ZoneTracker:
             return _online_state(t, new_seen, status, state.visits, settled), ()
         driver_id = location.driver_id
         visits, until, caused = self._visit_zones(state.visits, location, zones, where)
-        new_state = _online_state(t, new_seen, status, tuple(visits), Settled(token, where, until))
+        new_state = _online_state(t, new_seen, status, tuple(visits), _settled(token, where, until))
         events: list[Event] = []
         if not state.online:
             online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
@@ -247,6 +326,47 @@ class ZoneTracker:
             caused.sort(key=_by_rank)  # stable: each group stays in zone id order
             events.extend(event for _, event in caused)
         return new_state, tuple(events)
+
+    def on_locations_nowhere(
+        self,
+        states: Mapping[str, TrackerState],
+        advanced: Iterable[Location],
+        zones: ZoneIndex,
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        """Each driver's state after `advanced` (in order) and their events, when `zones`
+        holds no zone. A fix that can change only the fix and last-seen times (the driver
+        online with a known status and no visit, the fix newer than the last: with no zones,
+        every fix but a driver's first and its first after going offline) moves them in
+        this loop, without a call per fix; the rest take `on_location`."""
+        new_states: dict[str, TrackerState] = {}
+        events: list[Event] = []
+        for loc in advanced:
+            driver_id = loc.driver_id
+            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            t = loc.recorded_at_ns
+            last = state.last_fix_ns
+            status = state.status
+            if (
+                state.online
+                and not state.visits
+                and status is not None
+                and last is not None
+                and t > last
+            ):
+                seen = state.last_seen_ns
+                moved: TrackerState = _new_object(TrackerState)
+                _SET_FIX(moved, t)
+                _SET_SEEN(moved, t if seen is None or t > seen else seen)
+                _SET_ONLINE(moved, True)
+                _SET_STATUS(moved, status)
+                _SET_VISITS(moved, ())
+                _SET_SETTLED(moved, state.settled)
+                new_states[driver_id] = moved
+                continue
+            state, caused = self.on_location(state, loc, zones, _NOWHERE)
+            new_states[driver_id] = state
+            events.extend(caused)
+        return new_states, events
 
     def _visit_zones(
         self,
@@ -264,7 +384,9 @@ class ZoneTracker:
         visits: list[Visit] = []
         until: float = math.inf
         settle_ns = self.settle_ns
-        zone_of = zones.get
+        zone_of = zones.zone_getter
+        if not before:
+            return self._first_visits(location, zone_of, where)
         previous = {v.zone_id: v for v in before}
         for zone_id in sorted(previous.keys() | where.keys()):
             visit = previous.get(zone_id)
@@ -304,6 +426,39 @@ class ZoneTracker:
             for kind in kinds:
                 event = _new_event(kind, driver_id, t, zone_id, zone.version, location)
                 caused.append((_RANK[kind], event))
+        return visits, until, caused
+
+    def _first_visits(
+        self,
+        location: Location,
+        zone_of: Callable[[str], Zone | None],
+        where: Mapping[str, Where],
+    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+        """`_visit_zones` for a driver in no zone's band before (a new driver, or one that
+        was outside every zone): `_settle` of a visit that is None for each zone whose band
+        holds the fix, with `_next_timer` of what it makes; the events are all enters."""
+        t = location.recorded_at_ns
+        driver_id = location.driver_id
+        settle_ns = self.settle_ns
+        caused: list[tuple[int, Event]] = []
+        visits: list[Visit] = []
+        until: float = math.inf
+        for zone_id in sorted(where):
+            here = where[zone_id]
+            zone = zone_of(zone_id)
+            if zone is None or here <= Where.OUTSIDE_BAND:
+                continue
+            version = zone.version
+            if here is Where.INSIDE or settle_ns <= 0:
+                visits.append(_new_visit(zone_id, True, t, version, False, None))
+                dwell_ns = zone.dwell_ns
+                if dwell_ns > 0 and t + dwell_ns < until:
+                    until = t + dwell_ns
+                event = _new_event(EventType.ZONE_ENTER, driver_id, t, zone_id, version, location)
+                caused.append((1, event))
+            else:
+                visits.append(_new_visit(zone_id, False, t, version, False, None))
+                until = min(until, t + settle_ns)
         return visits, until, caused
 
     def _advance(
@@ -376,6 +531,8 @@ class ZoneTracker:
 
 
 _OUTSIDE = Where.OUTSIDE
+#: Where a point is when no zone exists.
+_NOWHERE: Mapping[str, Where] = {}
 _INSIDE_BAND = Where.INSIDE_BAND
 _EXIT = EventType.ZONE_EXIT
 _ONLINE = EventType.DRIVER_ONLINE
@@ -404,6 +561,9 @@ _SET_ONLINE = _slot_setter(TrackerState, "online")
 _SET_STATUS = _slot_setter(TrackerState, "status")
 _SET_VISITS = _slot_setter(TrackerState, "visits")
 _SET_SETTLED = _slot_setter(TrackerState, "settled")
+_SET_SETTLED_TOKEN = _slot_setter(Settled, "index_token")
+_SET_SETTLED_WHERE = _slot_setter(Settled, "where")
+_SET_SETTLED_UNTIL = _slot_setter(Settled, "until_ns")
 _SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
 _SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
 _SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
@@ -419,6 +579,15 @@ _SET_EVENT_LOCATION = _slot_setter(Event, "location")
 _SET_EVENT_OLD = _slot_setter(Event, "old_status")
 _SET_EVENT_NEW = _slot_setter(Event, "new_status")
 _SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
+
+
+def _settled(index_token: int, where: Mapping[str, Where], until_ns: float) -> Settled:
+    """`Settled(...)` through the slots' setters (see _online_state): one a judged fix."""
+    settled: Settled = _new_object(Settled)
+    _SET_SETTLED_TOKEN(settled, index_token)
+    _SET_SETTLED_WHERE(settled, where)
+    _SET_SETTLED_UNTIL(settled, until_ns)
+    return settled
 
 
 def _new_visit(
@@ -465,7 +634,11 @@ def _new_event(
 
 
 def _online_state(
-    fix_ns: int, seen_ns: int, status: Status, visits: tuple[Visit, ...], settled: Settled
+    fix_ns: int,
+    seen_ns: int,
+    status: Status,
+    visits: tuple[Visit, ...],
+    settled: Settled | None,
 ) -> TrackerState:
     """`TrackerState(fix_ns, seen_ns, True, status, visits, settled)` at less than half the
     cost (a frozen dataclass's __init__ sets each field through object.__setattr__; this
@@ -530,33 +703,43 @@ def _location_json(loc: Location) -> str | None:
 
 
 def event_bodies(events: Iterable[Event]) -> list[str]:
-    """`event_body` of each event, in order. A zone event's body, by far the most common,
-    is written directly (the same text as json.dumps gives), and an update's location is
-    formatted once for all the events it caused."""
+    """`event_body` of each event, in order, written directly (the same text as json.dumps
+    gives; it decides only for a value of another type, or a location that is not finite),
+    and an update's location formatted once for all the events it caused."""
     bodies: list[str] = []
+    append = bodies.append
     loc_text: dict[int, str | None] = {}
     for event in events:
         loc = event.location
-        if (
-            loc is not None
-            and event.old_status is None
-            and event.new_status is None
-            and not event.zone_deleted
-        ):
+        version = event.zone_version
+        if type(version) is not int:
+            append(event_body(event))
+            continue
+        text: str | None = ""
+        if loc is not None:
             key = id(loc)
             if key in loc_text:
                 text = loc_text[key]
             else:
                 text = loc_text[key] = _location_json(loc)
-            if text is not None:
-                version = event.zone_version
-                if version and type(version) is int:
-                    bodies.append(f'{{"loc":{text},"zv":{version}}}')
-                    continue
-                if not version:
-                    bodies.append(f'{{"loc":{text}}}')
-                    continue
-        bodies.append(event_body(event))
+            if text is None:
+                append(event_body(event))
+                continue
+        old, new = event.old_status, event.new_status
+        if old is None and new is None and not event.zone_deleted and text:
+            # A zone event, by far the most common.
+            append(f'{{"loc":{text},"zv":{version}}}' if version else f'{{"loc":{text}}}')
+            continue
+        parts = [f'"loc":{text}'] if text else []
+        if old is not None:
+            parts.append('"old":' + _quoted(old.value))
+        if new is not None:
+            parts.append('"new":' + _quoted(new.value))
+        if event.zone_deleted:
+            parts.append('"deleted":true')
+        if version:
+            parts.append(f'"zv":{version}')
+        append("{" + ",".join(parts) + "}")
     return bodies
 
 

@@ -54,7 +54,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -496,6 +496,7 @@ class ZoneIndex:
         "_tree",
         "_zones",
         "token",
+        "zone_getter",
     )
 
     def __init__(self, zones: Iterable[Zone] = ()) -> None:
@@ -508,6 +509,9 @@ class ZoneIndex:
                 raise ValueError(f"zone {zone.zone_id!r} is given twice")
             by_id[zone.zone_id] = zone
         self._zones: Mapping[str, Zone] = by_id
+        #: `get` without a method call in between: the tracker asks for every zone a
+        #: driver is near.
+        self.zone_getter: Callable[[str], Zone | None] = by_id.get
         owners: list[str] = []
         boxes: list[Polygon] = []
         polygons: list[tuple[Polygon | MultiPolygon | None, ...]] = []

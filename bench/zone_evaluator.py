@@ -1,0 +1,114 @@
+"""The zone evaluator alone, as a store's writer thread runs it: `ZoneEvaluator.on_locations`
+over commit groups of a fixed size, then the tracker states that changed written as JSON and
+the events' bodies, per update. No gRPC, no SQL: the part of the whole update that zones
+add, counted without the rest's noise.
+
+    python -m bench.zone_evaluator [--workload driving|teleporting] [--zones 10000]
+                                   [--total 5000] [--group 64] [--instructions]
+
+Without --instructions: CPU µs per update (three runs). With it: the same in a child under
+callgrind, instrumented only while the updates are evaluated (building the zones is not
+counted), instructions per update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import PYTHON, ROOT
+from bench.ingest import update
+from bench.zone_index import make_zones
+from bench.zones import S, driving
+from driver_service.app.evaluation import ZoneEvaluator
+from driver_service.domain import Location
+from driver_service.domain.events import TrackerState, event_bodies, stored_alike
+from driver_service.wire import pb_to_location
+
+
+def evaluator(zones: int) -> ZoneEvaluator:
+    chosen = make_zones(zones, random.Random(7)) if zones else []
+    built = ZoneEvaluator()
+    built.load_zones(1, {z.zone_id: z.version for z in chosen}, chosen)
+    return built
+
+
+def locations(workload: str, total: int) -> list[Location]:
+    base = 1_700_000_000 * S
+    drivers = max(1, total // 100)
+    if workload == "driving":
+        return [pb_to_location(driving(i, base, drivers)) for i in range(total)]
+    return [pb_to_location(update(i, base)) for i in range(total)]
+
+
+def evaluate(built: ZoneEvaluator, fixes: list[Location], group: int) -> int:
+    """Every fix through the evaluator, `group` a call, as a store's commit does; the
+    number of events."""
+    trackers: dict[str, TrackerState] = {}
+    logged = 0
+    for i in range(0, len(fixes), group):
+        states, events = built.on_locations(trackers, fixes[i : i + group])
+        for driver_id, state in states.items():
+            if not stored_alike(trackers.get(driver_id), state):
+                state.to_json()
+        event_bodies(events)
+        logged += len(events)
+        trackers.update(states)
+    return logged
+
+
+def _callgrind(on: bool) -> None:
+    switch = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+    subprocess.run(switch, check=True, capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.zone_evaluator", description=__doc__)
+    parser.add_argument("--workload", choices=("driving", "teleporting"), default="driving")
+    parser.add_argument("--zones", type=int, default=10_000)
+    parser.add_argument("--total", type=int, default=5_000)
+    parser.add_argument("--group", type=int, default=64)
+    parser.add_argument("--instructions", action="store_true")
+    parser.add_argument("--counted-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    fixes = locations(args.workload, args.total)
+    if args.counted_child:
+        built = evaluator(args.zones)
+        _callgrind(True)
+        logged = evaluate(built, fixes, args.group)
+        _callgrind(False)
+        print(logged)
+        return 0
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            print("valgrind missing (Debian: valgrind)")
+            return 1
+        with tempfile.TemporaryDirectory(prefix="bench-zone-evaluator-") as tmp:
+            dump = Path(tmp) / "callgrind.out"
+            argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+            argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zone_evaluator"]
+            argv += ["--counted-child", "--workload", args.workload, "--zones", str(args.zones)]
+            argv += ["--total", str(args.total), "--group", str(args.group)]
+            out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True)
+            totals = [ln for ln in dump.read_text().splitlines() if ln.startswith("totals:")]
+            per_update = int(totals[0].split()[1]) / args.total
+        print(f"{per_update:.0f} instructions per update, {out.stdout.strip()} events")
+        return 0
+    for _ in range(3):
+        built = evaluator(args.zones)
+        t0 = time.process_time()
+        logged = evaluate(built, fixes, args.group)
+        cpu = time.process_time() - t0
+        print(f"{cpu / args.total * 1e6:.2f} µs per update, {logged} events", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
