@@ -62,6 +62,23 @@ async def eventually(predicate: object, timeout_s: float, what: str) -> None:
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
+async def start_two_workers(
+    launcher: Launcher, tmp_path: Path, target: str, postgres_db: str, redis: RedisServer
+) -> ServerProcess:
+    """`serve --workers 2` on `target`, returned once both workers listen."""
+    server = launcher.spawn(
+        ["--insecure", "--listen", target, "--workers", "2", "--store", postgres_db,
+         "--bus", redis.url, "--data-dir", str(tmp_path), "--log-format", "json"],
+        target,
+    ).wait_ready()  # fmt: skip
+
+    async def both_listening() -> bool:
+        return server.stderr.count("driver-service listening") == 2
+
+    await eventually(both_listening, 20, "both workers listening")
+    return server
+
+
 @contextlib.asynccontextmanager
 async def watching(
     client: DriverClient, driver_id: str
@@ -133,16 +150,7 @@ async def test_two_workers_both_serve_and_see_each_other(
     launcher: Launcher, tmp_path: Path, postgres_db: str, private_redis: RedisServer
 ) -> None:
     target = f"127.0.0.1:{free_port()}"
-    server = launcher.spawn(
-        ["--insecure", "--listen", target, "--workers", "2", "--store", postgres_db,
-         "--bus", private_redis.url, "--data-dir", str(tmp_path), "--log-format", "json"],
-        target,
-    ).wait_ready()  # fmt: skip
-
-    async def both_listening() -> bool:
-        return server.stderr.count("driver-service listening") == 2
-
-    await eventually(both_listening, 20, "both workers listening")
+    server = await start_two_workers(launcher, tmp_path, target, postgres_db, private_redis)
     # Separate connections are spread over the workers by the kernel (SO_REUSEPORT).
     watchers = [DriverClient(target, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(8)]  # fmt: skip
@@ -259,3 +267,43 @@ async def test_postgres_stopped_refuses_uploads_and_recovers(
         report = await client.upload([fix("pg-1", 1)])
         assert report.persisted_count == 1
         assert (await client.get_driver("pg-1")).latitude == pytest.approx(fix("pg-1", 1).latitude)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(
+    launcher: Launcher, tmp_path: Path, postgres_db: str, private_redis: RedisServer
+) -> None:
+    """A supervisor SIGKILLed (OOM, kill -9) must not leave its workers serving its port
+    forever, beside the next supervisor's workers: they notice and stop gracefully."""
+    target = f"127.0.0.1:{free_port()}"
+    server = await start_two_workers(launcher, tmp_path, target, postgres_db, private_redis)
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2, workers
+    server.kill()
+
+    async def workers_gone() -> bool:
+        return not any(_alive(pid) for pid in workers)
+
+    await eventually(workers_gone, 15, "orphaned workers to stop")
+    assert server.stderr.count("supervisor (pid") == 2, server.stderr[-2000:]
+    with pytest.raises(grpc.aio.AioRpcError):
+        async with grpc.aio.insecure_channel(target) as channel:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return _report(exc, "serve")
     from driver_service.observability.logs import configure_logging
     from driver_service.server.running import serve
-    from driver_service.server.workers import Supervisor, worker_index
+    from driver_service.server.workers import Supervisor, watch_supervisor, worker_index
 
     configure_logging(settings.log_level, settings.log_format, worker_index())
     if settings.workers > 1:
@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return _report(exc, "serve")
         return asyncio.run(Supervisor(settings).run())
+    watch_supervisor()
     try:
         code = run_loop(serve(settings))
     except ConfigError as exc:  # every start-up failure, one line naming the setting

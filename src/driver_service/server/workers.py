@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from driver_service.server.config import ServerSettings, env_name, setting_field
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "DRIVER_SERVICE_WORKER_INDEX"
+#: The supervisor's pid, so a worker notices when it is gone (killed, OOM) and stops.
+SUPERVISOR_ENV = "DRIVER_SERVICE_SUPERVISOR_PID"
+#: How often a worker checks that its supervisor is still its parent.
+SUPERVISOR_CHECK_S = 0.5
 #: A worker that dies sooner than this after its start counts towards giving up.
 QUICK_EXIT_S = 5.0
 MAX_QUICK_EXITS = 3
@@ -53,7 +58,31 @@ def worker_environment(settings: ServerSettings, index: int) -> dict[str, str]:
         if value is not None:
             env[env_name(f.name)] = _encode(value)
     env[WORKER_ENV] = str(index)
+    env[SUPERVISOR_ENV] = str(os.getpid())
     return env
+
+
+def watch_supervisor() -> threading.Thread | None:
+    """In a worker, stop gracefully (SIGTERM to itself) once the supervisor is gone.
+
+    Workers run in sessions of their own (a terminal's Ctrl-C reaches only the supervisor),
+    so a supervisor killed with SIGKILL or by the OOM killer would leave them serving its
+    ports forever, beside any new supervisor's workers. A daemon thread polls the parent pid:
+    portable, and a thread keeps working while the event loop is busy."""
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if worker_index() is None or expected is None:
+        return None
+    supervisor = int(expected)
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(SUPERVISOR_CHECK_S)
+        log.warning("supervisor (pid %d) is gone: stopping this worker", supervisor)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class Supervisor:
