@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
@@ -26,6 +27,7 @@ from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.redis.read_cache import DriverReadCache
 from driver_service.app.history import LocationHistory
 from driver_service.domain import Driver, Location, Status
+from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
@@ -340,19 +342,24 @@ async def test_redis_hung_the_cache_stops_serving_within_the_bound(
         private_redis.resume()
 
 
+def production_settings(postgres_url: str, redis: RedisServer) -> ServerSettings:
+    """A production server's settings (default read cache) on the test's database and Redis."""
+    return ServerSettings(
+        listen="127.0.0.1:0",
+        admin_listen="",
+        store=postgres_url,
+        bus=redis.url,
+        insecure=True,
+        rate_limit=0,
+    )
+
+
 @pytest.fixture
 async def servers(
     private_redis: RedisServer, postgres_url: str
 ) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     """Two production servers (build_services, default read cache) on one database and Redis."""
-    settings = ServerSettings(
-        listen="127.0.0.1:0",
-        admin_listen="",
-        store=postgres_url,
-        bus=private_redis.url,
-        insecure=True,
-        rate_limit=0,
-    )
+    settings = production_settings(postgres_url, private_redis)
     a = await start_server(settings, await build_services(settings))
     try:
         b = await start_server(settings, await build_services(settings))
@@ -443,3 +450,49 @@ async def test_a_backlog_longer_than_the_ping_deadline_is_not_a_dead_connection(
     finally:
         await publisher.aclose()
         await bus.close()
+
+
+def _read_cache_figures(metrics: ServiceMetrics) -> dict[str, float]:
+    """The driver_service_read_cache_* samples of a /metrics scrape, by name."""
+    figures = {}
+    for line in generate_latest(metrics.registry).decode().splitlines():
+        if line.startswith("driver_service_read_cache_"):
+            name, value = line.split()
+            figures[name.removeprefix("driver_service_read_cache_")] = float(value)
+    return figures
+
+
+async def test_the_read_cache_reports_its_hits_fills_and_whether_it_serves(
+    private_redis: RedisServer, postgres_url: str
+) -> None:
+    """An operator sees whether the cache answers reads (hits, fills, size) and when it has
+    stepped aside (Redis hung: every read goes to Redis or the store)."""
+    settings = production_settings(postgres_url, private_redis)
+    metrics = ServiceMetrics()
+    server = await start_server(settings, await build_services(settings, metrics), metrics)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            drivers = pb_grpc.DriverServiceStub(channel)
+            update = pb.LocationUpdate(driver_id="m1", latitude=52.5, longitude=13.4)
+            update.timestamp.FromNanoseconds(time.time_ns())
+            assert (await drivers.UploadLocations(iter([update]), timeout=5)).persisted_count == 1
+            for _ in range(3):
+                await drivers.GetDriver(pb.GetDriverRequest(driver_id="m1"), timeout=5)
+        figures = _read_cache_figures(metrics)
+        assert figures["entries"] == 1, figures
+        assert figures["fills_total"] == 1, figures
+        assert figures["hits_total"] >= 2, figures
+        assert figures["evictions_total"] == 0, figures
+        assert figures["serving"] == 1, figures
+        private_redis.pause()
+        try:
+            bound_s = settings.read_cache_staleness
+            await eventually(
+                lambda: _read_cache_figures(metrics)["serving"] == 0,
+                bound_s + SLACK_S,
+                "the cache to say it no longer serves",
+            )
+        finally:
+            private_redis.resume()
+    finally:
+        await server.stop(0)

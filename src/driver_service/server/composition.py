@@ -215,6 +215,7 @@ async def _build_tracking(
     fills: list[Fill] = []
     forget_live: list[Forgetter] = []
     current = durable.current_driver if isinstance(durable, SqliteRepository) else None
+    read_cache = None
     if redis is not None:
         from driver_service.adapters.redis.live import LiveStateRepository
 
@@ -223,11 +224,19 @@ async def _build_tracking(
         forget_live.append(repository.forget)
         # Replicas write the SQLite mirror's state to Redis instead: the read cache, if on.
         current = repository.current_driver if settings.read_cache_size else None
+        read_cache = repository.cache
     limiter = (
         RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit > 0 else None
     )
     rejected = None
     if metrics is not None:
+        if read_cache is not None:
+            cache = read_cache
+            metrics.watch_read_cache(
+                lambda: len(cache),
+                lambda: 1.0 if cache.serving else 0.0,
+                lambda: (cache.hits, cache.fills, cache.evictions),
+            )
         repository = InstrumentedRepository(repository, metrics)
         bus = InstrumentedBus(bus, metrics)
         rejected = metrics.rejected

@@ -228,6 +228,11 @@ class LiveStateRepository:
         self._cache = cache
 
     @property
+    def cache(self) -> DriverReadCache | None:
+        """The read cache in use, if any (its figures are exported as metrics)."""
+        return self._cache
+
+    @property
     def current_driver(self) -> Callable[[str], Driver | None]:
         """The driver from the read cache without a wait, if it holds it fresh; else None
         (GetDriver's no-wait path: the cache's own method, no call in between)."""

@@ -111,6 +111,9 @@ class DriverReadCache:
         guard.on_recover.append(self._recovered)
         #: First reads that filled an entry (tests, metrics).
         self.fills = 0
+        #: Reads answered from an entry, and entries evicted to stay bounded (metrics).
+        self.hits = 0
+        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -127,7 +130,14 @@ class DriverReadCache:
         ):
             return None
         self._entries.move_to_end(driver_id)
+        self.hits += 1
         return entry.driver
+
+    @property
+    def serving(self) -> bool:
+        """Whether entries are served now (connected, Redis up, a PING answered within the
+        bound); while not, every read goes to Redis or the store."""
+        return self._fresh()
 
     def _fresh(self) -> bool:
         bus = self._bus
@@ -179,6 +189,7 @@ class DriverReadCache:
         while len(self._entries) > self._max:
             _, evicted = self._entries.popitem(last=False)
             evicted.subscription.close()
+            self.evictions += 1
 
     def apply(self, driver_id: str, payload: bytes) -> None:
         """A message of a driver's channel (from the bus's reader task, or this process's

@@ -288,6 +288,40 @@ class ServiceMetrics:
             registry=reg,
         ).set_function(lambda: (stats().oldest_ns or 0) / 1e9)
 
+    def watch_read_cache(
+        self,
+        entries: Callable[[], float],
+        serving: Callable[[], float],
+        counts: Callable[[], tuple[int, int, int]],
+    ) -> None:
+        """Export GetDriver's read cache (PostgreSQL + Redis): its size, whether it serves
+        now, and its hits, fills and evictions (`counts`, read at scrape time)."""
+        reg = self.registry
+        Gauge(
+            "driver_service_read_cache_entries",
+            "Drivers held by this process's read cache (each with a pub/sub channel).",
+            registry=reg,
+        ).set_function(entries)
+        Gauge(
+            "driver_service_read_cache_serving",
+            "1 while the read cache answers reads (Redis confirmed within the staleness"
+            " bound), 0 while every read falls back to Redis or the store.",
+            registry=reg,
+        ).set_function(serving)
+        for position, (name, what) in enumerate(
+            (
+                ("hits", "GetDriver reads answered from the read cache."),
+                ("fills", "First reads that subscribed to a driver and cached it."),
+                ("evictions", "Entries evicted (least recently read) to keep the cache bounded."),
+            )
+        ):
+            CounterReading(
+                f"driver_service_read_cache_{name}",
+                what,
+                lambda position=position: float(counts()[position]),  # type: ignore[misc]
+                reg,
+            )
+
     def count_webhook_attempt(
         self, endpoint: str, outcome: str, duration_s: float, lag_s: float | None
     ) -> None:
