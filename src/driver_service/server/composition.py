@@ -231,11 +231,13 @@ async def _build_tracking(
     rejected = None
     if metrics is not None:
         if read_cache is not None:
-            cache = read_cache
+            cache = read_cache  # narrowed for the lambdas
             metrics.watch_read_cache(
                 lambda: len(cache),
                 lambda: 1.0 if cache.serving else 0.0,
-                lambda: (cache.hits, cache.fills, cache.evictions),
+                lambda: cache.hits,
+                lambda: cache.fills,
+                lambda: cache.evictions,
             )
         repository = InstrumentedRepository(repository, metrics)
         bus = InstrumentedBus(bus, metrics)

@@ -292,10 +292,12 @@ class ServiceMetrics:
         self,
         entries: Callable[[], float],
         serving: Callable[[], float],
-        counts: Callable[[], tuple[int, int, int]],
+        hits: Callable[[], float],
+        fills: Callable[[], float],
+        evictions: Callable[[], float],
     ) -> None:
         """Export GetDriver's read cache (PostgreSQL + Redis): its size, whether it serves
-        now, and its hits, fills and evictions (`counts`, read at scrape time)."""
+        now, and its counts (read at scrape time: nothing is updated on the read path)."""
         reg = self.registry
         Gauge(
             "driver_service_read_cache_entries",
@@ -308,19 +310,12 @@ class ServiceMetrics:
             " bound), 0 while every read falls back to Redis or the store.",
             registry=reg,
         ).set_function(serving)
-        for position, (name, what) in enumerate(
-            (
-                ("hits", "GetDriver reads answered from the read cache."),
-                ("fills", "First reads that subscribed to a driver and cached it."),
-                ("evictions", "Entries evicted (least recently read) to keep the cache bounded."),
-            )
+        for name, what, read in (
+            ("hits", "GetDriver reads answered from the read cache.", hits),
+            ("fills", "First reads that subscribed to a driver and cached it.", fills),
+            ("evictions", "Entries evicted (least recently read) to stay bounded.", evictions),
         ):
-            CounterReading(
-                f"driver_service_read_cache_{name}",
-                what,
-                lambda position=position: float(counts()[position]),  # type: ignore[misc]
-                reg,
-            )
+            CounterReading(f"driver_service_read_cache_{name}", what, read, reg)
 
     def count_webhook_attempt(
         self, endpoint: str, outcome: str, duration_s: float, lag_s: float | None
