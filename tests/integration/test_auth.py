@@ -215,6 +215,36 @@ async def test_driver_session_for_another_driver_is_denied(secure: Secure) -> No
     assert await secure.repository.get_driver("d2") is None
 
 
+#: Commands of 1 MB pushed at once: more than the client's flow-control window takes.
+COMMANDS_IN_FLIGHT = 40
+
+
+async def test_a_refused_session_message_is_answered_while_a_command_is_still_being_sent(
+    secure: Secure,
+) -> None:
+    """The refusal comes from the session's reader while the server is still sending it a
+    command (here one too large for the flow-control window, so the send waits on the
+    client). Aborting from the reader then made grpc reject the status batch
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS): the status was never sent, and the caller waited
+    for its deadline (CI saw it with a pong in flight). The caller must get the command,
+    then PERMISSION_DENIED."""
+    token = secure.issuer.issue_driver("d1")
+    session = secure.stub.DriverSession(metadata=bearer(token), timeout=10)
+    await session.write(pb.DriverEvent(location=update("d1", 1.0)))
+    await session.write(pb.DriverEvent(heartbeat=pb.HeartbeatPing(client_ts_ms=1)))
+    assert (await session.read()).pong.server_ts_ms > 0  # the session now speaks for d1
+    for n in range(COMMANDS_IN_FLIGHT):
+        offer = pb.RideOffer(offer_id=f"o{n}", pickup_address="x" * 1_000_000)
+        assert secure.tracking.push_command("d1", pb.ServerCommand(ride_offer=offer))
+    await asyncio.sleep(0.3)  # the send is under way and waits for the client to read
+    await session.write(pb.DriverEvent(location=update("d2", 5.0)))
+    await asyncio.sleep(0.3)  # the reader has refused it
+    for n in range(COMMANDS_IN_FLIGHT):
+        assert (await session.read()).ride_offer.offer_id == f"o{n}"
+    await expect_code(session.read(), grpc.StatusCode.PERMISSION_DENIED)
+    assert await secure.repository.get_driver("d2") is None
+
+
 async def test_driver_session_status_change_for_another_driver_is_denied(secure: Secure) -> None:
     token = secure.issuer.issue_driver("d1")
     events = [

@@ -70,6 +70,21 @@ _EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from grpc-stubs
 ReadCheck = Callable[[Any], "tuple[grpc.StatusCode, str] | None"]
 
 
+class RefusedMessage(Exception):
+    """Raised where a stream's incoming message is refused, instead of aborting there.
+
+    The reader may be a task of the handler's own (DriverSession's pump) while a response
+    is being sent; grpc rejects a status batch while a send is pending
+    (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS), so the caller got no status and waited for its
+    deadline. The exception travels out of the handler (a reader task hands it on like any
+    read error), and the call's wrapper aborts from the handler's own task, after its sends.
+    """
+
+    def __init__(self, refusal: tuple[grpc.StatusCode, str]) -> None:
+        super().__init__(refusal[1])
+        self.refusal = refusal
+
+
 class CheckedReadContext:
     """A servicer context whose `read()` runs `check` too, so a handler that reads with
     `context.read()` instead of iterating cannot bypass per-message checks. Everything
@@ -89,7 +104,7 @@ class CheckedReadContext:
     async def read(self) -> Any:
         message = await self._context.read()
         if message is not _EOF and (refusal := self._check(message)) is not None:
-            await self._context.abort(*refusal)
+            raise RefusedMessage(refusal)
         return message
 
     def __getattr__(self, name: str) -> Any:

@@ -1,5 +1,5 @@
 """An exception escaping a handler becomes INTERNAL for the caller, with no details; the
-stack goes to the log."""
+stack goes to the log. A refused incoming message escaping it becomes its refusal."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import grpc
+
+from driver_service.interceptors._handlers import RefusedMessage
 
 log = logging.getLogger("driver_service.interceptors.recovery")
 
@@ -23,3 +25,11 @@ async def recover(context: grpc.aio.ServicerContext[Any, Any], method: str) -> N
         return
     log.exception("unhandled error in %s", method)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+async def refuse(context: grpc.aio.ServicerContext[Any, Any], refused: RefusedMessage) -> None:
+    """End the call with the refusal of one of its incoming messages (from an `except`
+    block in the handler's own task), unless the call is already over."""
+    if context.done() or context.cancelled():
+        return
+    await context.abort(*refused.refusal)
