@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,19 +18,13 @@ import pytest
 
 from driver_service.cli.upload_command import BadLine, parse_csv, parse_jsonl
 from driver_service.client import NotFound, SyncDriverClient
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
 START_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0
 HEADER = "driver_id,latitude,longitude,speed_mps,heading_degrees,timestamp\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _env() -> dict[str, str]:
@@ -44,7 +37,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server subprocess for this module; killed (and its log shown) at the end."""
     data_dir = tmp_path_factory.mktemp("data")
     log_path = data_dir / "server.log"
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
