@@ -174,11 +174,18 @@ class SubscriptionClosed(Exception):
     """The subscription ended because the bus or the server is shutting down."""
 
 
+class MissedLocations(Exception):
+    """The bus may have lost locations for this subscription (its link to the other
+    processes dropped and is back): read the driver's current location again. The
+    subscription stays open and receives every location published from now on."""
+
+
 class Subscription(Protocol):
     """Live locations of one driver, newest last; a slow reader loses the oldest, never blocks."""
 
     async def next(self) -> Location:
-        """Wait for the next location; raise SubscriptionClosed when the subscription ends."""
+        """Wait for the next location; raise SubscriptionClosed when the subscription ends,
+        MissedLocations (once per gap) when locations may have been lost."""
         ...
 
     def close(self) -> None: ...

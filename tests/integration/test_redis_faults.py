@@ -17,7 +17,9 @@ from driver_service.adapters.redis.bus import RedisBus
 from driver_service.adapters.redis.connection import create_redis_client, redis_guard
 from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Driver, Location, Status
+from driver_service.ports import MissedLocations
 from driver_service.resilience.guard import DependencyUnavailable
 from tests.helpers.ports import free_port
 from tests.helpers.redis import RedisServer
@@ -66,6 +68,10 @@ async def test_bus_survives_a_redis_restart_and_watchers_resume(
         private_redis.start()  # same port, empty: every subscription must be made again
         await eventually(lambda: watcher_bus.healthy, what="bus to reconnect by itself")
         await watcher_bus.ping()
+        # Once resubscribed, the watcher is told it may have missed locations (loc 2 was).
+        with pytest.raises(MissedLocations):
+            await asyncio.wait_for(waiting, 2)
+        waiting = asyncio.ensure_future(sub.next())
         # A publisher keeps publishing; the same subscription receives once resubscribed.
         i = 3
         while not waiting.done():
@@ -208,3 +214,46 @@ async def test_a_subscribe_cancelled_while_redis_hangs_leaves_nothing_behind(
     finally:
         private_redis.resume()
         await bus.close()
+
+
+async def test_a_watcher_is_sent_a_location_published_while_its_connection_was_away(
+    replica: tuple[LiveStateRepository, Redis], private_redis: RedisServer
+) -> None:
+    """The watcher's pub/sub connection drops while Redis stays up (here CLIENT KILL; a
+    Redis restart does the same), and a location is accepted and published before the bus
+    is back: nobody received it. A driver that then stops moving was never sent its last
+    location (make test saw it after a Redis restart). Once its channel is confirmed again
+    the watcher reads the driver's current location and sends it."""
+    repo, admin = replica
+    await repo.record_locations([loc("d1", 1)])
+    watcher_bus = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5),
+        "f:",
+        reconnect_min_s=2.0,  # back after 1-2 s: time to publish while it is away
+        close_client=True,
+    )
+    publisher = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
+    )
+    dropped: list[bool] = []  # what a read cache listens to: it must forget what it held
+    watcher_bus.disconnect_listeners.append(lambda: dropped.append(True))
+    tracking = DriverTracking(repo, watcher_bus)
+    watch = tracking.watch("d1")
+    try:
+        assert await asyncio.wait_for(anext(watch), 2) == loc("d1", 1)
+        connects = watcher_bus.connects
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await eventually(lambda: not watcher_bus.healthy, what="the bus to see its loss")
+        await repo.record_locations([loc("d1", 2)])
+        await publisher.publish([loc("d1", 2)])
+        assert watcher_bus.connects == connects, "published after the bus was back"
+        assert await asyncio.wait_for(anext(watch), 5) == loc("d1", 2)
+        assert watcher_bus.connects == connects + 1
+        assert dropped
+        # Nothing is sent twice, and live locations flow again.
+        await publisher.publish([loc("d1", 2), loc("d1", 3)])
+        assert await asyncio.wait_for(anext(watch), 2) == loc("d1", 3)
+    finally:
+        await watch.aclose()
+        await watcher_bus.close()
+        await publisher.close()

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from driver_service.domain import Location
-from driver_service.ports import SubscriptionClosed
+from driver_service.ports import MissedLocations, SubscriptionClosed
 
 DEFAULT_QUEUE_SIZE = 8
 
@@ -19,7 +19,7 @@ class MemorySubscription:
     Per delivery: a deque append and pop and one future. The event loop is looked up once,
     not per wait: asyncio.get_running_loop() makes a getpid() system call on Python 3.11."""
 
-    __slots__ = ("_bus", "_closed", "_loop", "_queue", "_waiter", "driver_id")
+    __slots__ = ("_bus", "_closed", "_loop", "_missed", "_queue", "_waiter", "driver_id")
 
     def __init__(self, bus: MemoryBus, driver_id: str, maxsize: int) -> None:
         self._bus = bus
@@ -28,6 +28,7 @@ class MemorySubscription:
         self._waiter: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._missed = False
 
     def push(self, location: Location) -> None:
         self._queue.append(location)
@@ -40,11 +41,20 @@ class MemorySubscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def mark_missed(self) -> None:
+        """Locations may have been lost: the reader gets MissedLocations once the queue is
+        drained (what is queued is handed out first)."""
+        self._missed = True
+        self._wake()
+
     async def next(self) -> Location:
         queue = self._queue
         while not queue:
             if self._closed:
                 raise SubscriptionClosed(self.driver_id)
+            if self._missed:
+                self._missed = False
+                raise MissedLocations(self.driver_id)
             loop = self._loop
             if loop is None:
                 loop = self._loop = asyncio.get_running_loop()
@@ -157,6 +167,11 @@ class MemoryBus:
         sub = MemoryFleetSubscription(owner, on_close)
         owner[sub] = None
         return sub
+
+    def mark_missed(self, driver_id: str) -> None:
+        """Tell the driver's watchers here that locations may have been lost."""
+        for sub in self._watchers.get(driver_id, ()):
+            sub.mark_missed()
 
     def unsubscribe(self, sub: MemorySubscription) -> None:
         subs = self._watchers.get(sub.driver_id)

@@ -30,7 +30,13 @@ from driver_service.domain import (
     validate_driver_id,
     validate_location,
 )
-from driver_service.ports import DriverRepository, LocationBus, Subscription, SubscriptionClosed
+from driver_service.ports import (
+    DriverRepository,
+    LocationBus,
+    MissedLocations,
+    Subscription,
+    SubscriptionClosed,
+)
 from driver_service.resilience.failure_log import FailureLog
 from driver_service.resilience.supervision import TaskSupervisor
 
@@ -108,7 +114,8 @@ class DriverTracking:
     # --- StreamLocation --------------------------------------------------------------------
     async def watch(self, driver_id: str) -> AsyncIterator[Location]:
         """Yield the latest known location at once (if any), then each newer one as it is
-        accepted. An unknown driver is waited for: its first location is sent when it comes."""
+        accepted. An unknown driver is waited for: its first location is sent when it comes.
+        If the bus may have lost locations (MissedLocations), the newest is read again."""
         validate_driver_id(driver_id)
         if self._stopping:
             raise ShuttingDown("server is shutting down; reconnect to another replica")
@@ -128,6 +135,13 @@ class DriverTracking:
                     raise ShuttingDown(
                         "server is shutting down; reconnect to another replica"
                     ) from None
+                except MissedLocations:
+                    # The bus lost its link and is back: a driver that stopped moving meanwhile
+                    # would otherwise never be sent its last location.
+                    driver = await self.repository.get_driver(driver_id)
+                    if driver is None or driver.location is None:
+                        continue
+                    location = driver.location
                 if location.recorded_at_ns > last_sent_ns:
                     last_sent_ns = location.recorded_at_ns
                     yield location

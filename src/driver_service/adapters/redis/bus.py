@@ -12,7 +12,10 @@ Each process holds ONE pub/sub connection; a reader task dispatches its messages
 subscriptions (the same bounded, drop-oldest queues as the in-memory bus), and Redis channel
 subscriptions are reference-counted per driver. When the connection drops, subscriptions stay
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
-jittered backoff and resubscribes every channel. A connection that hangs instead of dropping
+jittered backoff and resubscribes every channel. Once Redis confirms a watched channel again,
+its watchers get MissedLocations and read their driver's current location anew: a driver
+that stopped moving during the gap would otherwise never be sent its last position. redis-py
+may reconnect the connection by itself (its retry); that is noticed and handled the same way. A connection that hangs instead of dropping
 is found by a PING that gets no PONG, and no message either, within `idle_ping_s`; every
 other wait on Redis is bounded by the shared guard's timeout.
 
@@ -166,6 +169,12 @@ class RedisBus:
         # channel reach Redis in the order we decided them.
         self._subscribed: set[bytes] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        # Location channels resubscribed by the current connection whose watchers have not
+        # yet been told that they may have missed locations (MissedLocations).
+        self._catch_up: set[bytes] = set()
+        # Set when redis-py reconnected the pub/sub connection by itself (see
+        # _remade_behind_our_back).
+        self._remade_by_client = False
         # Raw (non-location) channels and their local handlers.
         self._handlers: dict[bytes, list[ChannelSubscription]] = {}
         self._lock = asyncio.Lock()
@@ -371,6 +380,9 @@ class RedisBus:
             # Raises unless Redis accepts a connection and answers the handshake in time.
             async with asyncio.timeout(self._op_timeout_s):
                 await pubsub.connect()  # type: ignore[no-untyped-call]
+            self._remade_by_client = False
+            if pubsub.connection is not None:
+                pubsub.connection.register_connect_callback(self._remade_behind_our_back)
             # No await between these two lines: a watcher added before this point is in the
             # snapshot; one added after it sees `healthy` and subscribes through the lock.
             self._healthy = True
@@ -379,6 +391,11 @@ class RedisBus:
             patterns = [self._fleet_pattern] if self._fleet else []
             self._subscribed = set(channels) | set(patterns)
             self._confirmations = {c: self._new_confirmation() for c in self._subscribed}
+            # Watchers that were subscribed before this connection missed whatever was
+            # published while there was none: each is told once Redis confirms its channel
+            # again (from then on nothing is missed), and reads its driver's state anew.
+            prefix = self._channel_prefix
+            self._catch_up = {c for c in channels if c.startswith(prefix)}
             if channels:
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.subscribe(*channels)
@@ -399,6 +416,8 @@ class RedisBus:
         last_ping = heard = monotonic()
         task = asyncio.current_task()
         while True:
+            if self._remade_by_client:
+                raise RedisError("redis bus connection was re-made by the client")
             if task is not None and task.cancelling():
                 # Python 3.11's wait_for (inside redis-py) can swallow a cancel that comes as
                 # its read completes: honour it, or stop() would wait for this loop forever.
@@ -428,6 +447,13 @@ class RedisBus:
             else:
                 await self._dispatch(message)
 
+    def _remade_behind_our_back(self, _connection: object) -> None:
+        """redis-py's own retry reconnected the pub/sub connection and subscribed again:
+        what was published meanwhile is lost without a word. The reader then drops the
+        connection and makes it again its own way (watchers told to catch up, disconnect
+        listeners such as the read cache called)."""
+        self._remade_by_client = True
+
     async def _dispatch(self, message: dict[str, Any]) -> None:
         """A message of the pub/sub connection (not a PONG) to whoever waits for it here."""
         kind = message["type"]
@@ -444,9 +470,13 @@ class RedisBus:
         elif kind == "pmessage":
             self._to_fleet(message["channel"], message["data"])
         elif kind in ("subscribe", "psubscribe"):
-            confirmation = self._confirmations.pop(message["channel"], None)
+            channel = message["channel"]
+            confirmation = self._confirmations.pop(channel, None)
             if confirmation is not None and not confirmation.done():
                 confirmation.set_result(None)
+            if channel in self._catch_up:
+                self._catch_up.discard(channel)
+                self._local.mark_missed(channel[len(self._channel_prefix) :].decode())
 
     def _to_fleet(self, channel: bytes, payload: bytes) -> None:
         """A message of the fleet pattern (every location channel) to the fleet subscriptions
@@ -476,6 +506,8 @@ class RedisBus:
                 confirmation.set_result(None)  # nobody waits for a dead connection
         self._confirmations = {}
         if pubsub is not None:
+            if pubsub.connection is not None:  # it goes back to the pool for commands
+                pubsub.connection.deregister_connect_callback(self._remade_behind_our_back)
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
