@@ -15,7 +15,8 @@ open (they simply receive nothing), `healthy` turns false, and the reader reconn
 jittered backoff and resubscribes every channel. Once Redis confirms a watched channel again,
 its watchers get MissedLocations and read their driver's current location anew: a driver
 that stopped moving during the gap would otherwise never be sent its last position. redis-py
-may reconnect the connection by itself (its retry); that is noticed and handled the same way. A connection that hangs instead of dropping
+may reconnect the connection by itself (its retry); that is noticed and handled the same way.
+A connection that hangs instead of dropping
 is found by a PING that gets no PONG, and no message either, within `idle_ping_s`; every
 other wait on Redis is bounded by the shared guard's timeout.
 
