@@ -16,9 +16,9 @@ jittered backoff and resubscribes every channel. Once Redis confirms a watched c
 its watchers get MissedLocations and read their driver's current location anew: a driver
 that stopped moving during the gap would otherwise never be sent its last position. redis-py
 may reconnect the connection by itself (its retry); that is noticed and handled the same way.
-A connection that hangs instead of dropping
-is found by a PING that gets no PONG, and no message either, within `idle_ping_s`; every
-other wait on Redis is bounded by the shared guard's timeout.
+A connection that hangs instead of dropping is found by a PING that gets no PONG, and no
+message either, within `idle_ping_s`; every other wait on Redis is bounded by the shared
+guard's timeout.
 
 The reader also PINGs every `ping_every_s` while messages flow, and `confirmed_at` is when
 the last answered PING was sent: Redis answers a PING after every message it published to
