@@ -34,6 +34,8 @@ from tests.helpers.webhook_receiver import Receiver
 
 SECRET = b"webhooks-test-secret-32-bytes!!!!!!!"
 S = 10**9
+#: The fixture's delivery timeout (webhook_timeout).
+DELIVERY_TIMEOUT_S = 0.5
 
 
 def new_secret() -> str:
@@ -89,7 +91,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> ServerSettings:
         "rate_limit": 0,
         "webhook_allow_http": True,
         "webhook_allow_private": True,
-        "webhook_timeout": 0.5,
+        "webhook_timeout": DELIVERY_TIMEOUT_S,
         "webhook_retry_base": 0.05,
         "webhook_retry_cap": 0.2,
         "webhook_circuit_threshold": 1000,
@@ -212,24 +214,28 @@ async def test_dead_letters_are_listed_and_replayed(api: Api, receiver: Receiver
         await asyncio.sleep(0.05)
 
 
+#: How long the hanging endpoints hold each delivery: far past the delivery timeout.
+HANG_S = 30.0
+
+
 async def test_a_hanging_endpoint_slows_neither_ingestion_nor_other_endpoints(
     api: Api, receiver: Receiver
 ) -> None:
-    async def ingest_rate(prefix: str) -> float:
-        started = time.perf_counter()
-        for batch in range(10):
-            await api.online([f"{prefix}-{batch}-{i}" for i in range(50)])
-        return 500 / (time.perf_counter() - started)
-
-    # Best of two runs each: other tests running in parallel make single figures noisy.
-    baseline = max([await ingest_rate("base1"), await ingest_rate("base2")])
-    hanging = Receiver(mode="hang", hang_s=30).start()
+    """Three endpoints hang past the delivery timeout. Ingestion never waits on a delivery:
+    ten calls of 50 events take less than half a delivery timeout each on average (a call
+    that waited on its deliveries would take at least one timeout), and an endpoint that
+    answers gets its events meanwhile. Not a throughput ratio: that is the `delivery`
+    bench's, and a ratio here failed under a loaded CI."""
+    hanging = Receiver(mode="hang", hang_s=HANG_S).start()
     try:
         for _ in range(3):
             await api.add(hanging.url, new_secret())
         await api.online(["warm"])
         await eventually(lambda: len(hanging.all()) >= 3, 5, "the hanging endpoints called")
-        with_hang = max([await ingest_rate("hang1"), await ingest_rate("hang2")])
+        started = time.monotonic()
+        for batch in range(10):
+            await api.online([f"hang-{batch}-{i}" for i in range(50)])
+        ingest_s = time.monotonic() - started
         # Another endpoint, added now for the last 300 events, gets them while three hang.
         head = int((await api.logged_ids())[-1])
         request = wpb.AddWebhookRequest(
@@ -239,8 +245,8 @@ async def test_a_hanging_endpoint_slows_neither_ingestion_nor_other_endpoints(
         await eventually(lambda: len(receiver.delivered()) >= 300, 15, "healthy endpoint")
     finally:
         hanging.stop()
-    # A dead receiver costs ingestion nothing but its share of a timer: a generous bound.
-    assert with_hang > 0.5 * baseline, (baseline, with_hang)
+    bound_s = 10 * DELIVERY_TIMEOUT_S / 2
+    assert ingest_s < bound_s, f"500 events took {ingest_s:.2f} s beside hanging endpoints"
 
 
 @pytest.mark.parametrize(
