@@ -17,6 +17,7 @@ from driver_service.adapters.redis.bus import RedisBus
 from driver_service.adapters.redis.connection import create_redis_client, redis_guard
 from driver_service.adapters.redis.live import LiveStateRepository
 from driver_service.adapters.sqlite.repository import SqliteRepository
+from driver_service.app.fleet import RELIST, FleetChanges
 from driver_service.app.tracking import DriverTracking
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import MissedLocations
@@ -110,6 +111,9 @@ async def test_a_fleet_subscription_survives_a_redis_restart(private_redis: Redi
         private_redis.start()
         await eventually(lambda: map_bus.healthy, what="bus to reconnect by itself")
         outage_ended = time.monotonic()
+        with pytest.raises(MissedLocations):  # the view is told to list the fleet again
+            await asyncio.wait_for(waiting, 2)
+        waiting = asyncio.ensure_future(fleet.next_batch())
         i = 2
         while not waiting.done():
             assert time.monotonic() - outage_ended < 5, "the fleet got nothing after recovery"
@@ -256,4 +260,74 @@ async def test_a_watcher_is_sent_a_location_published_while_its_connection_was_a
     finally:
         await watch.aclose()
         await watcher_bus.close()
+        await publisher.close()
+
+
+async def test_a_fleet_view_is_told_to_list_again_after_its_connection_was_away(
+    private_redis: RedisServer,
+) -> None:
+    """As for one driver's watchers: a location published while the map's pub/sub
+    connection was away reached no map, so once the fleet pattern is confirmed again the
+    fleet subscription says so (the HTTP fleet stream then sends `ready` again and the map
+    lists the fleet), and live locations flow on the same subscription."""
+    map_bus = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", reconnect_min_s=2.0,
+        close_client=True,
+    )  # fmt: skip
+    publisher = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
+    )
+    admin = create_redis_client(private_redis.url, timeout_s=0.5)
+    changes = FleetChanges(await map_bus.subscribe_fleet(), None)
+    try:
+        await publisher.publish([loc("d1", 1)])
+        assert await asyncio.wait_for(anext(changes), 2) == [loc("d1", 1)]
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await eventually(lambda: not map_bus.healthy, what="the bus to see its loss")
+        await publisher.publish([loc("d2", 2)])  # lost for this map
+        assert not map_bus.healthy, "published after the bus was back"
+        assert await asyncio.wait_for(anext(changes), 5) is RELIST
+        await publisher.publish([loc("d2", 3)])
+        assert await asyncio.wait_for(anext(changes), 2) == [loc("d2", 3)]
+    finally:
+        await changes.aclose()
+        await map_bus.close()
+        await publisher.close()
+        await admin.aclose()
+
+
+async def test_a_watcher_subscribed_while_redis_was_unreachable_catches_up(
+    private_redis: RedisServer,
+) -> None:
+    """A subscription handed out while Redis cannot be reached is unconfirmed: what is
+    published before the bus's first connection is lost for it, so it is told once its
+    channel is confirmed (a watcher then reads its driver again)."""
+    private_redis.kill()
+    bus = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5),
+        "f:",
+        reconnect_min_s=2.0,
+        subscribe_timeout_s=0.2,
+        close_client=True,
+    )
+    publisher = RedisBus(
+        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
+    )
+    try:
+        sub = await bus.subscribe("d1")  # at once: Redis is away
+        assert not bus.healthy
+        private_redis.start()
+        while True:  # the publisher's guard finds Redis back (it was down for it too)
+            with contextlib.suppress(DependencyUnavailable):
+                await publisher.ping()
+                break
+            await asyncio.sleep(0.02)
+        await publisher.publish([loc("d1", 1)])  # before the bus's connection: lost for it
+        assert bus.connects == 0, "published after the bus was connected"
+        with pytest.raises(MissedLocations):
+            await asyncio.wait_for(sub.next(), 5)
+        await publisher.publish([loc("d1", 2)])
+        assert await asyncio.wait_for(sub.next(), 2) == loc("d1", 2)
+    finally:
+        await bus.close()
         await publisher.close()

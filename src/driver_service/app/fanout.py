@@ -77,7 +77,7 @@ class MemoryFleetSubscription:
     """Every driver's newest location since the last read (a dict by driver id): a slow
     fleet view skips positions, never drivers, and never holds more than one per driver."""
 
-    __slots__ = ("_closed", "_newest", "_on_close", "_owner", "_waiter")
+    __slots__ = ("_closed", "_missed", "_newest", "_on_close", "_owner", "_waiter")
 
     def __init__(
         self,
@@ -89,6 +89,13 @@ class MemoryFleetSubscription:
         self._newest: dict[str, Location] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._missed = False
+
+    def mark_missed(self) -> None:
+        """Locations may have been lost: the reader gets MissedLocations once what is held
+        is read (and should list the fleet again)."""
+        self._missed = True
+        self._wake()
 
     def push(self, locations: Sequence[Location]) -> None:
         newest = self._newest
@@ -107,6 +114,9 @@ class MemoryFleetSubscription:
         while not self._newest:
             if self._closed:
                 raise SubscriptionClosed("fleet")
+            if self._missed:
+                self._missed = False
+                raise MissedLocations("fleet")
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter

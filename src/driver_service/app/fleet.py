@@ -37,6 +37,7 @@ from driver_service.ports import (
     DriverRepository,
     FleetSubscription,
     LocationBus,
+    MissedLocations,
     SubscriptionClosed,
 )
 
@@ -81,7 +82,16 @@ class FleetPage:
     next_page_token: str
 
 
-FleetChange = list[Location] | LoggedEvent
+class Relist:
+    """A change that says: list the fleet again. The bus may have lost locations (its link
+    to the other replicas dropped and is back), so drivers that stopped moving meanwhile
+    would keep their old positions; the stream stays open and goes on from here."""
+
+    __slots__ = ()
+
+
+RELIST = Relist()
+FleetChange = list[Location] | LoggedEvent | Relist
 
 
 class FleetView:
@@ -125,8 +135,9 @@ class FleetView:
 
 
 class FleetChanges:
-    """Location batches and driver events as they come, merged; ends with ShuttingDown if
-    the bus closes. Events are never dropped (the feed keeps a cursor for each watcher)."""
+    """Location batches and driver events as they come, merged, and RELIST when the bus may
+    have lost locations; ends with ShuttingDown if the bus closes. Events are never dropped
+    (the feed keeps a cursor for each watcher)."""
 
     def __init__(
         self, locations: FleetSubscription, events: AsyncIterator[LoggedEvent] | None
@@ -157,6 +168,8 @@ class FleetChanges:
         pending_locations, self._pending_locations = self._pending_locations, None
         try:
             return pending_locations.result()
+        except MissedLocations:
+            return RELIST
         except SubscriptionClosed:
             raise ShuttingDown("server is shutting down; reconnect") from None
 

@@ -51,7 +51,7 @@ from driver_service.api.rules import (
 from driver_service.api.servicer import DriverServicer
 from driver_service.api.zone_servicer import ZoneServicer
 from driver_service.app.events import EventFeed
-from driver_service.app.fleet import FleetChanges, FleetView
+from driver_service.app.fleet import FleetChanges, FleetView, Relist
 from driver_service.app.history import LocationHistory
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.zones import ZoneAdmin
@@ -375,7 +375,8 @@ class FrontDoor:
 
     async def fleet_stream(self, request: Request) -> Response:
         """Every driver's changes (app/fleet.py): `ready` once subscribed (list the fleet
-        with GET /v1/drivers after it and nothing falls between), then `locations` (each
+        with GET /v1/drivers after it and nothing falls between; sent again when live
+        locations may have been lost, e.g. after a Redis reconnect), then `locations` (each
         moved driver's newest location, coalesced for a slow reader) and `event` (driver.
         online, driver.offline, driver.status_changed, never dropped) as they come."""
         _plain_query(request, set())
@@ -465,6 +466,8 @@ class _FleetFrames:
             self._ready_sent = True
             return SseItem({}, event="ready")
         change = await anext(self._changes)
+        if isinstance(change, Relist):  # locations may have been lost: list the fleet again
+            return SseItem({}, event="ready")
         if isinstance(change, list):
             locations = [to_json(location_to_pb(x)) for x in change]
             return SseItem({"locations": locations}, event="locations")

@@ -342,8 +342,9 @@ def document() -> dict[str, Any]:
             "get": _http_op(
                 "StreamFleet",
                 "GET /v1/fleet:stream",
-                "Every driver's changes (SSE): `event: ready` once subscribed (then list "
-                "GET /v1/drivers), `event: locations` (a FleetLocations: each moved driver's "
+                "Every driver's changes (SSE): `event: ready` once subscribed, and again "
+                "when live locations may have been lost (then list GET /v1/drivers), "
+                "`event: locations` (a FleetLocations: each moved driver's "
                 "newest), `event: event` (an Event: driver.online, driver.offline, "
                 "driver.status_changed; never dropped)",
                 "FleetLocations or Event",

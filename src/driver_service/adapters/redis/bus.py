@@ -14,7 +14,8 @@ subscriptions are reference-counted per driver. When the connection drops, subsc
 open (they simply receive nothing), `healthy` turns false, and the reader reconnects with
 jittered backoff and resubscribes every channel. Once Redis confirms a watched channel again,
 its watchers get MissedLocations and read their driver's current location anew: a driver
-that stopped moving during the gap would otherwise never be sent its last position. redis-py
+that stopped moving during the gap would otherwise never be sent its last position (fleet
+subscriptions get it too, and a live map lists the fleet again). redis-py
 may reconnect the connection by itself (its retry); that is noticed and handled the same way.
 A connection that hangs instead of dropping is found by a PING that gets no PONG, and no
 message either, within `idle_ping_s`; every other wait on Redis is bounded by the shared
@@ -170,12 +171,14 @@ class RedisBus:
         # channel reach Redis in the order we decided them.
         self._subscribed: set[bytes] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        # Location channels resubscribed by the current connection whose watchers have not
-        # yet been told that they may have missed locations (MissedLocations).
+        # Location channels (and the fleet pattern) resubscribed by the current connection
+        # whose watchers have not yet been told that they may have missed locations.
         self._catch_up: set[bytes] = set()
         # Set when redis-py reconnected the pub/sub connection by itself (see
         # _remade_behind_our_back).
         self._remade_by_client = False
+        # A location or fleet subscription was handed out unconfirmed (_note_if_unconfirmed).
+        self._handed_out_unconfirmed = False
         # Raw (non-location) channels and their local handlers.
         self._handlers: dict[bytes, list[ChannelSubscription]] = {}
         self._lock = asyncio.Lock()
@@ -221,7 +224,9 @@ class RedisBus:
         await self._started()
         sub = await self._local.subscribe(driver_id)
         try:
-            await self._confirmed(await self._sync_channel(self._channel(driver_id)))
+            channel = self._channel(driver_id)
+            await self._confirmed(await self._sync_channel(channel))
+            self._note_if_unconfirmed(channel)
         except BaseException:
             sub.close()  # the caller was cancelled (or failed) and never gets it to close
             raise
@@ -240,6 +245,7 @@ class RedisBus:
         await self._started()
         try:
             await self._confirmed(await self._sync_channel(self._fleet_pattern))
+            self._note_if_unconfirmed(self._fleet_pattern)
         except BaseException:
             sub.close()
             raise
@@ -290,6 +296,13 @@ class RedisBus:
             # Just started: give the first connection a moment rather than skip the SUBSCRIBE.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_attempt.wait(), self._subscribe_timeout_s)
+
+    def _note_if_unconfirmed(self, channel: bytes) -> None:
+        """A subscription handed out before Redis confirmed its channel (Redis unreachable,
+        or slow at the first connection) may miss what is published until the reader
+        subscribes it: its watchers must catch up then, even on the first connection."""
+        if not self.channel_confirmed(channel):
+            self._handed_out_unconfirmed = True
 
     async def _confirmed(self, confirmation: asyncio.Future[None] | None) -> None:
         if confirmation is not None and self._healthy:
@@ -395,8 +408,12 @@ class RedisBus:
             # Watchers that were subscribed before this connection missed whatever was
             # published while there was none: each is told once Redis confirms its channel
             # again (from then on nothing is missed), and reads its driver's state anew.
-            prefix = self._channel_prefix
-            self._catch_up = {c for c in channels if c.startswith(prefix)}
+            # On the first connection every subscriber waited for it (unless told otherwise).
+            self._catch_up = set()
+            if self.connects or self._handed_out_unconfirmed:
+                prefix = self._channel_prefix
+                self._catch_up = {c for c in channels if c.startswith(prefix)} | set(patterns)
+            self._handed_out_unconfirmed = False
             if channels:
                 async with asyncio.timeout(self._op_timeout_s):
                     await pubsub.subscribe(*channels)
@@ -477,7 +494,11 @@ class RedisBus:
                 confirmation.set_result(None)
             if channel in self._catch_up:
                 self._catch_up.discard(channel)
-                self._local.mark_missed(channel[len(self._channel_prefix) :].decode())
+                if channel == self._fleet_pattern:
+                    for fleet in tuple(self._fleet):
+                        fleet.mark_missed()
+                else:
+                    self._local.mark_missed(channel[len(self._channel_prefix) :].decode())
 
     def _to_fleet(self, channel: bytes, payload: bytes) -> None:
         """A message of the fleet pattern (every location channel) to the fleet subscriptions
