@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,13 @@ from tests.helpers.waiting import eventually
 T0 = 1_717_200_000 * 10**9
 
 
+def bus_on(redis: RedisServer, **options: Any) -> RedisBus:
+    """A bus of its own on `redis` (prefix "f:"), closing its client with it."""
+    return RedisBus(
+        create_redis_client(redis.url, timeout_s=0.5), "f:", close_client=True, **options
+    )
+
+
 def loc(driver_id: str, i: int) -> Location:
     return Location(driver_id, i / 1000, -i / 1000, float(i % 30), float(i % 360), T0 + i)
 
@@ -36,15 +44,8 @@ def loc(driver_id: str, i: int) -> Location:
 async def test_bus_survives_a_redis_restart_and_watchers_resume(
     private_redis: RedisServer,
 ) -> None:
-    watcher_bus = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5),
-        "f:",
-        reconnect_max_s=0.2,
-        close_client=True,
-    )
-    publisher = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
-    )
+    watcher_bus = bus_on(private_redis, reconnect_max_s=0.2)
+    publisher = bus_on(private_redis)
     try:
         sub = await watcher_bus.subscribe("d1")
         assert watcher_bus.healthy
@@ -94,13 +95,8 @@ async def test_bus_survives_a_redis_restart_and_watchers_resume(
 async def test_a_fleet_subscription_survives_a_redis_restart(private_redis: RedisServer) -> None:
     """The fleet pattern is subscribed again on reconnect, like every driver's channel: a
     live map open through a Redis restart moves again once Redis is back."""
-    map_bus = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", reconnect_max_s=0.2,
-        close_client=True,
-    )  # fmt: skip
-    publisher = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
-    )
+    map_bus = bus_on(private_redis, reconnect_max_s=0.2)
+    publisher = bus_on(private_redis)
     try:
         fleet = await map_bus.subscribe_fleet()
         await publisher.publish([loc("d1", 1)])
@@ -230,15 +226,9 @@ async def test_a_watcher_is_sent_a_location_published_while_its_connection_was_a
     the watcher reads the driver's current location and sends it."""
     repo, admin = replica
     await repo.record_locations([loc("d1", 1)])
-    watcher_bus = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5),
-        "f:",
-        reconnect_min_s=2.0,  # back after 1-2 s: time to publish while it is away
-        close_client=True,
-    )
-    publisher = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
-    )
+    # Back 1-2 s after losing its connection: time to publish while it is away.
+    watcher_bus = bus_on(private_redis, reconnect_min_s=2.0)
+    publisher = bus_on(private_redis)
     dropped: list[bool] = []  # what a read cache listens to: it must forget what it held
     watcher_bus.disconnect_listeners.append(lambda: dropped.append(True))
     tracking = DriverTracking(repo, watcher_bus)
@@ -270,13 +260,8 @@ async def test_a_fleet_view_is_told_to_list_again_after_its_connection_was_away(
     connection was away reached no map, so once the fleet pattern is confirmed again the
     fleet subscription says so (the HTTP fleet stream then sends `ready` again and the map
     lists the fleet), and live locations flow on the same subscription."""
-    map_bus = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", reconnect_min_s=2.0,
-        close_client=True,
-    )  # fmt: skip
-    publisher = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
-    )
+    map_bus = bus_on(private_redis, reconnect_min_s=2.0)
+    publisher = bus_on(private_redis)
     admin = create_redis_client(private_redis.url, timeout_s=0.5)
     changes = FleetChanges(await map_bus.subscribe_fleet(), None)
     try:
@@ -303,16 +288,8 @@ async def test_a_watcher_subscribed_while_redis_was_unreachable_catches_up(
     published before the bus's first connection is lost for it, so it is told once its
     channel is confirmed (a watcher then reads its driver again)."""
     private_redis.kill()
-    bus = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5),
-        "f:",
-        reconnect_min_s=2.0,
-        subscribe_timeout_s=0.2,
-        close_client=True,
-    )
-    publisher = RedisBus(
-        create_redis_client(private_redis.url, timeout_s=0.5), "f:", close_client=True
-    )
+    bus = bus_on(private_redis, reconnect_min_s=2.0, subscribe_timeout_s=0.2)
+    publisher = bus_on(private_redis)
     try:
         sub = await bus.subscribe("d1")  # at once: Redis is away
         assert not bus.healthy
