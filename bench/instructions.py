@@ -43,6 +43,9 @@ from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
 BARE_WITH_TOKEN = "bare, token sent"
+BARE_GRPCIO = "bare, grpcio client"
+BARE_WITH_TOKEN_GRPCIO = "bare, token sent, grpcio client"
+AUTH_GRPCIO = "+auth, grpcio client"
 #: (label, server kind, extra arguments), each adding one concern to the one before.
 VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare", "bare", []),
@@ -66,7 +69,14 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("+access log", "chain", ["--interceptors=pipeline,request_id,metrics,logging"]),
     ("+auth", "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
     ("full", "full", []),
+    # The same with grpcio's own client (bench/grpc_load.py) instead of h2load: grpc core
+    # sends `authorization` as a plain literal where nghttp2 Huffman-codes it, and neither
+    # indexes it; what the token header costs the server depends on the client.
+    (BARE_GRPCIO, "bare", []),
+    (BARE_WITH_TOKEN_GRPCIO, "bare", []),
+    (AUTH_GRPCIO, "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
 ]
+GRPCIO_CLIENT = {BARE_GRPCIO, BARE_WITH_TOKEN_GRPCIO, AUTH_GRPCIO}
 CALLS = 2_000
 WARMUP_CALLS = 300
 #: Fresh servers tried per count: under a load average of 10+ on two cores, h2load's calls
@@ -84,6 +94,19 @@ def _load(port: int, body: Path, calls: int, token: bool = False) -> None:
     ).stdout
     if f"{calls} succeeded" not in out:
         raise RuntimeError(f"h2load: not every call succeeded:\n{out[-600:]}")
+
+
+def _load_grpcio(port: int, calls: int, token: bool = False) -> None:
+    argv = [PYTHON, "-m", "bench.grpc_load", str(port), str(calls)]
+    if token:
+        argv.append("--token")
+    out = subprocess.run(
+        pinned(CLIENT_CORE, argv), cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if f"{calls} succeeded" not in out.stdout:
+        raise RuntimeError(
+            f"grpc_load: not every call succeeded:\n{(out.stdout + out.stderr)[-600:]}"
+        )
 
 
 def _total_instructions(dump: Path) -> int:
@@ -153,15 +176,23 @@ def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body:
         own = work / f"data-{len(list(work.iterdir()))}"
         shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
         server_argv += ["--data-dir", str(own)]
-    token = label == BARE_WITH_TOKEN or any("auth" in arg for arg in extra)
+    token = label in (BARE_WITH_TOKEN, BARE_WITH_TOKEN_GRPCIO) or any("auth" in a for a in extra)
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            total = counted(
-                server_argv,
-                work,
-                lambda port: _load(port, body, WARMUP_CALLS, token),
-                lambda port: _load(port, body, CALLS, token),
-            )
+            if label in GRPCIO_CLIENT:
+                total = counted(
+                    server_argv,
+                    work,
+                    lambda port: _load_grpcio(port, WARMUP_CALLS, token),
+                    lambda port: _load_grpcio(port, CALLS, token),
+                )
+            else:
+                total = counted(
+                    server_argv,
+                    work,
+                    lambda port: _load(port, body, WARMUP_CALLS, token),
+                    lambda port: _load(port, body, CALLS, token),
+                )
             break
         except RuntimeError as exc:  # h2load calls failing: a machine overloaded for a while
             if attempt == ATTEMPTS:
