@@ -1,6 +1,6 @@
 """GetDriver calls from grpcio's own client (grpc core's HTTP/2 and HPACK), for the instruction
-counts: `python -m bench.grpc_load PORT CALLS [--token]`, 10 channels with one call in
-flight each, as `h2load -c 10` sends them.
+counts: `python -m bench.grpc_load PORT CALLS [--token] [--ready]`, 10 channels with one
+call in flight each, as `h2load -c 10` sends them (`--ready`: connected before the count).
 
 h2load (nghttp2) Huffman-codes the `authorization` value and never indexes it; grpc core's
 client never indexes it either (it indexes no metadata of the application's) but sends it
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 import grpc
 
@@ -21,14 +22,22 @@ from driver_service._gen.driver.v1 import driver_pb2 as pb
 CHANNELS = 10
 
 
-async def _calls(port: int, calls: int, metadata: tuple[tuple[str, str], ...]) -> int:
-    """Every call's reply checked; the number of calls that returned the probe driver."""
+async def _calls(
+    port: int, calls: int, metadata: tuple[tuple[str, str], ...], ready: bool = False
+) -> int:
+    """Every call's reply checked; the number of calls that returned the probe driver. With
+    `ready`, the channels connect first, then "ready" is printed and a line awaited on stdin
+    (the counts are zeroed meanwhile)."""
     request = pb.GetDriverRequest(driver_id=PROBE_ID).SerializeToString()
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]
     try:
+        if ready:
+            await asyncio.gather(*(channel.channel_ready() for channel in channels))
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
 
         async def worker(channel: grpc.aio.Channel, count: int) -> int:
-            get_driver = channel.unary_unary(GET_DRIVER)  # bytes in, bytes out
+            get_driver = channel.unary_unary(GET_DRIVER, None, None)  # bytes in, bytes out
             ok = 0
             for _ in range(count):
                 reply = await get_driver(request, metadata=metadata, timeout=60)
@@ -40,7 +49,7 @@ async def _calls(port: int, calls: int, metadata: tuple[tuple[str, str], ...]) -
         return sum(done)
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 def main() -> None:
@@ -50,12 +59,13 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("calls", type=int)
     parser.add_argument("--token", action="store_true", help="the production token header")
+    parser.add_argument("--ready", action="store_true", help="connect, say so, await a line")
     args = parser.parse_args()
     metadata: tuple[tuple[str, str], ...] = ()
     if args.token:
         name, _, value = auth_header().partition(": ")
         metadata = ((name, value),)
-    ok = asyncio.run(_calls(args.port, args.calls, metadata))
+    ok = asyncio.run(_calls(args.port, args.calls, metadata, args.ready))
     print(f"{ok} succeeded")
 
 

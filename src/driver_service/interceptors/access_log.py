@@ -8,8 +8,10 @@ instead of ~35 µs through a LogRecord and the formatter), its message short bec
 fields carry everything; any other logging setup (text logs on a terminal, a test's
 handler, a user's filters) gets an ordinary LogRecord with a readable message and the same
 fields as attributes. The handler found for an OK call is kept while its queue is open
-(until written: 50 ms at most), and the line's fixed text per method, status and peer:
-~17 k instructions a line instead of ~22 k (BENCHMARKS.md, issue 20).
+(until written: 50 ms at most), the line's fixed text per method, status and peer, and the
+message counts' text of calls with few messages: a line in a new millisecond costs ~11.7 k
+instructions to build (~14.1 k with its counts and milliseconds formatted; BENCHMARKS.md,
+issue 20).
 """
 
 from __future__ import annotations
