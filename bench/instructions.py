@@ -109,25 +109,22 @@ def _load_grpcio(
         argv.append("--token")
     if zero is not None:
         argv.append("--ready")
+    pipe, merged = subprocess.PIPE, subprocess.STDOUT
     client = subprocess.Popen(
-        pinned(CLIENT_CORE, argv),
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        pinned(CLIENT_CORE, argv), cwd=ROOT, stdin=pipe, stdout=pipe, stderr=merged, text=True
     )
-    assert client.stdin is not None
-    assert client.stdout is not None
+    to_client, from_client = client.stdin, client.stdout
+    if to_client is None or from_client is None:
+        raise RuntimeError("grpc_load: no pipes")
     if zero is not None:
-        ready = client.stdout.readline()
+        ready = from_client.readline()
         if ready.strip() != "ready":
             client.kill()
-            raise RuntimeError(f"grpc_load: not ready: {ready}{client.stdout.read()[-600:]}")
+            raise RuntimeError(f"grpc_load: not ready: {ready}{from_client.read()[-600:]}")
         zero()
-    client.stdin.write("go\n")
-    client.stdin.close()
-    output = client.stdout.read()
+    to_client.write("go\n")
+    to_client.close()
+    output = from_client.read()
     client.wait()
 
     if f"{calls} succeeded" not in output:
