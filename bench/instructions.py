@@ -43,6 +43,9 @@ from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
 BARE_WITH_TOKEN = "bare, token sent"
+BARE_GRPCIO = "bare, grpcio client"
+BARE_WITH_TOKEN_GRPCIO = "bare, token sent, grpcio client"
+AUTH_GRPCIO = "+auth, grpcio client"
 #: (label, server kind, extra arguments), each adding one concern to the one before.
 VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare", "bare", []),
@@ -54,7 +57,8 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("bare bytes", "bare", ["--raw"]),
     # The floor receiving the production client's token header (and ignoring it): what grpc
     # core and grpc.aio pay to carry it. h2load, like nghttp2 everywhere, never indexes an
-    # `authorization` header in HPACK: every call carries the whole token.
+    # `authorization` header in HPACK: every call carries the whole token, Huffman-coded
+    # (grpc core's client sends it uncoded: the "grpcio client" rows below).
     (BARE_WITH_TOKEN, "bare", []),
     # Our services registered grpc.aio's way, each method by name: every registered method
     # costs each call (its own pending request in grpc.aio's accept loop).
@@ -66,7 +70,16 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("+access log", "chain", ["--interceptors=pipeline,request_id,metrics,logging"]),
     ("+auth", "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
     ("full", "full", []),
+    # The same with grpcio's own client (bench/grpc_load.py) instead of h2load: grpc core
+    # sends `authorization` as a plain literal where nghttp2 Huffman-codes it, and neither
+    # indexes it; what the token header costs the server depends on the client. The
+    # client's start-up (a Python process, ~1 s) falls inside the count, the server idle:
+    # compare these rows with each other.
+    (BARE_GRPCIO, "bare", []),
+    (BARE_WITH_TOKEN_GRPCIO, "bare", []),
+    (AUTH_GRPCIO, "chain", ["--interceptors=pipeline,request_id,metrics,logging,auth"]),
 ]
+GRPCIO_CLIENT = {BARE_GRPCIO, BARE_WITH_TOKEN_GRPCIO, AUTH_GRPCIO}
 CALLS = 2_000
 WARMUP_CALLS = 300
 #: Fresh servers tried per count: under a load average of 10+ on two cores, h2load's calls
@@ -84,6 +97,38 @@ def _load(port: int, body: Path, calls: int, token: bool = False) -> None:
     ).stdout
     if f"{calls} succeeded" not in out:
         raise RuntimeError(f"h2load: not every call succeeded:\n{out[-600:]}")
+
+
+def _load_grpcio(
+    port: int, calls: int, token: bool = False, zero: Callable[[], None] | None = None
+) -> None:
+    """grpcio's client calling (bench/grpc_load.py); with `zero`, the client starts and
+    connects first, then `zero()` runs, then the calls: its start-up is not counted."""
+    argv = [PYTHON, "-m", "bench.grpc_load", str(port), str(calls)]
+    if token:
+        argv.append("--token")
+    if zero is not None:
+        argv.append("--ready")
+    pipe, merged = subprocess.PIPE, subprocess.STDOUT
+    client = subprocess.Popen(
+        pinned(CLIENT_CORE, argv), cwd=ROOT, stdin=pipe, stdout=pipe, stderr=merged, text=True
+    )
+    to_client, from_client = client.stdin, client.stdout
+    if to_client is None or from_client is None:
+        raise RuntimeError("grpc_load: no pipes")
+    if zero is not None:
+        ready = from_client.readline()
+        if ready.strip() != "ready":
+            client.kill()
+            raise RuntimeError(f"grpc_load: not ready: {ready}{from_client.read()[-600:]}")
+        zero()
+    to_client.write("go\n")
+    to_client.close()
+    output = from_client.read()
+    client.wait()
+
+    if f"{calls} succeeded" not in output:
+        raise RuntimeError(f"grpc_load: not every call succeeded:\n{output[-600:]}")
 
 
 def _total_instructions(dump: Path) -> int:
@@ -110,11 +155,14 @@ def counted(
     measured: Callable[[int], None],
     valgrind_options: Sequence[str] = (),
     threads: dict[int, int] | None = None,
+    started_measured: Callable[[int, Callable[[], None]], None] | None = None,
 ) -> int:
     """Instructions a server (`server_argv` after `--port P`, started under callgrind on the
     server core) executes during `measured(port)`, every thread: instrumentation is switched
     on after start-up and `warm_up(port)`, zeroed, and read at the end. `threads`, if given,
-    receives them by thread (split only with `--separate-threads=yes`)."""
+    receives them by thread (split only with `--separate-threads=yes`). `started_measured`,
+    if given, runs instead of `measured`, with a function that zeroes the counts again: for
+    a client that starts first (a Python process) and then calls."""
     port = free_port()
     out = work / f"callgrind-{port}.out"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
@@ -130,7 +178,14 @@ def counted(
         subprocess.run([*control, "-i", "on", str(proc.pid)], capture_output=True, check=True)
         warm_up(port)
         subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
-        measured(port)
+        if started_measured is not None:
+
+            def zero() -> None:
+                subprocess.run([*control, "-z", str(proc.pid)], capture_output=True, check=True)
+
+            started_measured(port, zero)
+        else:
+            measured(port)
         subprocess.run([*control, "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
         by_thread = _last_dump(work, port)
@@ -153,15 +208,24 @@ def count(label: str, kind: str, extra: list[str], data: Path, work: Path, body:
         own = work / f"data-{len(list(work.iterdir()))}"
         shutil.copytree(data, own, ignore=shutil.ignore_patterns("*.lock"))
         server_argv += ["--data-dir", str(own)]
-    token = label == BARE_WITH_TOKEN or any("auth" in arg for arg in extra)
+    token = label in (BARE_WITH_TOKEN, BARE_WITH_TOKEN_GRPCIO) or any("auth" in a for a in extra)
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            total = counted(
-                server_argv,
-                work,
-                lambda port: _load(port, body, WARMUP_CALLS, token),
-                lambda port: _load(port, body, CALLS, token),
-            )
+            if label in GRPCIO_CLIENT:
+                total = counted(
+                    server_argv,
+                    work,
+                    lambda port: _load_grpcio(port, WARMUP_CALLS, token),
+                    lambda port: _load_grpcio(port, CALLS, token),
+                    started_measured=lambda port, zero: _load_grpcio(port, CALLS, token, zero),
+                )
+            else:
+                total = counted(
+                    server_argv,
+                    work,
+                    lambda port: _load(port, body, WARMUP_CALLS, token),
+                    lambda port: _load(port, body, CALLS, token),
+                )
             break
         except RuntimeError as exc:  # h2load calls failing: a machine overloaded for a while
             if attempt == ATTEMPTS:

@@ -99,3 +99,41 @@ def test_callers_are_bounded_oldest_first() -> None:
     for header in headers:
         gate.decide(header, 1, GET_DRIVER, RULES[GET_DRIVER])
     assert list(gate._callers) == headers[2:]
+
+
+class _CountedHeader(str):
+    """A header value that counts how often it is hashed (each lookup by it, once per call:
+    grpc hands every call a new string)."""
+
+    hashed = 0
+
+    def __hash__(self) -> int:
+        _CountedHeader.hashed += 1
+        return super().__hash__()
+
+
+def test_the_last_caller_is_found_without_hashing_its_header_again() -> None:
+    gate = admissions()
+    header = bearer(ISSUER.issue_service(["drivers:read"]))
+    first = gate.decide(_CountedHeader(header), 1, GET_DRIVER, RULES[GET_DRIVER])
+    _CountedHeader.hashed = 0
+    for _ in range(3):
+        again = gate.decide(_CountedHeader(header), 1, GET_DRIVER, RULES[GET_DRIVER])
+        assert again == first
+    assert _CountedHeader.hashed == 0
+
+
+def test_alternating_callers_each_get_their_own_decision() -> None:
+    gate = admissions()
+    reader = bearer(ISSUER.issue_service(["drivers:read"]))
+    driver = bearer(ISSUER.issue_driver("d-1"))
+    for _ in range(3):
+        principal, check, refusal = gate.decide(reader, 1, UPLOAD, RULES[UPLOAD])
+        assert principal is not None
+        assert principal.kind == "service"
+        assert (check, code((None, None, refusal))) == (None, grpc.StatusCode.PERMISSION_DENIED)
+        principal, check, refusal = gate.decide(driver, 1, UPLOAD, RULES[UPLOAD])
+        assert principal is not None
+        assert principal.subject == "d-1"
+        assert refusal is None
+        assert check is not None

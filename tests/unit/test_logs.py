@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -202,3 +203,53 @@ async def test_logging_reconfigured_reaches_the_access_log_at_the_next_queue(
     assert sorted(to_first + to_second) == ["rid-0", "rid-1", "rid-2"]
     assert to_first[0] == "rid-0"
     assert to_second[-1] == "rid-2"
+
+
+async def test_access_lines_with_many_messages_keep_their_exact_text(
+    logger: logging.Logger,
+) -> None:
+    """The counts of calls with few messages are text made once; any other counts are
+    formatted as they come, the same text."""
+    logger.handlers.clear()
+    stream = io.StringIO()
+    logger.addHandler(handler := JsonLinesHandler(stream))
+    access = AccessLog(logger)
+    counts = [(0, 0), (1, 1), (7, 0), (8, 1), (0, 12), (1234, 56789)]
+    for m_in, m_out in counts:
+        access.record("/svc/S", "p", 0.002, grpc.StatusCode.OK, "r", m_in, m_out, True)
+    handler.flush()
+    tails = [line.split('"messages_in":', 1)[1] for line in stream.getvalue().splitlines()]
+    assert tails == [f'{m_in},"messages_out":{m_out}}}' for m_in, m_out in counts]
+
+
+def test_lines_queued_from_many_threads_are_each_written_once() -> None:
+    """Writers queue without the handler's lock while other threads flush: no line is lost
+    or written twice, and each writer's lines keep their order."""
+    stream = io.StringIO()
+    handler = JsonLinesHandler(stream)
+    writers, each = 4, 5_000
+
+    def write(n: int) -> None:
+        for k in range(each):
+            handler.write_line(f"{n} {k}\n")  # outside a loop: may flush at once
+
+    def flush_often() -> None:
+        for _ in range(2_000):
+            handler.flush()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    threads.append(threading.Thread(target=flush_often))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    handler.flush()
+    written = [tuple(map(int, line.split())) for line in stream.getvalue().splitlines()]
+    assert len(written) == writers * each
+    for n in range(writers):
+        assert [k for w, k in written if w == n] == list(range(each))

@@ -131,6 +131,8 @@ def message_check(principal: Principal | None, rule: MethodRule | None) -> Messa
 #: What was decided for one call: the caller's principal (None if unauthenticated), the
 #: per-message check (driver tokens) and why the call is refused, if it is.
 Decision = tuple[Principal | None, MessageCheck | None, Refusal | None]
+#: A remembered caller: usable until (wall clock), its principal, decisions by method.
+_Caller = tuple[float, Principal, dict[str, Decision]]
 
 
 class Admissions:
@@ -139,17 +141,22 @@ class Admissions:
     reused (TokenValidator's cache: until `exp` plus leeway, at most CACHE_SECONDS). A client
     sends the same header on every call; parsing it, finding the token and deciding again
     cost a GetDriver ~10 k instructions (of ~400 k), a repeat caller's lookup here ~3 k.
-    Refusals of the token itself (missing, repeated, malformed, invalid) are never kept."""
+    Refusals of the token itself (missing, repeated, malformed, invalid) are never kept.
+    The last caller is kept aside too: comparing a ~360-character header with it costs ~0.1 k
+    where hashing it for the lookup costs ~1.2 k (each call's header is a new string), and a
+    server's traffic comes mostly from few callers (BENCHMARKS.md, issue 20)."""
 
     MAX_CALLERS = 10_000
 
-    __slots__ = ("_callers", "_max_callers", "policy")
+    __slots__ = ("_callers", "_last", "_max_callers", "policy")
 
     def __init__(self, policy: AuthPolicy, max_callers: int = MAX_CALLERS) -> None:
         self.policy = policy
         self._max_callers = max_callers
         #: Header value -> (usable until, principal, decisions by method).
-        self._callers: dict[str, tuple[float, Principal, dict[str, Decision]]] = {}
+        self._callers: dict[str, _Caller] = {}
+        #: The header of the last call that had one, and its caller's entry.
+        self._last: tuple[str, _Caller] | None = None
 
     def decide(
         self, authorization: str | None, count: int, method: str, rule: MethodRule | None
@@ -158,7 +165,13 @@ class Admissions:
         authorization headers, the first `authorization`."""
         if count != 1 or authorization is None:
             return None, None, authenticate(self.policy, authorization, count)[1]
-        caller = self._callers.get(authorization)
+        last = self._last
+        if last is not None and authorization == last[0]:
+            caller: _Caller | None = last[1]
+        else:
+            caller = self._callers.get(authorization)
+            if caller is not None:
+                self._last = (authorization, caller)
         if caller is None or time.time() >= caller[0]:
             try:
                 principal, until = self.policy.validator.authorization_principal(authorization)
@@ -169,6 +182,7 @@ class Admissions:
             if len(callers) >= self._max_callers:
                 del callers[next(iter(callers))]  # the oldest caller
             caller = callers[authorization] = (until, principal, {})
+            self._last = (authorization, caller)
         decided = caller[2].get(method)
         if decided is None:
             principal = caller[1]

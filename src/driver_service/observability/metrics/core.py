@@ -61,7 +61,8 @@ class LoopHistogram:
     """A histogram child; `observe` is called only on the event-loop thread (no lock).
     Counts are kept per bucket and made cumulative at scrape time; `le` is inclusive, as in
     prometheus_client: a value equal to a bound lands in that bound's bucket (bisect_left
-    finds the first bound >= value), anything above the last bound in +Inf."""
+    finds the first bound >= value), anything above the last bound in +Inf. The call
+    pipeline does what `observe` does inline (a frame less per call): keep them alike."""
 
     __slots__ = ("bounds", "counts", "sum")
 
