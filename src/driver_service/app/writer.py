@@ -3,7 +3,8 @@
 Every accepted update is appended to the open batch and the caller gets that batch's
 `Commit`. A single writer task commits whatever has accumulated while the previous commit
 ran, so batch size follows load: one update per commit when traffic trickles (after a
-1 ms linger), thousands per commit under a flood (no transaction per update).
+1 ms linger, which goes on up to 4 ms while updates keep arriving), thousands per commit
+under a flood (no transaction per update).
 
 A `Commit` is shared by every stream whose updates went into it, so a caller never awaits
 its future directly: `Commit.wait()` shields it, and a caller that is cancelled (a phone
