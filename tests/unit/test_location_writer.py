@@ -17,7 +17,7 @@ import pytest
 from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
-from driver_service.app.writer import LocationWriter
+from driver_service.app.writer import LINGER_STEPS, Commit, LocationWriter
 from driver_service.domain import Driver, Location, Status, StoreUnavailable
 from driver_service.ports import Recorded
 from tests.helpers.sqlite_history import committed_history
@@ -354,6 +354,45 @@ async def test_a_trickle_lingers_into_fewer_commits(repo: CountingRepository) ->
     lingering = await commits_for(0.05)
     eager = await commits_for(0.0)
     assert lingering * 2 < eager, (lingering, eager)
+
+
+async def lingered_commits(repo: CountingRepository, arrivals: int) -> tuple[list[int], int]:
+    """One update, then the writer's linger, whose every step sees `arrivals` more updates
+    arrive (0: a trickle): the commits' sizes and how many linger steps were taken."""
+    steps = 0
+    base = time.time_ns() - 10**12
+    futures: list[Commit] = []
+
+    async def arriving(delay: float) -> None:
+        nonlocal steps
+        steps += 1
+        futures.extend(
+            writer.submit(make_loc("flood", steps * 10 + i, base)) for i in range(arrivals)
+        )
+        await asyncio.sleep(0)
+
+    writer = LocationWriter(repo, MemoryBus(), linger_s=0.001, sleep=arriving)
+    writer.start()
+    futures.append(writer.submit(make_loc("flood", 0, base)))
+    await asyncio.wait_for(asyncio.gather(*set(futures)), 30)
+    await writer.close()
+    return repo.calls, steps
+
+
+async def test_a_flood_of_single_updates_keeps_lingering_into_one_larger_commit(
+    repo: CountingRepository,
+) -> None:
+    """While updates keep arriving, the linger goes on (LINGER_STEPS of LINGER_S), so a flood
+    of single updates commits several milliseconds' worth at once, not one's worth."""
+    calls, steps = await lingered_commits(repo, 3)
+    assert steps == LINGER_STEPS
+    assert calls == [1 + 3 * LINGER_STEPS]
+
+
+async def test_a_trickle_commits_after_one_linger_step(repo: CountingRepository) -> None:
+    """Nothing new within one LINGER_S: the update is committed then, not later."""
+    calls, steps = await lingered_commits(repo, 0)
+    assert (calls, steps) == ([1], 1)
 
 
 def linger_s_ns(linger_s: float) -> int:

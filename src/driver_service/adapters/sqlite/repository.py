@@ -56,14 +56,8 @@ _HISTORY_COLUMNS = (
     " heading_degrees) VALUES "
 )
 _DRIVER_COLUMNS = (
-    "INSERT INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+    "INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
     " location_at_ns, last_seen_at_ns) VALUES "
-)
-_UPSERT_TAIL = (
-    " ON CONFLICT (driver_id) DO UPDATE SET status = excluded.status,"
-    " latitude = excluded.latitude, longitude = excluded.longitude,"
-    " speed_mps = excluded.speed_mps, heading_degrees = excluded.heading_degrees,"
-    " location_at_ns = excluded.location_at_ns, last_seen_at_ns = excluded.last_seen_at_ns"
 )
 _STORED_FIXES_HEAD = (
     "SELECT h.driver_id, h.latitude, h.longitude, h.speed_mps, h.heading_degrees,"
@@ -80,6 +74,12 @@ _DRIVER_WIDTH = 8
 #: stay well under any build's limit on bound parameters.
 ROWS_PER_STATEMENT = 64
 
+
+#: Prepared statements kept by the connection. A commit's remainder statements come in every
+#: size up to ROWS_PER_STATEMENT (history, drivers, events, stored fixes: ~4 x 64 texts), past
+#: pysqlite's default of 128: with commits of varying size (one stream: 10-100 updates) it
+#: prepared a 64-row INSERT again every few commits (~0.8k instructions an update).
+STATEMENT_CACHE = 512
 
 _PROBE = (
     "INSERT INTO service_meta (key, value) VALUES ('health_probe', ?) "
@@ -108,9 +108,12 @@ def _event_insert(rows: int) -> str:
 
 
 @functools.cache
-def _driver_upsert(rows: int) -> str:
+def _driver_replace(rows: int) -> str:
+    """Whole driver rows, each replacing the stored one: a row is nothing but these columns
+    (no trigger, no foreign key), so REPLACE leaves what an upsert setting every column
+    would, for ~1.6k fewer instructions a row (callgrind, 10,000 drivers)."""
     values = ",".join(["(?,?,?,?,?,?,?,?)"] * rows)
-    return f"{_DRIVER_COLUMNS}{values}{_UPSERT_TAIL}"
+    return f"REPLACE {_DRIVER_COLUMNS}{values}"
 
 
 def _insert_flat(
@@ -309,7 +312,7 @@ class SqliteRepository:
         return recorded
 
     def _driver_rows(self, newest: dict[str, Location]) -> tuple[dict[str, Driver], list[object]]:
-        """Each driver as it will be after the commit, and its upsert row (flattened)."""
+        """Each driver as it will be after the commit, and its row (flattened)."""
         drivers = self._drivers
         changed: dict[str, Driver] = {}
         rows: list[object] = []
@@ -338,7 +341,7 @@ class SqliteRepository:
 
     def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
-        # driver (in order, for the bus); then one Driver and one upsert per driver.
+        # driver (in order, for the bus); then one Driver and one row per driver.
         drivers = self._drivers
         newest: dict[str, Location] = {}
         advanced: list[Location] = []
@@ -376,7 +379,7 @@ class SqliteRepository:
             inserted = con.total_changes - before
             if inserted < len(locations):  # duplicate keys: rare
                 conflicts = self._conflicts(con, locations)
-            _insert_flat(con, _driver_upsert, rows, _DRIVER_WIDTH)
+            _insert_flat(con, _driver_replace, rows, _DRIVER_WIDTH)
             if evaluator is not None and advanced:
                 self._sync_zones(con, evaluator)
                 states, events = evaluator.on_locations(self._trackers, advanced)
@@ -423,14 +426,13 @@ class SqliteRepository:
         state that changed only in its fix and last-seen times is not written: the driver's
         row, written in the same transaction, holds those (see `_connect_and_load`)."""
         before = self._trackers
-        con.executemany(
-            _TRACKER_UPSERT,
-            [
-                (driver_id, state.to_json())
-                for driver_id, state in states.items()
-                if not stored_alike(before.get(driver_id), state)
-            ],
-        )
+        changed = [
+            (driver_id, state.to_json())
+            for driver_id, state in states.items()
+            if not stored_alike(before.get(driver_id), state)
+        ]
+        if changed:
+            con.executemany(_TRACKER_UPSERT, changed)
         if not events:
             return 0
         now = time.time_ns()
@@ -632,7 +634,7 @@ class SqliteRepository:
 
         def body(con: sqlite3.Connection) -> None:
             nonlocal state, last_event_id
-            con.execute(_driver_upsert(1), _driver_row(driver))
+            con.execute(_driver_replace(1), _driver_row(driver))
             if evaluator is not None:
                 before = self._trackers.get(driver_id, NEW_DRIVER)
                 state, events = evaluator.on_status(before, driver_id, status, at_ns)
@@ -859,7 +861,9 @@ def _connect_and_load(
     path: Path,
 ) -> tuple[sqlite3.Connection, dict[str, Driver], dict[str, TrackerState]]:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
+    )
     try:
         connection.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before we acknowledge it, even across power loss.
