@@ -508,18 +508,44 @@ class PostgresRepository:
             evaluator = self._evaluator
             if evaluator is not None and advanced:
                 await self._sync_zones(con, evaluator, zones_version)
+                last_event_id = await self._evaluate(
+                    con, evaluator, advanced, trackers, before, last_seen
+                )
+        return Recorded(advanced, conflicts), last_event_id
+
+    async def _evaluate(
+        self,
+        con: Any,
+        evaluator: EventEvaluator,
+        advanced: list[Location],
+        trackers: dict[str, str | None],
+        before: dict[str, int | None],
+        last_seen: dict[str, int],
+    ) -> int:
+        """Evaluate the advanced fixes against the locked drivers' tracker states and write
+        what changed (the newest event id, 0 if none). A driver whose every newer fix moves
+        only its times (`times_only`: most of them, with no zone) is left out: its state
+        would not be written (see _write_events) and it logs nothing."""
+        states: dict[str, TrackerState] = {}
+        still: set[str] = set()
+        moves_times_only = evaluator.times_only
+        for driver_id, text in trackers.items():
+            if text is None:
+                continue
+            stored = TrackerState.from_json(text)
+            fix_ns = before[driver_id]
+            if fix_ns is not None and moves_times_only(stored):
+                still.add(driver_id)
+            else:
                 # The fix and last-seen times are the locked row's (the stored state's are
                 # those of its last write: see _write_events).
-                states = {
-                    driver_id: with_times(
-                        TrackerState.from_json(text), before[driver_id], last_seen[driver_id]
-                    )
-                    for driver_id, text in trackers.items()
-                    if text is not None
-                }
-                new_states, events = evaluator.on_locations(states, advanced)
-                last_event_id = await self._write_events(con, new_states, events, states)
-        return Recorded(advanced, conflicts), last_event_id
+                states[driver_id] = with_times(stored, fix_ns, last_seen[driver_id])
+        if still:
+            advanced = [x for x in advanced if x.driver_id not in still]
+            if not advanced:
+                return 0
+        new_states, events = evaluator.on_locations(states, advanced)
+        return await self._write_events(con, new_states, events, states)
 
     @staticmethod
     async def _lock_drivers(con: Any, newest: dict[str, Location]) -> tuple[set[str], list[Any]]:
