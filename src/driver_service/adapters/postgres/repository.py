@@ -213,6 +213,31 @@ _INSERT_EVENTS = (
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],"
     " $6::text[]) RETURNING id"
 )
+# The same two writes from rows staged by COPY (COPY_THRESHOLD or more): the tracker states of
+# rows this transaction holds locked (any order), and the events in their order (ids are
+# assigned in the order the ordered SELECT yields the rows), with the newest id.
+_STAGED_TRACKERS = "incoming_trackers"
+_TRACKER_COLUMNS = ("driver_id", "tracker")
+_CREATE_STAGED_TRACKERS = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_trackers (driver_id text, tracker text)"
+    " ON COMMIT DELETE ROWS"
+)
+_SET_TRACKERS_STAGED = (
+    "UPDATE drivers AS d SET tracker = u.tracker FROM incoming_trackers AS u"
+    " WHERE d.driver_id = u.driver_id"
+)
+_STAGED_EVENTS = "incoming_events"
+_EVENT_COLUMNS = ("type", "driver_id", "zone_id", "at_ns", "recorded_at_ns", "body")
+_CREATE_STAGED_EVENTS = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_events (type text, driver_id text, zone_id text,"
+    " at_ns bigint, recorded_at_ns bigint, body text, seq bigint GENERATED ALWAYS AS IDENTITY)"
+    " ON COMMIT DELETE ROWS"
+)
+_INSERT_EVENTS_STAGED = (
+    "WITH i AS (INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
+    " SELECT type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM incoming_events"
+    " ORDER BY seq RETURNING id) SELECT max(id) FROM i"
+)
 #: The first event (by id) to keep: the oldest recorded at or after the cutoff.
 _FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= $1 ORDER BY id LIMIT 1"
 _EXPIRE_EVENTS = (
@@ -372,7 +397,10 @@ def _row_count(status: str) -> int:
 async def _prepare_connection(connection: Any) -> None:
     """Per-connection setup: the COPY staging tables live as long as the connection (one
     simple query: no arguments)."""
-    await connection.execute(f"{_CREATE_STAGING}; {_CREATE_STAGED_DRIVERS}")
+    await connection.execute(
+        f"{_CREATE_STAGING}; {_CREATE_STAGED_DRIVERS}; {_CREATE_STAGED_TRACKERS};"
+        f" {_CREATE_STAGED_EVENTS}"
+    )
 
 
 async def _keep_session(connection: Any) -> None:
@@ -644,12 +672,29 @@ class PostgresRepository:
         state that differs from the one read (`before`) only in its fix and last-seen times is
         not written: every reader takes those from the driver's row, locked with the state."""
         ids = sorted(d for d, state in states.items() if not stored_alike(before.get(d), state))
-        if ids:
+        if len(ids) >= COPY_THRESHOLD:
+            await con.copy_records_to_table(
+                _STAGED_TRACKERS,
+                records=[(i, states[i].to_json()) for i in ids],
+                columns=_TRACKER_COLUMNS,
+            )
+            await con.execute(_SET_TRACKERS_STAGED)
+        elif ids:
             await con.execute(_SET_TRACKERS, ids, [states[i].to_json() for i in ids])
         if not events:
             return 0
         await con.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK_KEY)
         now = time.time_ns()
+        if len(events) >= COPY_THRESHOLD:
+            await con.copy_records_to_table(
+                _STAGED_EVENTS,
+                records=[
+                    (e.type.value, e.driver_id, e.zone_id, e.at_ns, now, body)
+                    for e, body in zip(events, event_bodies(events), strict=True)
+                ],
+                columns=_EVENT_COLUMNS,
+            )
+            return int(await con.fetchval(_INSERT_EVENTS_STAGED))
         rows = await con.fetch(
             _INSERT_EVENTS,
             [e.type.value for e in events],
