@@ -16,6 +16,9 @@ sqlite-events, postgres-events
             the same with the event outbox on, as `serve` runs (a ZoneEvaluator without
             zones: each driver's tracker state is read, evaluated and kept in every commit;
             the first pass of each driver logs its driver.online)
+sqlite-new, postgres-new
+            the same with every fix of a driver not seen before: each is created, logs its
+            driver.online and has its first tracker state written
 
     python -m bench.ingest_paths [STEP ...] [--batch 1000] [--postgres URL]
 """
@@ -35,7 +38,17 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT
 
-STEPS = ("offer", "location", "driver", "sqlite", "postgres", "sqlite-events", "postgres-events")
+STEPS = (
+    "offer",
+    "location",
+    "driver",
+    "sqlite",
+    "postgres",
+    "sqlite-events",
+    "postgres-events",
+    "sqlite-new",
+    "postgres-new",
+)
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -80,15 +93,21 @@ def _repository(step: str, commits: int, batch: int, postgres: str) -> None:
     from driver_service.app.evaluation import ZoneEvaluator
     from driver_service.domain import Location
 
-    store, _, events = step.partition("-")
-    evaluator = ZoneEvaluator() if events else None
+    store, _, variant = step.partition("-")
+    evaluator = ZoneEvaluator() if variant else None
+    new = variant == "new"
 
     base = time.time_ns() - 3_600_000_000_000
 
     def fixes(k: int) -> list[Location]:
         return [
             Location(
-                f"drv-{i:05d}", 52.3 + i / 1e5, 13.2, 9.5, float(k % 360), base + k * 10**9 + i
+                f"drv-{k:03d}-{i:05d}" if new else f"drv-{i:05d}",
+                52.3 + i / 1e5,
+                13.2,
+                9.5,
+                float(k % 360),
+                base + k * 10**9 + i,
             )
             for i in range(batch)
         ]
