@@ -12,6 +12,13 @@ sqlite      SqliteRepository.record_locations, commits of BATCH fixes of BATCH d
             all advance (no event outbox), every thread
 postgres    the same on PostgreSQL (client side: asyncpg on the loop), a fresh database on
             the server of --postgres (default: the local one, trust auth)
+sqlite-events, postgres-events
+            the same with the event outbox on, as `serve` runs (a ZoneEvaluator without
+            zones: each driver's tracker state is read, evaluated and kept in every commit;
+            the first pass of each driver logs its driver.online)
+sqlite-new, postgres-new
+            the same with every fix of a driver not seen before: each is created, logs its
+            driver.online and has its first tracker state written
 
     python -m bench.ingest_paths [STEP ...] [--batch 1000] [--postgres URL]
 """
@@ -31,7 +38,17 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT
 
-STEPS = ("offer", "location", "driver", "sqlite", "postgres")
+STEPS = (
+    "offer",
+    "location",
+    "driver",
+    "sqlite",
+    "postgres",
+    "sqlite-events",
+    "postgres-events",
+    "sqlite-new",
+    "postgres-new",
+)
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -72,15 +89,25 @@ def _build(kind: str, units: int) -> None:
     del made
 
 
-def _repository(store: str, commits: int, batch: int, postgres: str) -> None:
+def _repository(step: str, commits: int, batch: int, postgres: str) -> None:
+    from driver_service.app.evaluation import ZoneEvaluator
     from driver_service.domain import Location
+
+    store, _, variant = step.partition("-")
+    evaluator = ZoneEvaluator() if variant else None
+    new = variant == "new"
 
     base = time.time_ns() - 3_600_000_000_000
 
     def fixes(k: int) -> list[Location]:
         return [
             Location(
-                f"drv-{i:05d}", 52.3 + i / 1e5, 13.2, 9.5, float(k % 360), base + k * 10**9 + i
+                f"drv-{k:03d}-{i:05d}" if new else f"drv-{i:05d}",
+                52.3 + i / 1e5,
+                13.2,
+                9.5,
+                float(k % 360),
+                base + k * 10**9 + i,
             )
             for i in range(batch)
         ]
@@ -96,12 +123,15 @@ def _repository(store: str, commits: int, batch: int, postgres: str) -> None:
             await admin.execute(f'CREATE DATABASE "{name}"')
             await admin.close()
             url = postgres.rsplit("/", 1)[0] + f"/{name}"
-            repo = await PostgresRepository.open(url, max_size=2)
+            # Valgrind runs ~50x slower: the default 2 s bound would cut the first commits short.
+            repo = await PostgresRepository.open(
+                url, max_size=2, evaluator=evaluator, timeout_s=120.0
+            )
         else:
             from driver_service.adapters.sqlite.repository import SqliteRepository
 
             data = tempfile.mkdtemp()
-            repo = await SqliteRepository.open(Path(data) / "paths.sqlite3")
+            repo = await SqliteRepository.open(Path(data) / "paths.sqlite3", evaluator=evaluator)
         for k in range(2 + commits):  # two to create the drivers and warm up
             advanced = await repo.record_locations(fixes(k))
             assert len(advanced) == batch
@@ -137,7 +167,7 @@ def counted(step: str, units: int, batch: int, postgres: str) -> int:
 
 def per_update(step: str, batch: int, postgres: str) -> float:
     """Instructions per update of `step` (the difference of two counted runs)."""
-    if step in ("sqlite", "postgres"):  # at least ~3,000 updates apart: a start-up's noise
+    if step not in ("offer", "location", "driver"):  # a store: ~3,000 updates apart at least
         small = 1
         large = small + max(3, -(-3000 // batch))
         updates = (large - small) * batch

@@ -281,6 +281,13 @@ class EventEvaluator(Protocol):
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int
     ) -> tuple[TrackerState, list[Event]]: ...
 
+    def times_only(self, state: TrackerState) -> bool:
+        """Whether every fix newer than `state`'s fix changes no more of it than its fix and
+        last-seen times and logs no event (against the zones it holds now): a store that
+        keeps those times in the driver's row may leave such a driver out of
+        `on_locations`."""
+        ...
+
     def logged(self, last_event_id: int) -> None:
         """Events up to `last_event_id` were committed (wakes this process's watchers)."""
         ...

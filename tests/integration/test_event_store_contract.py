@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.domain import Location, Status
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
-from driver_service.domain.events import EventType
+from driver_service.domain.events import Event, EventType, TrackerState
 from driver_service.domain.zones import Circle, Zone
 
 T0 = 1_717_200_000 * 10**9
@@ -201,6 +201,49 @@ async def test_the_offline_sweep_reads_the_drivers_online_by_index(postgres_url:
             )
         assert "drivers_online" in plan, plan
         assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 20
+    finally:
+        await repo.close()
+
+
+class CountingEvaluator(ZoneEvaluator):
+    """A ZoneEvaluator that remembers the fixes each on_locations call was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluated: list[list[str]] = []
+
+    def on_locations(
+        self, states: Mapping[str, TrackerState], advanced: Sequence[Location]
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        self.evaluated.append([x.driver_id for x in advanced])
+        return super().on_locations(states, advanced)
+
+
+@pytest.mark.parametrize("drivers", [2, 20])  # arrays, and staged by COPY
+async def test_postgres_leaves_fixes_that_move_only_times_out_of_the_evaluation(
+    postgres_url: str, drivers: int
+) -> None:
+    """With no zone, a fix of a driver online with a status changes only times already in
+    its row: PostgreSQL does not evaluate it (nor parse and copy its state), and logs the
+    same events as before (each driver.online once; an offline driver comes back)."""
+    evaluator = CountingEvaluator()
+    repo = await PostgresRepository.open(postgres_url, min_size=1, max_size=8, evaluator=evaluator)
+    try:
+        ids = [f"d{i:02d}" for i in range(drivers)]
+        await repo.record_locations([fix(d, t) for t in (0, 1) for d in ids])
+        await repo.set_status(ids[0], Status.BUSY, T0 + 2 * S)
+        evaluator.evaluated.clear()
+        await repo.record_locations([fix(d, t) for t in (3, 4, 5) for d in ids])
+        assert evaluator.evaluated == []
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == drivers
+        await repo.record_locations([fix(d, 70) for d in ids])
+        assert evaluator.evaluated == [ids]
+        assert [e.type for e in (x.event for x in await repo.read_events(0, 1000))] == [
+            *[EventType.DRIVER_ONLINE] * drivers,
+            EventType.DRIVER_STATUS_CHANGED,
+            *[EventType.DRIVER_OFFLINE] * drivers,
+            *[EventType.DRIVER_ONLINE] * drivers,
+        ]
     finally:
         await repo.close()
 

@@ -25,7 +25,9 @@ from driver_service.domain.events import (
     event_body,
     event_from_row,
     parse_type_filter,
+    stored_alike,
     sweep_stale,
+    times_only,
 )
 from driver_service.domain.zones import Circle, PolygonShape, Zone, ZoneIndex
 
@@ -356,6 +358,38 @@ def test_a_replica_continuing_from_stored_state_emits_the_same_events() -> None:
     state, first = run(route[:half], SQUARE)
     _, second = run(route[half:], SQUARE, TrackerState.from_json(state.to_json()))
     assert first + second == together
+
+
+@pytest.mark.parametrize(
+    ("state", "moves_times_only"),
+    [
+        (TrackerState(10, 12, True, Status.AVAILABLE), True),
+        (TrackerState(10, 10, True, Status.BUSY), True),
+        (TrackerState(None, 10, True, Status.AVAILABLE), True),  # the row holds the fix time
+        (TrackerState(10, 12, False, Status.AVAILABLE), False),  # offline: goes online
+        (TrackerState(10, 12, True, None), False),  # no status yet
+        (NEW_DRIVER, False),
+        (TrackerState(10, 12, True, Status.AVAILABLE, (Visit("z", True, 5),)), False),
+    ],
+)
+def test_times_only_names_the_states_a_newer_fix_moves_only_in_time(
+    state: TrackerState, moves_times_only: bool
+) -> None:
+    """What a PostgreSQL commit leaves out of the evaluation is what the tracker, with no
+    zone, would change only in its times (so not write) and log nothing for."""
+    assert times_only(state) is moves_times_only
+    if not moves_times_only:
+        return
+    before = events_module.with_times(state, 10, 12)  # the times of the driver's row
+    tracker, nowhere = ZoneTracker(), ZoneIndex()
+    for t in (11, 20, 10**15):
+        newer = Location("d1", 1.0, 2.0, 3.0, 4.0, t)
+        alone, logged = tracker.on_location(before, newer, nowhere)
+        in_batch, logged_in_batch = tracker.on_locations_nowhere({"d1": before}, [newer], nowhere)
+        assert (logged, logged_in_batch) == ((), [])
+        for after in (alone, in_batch["d1"]):
+            assert stored_alike(before, after)
+            assert (after.last_fix_ns, after.last_seen_ns) == (t, max(t, 12))
 
 
 # --- the settled memo (a fix that changes nothing skips the per-zone loop) --------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
-from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker
+from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker, times_only
 from driver_service.domain.zones import Zone, ZoneIndex
 
 
@@ -78,6 +78,9 @@ class ZoneEvaluator:
             new_states[driver_id] = state
             events.extend(caused)
         return new_states, events
+
+    def times_only(self, state: TrackerState) -> bool:
+        return not len(self._index) and times_only(state)
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int

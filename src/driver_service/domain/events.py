@@ -264,6 +264,15 @@ def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
     )
 
 
+def times_only(state: TrackerState) -> bool:
+    """Whether, with no zone, every fix newer than the state's fix changes no more of it
+    than its fix and last-seen times, and logs nothing: the driver is online with a known
+    status and no visit (`ZoneTracker.on_locations_nowhere`'s loop, which moves such a
+    state without a call). A store that keeps those times in the driver's row (see
+    stored_alike) need not evaluate such a driver's fixes at all."""
+    return state.online and not state.visits and state.status is not None
+
+
 def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
     """`state` with the fix and last-seen times its driver's row holds (see stored_alike),
     its memo kept; through the slots' setters (see _online_state), as `dataclasses.replace`

@@ -74,14 +74,16 @@ _FAILURES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 
-#: Batches of at least this many fixes (drivers) go to history (to drivers) through binary
-#: COPY into a temp table; smaller ones as arrays through unnest(...). asyncpg's array encoder
-#: tests every element with isinstance() against collections.abc (a Python call, ~2.8k
+#: Batches of at least this many fixes go through one binary COPY of the fixes into a temp
+#: table, from which SQL derives each driver's newest fix (create, lock, advance) and the
+#: history rows; smaller ones as arrays through unnest(...). asyncpg's array encoder tests
+#: every element with isinstance() against collections.abc (a Python call, ~2.8k
 #: instructions; two for a text element): ~17k instructions a history row, ~48k a driver
-#: (create, lock and advance). COPY costs two more round trips per table and ~0.2M
-#: instructions, and pays off from a few rows: client instructions per update, commits of B
-#: advancing drivers (callgrind): B=8 238k with arrays, 216k staged; B=32 127k, 72k; B=1000
-#: 69k, 27k. Was 1,000 (for history only), chosen by wall time on 10,000 rows.
+#: (create, lock and advance). COPY costs two more round trips and ~0.2M instructions, and
+#: pays off from a few rows: client instructions per update, commits of B advancing drivers
+#: (callgrind): B=8 238k with arrays, 216k staged; B=32 127k, 72k; B=1000 69k, 27k. Was
+#: 1,000 (for history only), chosen by wall time on 10,000 rows. The same bound applies
+#: to tracker states and events (`_write_events`).
 COPY_THRESHOLD = 8
 
 _GET_DRIVER = (
@@ -103,42 +105,48 @@ _LOCK_DRIVERS = (
     "SELECT driver_id, location_at_ns, last_seen_at_ns, tracker FROM drivers"
     " WHERE driver_id = ANY($1::text[]) ORDER BY driver_id FOR UPDATE"
 )
-# The same three steps from the batch's newest fix per driver staged by COPY (large batches):
-# created in driver_id order; the drivers not created ($2) locked in driver_id order; then
-# each advanced to its newest fix if that is newer than the locked row's (the created ones
-# hold theirs already), last seen never moved back.
-_STAGED_DRIVERS = "incoming_drivers"
+# The same three steps from the batch's fixes staged by COPY (large batches): each driver's
+# newest fix (the first copy of its newest time, as `_newest` picks it) kept in
+# incoming_drivers; the new drivers created from it in driver_id order; all of them locked
+# in driver_id order (the rows of those just created are ours already and are dropped by
+# the caller: no array of their ids to encode); then each advanced to its newest fix if that is
+# newer than the locked row's (the created ones hold theirs already), last seen never moved
+# back.
 _CREATE_STAGED_DRIVERS = (
     "CREATE TEMP TABLE IF NOT EXISTS incoming_drivers (driver_id text, latitude float8,"
     " longitude float8, speed_mps float8, heading_degrees float8, at_ns bigint)"
     " ON COMMIT DELETE ROWS"
 )
-_DRIVER_STAGING_COLUMNS = (
-    "driver_id",
-    "latitude",
-    "longitude",
-    "speed_mps",
-    "heading_degrees",
-    "at_ns",
-)
 _CREATE_DRIVERS_STAGED = (
-    "INSERT INTO drivers AS d (driver_id, status, latitude, longitude, speed_mps,"
+    "WITH u AS (INSERT INTO incoming_drivers SELECT DISTINCT ON (driver_id) driver_id,"
+    " latitude, longitude, speed_mps, heading_degrees, recorded_at_ns FROM incoming_history"
+    " ORDER BY driver_id, recorded_at_ns DESC, seq RETURNING *)"
+    " INSERT INTO drivers AS d (driver_id, status, latitude, longitude, speed_mps,"
     " heading_degrees, location_at_ns, last_seen_at_ns)"
     " SELECT u.driver_id, $1, u.latitude, u.longitude, u.speed_mps, u.heading_degrees,"
-    " u.at_ns, u.at_ns FROM incoming_drivers AS u ORDER BY u.driver_id"
+    " u.at_ns, u.at_ns FROM u ORDER BY u.driver_id"
     " ON CONFLICT (driver_id) DO NOTHING RETURNING d.driver_id"
 )
 _LOCK_DRIVERS_STAGED = (
     "SELECT d.driver_id, d.location_at_ns, d.last_seen_at_ns, d.tracker FROM drivers AS d"
     " JOIN incoming_drivers AS u ON u.driver_id = d.driver_id"
-    " WHERE d.driver_id <> ALL($1::text[]) ORDER BY d.driver_id FOR UPDATE OF d"
+    " ORDER BY d.driver_id FOR UPDATE OF d"
 )
-_ADVANCE_DRIVERS_STAGED = (
-    "UPDATE drivers AS d SET latitude = u.latitude, longitude = u.longitude,"
+# The rest of a staged batch in one statement (one round trip): the drivers advanced, the
+# history rows inserted in batch order (the first copy of a key wins, as in SQLite; history
+# rows of one driver are only written under that driver's row lock), and the number of new
+# history rows with the zones version (read after the row locks, see `_sync_zones`).
+_ADVANCE_AND_INSERT_STAGED = (
+    "WITH a AS (UPDATE drivers AS d SET latitude = u.latitude, longitude = u.longitude,"
     " speed_mps = u.speed_mps, heading_degrees = u.heading_degrees,"
     " location_at_ns = u.at_ns, last_seen_at_ns = greatest(d.last_seen_at_ns, u.at_ns)"
     " FROM incoming_drivers AS u WHERE d.driver_id = u.driver_id"
-    " AND (d.location_at_ns IS NULL OR u.at_ns > d.location_at_ns)"
+    " AND (d.location_at_ns IS NULL OR u.at_ns > d.location_at_ns)),"
+    " h AS (INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude,"
+    " speed_mps, heading_degrees) SELECT driver_id, recorded_at_ns, latitude, longitude,"
+    " speed_mps, heading_degrees FROM incoming_history ORDER BY seq"
+    " ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT (SELECT count(*) FROM h), (SELECT version FROM zones_version)"
 )
 _ADVANCE_DRIVERS = (
     "UPDATE drivers AS d SET latitude = u.latitude, longitude = u.longitude,"
@@ -159,19 +167,16 @@ _HISTORY_COLUMNS = (
 # In batch order and without ORDER BY: of two fixes with one key in a batch the first wins, as
 # in SQLite. History rows of one driver are only written under that driver's row lock.
 _INSERT_HISTORY_UNNEST = (
-    "INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude, speed_mps,"
-    " heading_degrees) SELECT * FROM unnest($1::text[], $2::int8[], $3::float8[],"
-    " $4::float8[], $5::float8[], $6::float8[]) ON CONFLICT DO NOTHING"
+    "INSERT INTO location_history (driver_id, latitude, longitude, speed_mps, heading_degrees,"
+    " recorded_at_ns) SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[],"
+    " $4::float8[], $5::float8[], $6::int8[]) ON CONFLICT DO NOTHING"
 )
 _STAGING_TABLE = "incoming_history"
+# `seq` numbers the rows in batch order (COPY sends them in order).
 _CREATE_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS incoming_history (driver_id text, recorded_at_ns bigint,"
-    " latitude float8, longitude float8, speed_mps float8, heading_degrees float8)"
-    " ON COMMIT DELETE ROWS"
-)
-_INSERT_HISTORY_STAGED = (
-    "INSERT INTO location_history (driver_id, recorded_at_ns, latitude, longitude, speed_mps,"
-    " heading_degrees) SELECT * FROM incoming_history ON CONFLICT DO NOTHING"
+    " latitude float8, longitude float8, speed_mps float8, heading_degrees float8,"
+    " seq bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
 )
 # The stored fixes of some keys (read back only when a batch inserted fewer rows than it had).
 _STORED_FIXES = (
@@ -207,6 +212,31 @@ _INSERT_EVENTS = (
     "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
     " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],"
     " $6::text[]) RETURNING id"
+)
+# The same two writes from rows staged by COPY (COPY_THRESHOLD or more): the tracker states of
+# rows this transaction holds locked (any order), and the events in their order (ids are
+# assigned in the order the ordered SELECT yields the rows), with the newest id.
+_STAGED_TRACKERS = "incoming_trackers"
+_TRACKER_COLUMNS = ("driver_id", "tracker")
+_CREATE_STAGED_TRACKERS = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_trackers (driver_id text, tracker text)"
+    " ON COMMIT DELETE ROWS"
+)
+_SET_TRACKERS_STAGED = (
+    "UPDATE drivers AS d SET tracker = u.tracker FROM incoming_trackers AS u"
+    " WHERE d.driver_id = u.driver_id"
+)
+_STAGED_EVENTS = "incoming_events"
+_EVENT_COLUMNS = ("type", "driver_id", "zone_id", "at_ns", "recorded_at_ns", "body")
+_CREATE_STAGED_EVENTS = (
+    "CREATE TEMP TABLE IF NOT EXISTS incoming_events (type text, driver_id text, zone_id text,"
+    " at_ns bigint, recorded_at_ns bigint, body text, seq bigint GENERATED ALWAYS AS IDENTITY)"
+    " ON COMMIT DELETE ROWS"
+)
+_INSERT_EVENTS_STAGED = (
+    "WITH i AS (INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
+    " SELECT type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM incoming_events"
+    " ORDER BY seq RETURNING id) SELECT max(id) FROM i"
 )
 #: The first event (by id) to keep: the oldest recorded at or after the cutoff.
 _FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= $1 ORDER BY id LIMIT 1"
@@ -337,15 +367,40 @@ def _driver_from_record(row: Any) -> Driver:
     return Driver(driver_id, Status(status), location, last_seen)
 
 
+def _newest(locations: Sequence[Location]) -> dict[str, Location]:
+    """Each driver's newest fix of a batch (of equal times, the first)."""
+    newest: dict[str, Location] = {}
+    for loc in locations:
+        seen = newest.get(loc.driver_id)
+        if seen is None or loc.recorded_at_ns > seen.recorded_at_ns:
+            newest[loc.driver_id] = loc
+    return newest
+
+
+def _columns(locations: Sequence[Location]) -> tuple[list[Any], ...]:
+    """The fixes as arrays in Location's field order (the unnest(...) statements' order)."""
+    return (
+        [x.driver_id for x in locations],
+        [x.latitude for x in locations],
+        [x.longitude for x in locations],
+        [x.speed_mps for x in locations],
+        [x.heading_degrees for x in locations],
+        [x.recorded_at_ns for x in locations],
+    )
+
+
 def _row_count(status: str) -> int:
     """Rows affected, from a command status such as "INSERT 0 42"."""
     return int(status.rsplit(" ", 1)[1])
 
 
 async def _prepare_connection(connection: Any) -> None:
-    """Per-connection setup: the COPY staging tables live as long as the connection."""
-    await connection.execute(_CREATE_STAGING)
-    await connection.execute(_CREATE_STAGED_DRIVERS)
+    """Per-connection setup: the COPY staging tables live as long as the connection (one
+    simple query: no arguments)."""
+    await connection.execute(
+        f"{_CREATE_STAGING}; {_CREATE_STAGED_DRIVERS}; {_CREATE_STAGED_TRACKERS};"
+        f" {_CREATE_STAGED_EVENTS}"
+    )
 
 
 async def _keep_session(connection: Any) -> None:
@@ -444,15 +499,11 @@ class PostgresRepository:
         return recorded
 
     async def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
-        newest: dict[str, Location] = {}
-        for loc in locations:
-            seen = newest.get(loc.driver_id)
-            if seen is None or loc.recorded_at_ns > seen.recorded_at_ns:
-                newest[loc.driver_id] = loc
+        staged = len(locations) >= COPY_THRESHOLD
+        newest = {} if staged else _newest(locations)
         async with self._pool.acquire() as con, con.transaction():
-            staged = len(newest) >= COPY_THRESHOLD
             if staged:
-                created, locked = await self._lock_staged(con, newest)
+                created, locked = await self._lock_staged(con, locations)
             else:
                 created, locked = await self._lock_drivers(con, newest)
             # Newest fix time per driver as this transaction sees it; None: no location yet.
@@ -470,29 +521,59 @@ class PostgresRepository:
                 if at_ns is None or loc.recorded_at_ns > at_ns:
                     current[loc.driver_id] = loc.recorded_at_ns
                     advanced.append(loc)
+            zones_version: int | None = None
             if staged:
-                await con.execute(_ADVANCE_DRIVERS_STAGED)
+                inserted, zones_version = await con.fetchrow(_ADVANCE_AND_INSERT_STAGED)
             else:
                 await self._advance_drivers(con, newest, created, current, before, last_seen)
+                inserted = _row_count(
+                    await con.execute(_INSERT_HISTORY_UNNEST, *_columns(locations))
+                )
             conflicts: tuple[Location, ...] = ()
-            if await self._insert_history(con, locations) < len(locations):  # rare
+            if inserted < len(locations):  # rare
                 conflicts = await self._conflicts(con, locations, before)
             last_event_id = 0
             evaluator = self._evaluator
             if evaluator is not None and advanced:
-                await self._sync_zones(con, evaluator)
+                await self._sync_zones(con, evaluator, zones_version)
+                last_event_id = await self._evaluate(
+                    con, evaluator, advanced, trackers, before, last_seen
+                )
+        return Recorded(advanced, conflicts), last_event_id
+
+    async def _evaluate(
+        self,
+        con: Any,
+        evaluator: EventEvaluator,
+        advanced: list[Location],
+        trackers: dict[str, str | None],
+        before: dict[str, int | None],
+        last_seen: dict[str, int],
+    ) -> int:
+        """Evaluate the advanced fixes against the locked drivers' tracker states and write
+        what changed (the newest event id, 0 if none). A driver whose every newer fix moves
+        only its times (`times_only`: most of them, with no zone) is left out: its state
+        would not be written (see _write_events) and it logs nothing."""
+        states: dict[str, TrackerState] = {}
+        still: set[str] = set()
+        moves_times_only = evaluator.times_only
+        for driver_id, text in trackers.items():
+            if text is None:
+                continue
+            stored = TrackerState.from_json(text)
+            fix_ns = before[driver_id]
+            if fix_ns is not None and moves_times_only(stored):
+                still.add(driver_id)
+            else:
                 # The fix and last-seen times are the locked row's (the stored state's are
                 # those of its last write: see _write_events).
-                states = {
-                    driver_id: with_times(
-                        TrackerState.from_json(text), before[driver_id], last_seen[driver_id]
-                    )
-                    for driver_id, text in trackers.items()
-                    if text is not None
-                }
-                new_states, events = evaluator.on_locations(states, advanced)
-                last_event_id = await self._write_events(con, new_states, events, states)
-        return Recorded(advanced, conflicts), last_event_id
+                states[driver_id] = with_times(stored, fix_ns, last_seen[driver_id])
+        if still:
+            advanced = [x for x in advanced if x.driver_id not in still]
+            if not advanced:
+                return 0
+        new_states, events = evaluator.on_locations(states, advanced)
+        return await self._write_events(con, new_states, events, states)
 
     @staticmethod
     async def _lock_drivers(con: Any, newest: dict[str, Location]) -> tuple[set[str], list[Any]]:
@@ -501,40 +582,36 @@ class PostgresRepository:
         the ids created, and the locked rows (driver_id, location_at_ns, last_seen, tracker)."""
         ids = sorted(newest)
         new = [newest[i] for i in ids]
-        created_rows = await con.fetch(
-            _CREATE_DRIVERS,
-            INITIAL_STATUS.value,
-            ids,
-            [x.latitude for x in new],
-            [x.longitude for x in new],
-            [x.speed_mps for x in new],
-            [x.heading_degrees for x in new],
-            [x.recorded_at_ns for x in new],
-        )
+        created_rows = await con.fetch(_CREATE_DRIVERS, INITIAL_STATUS.value, *_columns(new))
         created = {row[0] for row in created_rows}
         existing = [i for i in ids if i not in created]
         return created, (await con.fetch(_LOCK_DRIVERS, existing) if existing else [])
 
     @staticmethod
-    async def _lock_staged(con: Any, newest: dict[str, Location]) -> tuple[set[str], list[Any]]:
-        """`_lock_drivers` with the newest fixes staged by COPY (no array per column)."""
+    async def _lock_staged(con: Any, locations: Sequence[Location]) -> tuple[set[str], list[Any]]:
+        """`_lock_drivers` for a batch staged by one COPY of its fixes (no array per column):
+        the newest fix per driver is picked by SQL from the staged rows, which
+        `_ADVANCE_AND_INSERT_STAGED` then inserts into history."""
         await con.copy_records_to_table(
-            _STAGED_DRIVERS,
+            _STAGING_TABLE,
             records=[
                 (
                     x.driver_id,
+                    x.recorded_at_ns,
                     x.latitude,
                     x.longitude,
                     x.speed_mps,
                     x.heading_degrees,
-                    x.recorded_at_ns,
                 )
-                for x in newest.values()
+                for x in locations
             ],
-            columns=_DRIVER_STAGING_COLUMNS,
+            columns=_HISTORY_COLUMNS,
         )
         created = {row[0] for row in await con.fetch(_CREATE_DRIVERS_STAGED, INITIAL_STATUS.value)}
-        return created, await con.fetch(_LOCK_DRIVERS_STAGED, list(created))
+        locked = await con.fetch(_LOCK_DRIVERS_STAGED)
+        if created:
+            locked = [row for row in locked if row[0] not in created]
+        return created, locked
 
     @staticmethod
     async def _advance_drivers(
@@ -550,22 +627,21 @@ class PostgresRepository:
         if moved:
             await con.execute(
                 _ADVANCE_DRIVERS,
-                [x.driver_id for x in moved],
-                [x.latitude for x in moved],
-                [x.longitude for x in moved],
-                [x.speed_mps for x in moved],
-                [x.heading_degrees for x in moved],
-                [x.recorded_at_ns for x in moved],
+                *_columns(moved),
                 [max(last_seen[x.driver_id], x.recorded_at_ns) for x in moved],
             )
 
     # --- events (the outbox) and zones ---------------------------------------------------------
 
-    async def _sync_zones(self, con: Any, evaluator: EventEvaluator) -> None:
+    async def _sync_zones(
+        self, con: Any, evaluator: EventEvaluator, version: int | None = None
+    ) -> None:
         """Give the evaluator the zones committed now if its version is not the stored one
         (read after the drivers' row locks: whatever an earlier update of these drivers
-        was evaluated against is committed, so this index is at least as new)."""
-        version = await con.fetchval("SELECT version FROM zones_version")
+        was evaluated against is committed, so this index is at least as new). `version`:
+        read already by a statement that started after the locks."""
+        if version is None:
+            version = await con.fetchval("SELECT version FROM zones_version")
         if version <= evaluator.zones_version:  # a concurrent transaction may load a newer one
             return
         async with self._zones_lock:
@@ -596,12 +672,29 @@ class PostgresRepository:
         state that differs from the one read (`before`) only in its fix and last-seen times is
         not written: every reader takes those from the driver's row, locked with the state."""
         ids = sorted(d for d, state in states.items() if not stored_alike(before.get(d), state))
-        if ids:
+        if len(ids) >= COPY_THRESHOLD:
+            await con.copy_records_to_table(
+                _STAGED_TRACKERS,
+                records=[(i, states[i].to_json()) for i in ids],
+                columns=_TRACKER_COLUMNS,
+            )
+            await con.execute(_SET_TRACKERS_STAGED)
+        elif ids:
             await con.execute(_SET_TRACKERS, ids, [states[i].to_json() for i in ids])
         if not events:
             return 0
         await con.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK_KEY)
         now = time.time_ns()
+        if len(events) >= COPY_THRESHOLD:
+            await con.copy_records_to_table(
+                _STAGED_EVENTS,
+                records=[
+                    (e.type.value, e.driver_id, e.zone_id, e.at_ns, now, body)
+                    for e, body in zip(events, event_bodies(events), strict=True)
+                ],
+                columns=_EVENT_COLUMNS,
+            )
+            return int(await con.fetchval(_INSERT_EVENTS_STAGED))
         rows = await con.fetch(
             _INSERT_EVENTS,
             [e.type.value for e in events],
@@ -780,38 +873,6 @@ class PostgresRepository:
             rows = await con.fetch(_STORED_FIXES, [k[0] for k in keys], [k[1] for k in keys])
             stored = {(row[0], row[5]): Location(*row) for row in rows}
         return refused_updates(locations, stored)
-
-    @staticmethod
-    async def _insert_history(con: Any, locations: Sequence[Location]) -> int:
-        """Insert the batch's fixes (the first copy of a key wins); return how many rows
-        were new."""
-        if len(locations) >= COPY_THRESHOLD:
-            await con.copy_records_to_table(
-                _STAGING_TABLE,
-                records=[
-                    (
-                        x.driver_id,
-                        x.recorded_at_ns,
-                        x.latitude,
-                        x.longitude,
-                        x.speed_mps,
-                        x.heading_degrees,
-                    )
-                    for x in locations
-                ],
-                columns=_HISTORY_COLUMNS,
-            )
-            return _row_count(await con.execute(_INSERT_HISTORY_STAGED))
-        status = await con.execute(
-            _INSERT_HISTORY_UNNEST,
-            [x.driver_id for x in locations],
-            [x.recorded_at_ns for x in locations],
-            [x.latitude for x in locations],
-            [x.longitude for x in locations],
-            [x.speed_mps for x in locations],
-            [x.heading_degrees for x in locations],
-        )
-        return _row_count(status)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
         evaluator = self._evaluator
