@@ -26,6 +26,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
+#: The environment for a counted child: str hashes (dict and set layouts) seeded alike in
+#: every run, so two runs of one code count the same work.
+FIXED_HASHES = {**os.environ, "PYTHONHASHSEED": "0"}
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 DRIVERS = 10_000

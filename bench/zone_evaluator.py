@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT
+from bench.common import FIXED_HASHES, PYTHON, ROOT
 from bench.ingest import update
 from bench.zone_index import make_zones
 from bench.zones import S, driving
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zone_evaluator"]
             argv += ["--counted-child", "--workload", args.workload, "--zones", str(args.zones)]
             argv += ["--total", str(args.total), "--group", str(args.group)]
-            out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                argv, cwd=ROOT, env=FIXED_HASHES, check=True, capture_output=True, text=True
+            )
             totals = [ln for ln in dump.read_text().splitlines() if ln.startswith("totals:")]
             per_update = int(totals[0].split()[1]) / args.total
         print(f"{per_update:.0f} instructions per update, {out.stdout.strip()} events")

@@ -62,7 +62,16 @@ from typing import Any
 
 import grpc
 
-from bench.common import CLIENT_CORE, PYTHON, ROOT, cpu_seconds, free_port, grpc_frame, pinned
+from bench.common import (
+    CLIENT_CORE,
+    FIXED_HASHES,
+    PYTHON,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    grpc_frame,
+    pinned,
+)
 from bench.common import wait_for_port as _wait_for_port
 from bench.ingest import UPLOAD, stored_rows, update
 from bench.zone_index import make_zones
@@ -222,7 +231,7 @@ def instructions_part(
         argv += [f"--callgrind-out-file={dump}", PYTHON, "-m", "bench.zones", "--counted-child"]
         argv += [str(path), "--total", str(total), "--per-driver", str(per_driver)]
         argv += [] if moving else ["--teleporting"]
-        subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(argv, cwd=ROOT, env=FIXED_HASHES, check=True, capture_output=True)
         per_update[kind] = _instructions(dump) / (total - 1)
         for leftover in path.parent.glob(path.name + "*"):
             leftover.unlink()
@@ -277,7 +286,9 @@ def _serve_once(
         callgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
         argv = [*callgrind, f"--callgrind-out-file={dump}", *argv]
     with (work / f"serve-{tag}.log").open("wb") as log:
-        proc = subprocess.Popen(pinned("0", argv), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            pinned("0", argv), cwd=ROOT, env=FIXED_HASHES, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         _wait_for_port(port, proc, 900.0 if counted else 120.0)
         _h2load_stream(port, first)

@@ -428,9 +428,9 @@ def test_the_fast_constructors_set_every_field_as_the_dataclasses_do() -> None:
     assert hash(built) == hash(Event(ENTER, "d1", T0, "z", 3, location))
     visit = events_module._new_visit("z", True, T0, 2, True, T0 + 1)
     assert visit == Visit("z", True, T0, 2, True, T0 + 1)
-    memo = events_module.Settled(0, {}, 0.0)
-    assert events_module._settled(0, {}, 0.0) == memo
-    assert len(fields(events_module.Settled)) == 3
+    memo = events_module.Settled(0, {}, 0.0, b"k")
+    assert events_module._settled(0, {}, 0.0, b"k") == memo
+    assert len(fields(events_module.Settled)) == 4
     state = events_module._online_state(T0, T0 + 1, Status.BUSY, (visit,), memo)
     assert state == TrackerState(T0, T0 + 1, True, Status.BUSY, (visit,))
     assert len(fields(Event)) == 9

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
-from driver_service.domain.events import NEW_DRIVER, Event, TrackerState, ZoneTracker, times_only
+from driver_service.domain.events import Event, TrackerState, ZoneTracker, times_only
 from driver_service.domain.zones import Zone, ZoneIndex
 
 
@@ -65,19 +65,10 @@ class ZoneEvaluator:
         index = self._index
         if not len(index):  # no lookup, and no tracker call for most fixes
             return self._tracker.on_locations_nowhere(states, advanced, index)
-        found = index.locate_many(
+        located = index.locate_keyed(
             [loc.latitude for loc in advanced], [loc.longitude for loc in advanced]
         )
-        tracker = self._tracker
-        new_states: dict[str, TrackerState] = {}
-        events: list[Event] = []
-        for loc, where in zip(advanced, found, strict=True):
-            driver_id = loc.driver_id
-            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
-            state, caused = tracker.on_location(state, loc, index, where)
-            new_states[driver_id] = state
-            events.extend(caused)
-        return new_states, events
+        return self._tracker.on_locations_located(states, advanced, index, located)
 
     def times_only(self, state: TrackerState) -> bool:
         return not len(self._index) and times_only(state)

@@ -47,7 +47,7 @@ from typing import Any
 
 from driver_service.domain.errors import InvalidInput
 from driver_service.domain.model import INITIAL_STATUS, Location, Status
-from driver_service.domain.zones import Where, Zone, ZoneIndex
+from driver_service.domain.zones import Located, Where, Zone, ZoneIndex
 
 NANOS = 10**9
 #: How long a driver must stay in a zone's edge band (inside, or outside) for that to count
@@ -125,11 +125,14 @@ class Settled:
     tracker made of `where` against the index `index_token`, and no timer of theirs (settle,
     dwell) fires before `until_ns`. A fix at the same `where`, against the same index and
     before `until_ns`, then leaves every visit as it is and causes no event (see
-    `ZoneTracker.on_location`), so the tracker skips its per-zone loop."""
+    `ZoneTracker.on_location`), so the tracker skips its per-zone loop. `key` is `where`'s key
+    (`zones.Located`) when the caller had one: comparing it is cheaper than comparing maps,
+    and spares building the next fix's map."""
 
     index_token: int
     where: Mapping[str, Where]
     until_ns: float
+    key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,10 +302,11 @@ class ZoneTracker:
         location: Location,
         zones: ZoneIndex,
         where: Mapping[str, Where] | None = None,
+        key: bytes | None = None,
     ) -> tuple[TrackerState, tuple[Event, ...]]:
         """The state after `location` and the events it causes. `where` is
-        ``zones.locate(lat, lon)`` when the caller computed it already (``locate_many`` over a
-        commit group); otherwise it is computed here."""
+        ``zones.locate(lat, lon)`` when the caller computed it already (``locate_keyed`` over
+        a commit group, then `key` is its key); otherwise it is computed here."""
         t = location.recorded_at_ns
         last_fix = state.last_fix_ns
         if last_fix is not None and t <= last_fix:
@@ -326,7 +330,8 @@ class ZoneTracker:
             return _online_state(t, new_seen, status, state.visits, settled), ()
         driver_id = location.driver_id
         visits, until, caused = self._visit_zones(state.visits, location, zones, where)
-        new_state = _online_state(t, new_seen, status, tuple(visits), _settled(token, where, until))
+        memo = _settled(token, where, until, key)
+        new_state = _online_state(t, new_seen, status, tuple(visits), memo)
         events: list[Event] = []
         if not state.online:
             online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
@@ -373,6 +378,51 @@ class ZoneTracker:
                 new_states[driver_id] = moved
                 continue
             state, caused = self.on_location(state, loc, zones, _NOWHERE)
+            new_states[driver_id] = state
+            events.extend(caused)
+        return new_states, events
+
+    def on_locations_located(
+        self,
+        states: Mapping[str, TrackerState],
+        advanced: Iterable[Location],
+        zones: ZoneIndex,
+        located: Located,
+    ) -> tuple[dict[str, TrackerState], list[Event]]:
+        """Each driver's state after `advanced` (in order) and their events, the i-th fix
+        being where ``located`` (``zones.locate_keyed`` of the fixes) says. A fix that
+        `on_location` would take through its memo (the same key as the memo's, against the
+        same index, online, newer than the last fix and before the memo's timer) moves the
+        times in this loop, without building its map or calling per fix; the rest take
+        `on_location` with their map and key."""
+        new_states: dict[str, TrackerState] = {}
+        events: list[Event] = []
+        token = zones.token
+        keys = located.keys
+        for i, loc in enumerate(advanced):
+            driver_id, t = loc.driver_id, loc.recorded_at_ns
+            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            settled, last = state.settled, state.last_fix_ns
+            if (
+                settled is not None
+                and settled.index_token == token
+                and t < settled.until_ns
+                and state.online
+                and last is not None
+                and t > last
+                and settled.key == keys[i]
+            ):
+                seen = state.last_seen_ns
+                new_states[driver_id] = _online_state(
+                    t,
+                    t if seen is None or t > seen else seen,
+                    state.status or INITIAL_STATUS,
+                    state.visits,
+                    settled,
+                )
+                continue
+            where = located.where(i)
+            state, caused = self.on_location(state, loc, zones, where, keys[i])
             new_states[driver_id] = state
             events.extend(caused)
         return new_states, events
@@ -573,6 +623,7 @@ _SET_SETTLED = _slot_setter(TrackerState, "settled")
 _SET_SETTLED_TOKEN = _slot_setter(Settled, "index_token")
 _SET_SETTLED_WHERE = _slot_setter(Settled, "where")
 _SET_SETTLED_UNTIL = _slot_setter(Settled, "until_ns")
+_SET_SETTLED_KEY = _slot_setter(Settled, "key")
 _SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
 _SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
 _SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
@@ -590,12 +641,18 @@ _SET_EVENT_NEW = _slot_setter(Event, "new_status")
 _SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
 
 
-def _settled(index_token: int, where: Mapping[str, Where], until_ns: float) -> Settled:
+def _settled(
+    index_token: int,
+    where: Mapping[str, Where],
+    until_ns: float,
+    key: bytes | None = None,
+) -> Settled:
     """`Settled(...)` through the slots' setters (see _online_state): one a judged fix."""
     settled: Settled = _new_object(Settled)
     _SET_SETTLED_TOKEN(settled, index_token)
     _SET_SETTLED_WHERE(settled, where)
     _SET_SETTLED_UNTIL(settled, until_ns)
+    _SET_SETTLED_KEY(settled, key)
     return settled
 
 

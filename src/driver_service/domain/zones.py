@@ -108,6 +108,8 @@ class Where(enum.IntEnum):
 
 #: Where by level (its value): indexing a tuple is much cheaper than calling the enum.
 _WHERES: tuple[Where, ...] = tuple(sorted(Where))
+#: The same as an array: a whole commit group's levels become `Where`s in one step.
+_WHERE_ARRAY: NDArray[np.object_] = np.array(_WHERES, dtype=object)
 
 
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -477,6 +479,31 @@ def _polygonal(geometry: shapely.Geometry) -> Polygon | MultiPolygon:
 _TOKENS = itertools.count(1)
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where each point of a group is (`ZoneIndex.locate_keyed`).
+
+    ``keys[i]`` stands for point i's map: the same key from the same index means the same
+    map (it lists the index's boxes whose band holds the point, each with its level), so a
+    caller that remembers a key need not build the map to see that nothing changed.
+    ``where(i)`` builds point i's map, as `ZoneIndex.locate` gives it.
+    """
+
+    keys: list[bytes]
+    zone_ids: list[str]
+    wheres: list[Where]
+    #: Point i's pairs are zone_ids[bounds[i]:bounds[i + 1]] (and wheres alike).
+    bounds: list[int]
+
+    def where(self, i: int) -> dict[str, Where]:
+        # A loop over the pairs, as dict(zip(...)) of two slices costs twice as much.
+        zone_ids, wheres = self.zone_ids, self.wheres
+        found: dict[str, Where] = {}
+        for j in range(self.bounds[i], self.bounds[i + 1]):
+            found[zone_ids[j]] = wheres[j]
+        return found
+
+
 class ZoneIndex:
     """An immutable set of zones with an STRtree over their band envelopes.
 
@@ -491,6 +518,7 @@ class ZoneIndex:
         "_inner",
         "_is_polygon",
         "_outer",
+        "_owner_array",
         "_owners",
         "_raw",
         "_tree",
@@ -528,6 +556,7 @@ class ZoneIndex:
                     polygons.append((None, None, None))
                     circles.append((shape.latitude, shape.longitude, shape.radius_m))
         self._owners: tuple[str, ...] = tuple(owners)
+        self._owner_array: NDArray[np.object_] = np.array(owners, dtype=object)
         self._is_polygon: NDArray[np.bool_] = np.array(
             [outer is not None for outer, _, _ in polygons], dtype=bool
         )
@@ -536,7 +565,14 @@ class ZoneIndex:
             for column, geometry in zip(columns, row, strict=True):
                 column[i] = geometry
         self._outer, self._raw, self._inner = columns
-        self._circles: NDArray[np.float64] = np.array(circles, dtype=np.float64).reshape(-1, 3)
+        lat, lon, radius = np.array(circles, dtype=np.float64).reshape(-1, 3).T
+        centre = np.radians(lat)
+        #: Per box (nan for a polygon's): what `_haversine_np` and the levels need of the
+        #: centre and the radius, computed once here instead of for every pair a lookup finds
+        #: (the same operations on the same numbers: the same results).
+        self._circles: NDArray[np.float64] = np.column_stack(
+            (centre, np.cos(centre), lon, radius + MARGIN_M, radius, radius - MARGIN_M)
+        )
         self._tree: STRtree | None = STRtree(boxes) if boxes else None
 
     def __len__(self) -> int:
@@ -567,14 +603,22 @@ class ZoneIndex:
         self, latitudes: Sequence[float], longitudes: Sequence[float]
     ) -> list[dict[str, Where]]:
         """`locate` for each point, in order."""
-        found: list[dict[str, Where]] = [{} for _ in latitudes]
-        if self._tree is None or not found:
-            return found
-        lats = np.asarray(latitudes, dtype=np.float64)
-        lons = np.asarray(longitudes, dtype=np.float64)
-        point_of, box_of = self._tree.query(shapely.points(lons, lats))
+        located = self.locate_keyed(latitudes, longitudes)
+        return [located.where(i) for i in range(len(located.keys))]
+
+    def locate_keyed(self, latitudes: Sequence[float], longitudes: Sequence[float]) -> Located:
+        """`locate_many` as a `Located`: each point's key, and its map built only when asked
+        for (most fixes of a driver are where its last one was: comparing keys is enough)."""
+        count = len(latitudes)
+        if self._tree is None or not count:
+            return Located([b""] * count, [], [], [0] * (count + 1))
+        xy = np.empty((count, 2), dtype=np.float64)
+        xy[:, 0] = longitudes
+        xy[:, 1] = latitudes
+        lons, lats = xy.T
+        point_of, box_of = self._tree.query(shapely.points(xy))
         if point_of.size == 0:
-            return found
+            return Located([b""] * count, [], [], [0] * (count + 1))
         levels = np.zeros(point_of.size, dtype=np.int8)
         polygon = self._is_polygon[box_of]
         if polygon.any():
@@ -590,19 +634,21 @@ class ZoneIndex:
         circle = ~polygon
         if circle.any():
             p, b = point_of[circle], box_of[circle]
-            centre_lat, centre_lon, radius = self._circles[b].T
-            d = _haversine_np(centre_lat, centre_lon, lats[p], lons[p])
-            levels[circle] = (
-                (d <= radius + MARGIN_M).astype(np.int8) + (d <= radius) + (d <= radius - MARGIN_M)
-            )
-        owners = self._owners
-        wheres = _WHERES
+            centre, cos_centre, centre_lon, outer, radius, inner = self._circles[b].T
+            here = np.radians(lats)
+            d = _haversine_pairs(centre, cos_centre, centre_lon, here[p], np.cos(here)[p], lons[p])
+            levels[circle] = (d <= outer).astype(np.int8) + (d <= radius) + (d <= inner)
         near = levels > 0
-        for point, box, level in zip(
-            point_of[near].tolist(), box_of[near].tolist(), levels[near].tolist(), strict=True
-        ):
-            found[point][owners[box]] = wheres[level]
-        return found
+        point_near, box_near, level_near = point_of[near], box_of[near], levels[near]
+        # One int64 a pair (box, level), each point's pairs in the order the query gave them.
+        raw = (box_near.astype(np.int64) * 4 + level_near).tobytes()
+        bounds: list[int] = np.searchsorted(point_near, np.arange(count + 1)).tolist()
+        return Located(
+            [raw[8 * a : 8 * b] for a, b in itertools.pairwise(bounds)],
+            self._owner_array[box_near].tolist(),
+            _WHERE_ARRAY[level_near].tolist(),
+            bounds,
+        )
 
     def with_zone(self, zone: Zone) -> ZoneIndex:
         """A new index with `zone` added, or replacing the zone of the same id."""
@@ -626,9 +672,22 @@ def _haversine_np(
     """haversine_m over arrays, the same formula term by term."""
     p1 = np.radians(lat1)
     p2 = np.radians(lat2)
+    return _haversine_pairs(p1, np.cos(p1), lon1, p2, np.cos(p2), lon2)
+
+
+def _haversine_pairs(
+    p1: NDArray[np.float64],
+    cos_p1: NDArray[np.float64],
+    lon1: NDArray[np.float64],
+    p2: NDArray[np.float64],
+    cos_p2: NDArray[np.float64],
+    lon2: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """`_haversine_np` given each latitude in radians and its cosine: a lookup takes a
+    circle's from the index and a point's once for all of its pairs."""
     s_lat = np.sin((p2 - p1) * 0.5)
     s_lon = np.sin(np.radians(lon2 - lon1) * 0.5)
-    a = s_lat * s_lat + np.cos(p1) * np.cos(p2) * s_lon * s_lon
+    a = s_lat * s_lat + cos_p1 * cos_p2 * s_lon * s_lon
     result: NDArray[np.float64] = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.minimum(1.0, a)))
     return result
 
