@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from driver_service.interceptors import AccessLog
-from driver_service.observability.context import CALL, CallScope
+from driver_service.observability.context import CALL, new_scope
 from driver_service.observability.logs import (
     JsonFormatter,
     JsonLinesHandler,
@@ -100,7 +100,7 @@ def test_access_log_through_the_service_logging_setup(
         access = AccessLog()
         access.record("/svc/M", HOSTILE, 0.0015, grpc.StatusCode.OK, "rid-1", 3, 1, True)
         access.record("/svc/M", "p", 0.1, grpc.StatusCode.INTERNAL, "rid-2", 1, 0, False)
-        token = CALL.set(CallScope("outer"))
+        token = CALL.set(new_scope("outer"))
         logging.getLogger("driver_service.other").info("plain %d", 7)
         CALL.reset(token)
         configure_logging("WARNING", "json")

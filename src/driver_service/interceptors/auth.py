@@ -29,7 +29,7 @@ import grpc
 
 from driver_service.domain import InvalidInput, validate_driver_id
 from driver_service.interceptors.selector import ExemptServices
-from driver_service.observability.context import CALL
+from driver_service.observability.context import CALL, SCOPE_PRINCIPAL
 from driver_service.security.tokens import InvalidToken, Principal, TokenValidator
 
 AUTHORIZATION_HEADER = "authorization"
@@ -47,13 +47,15 @@ FOREIGN_DRIVER: Refusal = (
 def current_principal() -> Principal | None:
     """The authenticated caller of the current call (None outside a call or on exempt
     services), kept in the call's scope (observability.context)."""
-    return cast("Principal | None", CALL.get().principal)
+    return cast("Principal | None", CALL.get()[SCOPE_PRINCIPAL])
 
 
 def set_principal(principal: Principal) -> None:
     """Make `principal` the current call's caller (in a new scope: the current one may be
     shared with the code that set it)."""
-    CALL.set(CALL.get().with_principal(principal))
+    scope = CALL.get().copy()
+    scope[SCOPE_PRINCIPAL] = principal
+    CALL.set(scope)
 
 
 #: Returns the driver id a request message acts on, or None if it names none (heartbeat, or

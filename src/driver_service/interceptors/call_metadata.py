@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from driver_service.observability.context import CALL, CallScope
+from driver_service.observability.context import CALL, SCOPE_TASK, CallScope
 
 #: Invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
 Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
@@ -27,14 +27,7 @@ def keep_metadata(handler_call_details: grpc.HandlerCallDetails) -> None:
     """Keep the metadata grpc.aio decoded for the handler lookup, for `metadata_of`, in a
     new scope of the call's task (what readers saw before it, request id and caller, kept)."""
     outer = CALL.get()
-    CALL.set(
-        CallScope(
-            outer.request_id,
-            outer.principal,
-            current_task(),
-            handler_call_details.invocation_metadata,
-        )
-    )
+    CALL.set([outer[0], outer[1], current_task(), handler_call_details.invocation_metadata])
 
 
 def kept_scope() -> CallScope | None:
@@ -42,7 +35,7 @@ def kept_scope() -> CallScope | None:
     task: a grpc.aio that looked handlers up elsewhere would make the pipeline decode again
     and set a scope of its own, never hand one call another's headers or scope."""
     scope = CALL.get()
-    task = scope.task
+    task = scope[SCOPE_TASK]
     if task is not None and task is current_task():
         return scope
     return None
@@ -52,5 +45,6 @@ def metadata_of(context: _Context) -> Metadata:
     """The current call's invocation metadata, decoded once per call where possible."""
     scope = kept_scope()
     if scope is not None:
-        return scope.metadata
+        metadata: Metadata = scope[3]  # SCOPE_METADATA
+        return metadata
     return context.invocation_metadata() or ()

@@ -4,54 +4,38 @@ interceptors/ so that logs do not import a transport."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final, TypeAlias
+
+#: What log lines, auth helpers and handlers read of the current call, one list per call:
+#: [request id ("-" outside a call), caller (a security.tokens.Principal, or None), the
+#: task it was set in (gRPC calls: only the pipeline fills in a scope of its own task),
+#: the invocation metadata grpc.aio decoded to find the handler (gRPC calls)]. One list in
+#: one ContextVar: the three ContextVars a call set before, and a slotted object in their
+#: place, each cost more (~7 k and ~8 k instructions a call against ~5 k: BENCHMARKS.md,
+#: issue 20). A scope may be shared with tasks the call started: change one only in the
+#: call's own task before its handler runs, else set a new one.
+CallScope: TypeAlias = list[Any]
+SCOPE_REQUEST_ID: Final = 0
+SCOPE_PRINCIPAL: Final = 1
+SCOPE_TASK: Final = 2
+SCOPE_METADATA: Final = 3
+
+#: The current call's scope. The default (outside a call) is never changed: it has no task.
+CALL: ContextVar[CallScope] = ContextVar("call", default=["-", None, None, ()])  # noqa: B039
 
 
-class CallScope:
-    """What log lines, auth helpers and handlers read of the current call. One object per
-    call in one ContextVar: each ContextVar set costs a GetDriver ~0.9 k instructions, and a
-    call had three (BENCHMARKS.md, issue 20). The gRPC pipeline fills in the scope it set at
-    the handler lookup, in the call's own task (`task`), before the handler runs; anything
-    else (HTTP requests, a principal set later) sets a new scope."""
-
-    __slots__ = ("metadata", "principal", "request_id", "task")
-
-    def __init__(
-        self,
-        request_id: str = "-",
-        principal: object | None = None,
-        task: asyncio.Task[Any] | None = None,
-        metadata: Iterable[tuple[str, str | bytes]] = (),
-    ) -> None:
-        #: The call's request id ("-" outside a call).
-        self.request_id = request_id
-        #: The authenticated caller (a security.tokens.Principal), None if none.
-        self.principal = principal
-        #: The task the scope was set in (gRPC calls), whose scope only the pipeline fills.
-        self.task = task
-        #: The invocation metadata grpc.aio decoded to find the handler (gRPC calls).
-        self.metadata = metadata
-
-    def with_request_id(self, request_id: str) -> CallScope:
-        """This scope with another request id, as a new scope (this one may be shared)."""
-        return CallScope(request_id, self.principal, self.task, self.metadata)
-
-    def with_principal(self, principal: object | None) -> CallScope:
-        """This scope with another caller, as a new scope (this one may be shared)."""
-        return CallScope(self.request_id, principal, self.task, self.metadata)
-
-
-#: The current call's scope (outside a call: request id "-", no caller).
-#: The default is never filled in: the pipeline fills only a scope set in its own task.
-CALL: ContextVar[CallScope] = ContextVar("call", default=CallScope())  # noqa: B039
+def new_scope(
+    request_id: str = "-", principal: object | None = None, task: object | None = None
+) -> CallScope:
+    """A scope without metadata (HTTP requests, a scope replaced outside the pipeline)."""
+    return [request_id, principal, task, ()]
 
 
 def current_request_id() -> str:
-    return CALL.get().request_id
+    request_id: str = CALL.get()[SCOPE_REQUEST_ID]
+    return request_id
 
 
 class RequestIdFilter(logging.Filter):
@@ -59,5 +43,5 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = CALL.get().request_id
+            record.request_id = CALL.get()[SCOPE_REQUEST_ID]
         return True
