@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from driver_service.interceptors import AccessLog
-from driver_service.observability.context import REQUEST_ID
+from driver_service.observability.context import CALL, new_scope
 from driver_service.observability.logs import (
     JsonFormatter,
     JsonLinesHandler,
@@ -100,9 +100,9 @@ def test_access_log_through_the_service_logging_setup(
         access = AccessLog()
         access.record("/svc/M", HOSTILE, 0.0015, grpc.StatusCode.OK, "rid-1", 3, 1, True)
         access.record("/svc/M", "p", 0.1, grpc.StatusCode.INTERNAL, "rid-2", 1, 0, False)
-        token = REQUEST_ID.set("outer")
+        token = CALL.set(new_scope("outer"))
         logging.getLogger("driver_service.other").info("plain %d", 7)
-        REQUEST_ID.reset(token)
+        CALL.reset(token)
         configure_logging("WARNING", "json")
         AccessLog().record("/svc/M", "p", 0.1, grpc.StatusCode.OK, "rid-3", 1, 1, False)
     finally:

@@ -76,7 +76,7 @@ from driver_service.interceptors.request_id import (
     is_safe_request_id,
     new_request_id,
 )
-from driver_service.observability.context import REQUEST_ID
+from driver_service.observability.context import CALL, new_scope
 from driver_service.observability.metrics.catalogue import ServiceMetrics
 from driver_service.wire import driver_to_pb, location_to_pb, ns_to_timestamp
 
@@ -575,7 +575,7 @@ class Observed:
             if key == REQUEST_ID_HEADER.encode():
                 given = value.decode("latin-1")
         request_id = given if is_safe_request_id(given) else new_request_id()
-        token = REQUEST_ID.set(request_id)
+        token = CALL.set(new_scope(request_id))
         started = time.perf_counter()
         status = 500
         extra = [*self.headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]
@@ -612,7 +612,7 @@ class Observed:
                     "duration_ms": round(duration * 1000, 3),
                 },
             )
-            REQUEST_ID.reset(token)
+            CALL.reset(token)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -17,11 +17,11 @@ from google.protobuf.message import Message
 from driver_service.api.rules import HTTP_RULES
 from driver_service.http.errors import HttpError
 from driver_service.interceptors.auth import (
-    PRINCIPAL,
     AuthPolicy,
     admission,
     authenticate,
     message_check,
+    set_principal,
 )
 from driver_service.security.tokens import Principal
 
@@ -74,7 +74,7 @@ def authorize(
             refusal = check(message)
             if refusal is not None:
                 raise HttpError(*refusal)
-    PRINCIPAL.set(principal)
+    set_principal(principal)
     return principal
 
 

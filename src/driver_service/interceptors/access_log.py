@@ -116,7 +116,7 @@ class AccessLog:
         request_id: str,
         messages_in: int,
         messages_out: int,
-        streaming: bool,
+        streaming: bool = False,
     ) -> None:
         sink = None
         if code is _OK:  # no lookup: a StatusCode hashes in Python (Enum.__hash__)

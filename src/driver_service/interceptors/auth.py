@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from driver_service.domain import InvalidInput, validate_driver_id
 from driver_service.interceptors.selector import ExemptServices
+from driver_service.observability.context import CALL, SCOPE_PRINCIPAL
 from driver_service.security.tokens import InvalidToken, Principal, TokenValidator
 
 AUTHORIZATION_HEADER = "authorization"
@@ -43,12 +43,19 @@ FOREIGN_DRIVER: Refusal = (
     "a driver token may act only for its own driver id",
 )
 
-#: The authenticated caller of the current call (None outside a call or on exempt services).
-PRINCIPAL: ContextVar[Principal | None] = ContextVar("principal", default=None)
-
 
 def current_principal() -> Principal | None:
-    return PRINCIPAL.get()
+    """The authenticated caller of the current call (None outside a call or on exempt
+    services), kept in the call's scope (observability.context)."""
+    return cast("Principal | None", CALL.get()[SCOPE_PRINCIPAL])
+
+
+def set_principal(principal: Principal) -> None:
+    """Make `principal` the current call's caller (in a new scope: the current one may be
+    shared with the code that set it)."""
+    scope = CALL.get().copy()
+    scope[SCOPE_PRINCIPAL] = principal
+    CALL.set(scope)
 
 
 #: Returns the driver id a request message acts on, or None if it names none (heartbeat, or

@@ -1,17 +1,41 @@
-"""The current call's request id, in a ContextVar: set by the call pipeline for each call,
-read by log lines. Here rather than in interceptors/ so that logs do not import a transport."""
+"""The current call's scope (its request id, and for gRPC calls its caller and metadata) in
+one ContextVar: set once per call, read by log lines and handlers. Here rather than in
+interceptors/ so that logs do not import a transport."""
 
 from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from typing import Any, Final, TypeAlias
 
-#: The current call's request id ("-" outside a call).
-REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
+#: What log lines, auth helpers and handlers read of the current call, one list per call:
+#: [request id ("-" outside a call), caller (a security.tokens.Principal, or None), the
+#: task it was set in (gRPC calls: only the pipeline fills in a scope of its own task),
+#: the invocation metadata grpc.aio decoded to find the handler (gRPC calls)]. One list in
+#: one ContextVar: the three ContextVars a call set before, and a slotted object in their
+#: place, each cost more (~7 k and ~8 k instructions a call against ~5 k: BENCHMARKS.md,
+#: issue 20). A scope may be shared with tasks the call started: change one only in the
+#: call's own task before its handler runs, else set a new one.
+CallScope: TypeAlias = list[Any]
+SCOPE_REQUEST_ID: Final = 0
+SCOPE_PRINCIPAL: Final = 1
+SCOPE_TASK: Final = 2
+SCOPE_METADATA: Final = 3
+
+#: The current call's scope. The default (outside a call) is never changed: it has no task.
+CALL: ContextVar[CallScope] = ContextVar("call", default=["-", None, None, ()])  # noqa: B039
+
+
+def new_scope(
+    request_id: str = "-", principal: object | None = None, task: object | None = None
+) -> CallScope:
+    """A scope without metadata (HTTP requests, a scope replaced outside the pipeline)."""
+    return [request_id, principal, task, ()]
 
 
 def current_request_id() -> str:
-    return REQUEST_ID.get()
+    request_id: str = CALL.get()[SCOPE_REQUEST_ID]
+    return request_id
 
 
 class RequestIdFilter(logging.Filter):
@@ -19,5 +43,5 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = REQUEST_ID.get()
+            record.request_id = CALL.get()[SCOPE_REQUEST_ID]
         return True

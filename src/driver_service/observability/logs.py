@@ -17,7 +17,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from driver_service.observability.context import REQUEST_ID, RequestIdFilter
+from driver_service.observability.context import CALL, SCOPE_REQUEST_ID, RequestIdFilter
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 #: Strings that need no JSON escaping: printable ASCII without quote or backslash.
@@ -87,7 +87,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        request_id = getattr(record, "request_id", None) or CALL.get()[SCOPE_REQUEST_ID]
         if request_id != "-":
             out["request_id"] = request_id
         out.update(self.static)
