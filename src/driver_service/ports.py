@@ -197,7 +197,8 @@ class FleetSubscription(Protocol):
 
     async def next_batch(self) -> list[Location]:
         """The newest location of each driver that moved since the last call (waits for one);
-        raises SubscriptionClosed once closed."""
+        raises SubscriptionClosed once closed, MissedLocations (once per gap) when locations
+        may have been lost (list the fleet again)."""
         ...
 
     def close(self) -> None: ...

@@ -246,9 +246,8 @@ class _MethodCalls:
         authorization: str | None = None
         auth_headers = 0
         # call_metadata.kept_scope, inline (a frame less): [request id, caller, task, metadata]
-        scope: CallScope | None = CALL.get()
-        if scope is not None and (scope[2] is None or scope[2] is not current_task()):
-            scope = None
+        kept = CALL.get()
+        scope: CallScope | None = kept if kept[2] is current_task() else None
         metadata = scope[3] if scope is not None else context.invocation_metadata() or ()
         for key, value in metadata:
             if key == AUTHORIZATION_HEADER:
@@ -337,9 +336,7 @@ class _MethodCalls:
         duration = time.perf_counter() - started
         metrics = self.metrics
         if metrics is not None:
-            handling = metrics.handling  # LoopHistogram.observe, without the call
-            handling.counts[bisect_left(handling.bounds, duration)] += 1
-            handling.sum += duration
+            metrics.handling.observe(duration)
             # StatusCode hashes in Python (Enum.__hash__): OK, the usual code, skips it.
             (metrics.handled_ok if code is _OK else metrics.handled[code]).inc()
             if metrics.open_streams is not None:
