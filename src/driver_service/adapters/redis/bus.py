@@ -174,6 +174,10 @@ class RedisBus:
         # Location channels (and the fleet pattern) resubscribed by the current connection
         # whose watchers have not yet been told that they may have missed locations.
         self._catch_up: set[bytes] = set()
+        # What the current connection subscribed when it was made and Redis has not yet
+        # confirmed: until it has, watchers here would miss what is published to them, so
+        # health does not say SERVING (ping raises).
+        self._resubscribing: set[bytes] = set()
         # Set when redis-py reconnected the pub/sub connection by itself (see
         # _remade_behind_our_back).
         self._remade_by_client = False
@@ -338,8 +342,20 @@ class RedisBus:
 
     async def ping(self) -> None:
         """Raise if Redis does not answer within the guard's timeout (for health checks); an
-        answer also ends the guard's outage."""
+        answer also ends the guard's outage. Also raise while the pub/sub connection is down
+        or has not yet been confirmed every subscription it was made with (once its reader has
+        started): Redis answering commands is not enough for watchers here to receive what is
+        published."""
         await self.guard.check()
+        if self._reader is None:
+            return  # publishing only: no pub/sub connection to wait for
+        if not self.healthy:
+            raise RedisError("the pub/sub connection is down (reconnecting)")
+        if self._resubscribing:
+            raise RedisError(
+                f"the pub/sub connection is waiting for Redis to confirm "
+                f"{len(self._resubscribing)} subscriptions"
+            )
 
     def watcher_count(self) -> int:
         return self._local.watcher_count()
@@ -405,6 +421,7 @@ class RedisBus:
             patterns = [self._fleet_pattern] if self._fleet else []
             self._subscribed = set(channels) | set(patterns)
             self._confirmations = {c: self._new_confirmation() for c in self._subscribed}
+            self._resubscribing = set(self._subscribed)
             # Watchers that were subscribed before this connection missed whatever was
             # published while there was none: each is told once Redis confirms its channel
             # again (from then on nothing is missed), and reads its driver's state anew.
@@ -492,6 +509,7 @@ class RedisBus:
             confirmation = self._confirmations.pop(channel, None)
             if confirmation is not None and not confirmation.done():
                 confirmation.set_result(None)
+            self._resubscribing.discard(channel)
             if channel in self._catch_up:
                 self._catch_up.discard(channel)
                 if channel == self._fleet_pattern:
@@ -527,6 +545,7 @@ class RedisBus:
             if not confirmation.done():
                 confirmation.set_result(None)  # nobody waits for a dead connection
         self._confirmations = {}
+        self._resubscribing = set()
         if pubsub is not None:
             if pubsub.connection is not None:  # it goes back to the pool for commands
                 pubsub.connection.deregister_connect_callback(self._remade_behind_our_back)
@@ -567,6 +586,7 @@ class RedisBus:
                     elif not wanted and channel in self._subscribed:
                         self._subscribed.discard(channel)
                         self._confirmations.pop(channel, None)
+                        self._resubscribing.discard(channel)
                         await (pubsub.punsubscribe if pattern else pubsub.unsubscribe)(channel)
             except (RedisError, OSError) as exc:  # TimeoutError too: redis-py then disconnects
                 # The reader sees the same failure and reconnects with the full channel set.
