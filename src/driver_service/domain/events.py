@@ -118,6 +118,10 @@ class Visit:
     zone_version: int = 0
     dwelled: bool = False
     outside_since_ns: int | None = None
+    #: The visit as its state's JSON holds it, once a state holding it was written
+    #: (`TrackerState.to_json`): a visit is kept, the same object, by most of its driver's
+    #: next states, so its numbers are formatted once. Not an argument, not compared.
+    text: str | None = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +171,12 @@ class TrackerState:
         status = self.status
         parts.append("null" if status is None else _quoted(status.value))
         parts.append(',"visits":[')
-        first = True
+        visits: list[str] = []
         for v in self.visits:
+            known = v.text
+            if known is not None:
+                visits.append(known)
+                continue
             since, version, outside = v.since_ns, v.zone_version, v.outside_since_ns
             if (
                 type(since) is not int
@@ -176,11 +184,13 @@ class TrackerState:
                 or not (outside is None or type(outside) is int)
             ):
                 return _COMPACT.encode(_state_doc(self))
-            parts.append(
-                f"{'' if first else ','}[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
+            known = (
+                f"[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
                 f"{version},{_BOOL[v.dwelled]},{'null' if outside is None else outside}]"
             )
-            first = False
+            _SET_VISIT_TEXT(v, known)
+            visits.append(known)
+        parts.append(",".join(visits))
         parts.append("]}")
         text = "".join(parts)
         _remember(text, self)
@@ -708,6 +718,7 @@ _SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
 _SET_VISIT_VERSION = _slot_setter(Visit, "zone_version")
 _SET_VISIT_DWELLED = _slot_setter(Visit, "dwelled")
 _SET_VISIT_OUTSIDE = _slot_setter(Visit, "outside_since_ns")
+_SET_VISIT_TEXT = _slot_setter(Visit, "text")
 _SET_EVENT_TYPE = _slot_setter(Event, "type")
 _SET_EVENT_DRIVER = _slot_setter(Event, "driver_id")
 _SET_EVENT_AT = _slot_setter(Event, "at_ns")
@@ -751,6 +762,7 @@ def _new_visit(
     _SET_VISIT_VERSION(visit, zone_version)
     _SET_VISIT_DWELLED(visit, dwelled)
     _SET_VISIT_OUTSIDE(visit, outside_since_ns)
+    _SET_VISIT_TEXT(visit, None)
     return visit
 
 
