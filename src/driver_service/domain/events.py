@@ -503,7 +503,7 @@ class ZoneTracker:
             kept.sort(key=_zone_id_of)  # as the full loop orders them
         elif judged:
             kept = judged
-        return kept, min(until, timer), caused
+        return kept, timer if timer < until else until, caused
 
     def _judge(
         self,
@@ -595,7 +595,8 @@ class ZoneTracker:
                 caused.append((1, event))
             else:
                 visits.append(_new_visit(zone_id, False, t, version, False, None))
-                until = min(until, t + settle_ns)
+                if t + settle_ns < until:  # noqa: PLR1730 (see _visit_zones)
+                    until = t + settle_ns
         return visits, until, caused
 
     def _advance(
@@ -818,7 +819,9 @@ def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:
     if visit.outside_since_ns is not None:
         until = visit.outside_since_ns + settle_ns
     if not visit.dwelled and dwell_ns > 0:
-        until = min(until, visit.since_ns + dwell_ns)
+        dwell_at = visit.since_ns + dwell_ns
+        if dwell_at < until:  # noqa: PLR1730 (a call to min() costs several times more)
+            until = dwell_at
     return until
 
 
