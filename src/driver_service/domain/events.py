@@ -130,9 +130,11 @@ class Settled:
     tracker made of `where` against the index `index_token`, and no timer of theirs (settle,
     dwell) fires before `until_ns`. A fix at the same `where`, against the same index and
     before `until_ns`, then leaves every visit as it is and causes no event (see
-    `ZoneTracker.on_location`), so the tracker skips its per-zone loop. `key` is `where`'s key
-    (`zones.Located`) when the caller had one: comparing it is cheaper than comparing maps,
-    and spares building the next fix's map."""
+    `ZoneTracker.on_location`), so the tracker skips its per-zone loop; a fix at another
+    `where` before `until_ns` is judged only for the zones whose level moved (`until_ns`
+    stays the visits' earliest timer). `key` is `where`'s key (`zones.Located`) when the
+    caller had one: comparing it is cheaper than comparing maps, and spares building the
+    next fix's map."""
 
     index_token: int
     where: Mapping[str, Where]
