@@ -409,6 +409,36 @@ def test_a_fix_at_the_same_place_keeps_the_visits_as_they_are() -> None:
     assert [e.type for e in events] == [DWELL]  # the timer is not skipped
 
 
+def test_a_fix_that_moves_relative_to_one_zone_judges_only_that_zone() -> None:
+    # Deep inside "sq" (entered, dwell pending), then into the band of "next": "sq"'s visit is
+    # kept as it is (not judged again), "next" is judged and settles; the dwell still fires.
+    tracker = ZoneTracker()
+    zones = ZoneIndex([square_zone(dwell_s=60), square_zone("next", west=950, side=500)])
+    state, _ = tracker.on_location(NEW_DRIVER, fix(900, 100, 0), zones)
+    assert [v.zone_id for v in state.visits] == ["sq"]
+    (inside,) = state.visits
+    asked: list[str] = []
+    getter = zones.zone_getter
+
+    def spy(zone_id: str) -> Zone | None:
+        asked.append(zone_id)
+        return getter(zone_id)
+
+    zones.zone_getter = spy
+    moved, events = tracker.on_location(state, fix(960, 100, 1), zones)
+    zones.zone_getter = getter
+    assert asked == ["next"]
+    assert events == ()
+    assert [v.zone_id for v in moved.visits] == ["next", "sq"]
+    assert moved.visits[1] is inside
+    assert moved.settled is not None
+    assert moved.settled.until_ns == T0 + 31 * S  # "next" settles in 30 s
+    settled, events = tracker.on_location(moved, fix(960, 100, 31), zones)
+    assert [(e.type, e.zone_id) for e in events] == [(ENTER, "next")]
+    _, events = tracker.on_location(settled, fix(960, 100, 60), zones)
+    assert [(e.type, e.zone_id) for e in events] == [(DWELL, "sq")]
+
+
 def test_the_memo_is_not_used_against_another_index() -> None:
     # The same zones, rebuilt: a zone change builds a new index, and the next fix is
     # judged by it in full (here with the new dwell).
@@ -434,7 +464,8 @@ def test_the_fast_constructors_set_every_field_as_the_dataclasses_do() -> None:
     state = events_module._online_state(T0, T0 + 1, Status.BUSY, (visit,), memo)
     assert state == TrackerState(T0, T0 + 1, True, Status.BUSY, (visit,))
     assert len(fields(Event)) == 9
-    assert len(fields(Visit)) == 6
+    assert visit.text is None  # not written yet
+    assert len(fields(Visit)) == 7
     assert len(fields(TrackerState)) == 6
 
 

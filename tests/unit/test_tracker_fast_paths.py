@@ -56,6 +56,9 @@ _states = st.builds(
 def test_the_state_text_is_what_json_dumps_writes(state: TrackerState) -> None:
     reference = json.dumps(events_module._state_doc(state), separators=(",", ":"))
     assert state.to_json() == reference
+    assert state.to_json() == reference  # the visits' texts kept from the first
+    again = TrackerState(0, 1, True, None, state.visits[::-1])  # another state, same visits
+    assert again.to_json() == json.dumps(events_module._state_doc(again), separators=(",", ":"))
     assert TrackerState._parse(reference) == state
 
 

@@ -41,6 +41,7 @@ import enum
 import fnmatch
 import json
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -117,6 +118,10 @@ class Visit:
     zone_version: int = 0
     dwelled: bool = False
     outside_since_ns: int | None = None
+    #: The visit as its state's JSON holds it, once a state holding it was written
+    #: (`TrackerState.to_json`): a visit is kept, the same object, by most of its driver's
+    #: next states, so its numbers are formatted once. Not an argument, not compared.
+    text: str | None = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +130,11 @@ class Settled:
     tracker made of `where` against the index `index_token`, and no timer of theirs (settle,
     dwell) fires before `until_ns`. A fix at the same `where`, against the same index and
     before `until_ns`, then leaves every visit as it is and causes no event (see
-    `ZoneTracker.on_location`), so the tracker skips its per-zone loop. `key` is `where`'s key
-    (`zones.Located`) when the caller had one: comparing it is cheaper than comparing maps,
-    and spares building the next fix's map."""
+    `ZoneTracker.on_location`), so the tracker skips its per-zone loop; a fix at another
+    `where` before `until_ns` is judged only for the zones whose level moved (`until_ns`
+    stays the visits' earliest timer). `key` is `where`'s key (`zones.Located`) when the
+    caller had one: comparing it is cheaper than comparing maps, and spares building the
+    next fix's map."""
 
     index_token: int
     where: Mapping[str, Where]
@@ -166,8 +173,12 @@ class TrackerState:
         status = self.status
         parts.append("null" if status is None else _quoted(status.value))
         parts.append(',"visits":[')
-        first = True
+        visits: list[str] = []
         for v in self.visits:
+            known = v.text
+            if known is not None:
+                visits.append(known)
+                continue
             since, version, outside = v.since_ns, v.zone_version, v.outside_since_ns
             if (
                 type(since) is not int
@@ -175,11 +186,13 @@ class TrackerState:
                 or not (outside is None or type(outside) is int)
             ):
                 return _COMPACT.encode(_state_doc(self))
-            parts.append(
-                f"{'' if first else ','}[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
+            known = (
+                f"[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
                 f"{version},{_BOOL[v.dwelled]},{'null' if outside is None else outside}]"
             )
-            first = False
+            _SET_VISIT_TEXT(v, known)
+            visits.append(known)
+        parts.append(",".join(visits))
         parts.append("]}")
         text = "".join(parts)
         _remember(text, self)
@@ -323,13 +336,21 @@ class ZoneTracker:
             and t < settled.until_ns
             and state.online
             and settled.index_token == token
-            and settled.where == where
         ):
-            # The same place relative to every zone as at the fix that made these visits,
-            # and no timer due: the per-zone loop would return every visit unchanged.
-            return _online_state(t, new_seen, status, state.visits, settled), ()
+            was = settled.where
+            if was == where:
+                # The same place relative to every zone as at the fix that made these
+                # visits, and no timer due: the per-zone loop would return every visit
+                # unchanged.
+                return _online_state(t, new_seen, status, state.visits, settled), ()
+            # No timer due either, but the fix moved relative to some zones: only those
+            # are judged (every other zone's visit would come back unchanged).
+            visits, until, caused = self._visit_moved(
+                state.visits, location, zones, where, was, settled.until_ns
+            )
+        else:
+            visits, until, caused = self._visit_zones(state.visits, location, zones, where)
         driver_id = location.driver_id
-        visits, until, caused = self._visit_zones(state.visits, location, zones, where)
         memo = _settled(token, where, until, key)
         new_state = _online_state(t, new_seen, status, tuple(visits), memo)
         events: list[Event] = []
@@ -437,6 +458,66 @@ class ZoneTracker:
         """Every zone's visit after `location` (sorted by zone id), the first fix time at
         which a kept visit's timer (settle, dwell) may fire, and the zone events as
         (rank, event): exits, then enters, then dwells, each in zone id order."""
+        if not before:
+            return self._first_visits(location, zones.zone_getter, where)
+        previous = {v.zone_id: v for v in before}
+        return self._judge(sorted(previous.keys() | where.keys()), previous, location, zones, where)
+
+    def _visit_moved(
+        self,
+        before: tuple[Visit, ...],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+        was: Mapping[str, Where],
+        until: float,
+    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+        """`_visit_zones` for a fix whose driver's memo (`Settled`) still holds but for its
+        map, `was` (`until` being its timer): only the zones whose level is not the one in
+        `was` are judged. Every other zone's visit is what judging it at that level made,
+        and judging it again at that level before its own timer returns it unchanged with
+        no event (each case of `_advance` and `_settle`), so it is kept as it is. The timer
+        stays the earliest of the visits' (`_next_timer`): recomputed over the kept visits
+        only when a judged zone's visit was the one that set it."""
+        get = was.get
+        # `is not`: a level another caller spelled otherwise is judged, which is never wrong.
+        moved = [zone_id for zone_id, here in where.items() if get(zone_id) is not here]
+        moved += [zone_id for zone_id in was if zone_id not in where]
+        if len(moved) > 1:
+            moved.sort()
+        previous: dict[str, Visit] = {}
+        kept: list[Visit] = []
+        for visit in before:
+            if visit.zone_id in moved:
+                previous[visit.zone_id] = visit
+            else:
+                kept.append(visit)
+        zone_of = zones.zone_getter
+        settle_ns = self.settle_ns
+        for zone_id, visit in previous.items():
+            zone = zone_of(zone_id)
+            if zone is None or _next_timer(visit, zone.dwell_ns, settle_ns) <= until:
+                until = _earliest_timer(kept, zone_of, settle_ns, until)
+                break
+        judged, timer, caused = self._judge(moved, previous, location, zones, where)
+        if judged and kept:
+            kept += judged
+            kept.sort(key=_zone_id_of)  # as the full loop orders them
+        elif judged:
+            kept = judged
+        return kept, timer if timer < until else until, caused
+
+    def _judge(
+        self,
+        zone_ids: Iterable[str],
+        previous: Mapping[str, Visit],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+        """Each zone's visit after `location` (in the order of `zone_ids`, its visit before
+        being ``previous.get(zone_id)``), the first fix time at which one of them may
+        change at the same place, and the zone events as (rank, event)."""
         t = location.recorded_at_ns
         driver_id = location.driver_id
         caused: list[tuple[int, Event]] = []
@@ -444,10 +525,7 @@ class ZoneTracker:
         until: float = math.inf
         settle_ns = self.settle_ns
         zone_of = zones.zone_getter
-        if not before:
-            return self._first_visits(location, zone_of, where)
-        previous = {v.zone_id: v for v in before}
-        for zone_id in sorted(previous.keys() | where.keys()):
+        for zone_id in zone_ids:
             visit = previous.get(zone_id)
             zone = zone_of(zone_id)
             if zone is None:  # deleted since the last update
@@ -475,13 +553,15 @@ class ZoneTracker:
             ):
                 # Inside a zone already entered, as most fixes are, and no dwell due.
                 visits.append(visit)
-                if not visit.dwelled and dwell_ns > 0:
-                    until = min(until, visit.since_ns + dwell_ns)
+                if not visit.dwelled and dwell_ns > 0 and visit.since_ns + dwell_ns < until:
+                    until = visit.since_ns + dwell_ns
                 continue
             visit, kinds = self._advance(visit, zone, here, t)
             if visit is not None:
                 visits.append(visit)
-                until = min(until, _next_timer(visit, dwell_ns, settle_ns))
+                timer = _next_timer(visit, dwell_ns, settle_ns)
+                if timer < until:  # noqa: PLR1730 (a call to min() costs several times more)
+                    until = timer
             for kind in kinds:
                 event = _new_event(kind, driver_id, t, zone_id, zone.version, location)
                 caused.append((_RANK[kind], event))
@@ -505,19 +585,20 @@ class ZoneTracker:
         for zone_id in sorted(where):
             here = where[zone_id]
             zone = zone_of(zone_id)
-            if zone is None or here <= Where.OUTSIDE_BAND:
+            if zone is None or here <= _OUTSIDE_BAND:
                 continue
             version = zone.version
-            if here is Where.INSIDE or settle_ns <= 0:
+            if here is _INSIDE or settle_ns <= 0:
                 visits.append(_new_visit(zone_id, True, t, version, False, None))
                 dwell_ns = zone.dwell_ns
                 if dwell_ns > 0 and t + dwell_ns < until:
                     until = t + dwell_ns
-                event = _new_event(EventType.ZONE_ENTER, driver_id, t, zone_id, version, location)
+                event = _new_event(_ENTER, driver_id, t, zone_id, version, location)
                 caused.append((1, event))
             else:
                 visits.append(_new_visit(zone_id, False, t, version, False, None))
-                until = min(until, t + settle_ns)
+                if t + settle_ns < until:  # noqa: PLR1730 (see _visit_zones)
+                    until = t + settle_ns
         return visits, until, caused
 
     def _advance(
@@ -531,20 +612,20 @@ class ZoneTracker:
         if visit is None or not visit.entered:
             return self._settle(visit, zone, here, t)
         previous_outside = outside_since = visit.outside_since_ns
-        if here is Where.OUTSIDE or (
-            here is Where.OUTSIDE_BAND
+        if here is _OUTSIDE or (
+            here is _OUTSIDE_BAND
             and outside_since is not None
             and t - outside_since >= self.settle_ns
         ):
-            return None, (EventType.ZONE_EXIT,)
-        if here is not Where.OUTSIDE_BAND:
+            return None, _EXITED
+        if here is not _OUTSIDE_BAND:
             outside_since = None
         elif outside_since is None:
             outside_since = t
         dwell_ns = zone.dwell_ns
         if not visit.dwelled and dwell_ns > 0 and t - visit.since_ns >= dwell_ns:
             dwelled = _new_visit(visit.zone_id, True, visit.since_ns, version, True, outside_since)
-            return dwelled, (EventType.ZONE_DWELL,)
+            return dwelled, _DWELLED
         if outside_since == previous_outside and visit.zone_version == version:
             return visit, ()
         kept = _new_visit(
@@ -556,10 +637,10 @@ class ZoneTracker:
         self, visit: Visit | None, zone: Zone, here: Where, t: int
     ) -> tuple[Visit | None, tuple[EventType, ...]]:
         """`_advance` for a zone the driver has not entered (yet)."""
-        if here <= Where.OUTSIDE_BAND:
+        if here <= _OUTSIDE_BAND:
             return None, ()  # left the band before settling: nothing happened
         since = t if visit is None else visit.since_ns
-        if here is Where.INSIDE or t - since >= self.settle_ns:
+        if here is _INSIDE or t - since >= self.settle_ns:
             return _new_visit(zone.zone_id, True, t, zone.version, False, None), _ENTERED
         if visit is not None and visit.zone_version == zone.version:
             return visit, ()
@@ -589,7 +670,11 @@ class ZoneTracker:
         return replace(state, online=True, status=status, last_seen_ns=seen), tuple(events)
 
 
+# Enum members as module constants: on Python 3.11 reading one from its class goes through
+# EnumType.__getattr__'s hook (~850 instructions), and the tracker reads them per zone.
 _OUTSIDE = Where.OUTSIDE
+_OUTSIDE_BAND = Where.OUTSIDE_BAND
+_INSIDE = Where.INSIDE
 #: Where a point is when no zone exists.
 _NOWHERE: Mapping[str, Where] = {}
 _INSIDE_BAND = Where.INSIDE_BAND
@@ -599,11 +684,17 @@ _ONLINE = EventType.DRIVER_ONLINE
 _RANK = {EventType.ZONE_EXIT: 0, EventType.ZONE_ENTER: 1, EventType.ZONE_DWELL: 2}
 
 
-_ENTERED = (EventType.ZONE_ENTER,)
+_ENTER = EventType.ZONE_ENTER
+_ENTERED = (_ENTER,)
+_EXITED = (EventType.ZONE_EXIT,)
+_DWELLED = (EventType.ZONE_DWELL,)
 
 
 def _by_rank(item: tuple[int, Event]) -> int:
     return item[0]
+
+
+_zone_id_of: Callable[[Visit], str] = operator.attrgetter("zone_id")
 
 
 def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
@@ -630,6 +721,7 @@ _SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
 _SET_VISIT_VERSION = _slot_setter(Visit, "zone_version")
 _SET_VISIT_DWELLED = _slot_setter(Visit, "dwelled")
 _SET_VISIT_OUTSIDE = _slot_setter(Visit, "outside_since_ns")
+_SET_VISIT_TEXT = _slot_setter(Visit, "text")
 _SET_EVENT_TYPE = _slot_setter(Event, "type")
 _SET_EVENT_DRIVER = _slot_setter(Event, "driver_id")
 _SET_EVENT_AT = _slot_setter(Event, "at_ns")
@@ -673,6 +765,7 @@ def _new_visit(
     _SET_VISIT_VERSION(visit, zone_version)
     _SET_VISIT_DWELLED(visit, dwelled)
     _SET_VISIT_OUTSIDE(visit, outside_since_ns)
+    _SET_VISIT_TEXT(visit, None)
     return visit
 
 
@@ -728,8 +821,29 @@ def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:
     if visit.outside_since_ns is not None:
         until = visit.outside_since_ns + settle_ns
     if not visit.dwelled and dwell_ns > 0:
-        until = min(until, visit.since_ns + dwell_ns)
+        dwell_at = visit.since_ns + dwell_ns
+        if dwell_at < until:  # noqa: PLR1730 (a call to min() costs several times more)
+            until = dwell_at
     return until
+
+
+def _earliest_timer(
+    visits: Iterable[Visit],
+    zone_of: Callable[[str], Zone | None],
+    settle_ns: int,
+    floor: float,
+) -> float:
+    """The earliest `_next_timer` of `visits`, knowing none is before `floor`: a visit whose
+    timer is `floor` ends the search (visits entered together share their dwell timer)."""
+    earliest = math.inf
+    for visit in visits:
+        zone = zone_of(visit.zone_id)
+        timer = _next_timer(visit, 0 if zone is None else zone.dwell_ns, settle_ns)
+        if timer <= floor:
+            return floor
+        if timer < earliest:  # noqa: PLR1730 (a call to min() costs several times more)
+            earliest = timer
+    return earliest
 
 
 def sweep_stale(
