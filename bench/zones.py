@@ -67,7 +67,7 @@ from bench.common import (
     FIXED_HASHES,
     PYTHON,
     ROOT,
-    cpu_seconds,
+    cpu_split,
     free_port,
     grpc_frame,
     pinned,
@@ -263,12 +263,13 @@ def _serve_once(
     tag: str,
     counted: bool = False,
     group: int = 0,
-) -> tuple[float, int, float]:
-    """(server CPU seconds, updates stored, mean updates a commit or nan) for all but the
-    first of `messages`, sent to a fresh `driver-service serve` (the first goes alone
-    before: start-up, loading zones); `counted`: the server runs under callgrind, and the
-    first figure is its instructions while the rest went in; `group`: commit groups of
-    that size and no periodic work (bench/fixed_groups.py)."""
+) -> tuple[float, int, float, float]:
+    """(server CPU seconds, updates stored, mean updates a commit or nan, the user-space
+    part of the CPU seconds) for all but the first of `messages`, sent to a fresh
+    `driver-service serve` (the first goes alone before: start-up, loading zones);
+    `counted`: the server runs under callgrind, and the first figure is its instructions
+    while the rest went in (the last nan); `group`: commit groups of that size and no
+    periodic work (bench/fixed_groups.py)."""
     data = work / f"serve-{tag}"
     data.mkdir()
     if template is not None:
@@ -295,16 +296,18 @@ def _serve_once(
         before = stored_rows(data, "")
         if counted:
             _callgrind(True, proc.pid)
-        cpu0 = cpu_seconds(proc.pid)
+        user0, system0 = cpu_split(proc.pid)
         _h2load_stream(port, rest)
-        cpu = cpu_seconds(proc.pid) - cpu0
+        user1, system1 = cpu_split(proc.pid)
+        user = user1 - user0
+        cpu = user + system1 - system0
         if counted:
             _callgrind(False, proc.pid)
             control = ["callgrind_control", "-d", str(proc.pid)]
             subprocess.run(control, check=True, capture_output=True)
             # The forced dump is the file with a part suffix (the main one is written at exit).
             parts = [d for d in work.glob(dump.name + ".*") if d.name != dump.name]
-            cpu = float(sum(_instructions(d) for d in parts))
+            cpu, user = float(sum(_instructions(d) for d in parts)), math.nan
         stored = stored_rows(data, "") - before
     finally:
         proc.terminate()
@@ -314,7 +317,16 @@ def _serve_once(
             proc.kill()
             proc.wait(10)
         shutil.rmtree(data)
-    return cpu, stored, _mean_group(work / f"serve-{tag}.log")
+    return cpu, stored, _mean_group(work / f"serve-{tag}.log"), user
+
+
+def _user_part(user_per_update: dict[str, list[float]]) -> dict[str, Any]:
+    none, zones = (statistics.median(user_per_update[k]) for k in ("none", "zones"))
+    return {
+        "user_us_per_update": {"none": none, "zones": zones},
+        "user_added_share": (zones - none) / none,
+        "user_runs": user_per_update,
+    }
 
 
 def _mean_group(log: Path) -> float:
@@ -350,9 +362,10 @@ def serve_part(
     messages = [driving(i, base, drivers) if moving else update(i, base) for i in range(total)]
     per_update: dict[str, list[float]] = {"none": [], "zones": []}
     mean_groups: dict[str, list[float]] = {"none": [], "zones": []}
+    user_per_update: dict[str, list[float]] = {"none": [], "zones": []}
     for r in range(repeats):
         for kind in ("none", "zones") if r % 2 == 0 else ("zones", "none"):
-            cpu, stored, mean_group = _serve_once(
+            cpu, stored, mean_group, user = _serve_once(
                 work,
                 template if kind == "zones" else None,
                 messages,
@@ -364,6 +377,7 @@ def serve_part(
                 raise RuntimeError(f"{stored} of {total - 1} updates stored")
             per_update[kind].append(cpu / stored if counted else cpu / stored * 1e6)
             mean_groups[kind].append(mean_group)
+            user_per_update[kind].append(user / stored * 1e6)
     none = statistics.median(per_update["none"])
     with_zones = statistics.median(per_update["zones"])
     unit = "instructions" if counted else "cpu_us"
@@ -375,6 +389,9 @@ def serve_part(
         f"server_{unit}_per_update_with_zones": with_zones,
         "added_share": (with_zones - none) / none,
         "runs": per_update,
+        # CPU time only: user space alone, what callgrind's instructions count (the
+        # kernel's share, sockets and SQLite's WAL writes, is left out of those).
+        **({} if counted else _user_part(user_per_update)),
         "fixed_groups": list(groups) if any(groups) else None,
         "mean_updates_per_commit": mean_groups if any(groups) else None,
     }
