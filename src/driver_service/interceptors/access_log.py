@@ -59,7 +59,7 @@ class AccessLog:
     """Writes the access-log line of each call; with `errors_only`, calls that ended OK are
     skipped (a deployment that wants volume without a line per call)."""
 
-    __slots__ = ("_batch", "_errors_only", "_escaped", "_fixed", "_log", "_name", "_sink")
+    __slots__ = ("_batch", "_build", "_errors_only", "_escaped", "_fixed", "_log", "_name", "_sink")
 
     def __init__(self, logger: logging.Logger | None = None, *, errors_only: bool = False) -> None:
         self._log = logger or logging.getLogger("driver_service.rpc")
@@ -71,6 +71,8 @@ class AccessLog:
         #: The JSON handler an OK call's line went to, and its queue then (see record).
         self._sink: logs.JsonLinesHandler | None = None
         self._batch = -1
+        #: `_line`, bound once: reading `self._line` makes a new bound method every line.
+        self._build = self._line
 
     def _json(self, text: str) -> str:
         """`text` as a JSON string literal, remembered."""
@@ -126,8 +128,9 @@ class AccessLog:
             # While the handler's queue an earlier OK line joined is open, the level check
             # and the search for the handler stand (until it is written: its flush interval,
             # 50 ms); logging reconfigured meanwhile reaches the access log at the next one.
-            if self._sink is not None and self._sink.batch == self._batch:
-                sink = self._sink
+            kept = self._sink
+            if kept is not None and kept.batch == self._batch:
+                sink = kept
         else:
             level = logging.WARNING if code in _SERVER_FAULTS else logging.INFO
         if sink is None:
@@ -141,7 +144,7 @@ class AccessLog:
             # Only the fields now; the line is built when the handler writes its queue.
             sink.write_line(
                 (
-                    self._line,
+                    self._build,
                     time.time(),
                     level,
                     method,

@@ -9,13 +9,13 @@ back: grpc.aio finds the handler and runs it in the same task, one call per task
 
 from __future__ import annotations
 
-from asyncio import current_task
+from asyncio import get_running_loop
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from driver_service.observability.context import CALL, SCOPE_TASK, CallScope
+from driver_service.observability.context import CALL, SCOPE_TASK, CallScope, task_on
 
 #: Invocation metadata: (key, value) pairs, values bytes for "-bin" keys.
 Metadata: TypeAlias = Iterable[tuple[str, str | bytes]]
@@ -27,7 +27,9 @@ def keep_metadata(handler_call_details: grpc.HandlerCallDetails) -> None:
     """Keep the metadata grpc.aio decoded for the handler lookup, for `metadata_of`, in a
     new scope of the call's task (what readers saw before it, request id and caller, kept)."""
     outer = CALL.get()
-    CALL.set([outer[0], outer[1], current_task(), handler_call_details.invocation_metadata])
+    CALL.set(
+        [outer[0], outer[1], task_on(get_running_loop()), handler_call_details.invocation_metadata]
+    )
 
 
 def kept_scope() -> CallScope | None:
@@ -36,7 +38,7 @@ def kept_scope() -> CallScope | None:
     and set a scope of its own, never hand one call another's headers or scope."""
     scope = CALL.get()
     task = scope[SCOPE_TASK]
-    if task is not None and task is current_task():
+    if task is not None and task is task_on(get_running_loop()):
         return scope
     return None
 

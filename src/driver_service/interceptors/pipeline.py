@@ -16,7 +16,7 @@ CPU per call is the service's throughput limit (BENCHMARKS.md: the six-intercept
 from __future__ import annotations
 
 import time
-from asyncio import current_task
+from asyncio import get_running_loop
 from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -49,7 +49,7 @@ from driver_service.interceptors.request_id import (
     is_safe_request_id,
     new_request_id,
 )
-from driver_service.observability.context import CALL, SCOPE_REQUEST_ID, CallScope
+from driver_service.observability.context import CALL, SCOPE_REQUEST_ID, CallScope, task_on
 from driver_service.observability.metrics.catalogue import MethodMetrics, ServiceMetrics
 from driver_service.observability.metrics.core import LoopCounter
 from driver_service.observability.metrics.grpc_labels import grpc_type
@@ -247,7 +247,7 @@ class _MethodCalls:
         auth_headers = 0
         # call_metadata.kept_scope, inline (a frame less): [request id, caller, task, metadata]
         kept = CALL.get()
-        scope: CallScope | None = kept if kept[2] is current_task() else None
+        scope: CallScope | None = kept if kept[2] is task_on(get_running_loop()) else None
         metadata = scope[3] if scope is not None else context.invocation_metadata() or ()
         for key, value in metadata:
             if key == AUTHORIZATION_HEADER:
@@ -431,7 +431,7 @@ class _MethodCalls:
         handling = metrics.handling if metrics is not None else None
         access_log = self.access_log
 
-        async def call(request: Any, context: _Context) -> Any:  # noqa: PLR0912 - inlined
+        async def call(request: Any, context: _Context) -> Any:  # noqa: PLR0912, PLR0915 - inlined
             started = clock()
             if counters is not None:
                 counters[0].value += 1.0  # LoopCounter.inc, without the call
@@ -466,7 +466,8 @@ class _MethodCalls:
                 code = code_of_exception(exc, context)
                 raise
             else:
-                code = status_code(context.code())
+                # status_code() inline for the usual call: grpc.aio reports None until set.
+                code = _OK if (raw := context.code()) is None else status_code(raw)
                 if code is _OK:
                     sent = 1
                     if counters is not None:
@@ -480,9 +481,11 @@ class _MethodCalls:
                     handling.sum += duration
                     counters[3].value += 1.0
                     if access_log is not None:
-                        access_log.record(
-                            method, _peer_of(context), duration, code, request_id, received, sent
-                        )
+                        try:  # _peer_of, inline (a frame less)
+                            peer = context.peer()
+                        except Exception:  # noqa: BLE001 - the call may already be torn down
+                            peer = "unknown"
+                        access_log.record(method, peer, duration, code, request_id, received, sent)
                 else:
                     finish(context, started, code, request_id, received, sent, False)
 
