@@ -17,7 +17,7 @@ from driver_service.adapters.postgres.schema import SchemaNotMigrated, SchemaToo
 from driver_service.app.fanout import MemoryBus
 from driver_service.app.tracking import DriverTracking
 from driver_service.app.writer import Commit
-from driver_service.domain import Status, StoreUnavailable
+from driver_service.domain import Location, Status, StoreUnavailable
 from tests.helpers.postgres import PostgresServer, create_database
 
 T0 = 1_717_200_000 * 10**9
@@ -52,9 +52,7 @@ async def test_postgres_lost_mid_upload_acknowledges_only_what_it_stored(
         i = 0
         while not stop_sending.is_set():
             driver_id, at_ns = f"d{i % 7}", T0 + i
-            future = tracking.writer.submit(
-                tracking.admit_location(driver_id, 10.0, 20.0, 5.0, 90.0, at_ns)
-            )
+            future = tracking.writer.submit(Location(driver_id, 10.0, 20.0, 5.0, 90.0, at_ns))
             sent.append(((driver_id, at_ns), future))
             i += 1
             await asyncio.sleep(0.0005 if i % 4 else 0.002)
@@ -91,7 +89,7 @@ async def test_postgres_lost_mid_upload_acknowledges_only_what_it_stored(
     # Same repository, same writer: the pool reconnects by itself.
     await repository.ping()
     after = T0 + 10**9
-    await tracking.writer.submit(tracking.admit_location("d1", 11.0, 21.0, 6.0, 91.0, after))
+    await tracking.writer.submit(Location("d1", 11.0, 21.0, 6.0, 91.0, after))
     driver = await tracking.get_driver("d1")
     assert driver.location is not None
     assert driver.location.recorded_at_ns == after

@@ -151,11 +151,12 @@ class MemoryBus:
 
     async def publish(self, locations: Sequence[Location]) -> None:
         watchers = self._watchers
-        for location in locations:
-            subs = watchers.get(location.driver_id)
-            if subs:
-                for sub in subs:
-                    sub.push(location)
+        if watchers:  # with nobody watching (ingest alone), no lookup per location
+            for location in locations:
+                subs = watchers.get(location.driver_id)
+                if subs:
+                    for sub in subs:
+                        sub.push(location)
         if self._fleet:
             for fleet in tuple(self._fleet):
                 fleet.push(locations)

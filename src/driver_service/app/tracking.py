@@ -22,13 +22,11 @@ from driver_service.domain import (
     DriverNotFound,
     Location,
     LocationRules,
-    RateLimited,
     Rejection,
     ShuttingDown,
     StoreUnavailable,
     parse_status,
     validate_driver_id,
-    validate_location,
 )
 from driver_service.ports import (
     DriverRepository,
@@ -154,34 +152,6 @@ class DriverTracking:
         if self._stopping:
             raise ShuttingDown("server is shutting down; reconnect to another replica")
         return Upload(self)
-
-    def admit_location(
-        self,
-        driver_id: str,
-        latitude: float,
-        longitude: float,
-        speed_mps: float,
-        heading_degrees: float,
-        recorded_at_ns: int | None,
-    ) -> Location:
-        """The update as a Location if it is valid and within its driver's rate (else
-        InvalidInput or RateLimited), ready to queue with `writer.submit`. A missing
-        timestamp means "now" (the seed's clients may leave it unset)."""
-        now_ns = time.time_ns()
-        location = validate_location(
-            driver_id,
-            latitude,
-            longitude,
-            speed_mps,
-            heading_degrees,
-            now_ns if recorded_at_ns is None else recorded_at_ns,
-            now_ns,
-            self.rules,
-        )
-        limiter = self.rate_limiter
-        if limiter is not None and not limiter.allow(driver_id):
-            raise RateLimited(f"driver {driver_id!r} sends more updates than allowed")
-        return location
 
     # --- DriverSession status --------------------------------------------------------------
     async def change_status(self, driver_id: str, new_status: str) -> Driver:

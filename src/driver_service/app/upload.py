@@ -9,7 +9,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from driver_service.app.ratelimit import RateLimiter
 from driver_service.app.writer import Commit, LocationWriter
@@ -21,7 +21,9 @@ from driver_service.domain import (
     Rejection,
     StoreUnavailable,
 )
-from driver_service.domain.validation import Fix, validate_locations
+from driver_service.domain.validation import Fix, validate_location, validate_locations
+
+DomainErrorT = TypeVar("DomainErrorT", InvalidInput, RateLimited)
 
 #: UploadSummary's counts are int32: a stream that runs for years reports the largest.
 INT32_MAX = 2**31 - 1
@@ -42,16 +44,6 @@ class UploadHost(Protocol):
     rate_limiter: RateLimiter | None
     count_rejection: Callable[[Rejection], None] | None
 
-    def admit_location(
-        self,
-        driver_id: str,
-        latitude: float,
-        longitude: float,
-        speed_mps: float,
-        heading_degrees: float,
-        recorded_at_ns: int | None,
-    ) -> Location: ...
-
 
 class Upload:
     """One UploadLocations stream (or a session's locations): counts what it received and
@@ -63,10 +55,23 @@ class Upload:
     its updates of the commits not yet done.
     """
 
-    __slots__ = ("_lost", "_pending", "_persisted", "_service", "received", "session_id", "writer")
+    __slots__ = (
+        "_limiter",
+        "_lost",
+        "_pending",
+        "_persisted",
+        "_rules",
+        "_service",
+        "received",
+        "session_id",
+        "writer",
+    )
 
     def __init__(self, service: UploadHost) -> None:
         self._service = service
+        # Read once per stream, not per update.
+        self._rules = service.rules
+        self._limiter = service.rate_limiter
         #: The service's writer: a stream reads `writer.full` before each `offer_now`.
         self.writer = service.writer
         self.session_id = f"upl-{uuid.uuid4().hex}"
@@ -113,18 +118,26 @@ class Upload:
         """`offer` without waiting for room (the caller waited while `full`): no coroutine
         per update on the streams' hot path, and no point at which a cancel can land."""
         self.received += 1
-        service = self._service
+        # Admission inline (a frame less per update): valid, and within its driver's rate.
+        # A missing timestamp means "now" (the seed's clients may leave it unset).
+        now_ns = time.time_ns()
         try:
-            location = service.admit_location(
-                driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
+            location = validate_location(
+                driver_id,
+                latitude,
+                longitude,
+                speed_mps,
+                heading_degrees,
+                now_ns if recorded_at_ns is None else recorded_at_ns,
+                now_ns,
+                self._rules,
             )
-        except (InvalidInput, RateLimited) as exc:
-            count = service.count_rejection
-            if count is not None:
-                count(
-                    Rejection.INVALID if isinstance(exc, InvalidInput) else Rejection.RATE_LIMITED
-                )
-            return exc
+        except InvalidInput as invalid:
+            return self._rejected(invalid, Rejection.INVALID)
+        limiter = self._limiter
+        if limiter is not None and not limiter.allow(driver_id):
+            limited = RateLimited(f"driver {driver_id!r} sends more updates than allowed")
+            return self._rejected(limited, Rejection.RATE_LIMITED)
         done = self.writer.submit(location)
         pending = self._pending
         if pending and pending[-1][0] is done:
@@ -132,6 +145,13 @@ class Upload:
         else:
             self._begin(done, [location])
         return None
+
+    def _rejected(self, error: DomainErrorT, reason: Rejection) -> DomainErrorT:
+        """Count an update refused without being stored; return why, for the caller."""
+        count = self._service.count_rejection
+        if count is not None:
+            count(reason)
+        return error
 
     async def offer_many(self, fixes: Sequence[Fix]) -> None:
         """`offer` for many updates at once (a batch message): the same validation, rate

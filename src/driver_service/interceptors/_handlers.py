@@ -64,12 +64,6 @@ def _as_stream(behavior: Callable[..., Any]) -> StreamBehavior:
     return as_iterator
 
 
-_EOF: Any = getattr(grpc.aio, "EOF")  # noqa: B009 - missing from grpc-stubs
-
-#: Returns why a message is refused (status code and message), or None to let it through.
-ReadCheck = Callable[[Any], "tuple[grpc.StatusCode, str] | None"]
-
-
 class RefusedMessage(Exception):
     """Raised where a stream's incoming message is refused, instead of aborting there.
 
@@ -83,29 +77,3 @@ class RefusedMessage(Exception):
     def __init__(self, refusal: tuple[grpc.StatusCode, str]) -> None:
         super().__init__(refusal[1])
         self.refusal = refusal
-
-
-class CheckedReadContext:
-    """A servicer context whose `read()` runs `check` too, so a handler that reads with
-    `context.read()` instead of iterating cannot bypass per-message checks. Everything
-    else is the real context."""
-
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], check: ReadCheck) -> None:
-        self._context = context
-        self._check = check
-
-    @classmethod
-    def of(
-        cls, context: grpc.aio.ServicerContext[Any, Any], check: ReadCheck
-    ) -> grpc.aio.ServicerContext[Any, Any]:
-        """`context` with `read()` checked, typed as the context handlers expect."""
-        return cast("grpc.aio.ServicerContext[Any, Any]", cls(context, check))
-
-    async def read(self) -> Any:
-        message = await self._context.read()
-        if message is not _EOF and (refusal := self._check(message)) is not None:
-            raise RefusedMessage(refusal)
-        return message
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)

@@ -19,10 +19,10 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from driver_service.adapters.sqlite._thread import StoreThread
 from driver_service.adapters.sqlite.schema import migrate
 from driver_service.domain import INITIAL_STATUS, Driver, DriverNotFound, Location, Status
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
@@ -232,7 +232,7 @@ class SqliteRepository:
         path: Path,
         connection: sqlite3.Connection,
         lock: IO[bytes],
-        executor: ThreadPoolExecutor,
+        thread: StoreThread,
         drivers: dict[str, Driver],
         trackers: dict[str, TrackerState] | None = None,
         evaluator: EventEvaluator | None = None,
@@ -240,7 +240,7 @@ class SqliteRepository:
         self.path = path
         self._connection = connection
         self._lock = lock
-        self._executor = executor
+        self._thread = thread
         self._drivers = drivers
         self._trackers: dict[str, TrackerState] = trackers or {}
         self._evaluator = evaluator
@@ -262,23 +262,21 @@ class SqliteRepository:
         db_path = Path(path)
         db_path.parent.mkdir(parents=True, exist_ok=True)
         lock = _lock_file(db_path.with_name(db_path.name + ".lock"))
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        thread = StoreThread("sqlite")
         try:
-            connection, drivers, trackers = await asyncio.get_running_loop().run_in_executor(
-                executor, _connect_and_load, db_path
-            )
+            connection, drivers, trackers = await thread.submit(lambda: _connect_and_load(db_path))
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.shutdown(wait=False)
             lock.close()
             raise
-        repository = cls(db_path, connection, lock, executor, drivers, trackers, evaluator)
+        repository = cls(db_path, connection, lock, thread, drivers, trackers, evaluator)
         repository.history_rows = await repository._run(
             lambda: int(connection.execute("SELECT count(*) FROM location_history").fetchone()[0])
         )
         return repository
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._thread.submit(fn)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on the writer thread with the connection (for the other stores that
@@ -708,16 +706,16 @@ class SqliteRepository:
             ).fetchall()
             return rows
 
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[list[HistoryRow]] | None = loop.run_in_executor(
-            self._executor, query, since_ns
+        submit = self._thread.submit
+        pending: asyncio.Future[list[HistoryRow]] | None = submit(
+            functools.partial(query, since_ns)
         )
         try:
             while pending is not None:
                 page = await pending
                 pending = None
                 if len(page) == page_size and (after := page[-1][4] + 1) < until_ns:
-                    pending = loop.run_in_executor(self._executor, query, after)
+                    pending = submit(functools.partial(query, after))
                 if page:
                     yield page
         finally:
@@ -843,7 +841,7 @@ class SqliteRepository:
         try:
             await self._run(self._connection.close)
         finally:
-            self._executor.shutdown(wait=True)
+            self._thread.shutdown()
             self._lock.close()
 
 
