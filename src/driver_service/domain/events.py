@@ -160,15 +160,22 @@ class TrackerState:
         """Compact JSON (version 1), stable key order: the form stored beside the driver.
         Written directly (the same text as json.dumps gives, see `_state_doc`): a fleet
         crossing zones writes one on every update."""
-        parts = [_STATE_HEAD]
-        for value, after in ((self.last_fix_ns, ',"seen":'), (self.last_seen_ns, ",")):
-            if value is None:
-                parts.append("null")
-            elif type(value) is int:
-                parts.append(str(value))
-            else:
-                return _COMPACT.encode(_state_doc(self))
-            parts.append(after)
+        # The fix time's digits are formatted once: the last-seen time, and the start of
+        # every visit made by this fix (a first fix's), are mostly the same number.
+        fix, seen = self.last_fix_ns, self.last_seen_ns
+        if fix is None:
+            fix_text = "null"
+        elif type(fix) is int:
+            fix_text = str(fix)
+        else:
+            return _COMPACT.encode(_state_doc(self))
+        if seen is None:
+            seen_text = "null"
+        elif type(seen) is int:
+            seen_text = fix_text if seen == fix else str(seen)
+        else:
+            return _COMPACT.encode(_state_doc(self))
+        parts = [_STATE_HEAD, fix_text, ',"seen":', seen_text, ","]
         parts.append('"online":true,"status":' if self.online else '"online":false,"status":')
         status = self.status
         parts.append("null" if status is None else _quoted(status.value))
@@ -186,8 +193,9 @@ class TrackerState:
                 or not (outside is None or type(outside) is int)
             ):
                 return _COMPACT.encode(_state_doc(self))
+            since_text = fix_text if since == fix else str(since)
             known = (
-                f"[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since},"
+                f"[{_quoted(v.zone_id)},{_BOOL[v.entered]},{since_text},"
                 f"{version},{_BOOL[v.dwelled]},{'null' if outside is None else outside}]"
             )
             _SET_VISIT_TEXT(v, known)
@@ -291,16 +299,9 @@ def times_only(state: TrackerState) -> bool:
 
 def with_times(state: TrackerState, fix_ns: int | None, seen_ns: int | None) -> TrackerState:
     """`state` with the fix and last-seen times its driver's row holds (see stored_alike),
-    its memo kept; through the slots' setters (see _online_state), as `dataclasses.replace`
+    its memo kept; made as its fields (see _state), as `dataclasses.replace`
     costs ~20x a dict lookup: PostgreSQL does this for every driver in every commit."""
-    copy: TrackerState = _new_object(TrackerState)
-    _SET_FIX(copy, fix_ns)
-    _SET_SEEN(copy, seen_ns)
-    _SET_ONLINE(copy, state.online)
-    _SET_STATUS(copy, state.status)
-    _SET_VISITS(copy, state.visits)
-    _SET_SETTLED(copy, state.settled)
-    return copy
+    return _state(fix_ns, seen_ns, state.online, state.status, state.visits, state.settled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,8 +356,7 @@ class ZoneTracker:
         new_state = _online_state(t, new_seen, status, tuple(visits), memo)
         events: list[Event] = []
         if not state.online:
-            online = Event(_ONLINE, driver_id, t, location=location, new_status=status)
-            events.append(online)
+            events.append(_new_event(_ONLINE, driver_id, t, "", 0, location, status))
         if caused:
             caused.sort(key=_by_rank)  # stable: each group stays in zone id order
             events.extend(event for _, event in caused)
@@ -389,14 +389,9 @@ class ZoneTracker:
                 and t > last
             ):
                 seen = state.last_seen_ns
-                moved: TrackerState = _new_object(TrackerState)
-                _SET_FIX(moved, t)
-                _SET_SEEN(moved, t if seen is None or t > seen else seen)
-                _SET_ONLINE(moved, True)
-                _SET_STATUS(moved, status)
-                _SET_VISITS(moved, ())
-                _SET_SETTLED(moved, state.settled)
-                new_states[driver_id] = moved
+                new_states[driver_id] = _online_state(
+                    t, t if seen is None or t > seen else seen, status, (), state.settled
+                )
                 continue
             state, caused = self.on_location(state, loc, zones, _NOWHERE)
             new_states[driver_id] = state
@@ -697,40 +692,27 @@ def _by_rank(item: tuple[int, Event]) -> int:
 _zone_id_of: Callable[[Visit], str] = operator.attrgetter("zone_id")
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    """The setter of a slot of a frozen dataclass (a member descriptor): sets the field even
-    though the class is frozen, as the dataclass's own __init__ does."""
-    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
-    return setter
+def _fields_of(cls: type) -> Callable[[], Any]:
+    """A class with the slots of the frozen dataclass `cls` and none of its guards. An
+    object made as one, its fields set by plain assignment (a specialised store, ~20
+    instructions: a slot's own setter, called, costs ~600, and the frozen __init__'s
+    object.__setattr__ more), then given `cls` as its class, is what `cls(...)` would make,
+    at under half the cost of the setters: `__class__` assignment is allowed between
+    classes whose instances have the same layout (the same slots, the same base), which
+    the probe below checks once at import. The tracker builds several such objects per
+    judged fix (events, visits, the state and its memo)."""
+    fields = type(f"_{cls.__name__}Fields", (), {"__slots__": cls.__dict__["__slots__"]})
+    probe = fields()
+    probe.__class__ = cls  # TypeError here if the layouts ever differ
+    made: Callable[[], Any] = fields
+    return made
 
 
-_new_object = object.__new__
-_SET_FIX = _slot_setter(TrackerState, "last_fix_ns")
-_SET_SEEN = _slot_setter(TrackerState, "last_seen_ns")
-_SET_ONLINE = _slot_setter(TrackerState, "online")
-_SET_STATUS = _slot_setter(TrackerState, "status")
-_SET_VISITS = _slot_setter(TrackerState, "visits")
-_SET_SETTLED = _slot_setter(TrackerState, "settled")
-_SET_SETTLED_TOKEN = _slot_setter(Settled, "index_token")
-_SET_SETTLED_WHERE = _slot_setter(Settled, "where")
-_SET_SETTLED_UNTIL = _slot_setter(Settled, "until_ns")
-_SET_SETTLED_KEY = _slot_setter(Settled, "key")
-_SET_VISIT_ZONE = _slot_setter(Visit, "zone_id")
-_SET_VISIT_ENTERED = _slot_setter(Visit, "entered")
-_SET_VISIT_SINCE = _slot_setter(Visit, "since_ns")
-_SET_VISIT_VERSION = _slot_setter(Visit, "zone_version")
-_SET_VISIT_DWELLED = _slot_setter(Visit, "dwelled")
-_SET_VISIT_OUTSIDE = _slot_setter(Visit, "outside_since_ns")
-_SET_VISIT_TEXT = _slot_setter(Visit, "text")
-_SET_EVENT_TYPE = _slot_setter(Event, "type")
-_SET_EVENT_DRIVER = _slot_setter(Event, "driver_id")
-_SET_EVENT_AT = _slot_setter(Event, "at_ns")
-_SET_EVENT_ZONE = _slot_setter(Event, "zone_id")
-_SET_EVENT_VERSION = _slot_setter(Event, "zone_version")
-_SET_EVENT_LOCATION = _slot_setter(Event, "location")
-_SET_EVENT_OLD = _slot_setter(Event, "old_status")
-_SET_EVENT_NEW = _slot_setter(Event, "new_status")
-_SET_EVENT_DELETED = _slot_setter(Event, "zone_deleted")
+_TRACKER_STATE_FIELDS = _fields_of(TrackerState)
+_SETTLED_FIELDS = _fields_of(Settled)
+_VISIT_FIELDS = _fields_of(Visit)
+_EVENT_FIELDS = _fields_of(Event)
+_SET_VISIT_TEXT: Callable[[Visit, str], None] = Visit.__dict__["text"].__set__
 
 
 def _settled(
@@ -739,12 +721,14 @@ def _settled(
     until_ns: float,
     key: bytes | None = None,
 ) -> Settled:
-    """`Settled(...)` through the slots' setters (see _online_state): one a judged fix."""
-    settled: Settled = _new_object(Settled)
-    _SET_SETTLED_TOKEN(settled, index_token)
-    _SET_SETTLED_WHERE(settled, where)
-    _SET_SETTLED_UNTIL(settled, until_ns)
-    _SET_SETTLED_KEY(settled, key)
+    """`Settled(...)`, made as its fields (see _fields_of): one a judged fix."""
+    made = _SETTLED_FIELDS()
+    made.index_token = index_token
+    made.where = where
+    made.until_ns = until_ns
+    made.key = key
+    made.__class__ = Settled
+    settled: Settled = made
     return settled
 
 
@@ -756,16 +740,18 @@ def _new_visit(
     dwelled: bool,
     outside_since_ns: int | None,
 ) -> Visit:
-    """`Visit(...)` with every field given, through the slots' setters (see _online_state):
-    a fleet crossing zones makes one for every zone it enters."""
-    visit: Visit = _new_object(Visit)
-    _SET_VISIT_ZONE(visit, zone_id)
-    _SET_VISIT_ENTERED(visit, entered)
-    _SET_VISIT_SINCE(visit, since_ns)
-    _SET_VISIT_VERSION(visit, zone_version)
-    _SET_VISIT_DWELLED(visit, dwelled)
-    _SET_VISIT_OUTSIDE(visit, outside_since_ns)
-    _SET_VISIT_TEXT(visit, None)
+    """`Visit(...)` with every field given, made as its fields (see _fields_of): a fleet
+    crossing zones makes one for every zone it enters."""
+    made = _VISIT_FIELDS()
+    made.zone_id = zone_id
+    made.entered = entered
+    made.since_ns = since_ns
+    made.zone_version = zone_version
+    made.dwelled = dwelled
+    made.outside_since_ns = outside_since_ns
+    made.text = None
+    made.__class__ = Visit
+    visit: Visit = made
     return visit
 
 
@@ -776,20 +762,47 @@ def _new_event(
     zone_id: str,
     zone_version: int,
     location: Location,
+    new_status: Status | None = None,
 ) -> Event:
-    """`Event(kind, driver_id, at_ns, zone_id, zone_version, location)` through the slots'
-    setters (see _online_state): the zone events of an update."""
-    event: Event = _new_object(Event)
-    _SET_EVENT_TYPE(event, kind)
-    _SET_EVENT_DRIVER(event, driver_id)
-    _SET_EVENT_AT(event, at_ns)
-    _SET_EVENT_ZONE(event, zone_id)
-    _SET_EVENT_VERSION(event, zone_version)
-    _SET_EVENT_LOCATION(event, location)
-    _SET_EVENT_OLD(event, None)
-    _SET_EVENT_NEW(event, None)
-    _SET_EVENT_DELETED(event, False)
+    """`Event(kind, driver_id, at_ns, zone_id, zone_version, location, new_status=...)`,
+    made as its fields (see _fields_of): the zone events of an update, and the
+    driver.online of a first fix."""
+    made = _EVENT_FIELDS()
+    made.type = kind
+    made.driver_id = driver_id
+    made.at_ns = at_ns
+    made.zone_id = zone_id
+    made.zone_version = zone_version
+    made.location = location
+    made.old_status = None
+    made.new_status = new_status
+    made.zone_deleted = False
+    made.__class__ = Event
+    event: Event = made
     return event
+
+
+def _state(
+    fix_ns: int | None,
+    seen_ns: int | None,
+    online: bool,
+    status: Status | None,
+    visits: tuple[Visit, ...],
+    settled: Settled | None,
+) -> TrackerState:
+    """`TrackerState(fix_ns, seen_ns, online, status, visits, settled)`, made as its fields
+    (see _fields_of; a frozen dataclass's __init__ sets each field through
+    object.__setattr__): made once per accepted update."""
+    made = _TRACKER_STATE_FIELDS()
+    made.last_fix_ns = fix_ns
+    made.last_seen_ns = seen_ns
+    made.online = online
+    made.status = status
+    made.visits = visits
+    made.settled = settled
+    made.__class__ = TrackerState
+    state: TrackerState = made
+    return state
 
 
 def _online_state(
@@ -799,17 +812,8 @@ def _online_state(
     visits: tuple[Visit, ...],
     settled: Settled | None,
 ) -> TrackerState:
-    """`TrackerState(fix_ns, seen_ns, True, status, visits, settled)` at less than half the
-    cost (a frozen dataclass's __init__ sets each field through object.__setattr__; this
-    uses the slots' own setters): made once per accepted update."""
-    state: TrackerState = _new_object(TrackerState)
-    _SET_FIX(state, fix_ns)
-    _SET_SEEN(state, seen_ns)
-    _SET_ONLINE(state, True)
-    _SET_STATUS(state, status)
-    _SET_VISITS(state, visits)
-    _SET_SETTLED(state, settled)
-    return state
+    """`TrackerState(fix_ns, seen_ns, True, status, visits, settled)` (see _state)."""
+    return _state(fix_ns, seen_ns, True, status, visits, settled)
 
 
 def _next_timer(visit: Visit, dwell_ns: int, settle_ns: int) -> float:

@@ -144,10 +144,18 @@ _ZONES_PER_READ = 500
 _ZONE_COLUMNS = (
     "zone_id, name, labels, shape, dwell_ns, version, created_at_ns, updated_at_ns, prepared"
 )
-_TRACKER_UPSERT = (
-    "INSERT INTO driver_trackers (driver_id, state) VALUES (?, ?)"
-    " ON CONFLICT (driver_id) DO UPDATE SET state = excluded.state"
-)
+_TRACKER_COLUMNS = "REPLACE INTO driver_trackers (driver_id, state) VALUES "
+_TRACKER_WIDTH = 2
+
+
+@functools.cache
+def _tracker_replace(rows: int) -> str:
+    """Tracker states, each replacing the stored one, in rows of ROWS_PER_STATEMENT (a
+    first fix writes one per update): the table is nothing but these columns (no trigger,
+    no foreign key), so REPLACE leaves what an upsert would (see _driver_replace)."""
+    return _TRACKER_COLUMNS + ",".join(["(?,?)"] * rows)
+
+
 _EVENT_COLUMNS = (
     "INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body) VALUES "
 )
@@ -424,13 +432,12 @@ class SqliteRepository:
         state that changed only in its fix and last-seen times is not written: the driver's
         row, written in the same transaction, holds those (see `_connect_and_load`)."""
         before = self._trackers
-        changed = [
-            (driver_id, state.to_json())
-            for driver_id, state in states.items()
-            if not stored_alike(before.get(driver_id), state)
-        ]
+        changed: list[object] = []
+        for driver_id, state in states.items():
+            if not stored_alike(before.get(driver_id), state):
+                changed += (driver_id, state.to_json())
         if changed:
-            con.executemany(_TRACKER_UPSERT, changed)
+            _insert_flat(con, _tracker_replace, changed, _TRACKER_WIDTH)
         if not events:
             return 0
         now = time.time_ns()
