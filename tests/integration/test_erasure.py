@@ -22,6 +22,8 @@ from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service._gen.driver.v1 import events_pb2 as epb
+from driver_service._gen.driver.v1 import events_pb2_grpc as epb_grpc
 from driver_service._gen.driver.v1 import history_pb2 as hpb
 from driver_service._gen.driver.v1 import history_pb2_grpc as hpb_grpc
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
@@ -141,7 +143,7 @@ async def test_forget_leaves_nothing_of_the_driver_in_any_store(setup: Setup) ->
     )
     drivers = pb_grpc.DriverServiceStub(channel)
     t0 = time.time_ns() - 120 * S
-    for driver_id in (VICTIM, KEPT):
+    for driver_id in (KEPT, VICTIM):  # the victim's events after the kept driver's
         summary = await drivers.UploadLocations(iter(route(driver_id, t0, 60)), timeout=10)
         assert summary.persisted_count == 60
     dispatch = dpb_grpc.DispatchServiceStub(channel)
@@ -175,6 +177,16 @@ async def test_forget_leaves_nothing_of_the_driver_in_any_store(setup: Setup) ->
     after = await setup.everything()
     left = [line for line in after if VICTIM in line]
     assert left == []
+    # Nor does the event stream replay the driver's events (with positions) from memory:
+    # the feed held them in its ring, which a replay from the start reads.
+    replayed = [
+        event.driver_id
+        async for event in epb_grpc.EventServiceStub(channel).WatchEvents(
+            epb.WatchEventsRequest(after_id=0, replay_only=True), timeout=10
+        )
+    ]
+    assert KEPT in replayed
+    assert VICTIM not in replayed
     assert sum(KEPT in line for line in after) >= sum(KEPT in line for line in before) > 60
 
     # Nothing answers for the driver any more, in any service.

@@ -115,6 +115,19 @@ class EventFeed:
     async def last_event_id(self) -> int:
         return max(self._head, await self._log.last_event_id())
 
+    def forget(self, driver_id: str) -> int:
+        """Erasure: drop the driver's events from the ring (their positions must not stay
+        in memory once the log has forgotten them); returns how many. Watchers following
+        from the ring then see what a reader of the log sees: the ring holds every event
+        after `ring_from` that the log still holds, a cursor's place is found by id, and a
+        cursor with nothing after it in the ring moves up to the head."""
+        kept = [event for event in self._ring if event.event.driver_id != driver_id]
+        dropped = len(self._ring) - len(kept)
+        if dropped:
+            self._ring = kept
+            self._ids = [event.event_id for event in kept]
+        return dropped
+
     async def watch(
         self, after_id: int | None, match: Match, *, replay_only: bool = False
     ) -> AsyncIterator[LoggedEvent]:
@@ -131,16 +144,10 @@ class EventFeed:
             if replay_only and cursor >= head:
                 return
             advanced = self._advanced  # taken before looking: no wake-up can be missed
-            if cursor >= self._ring_from:
-                start = bisect.bisect_right(self._ids, cursor)
-                batch = self._ring[start : start + PAGE]
-            else:
-                batch = await self._log.read_events(cursor, PAGE)
-                if batch and batch[0].event_id > cursor + 1:
-                    await self._check_retained(cursor)  # a gap: holes, or expired events?
-                if not batch:
-                    cursor = max(cursor, self._ring_from)  # only rolled-back ids between
-                    continue
+            batch, moved = await self._after(cursor)
+            if moved > cursor:
+                cursor = moved
+                continue
             if not batch:
                 await advanced.wait()
                 continue
@@ -150,6 +157,22 @@ class EventFeed:
                 cursor = event.event_id
                 if match(event):
                     yield event
+
+    async def _after(self, cursor: int) -> tuple[list[LoggedEvent], int]:
+        """The next events after `cursor` (from the ring if it reaches back to it, else
+        from the log), or none and the cursor moved past ids that hold no event."""
+        if cursor >= self._ring_from:
+            start = bisect.bisect_right(self._ids, cursor)
+            batch = self._ring[start : start + PAGE]
+            if not batch and cursor < self._head:
+                return [], self._head  # none left between: an erasure removed them
+            return batch, cursor
+        batch = await self._log.read_events(cursor, PAGE)
+        if batch and batch[0].event_id > cursor + 1:
+            await self._check_retained(cursor)  # a gap: holes, or expired events?
+        if not batch:
+            return [], max(cursor, self._ring_from)  # only rolled-back ids between
+        return batch, cursor
 
     async def _check_retained(self, cursor: int) -> None:
         """EventsExpired if the retention removed events after `cursor`. The retention never
