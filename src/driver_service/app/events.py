@@ -115,18 +115,18 @@ class EventFeed:
     async def last_event_id(self) -> int:
         return max(self._head, await self._log.last_event_id())
 
-    def forget(self, driver_id: str) -> int:
+    async def forget(self, driver_id: str) -> int:
         """Erasure: drop the driver's events from the ring (their positions must not stay
-        in memory once the log has forgotten them); returns how many. Watchers following
-        from the ring then see what a reader of the log sees: the ring holds every event
-        after `ring_from` that the log still holds, a cursor's place is found by id, and a
-        cursor with nothing after it in the ring moves up to the head."""
+        in memory once the log has forgotten them). Returns 0: these are copies of logged
+        events, which the store's erasure counts. Watchers following from the ring then see
+        what a reader of the log sees: the ring holds every event after `ring_from` that the
+        log still holds, a cursor's place is found by id, and a cursor with nothing after it
+        in the ring moves up to the head."""
         kept = [event for event in self._ring if event.event.driver_id != driver_id]
-        dropped = len(self._ring) - len(kept)
-        if dropped:
+        if len(kept) < len(self._ring):
             self._ring = kept
             self._ids = [event.event_id for event in kept]
-        return dropped
+        return 0
 
     async def watch(
         self, after_id: int | None, match: Match, *, replay_only: bool = False

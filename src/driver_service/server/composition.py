@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -338,7 +337,7 @@ async def build_services(
         # this process's commits take, the nearer a backlog drains to the idle share.
         pacer=Pacer(settings.history_retention_share, busy=lambda: tracking.writer.busy_s),
         forget_commands=dispatch.commands.forget,
-        forget_live=[*built.forget_live, _forgetting_copies(feed.forget)],
+        forget_live=[*built.forget_live, feed.forget],
     )
     # Storage for today's fixes before serving: made later, its ATTACH would make the first
     # uploads wait for its locks.
@@ -514,15 +513,3 @@ async def _rebuild_derived_state(
     except Exception as exc:  # noqa: BLE001 - the loop retries; serving goes on meanwhile
         log.warning("rebuilding Redis's derived state at start failed, retrying: %r", exc)
     return [rebuilder]
-
-
-def _forgetting_copies(forget: Callable[[str], int]) -> Forgetter:
-    """An erasure step for in-memory copies of what the durable store holds (the event
-    feed's ring): run, but not counted in the answer's live entries (the store's own count
-    of the driver's logged events covers them)."""
-
-    async def forget_copies(driver_id: str) -> int:
-        forget(driver_id)
-        return 0
-
-    return forget_copies
