@@ -38,11 +38,10 @@ from bench.common import (
     pinned,
     wait_for_port,
 )
-from bench.profile import auth_header
+from bench.profile import BARE_WITH_TOKEN, auth_header
 from bench.servers import preload
 from bench.unary import GET_DRIVER, GRPC_HEADERS, get_driver_body
 
-BARE_WITH_TOKEN = "bare, token sent"
 BARE_GRPCIO = "bare, grpcio client"
 BARE_WITH_TOKEN_GRPCIO = "bare, token sent, grpcio client"
 AUTH_GRPCIO = "+auth, grpcio client"
