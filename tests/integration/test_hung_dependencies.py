@@ -7,6 +7,7 @@ update is in PostgreSQL afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ def at_ns(update: pb.LocationUpdate) -> int:
 async def stack(private_redis: RedisServer, postgres_url: str) -> AsyncIterator[Stack]:
     """The production composition (build_services + start_server, with metrics) on the
     default --redis-timeout and --store-timeout."""
+    async with started_stack(private_redis, postgres_url) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def started_stack(private_redis: RedisServer, postgres_url: str) -> AsyncIterator[Stack]:
     settings = ServerSettings(
         listen="127.0.0.1:0",
         admin_listen="127.0.0.1:0",
@@ -170,6 +177,20 @@ def paused_postgres(postgres_server: PostgresServer) -> Iterator[PostgresServer]
         yield postgres_server
     finally:
         postgres_server.resume()
+
+
+async def test_health_is_not_serving_from_the_start_while_redis_is_down(
+    private_redis: RedisServer, postgres_url: str
+) -> None:
+    """A replica started while Redis is down must not say SERVING, not even until its
+    health monitor's first check (a load balancer would send it traffic for that second);
+    it says SERVING once Redis is back."""
+    private_redis.kill()
+    async with started_stack(private_redis, postgres_url) as stack:
+        assert await stack.health_is(NOT_SERVING)
+        back = time.monotonic()
+        private_redis.start()
+        await stack.wait_health(SERVING, back, TO_RECOVER_S + 1.0)
 
 
 async def test_redis_hang_costs_one_bound_then_serves_from_the_store_and_recovers(

@@ -198,6 +198,16 @@ class RunningServer:
         if self.admin is not None:  # last: probes see NOT_SERVING while the server drains
             await self.admin.stop()
 
+    async def first_health(self) -> None:
+        """Health's first answer, from a check rather than assumed: a store or a bus that
+        does not work at start-up (Redis down, its pub/sub connection not made yet) shows as
+        NOT_SERVING at once, not only at the monitor's first check a second later."""
+        problem = await self.health_problem(HEALTH_CHECK_INTERVAL_S)
+        if problem is not None:
+            log.warning("health: NOT_SERVING: %s", problem)
+        await self.set_serving(problem is None)
+        await self.check_sink()
+
     def start_monitoring(self) -> None:
         self.supervisor.on_fatal = self._on_fatal
         self._monitor = self.supervisor.start("health-monitor", self.monitor_store, Policy.RESTART)
@@ -318,8 +328,7 @@ async def start_server(
     running = RunningServer(
         server, bound, tracking, health_servicer, reloader, dispatch=dispatch, services=full
     )
-    await running.set_serving(True)
-    await running.check_sink()
+    await running.first_health()
     if settings.admin_listen:
         try:
             with startup_step("--admin-listen", settings.admin_listen):
