@@ -3,6 +3,8 @@ sizes are checked exactly, with no timing."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -260,3 +262,39 @@ async def test_the_idle_share_is_never_below_the_share() -> None:
     assert pacer.idle_share == 0.8
     with pytest.raises(ValueError, match="more than 0"):
         Pacer(0.05, idle_share=0.0)
+
+
+@pytest.mark.parametrize("shared_lane", [True, False])
+async def test_pacers_sharing_a_lane_take_the_share_together(shared_lane: bool) -> None:
+    """History's and the event log's retention pace one store: on a shared lane their steps
+    never overlap and together they take at most the share; each on its own takes the
+    share each (twice it together: the case the lane exists for). Real time, with margins
+    of 2x: a loaded machine only lengthens the rests' share of the time."""
+    share, step_s, steps = 0.25, 0.02, 8
+    lane = asyncio.Lock() if shared_lane else None
+    pacers = [Pacer(share, lane=lane), Pacer(share, lane=lane)]
+    working = 0
+    overlapped = False
+
+    async def work(batch: int) -> int:
+        nonlocal working, overlapped
+        working += 1
+        overlapped = overlapped or working > 1
+        await asyncio.sleep(step_s)
+        working -= 1
+        return batch
+
+    async def run(pacer: Pacer) -> None:
+        for _ in range(steps):
+            await pacer.step(work)
+
+    started = time.monotonic()
+    await asyncio.gather(*(run(pacer) for pacer in pacers))
+    elapsed = time.monotonic() - started
+    together = sum(pacer.busy_s for pacer in pacers) / elapsed
+    if shared_lane:
+        assert not overlapped
+        assert together <= share * 1.2
+    else:
+        assert overlapped
+        assert together > share * 1.25

@@ -63,7 +63,11 @@ class Pacer:
     `busy` (optional) reads the seconds the hot path has spent in the resource (monotonic,
     on the same time base as `clock`): over the time since the previous step, the hot
     path's busy fraction b sets the share to max(share, (1 - b) * idle_share); without it,
-    and at the first step (nothing to compare with), the hot path is taken as saturated."""
+    and at the first step (nothing to compare with), the hot path is taken as saturated.
+
+    `lane` (optional) is a lock shared by the pacers of one resource (history's and the event
+    log's retention on one store): each step and its rest hold it, so their steps never
+    overlap and together they take at most the share, not the share each."""
 
     def __init__(
         self,
@@ -74,8 +78,10 @@ class Pacer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         busy: Callable[[], float] | None = None,
         idle_share: float = IDLE_SHARE,
+        lane: asyncio.Lock | None = None,
     ) -> None:
         self.share = validate_share(share)
+        self._lane = lane
         self.idle_share = max(self.share, validate_share(idle_share))
         self._busy = busy
         #: (clock, hot path's busy seconds) when the previous step ended (None: no step yet).
@@ -119,6 +125,14 @@ class Pacer:
         hot path left the resource free since the previous step); returns the items done.
         `cost` is a clock of the resource's own time spent (the SQLite writer thread's
         time in expiry, without the wait for it); by default the step's whole wait."""
+        if self._lane is None:
+            return await self._step(work, cost)
+        async with self._lane:
+            return await self._step(work, cost)
+
+    async def _step(
+        self, work: Callable[[int], Awaitable[int]], cost: Callable[[], float] | None
+    ) -> int:
         batch = self.batch
         clock = self._clock if cost is None else cost
         started = clock()

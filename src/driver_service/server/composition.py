@@ -328,6 +328,9 @@ async def build_services(
         built.evaluator.add_listener(publisher.notify)
         publisher.start()
     sweeper.start()
+    # History's and the event log's retention share one lane of the store: together they
+    # take at most --history-retention-share of its time, not that share each.
+    lane = asyncio.Lock()
     # Erasure reaches every store of the driver: commands, live state and the index, then
     # the durable store (history, current state, tracker state, logged events).
     history = LocationHistory(
@@ -335,7 +338,9 @@ async def build_services(
         retention_s=settings.history_retention_s,
         # Busy-aware: the share is the floor for a saturated writer; the less of its time
         # this process's commits take, the nearer a backlog drains to the idle share.
-        pacer=Pacer(settings.history_retention_share, busy=lambda: tracking.writer.busy_s),
+        pacer=Pacer(
+            settings.history_retention_share, busy=lambda: tracking.writer.busy_s, lane=lane
+        ),
         forget_commands=dispatch.commands.forget,
         forget_live=[*built.forget_live, feed.forget],
     )
@@ -358,7 +363,9 @@ async def build_services(
         EventRetention(
             built.durable,
             settings.event_retention_s,
-            pacer=Pacer(settings.history_retention_share, busy=lambda: tracking.writer.busy_s),
+            pacer=Pacer(
+                settings.history_retention_share, busy=lambda: tracking.writer.busy_s, lane=lane
+            ),
         ).run,
         Policy.RESTART,
     )
