@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from driver_service._gen.driver.v1 import dispatch_pb2 as dpb
 from driver_service._gen.driver.v1 import dispatch_pb2_grpc as dpb_grpc
@@ -22,6 +23,7 @@ from driver_service.adapters.redis.connection import create_redis_client
 from driver_service.adapters.redis.dispatch_index import RedisDriverIndex
 from driver_service.adapters.redis.index_rebuild import LockLost, RedisRebuilder
 from driver_service.adapters.redis.live import LiveStateRepository
+from driver_service.app.history import LocationHistory
 from driver_service.dispatch.memory_index import MemoryDriverIndex
 from driver_service.dispatch.ports import DriverIndex
 from driver_service.domain import Driver, Location, Status
@@ -297,14 +299,21 @@ class PausedStore:
             yield page
 
 
+async def paused_rebuild_stack(
+    postgres_url: str, redis: RedisServer
+) -> tuple[PostgresRepository, Redis, LiveStateRepository, RedisDriverIndex, PausedStore]:
+    """PostgreSQL with Redis live state and index over it, and the store seen through a
+    PausedStore for a rebuild to read."""
+    store = await PostgresRepository.open(postgres_url, min_size=1, max_size=4)
+    client = create_redis_client(redis.url)
+    live = LiveStateRepository(store, client, REDIS_PREFIX)
+    return store, client, live, RedisDriverIndex(client, prefix=REDIS_PREFIX), PausedStore(store)
+
+
 async def test_updates_during_a_rebuild_are_not_overwritten_by_its_older_reads(
     postgres_url: str, private_redis: RedisServer
 ) -> None:
-    store = await PostgresRepository.open(postgres_url, min_size=1, max_size=4)
-    client = create_redis_client(private_redis.url)
-    live = LiveStateRepository(store, client, REDIS_PREFIX)
-    index = RedisDriverIndex(client, prefix=REDIS_PREFIX)
-    paused = PausedStore(store)
+    store, client, live, index, paused = await paused_rebuild_stack(postgres_url, private_redis)
     rebuilder = RedisRebuilder(
         client, paused, [live.fill, index.fill], prefix=REDIS_PREFIX, horizon_s=120, page_size=3
     )
@@ -362,6 +371,54 @@ async def test_updates_during_a_rebuild_are_not_overwritten_by_its_older_reads(
         assert await client.exists(rebuilder.marker_key) == 0
         assert (await other.rebuild_if_missing() or pytest.fail("no rebuild")).drivers == 3
         assert await index.get("a") == a
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_rebuild_that_read_a_driver_before_its_erasure_does_not_bring_it_back(
+    postgres_url: str, private_redis: RedisServer
+) -> None:
+    """A rebuild reads a page from the store, the driver is erased meanwhile (both of the
+    erasure's passes over Redis, the store between them), then the rebuild merges its page:
+    the erased driver must stay gone from Redis (its live hash would serve its last position
+    for up to its week-long TTL, the index would find it nearby). Its neighbour in the page
+    is rebuilt as usual, and a driver of the same id that reports afterwards is served as
+    any new driver."""
+    store, client, live, index, paused = await paused_rebuild_stack(postgres_url, private_redis)
+    rebuilder = RedisRebuilder(
+        client, paused, [live.fill, index.fill], prefix=REDIS_PREFIX, horizon_s=120
+    )
+    history = LocationHistory(store, forget_live=[live.forget, index.forget])
+    try:
+        t = fresh_ns()
+        victim, neighbour = at("victim", 0, t), at("neighbour", 1, t)
+        await store.record_locations([victim, neighbour])
+        await client.flushall()  # Redis came back empty: the rebuild fills it
+        rebuild = asyncio.ensure_future(rebuilder.rebuild_if_missing())
+        await asyncio.wait_for(paused.read.wait(), 5)  # it has read both drivers
+        erased = await history.forget("victim", by="test")
+        assert erased.driver_records == 1
+        paused.release.set()
+        result = await asyncio.wait_for(rebuild, 5)
+
+        assert result is not None
+        assert result.drivers == 2
+        assert await client.exists(live.key("victim")) == 0
+        assert await live.get_driver("victim") is None
+        assert await index.get("victim") is None
+        assert await live.get_driver("neighbour") == Driver(
+            "neighbour", Status.AVAILABLE, neighbour, t
+        )
+        assert await index.get("neighbour") is not None
+
+        again = at("victim", 2, t + NS)
+        assert await live.record_locations([again]) == [again]
+        back = await live.get_driver("victim")
+        assert back is not None
+        assert back.location == again
+        await index.put([back])
+        assert await index.get("victim") is not None
     finally:
         await client.aclose()
         await store.close()

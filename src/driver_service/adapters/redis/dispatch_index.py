@@ -8,6 +8,8 @@ Keys (under one prefix):
   `{p}seen`   sorted set of searchable drivers by last-seen seconds (sweeps, stale count)
   `{p}gone`   sorted set of drivers that went OFFLINE, by last-seen seconds: a rebuild that
               read a driver before it went offline must not bring it back (see `fill`)
+  `{p}drvgone:{digest}`  an erased driver's fence (erasure_fence.py): no rebuild brings it
+              back
 
 Redis GEO measures on a sphere of radius 6,372,797.56 m from 52-bit geohashes (~0.6 m), so
 the search radius is widened by the ratio of the radii plus a few metres, and the early stop
@@ -28,6 +30,7 @@ from collections.abc import Collection, Sequence
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import redis_guard
+from driver_service.adapters.redis.erasure_fence import ERASURE_FENCE_S, fence_key
 from driver_service.dispatch.domain.drivers import (
     DEFAULT_FORGET_AFTER_NS,
     IndexedDriver,
@@ -114,15 +117,16 @@ return unknown
 #   'fill': drivers a rebuild read from the store, racing live updates: the status is taken
 #           only if the store saw a newer event than the entry; a driver without an entry is
 #           added unless it went OFFLINE at or after the read (`gone`; seconds as doubles are
-#           monotonic in the nanoseconds, so a near tie errs on leaving it out).
+#           monotonic in the nanoseconds, so a near tie errs on leaving it out). KEYS[6...]:
+#           each driver's erasure fence (erasure_fence.py): a driver erased since is left out.
 _PUT_LUA = (
     _COMMON_LUA
     + """
 local fill = ARGV[1] == 'fill'
 for i = 2, #ARGV, 6 do
   local id, st, lat, lon, seen, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local v = redis.call('HGET', dx, id)
-  local keep = true
+  local keep = not (fill and redis.call('EXISTS', KEYS[6 + (i - 2) / 6]) == 1)
+  local v = keep and redis.call('HGET', dx, id)
   if v then
     local ost, olat, olon, oseen, oat = parse(v)
     if not newer(at, oat) then lat, lon, at = olat, olon, oat end
@@ -130,7 +134,7 @@ for i = 2, #ARGV, 6 do
       seen = oseen
       if fill then st = ost end
     end
-  elseif fill then
+  elseif keep and fill then
     local g = redis.call('ZSCORE', gone, id)
     if st == 'OFFLINE' or (g and tonumber(seen) / 1e9 <= tonumber(g)) then keep = false end
   end
@@ -228,7 +232,8 @@ def _driver_args(mode: str, drivers: Sequence[Driver]) -> list[str]:
     return args
 
 
-# Erase one driver from every key of the index; returns how many keys held it.
+# Erase one driver from every key of the index and put up its fence (KEYS[6], for ARGV[2]
+# seconds: a rebuild's fill then leaves it out); returns how many keys held it.
 _FORGET_LUA = """
 local n = 0
 n = n + redis.call('HDEL', KEYS[1], ARGV[1])
@@ -236,6 +241,7 @@ n = n + redis.call('ZREM', KEYS[2], ARGV[1])
 n = n + redis.call('SREM', KEYS[3], ARGV[1])
 n = n + redis.call('ZREM', KEYS[4], ARGV[1])
 n = n + redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('SET', KEYS[6], '1', 'EX', ARGV[2])
 return n
 """
 
@@ -254,6 +260,7 @@ class RedisDriverIndex:
         self._client = client
         self._guard = redis_guard(client) if guard is None else guard
         self._forget_after_ns = forget_after_ns
+        self._prefix = prefix
         self._keys = [
             f"{prefix}dx",
             f"{prefix}geo",
@@ -274,8 +281,9 @@ class RedisDriverIndex:
 
     async def fill(self, drivers: Sequence[Driver]) -> None:
         if drivers:
+            fences = [fence_key(self._prefix, d.driver_id) for d in drivers]
             async with self._guard.bounded():
-                await self._put(keys=self._keys, args=_driver_args("fill", drivers))
+                await self._put(keys=[*self._keys, *fences], args=_driver_args("fill", drivers))
 
     async def move(self, locations: Sequence[Location]) -> list[str]:
         args: list[str] = []
@@ -355,8 +363,9 @@ class RedisDriverIndex:
     async def forget(self, driver_id: str) -> int:
         """One script over every key (the entry, GEO or polar set, seen and gone): the
         driver is in none of them afterwards. Returns how many keys held it."""
+        keys = [*self._keys, fence_key(self._prefix, driver_id)]
         async with self._guard.bounded():
-            return int(await self._forget(keys=self._keys, args=[driver_id]))
+            return int(await self._forget(keys=keys, args=[driver_id, ERASURE_FENCE_S]))
 
     async def close(self) -> None:
         """The client belongs to the composition root, which closes it."""

@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 from redis.asyncio import Redis
 
 from driver_service.adapters.redis.connection import redis_guard
+from driver_service.adapters.redis.erasure_fence import ERASURE_FENCE_S, fence_key
 from driver_service.adapters.redis.read_cache import DROPPED, DriverReadCache
 from driver_service.domain import Driver, Location, Status
 from driver_service.ports import DriverRepository, Recorded
@@ -130,15 +131,23 @@ if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[10] then return -1 end
 
 # The same merge for many keys in one command (a rebuild's page; one command instead of one
 # per key costs the client ~10x less CPU per driver): _MERGE_LUA's text runs as a function
-# whose KEYS and ARGV are one key and its nine arguments.
+# whose KEYS and ARGV are one key and its nine arguments. KEYS: the n drivers' hashes, then
+# their n erasure fences: a driver erased since the page was read is left out
+# (erasure_fence.py).
 _MERGE_MANY_LUA = f"""
 local all_keys, all_args = KEYS, ARGV
+local n = #all_keys / 2
 local function merge_one(KEYS, ARGV)
 {_MERGE_LUA}
 end
-for i = 1, #all_keys do merge_one({{all_keys[i]}}, {{unpack(all_args, i * 9 - 8, i * 9)}}) end
-return #all_keys
+for i = 1, n do
+  if redis.call('EXISTS', all_keys[n + i]) == 0 then
+    merge_one({{all_keys[i]}}, {{unpack(all_args, i * 9 - 8, i * 9)}})
+  end
+end
+return n
 """
+
 
 _Mode = Literal["loc", "status", "fill"]
 
@@ -210,6 +219,7 @@ class LiveStateRepository:
         self._drop = redis.register_script(_DROP_LUA)
         self._backfill = redis.register_script(_BACKFILL_LUA)
         self._drops_key = f"{prefix}drvdrops"
+        self._prefix = prefix
         self._cache: DriverReadCache | None = None
         self._close_client = close_client
         #: Bounds every Redis call; while it is down, Redis is skipped instead of paying a
@@ -371,21 +381,30 @@ class LiveStateRepository:
     async def fill(self, drivers: Sequence[Driver]) -> None:
         """Merge drivers a rebuild read from the durable store into Redis in one command
         ('fill': a key that exists keeps its status and only moves forward, so an update
-        that raced the read is never overwritten). Raises RedisError: the rebuild retries."""
+        that raced the read is never overwritten; a driver erased since is left out). Raises
+        RedisError: the rebuild retries."""
         if not drivers:
             return
         args: list[str | int | float] = []
         for d in drivers:
             args += _merge_args("fill", d.status, d.last_seen_at_ns, d.location, self._ttl_s)
+        keys = [self.key(d.driver_id) for d in drivers]
+        keys += [fence_key(self._prefix, d.driver_id) for d in drivers]
         async with self.guard.bounded():
-            await self._merge_many(keys=[self.key(d.driver_id) for d in drivers], args=args)
+            await self._merge_many(keys=keys, args=args)
 
     async def forget(self, driver_id: str) -> int:
-        """Delete the driver's live hash (erasure); returns how many keys held it. Raises
-        DependencyUnavailable while Redis is down: an erasure must not pass half done."""
+        """Delete the driver's live hash (erasure) and put up its fence (erasure_fence.py:
+        a rebuild page read from the store before the erasure must not bring it back).
+        Returns how many keys held it. Raises DependencyUnavailable while Redis is down: an
+        erasure must not pass half done."""
         self._dirty.discard(driver_id)
         async with self.guard.bounded():
-            deleted = int(await self._drop(keys=[self._drops_key, self.key(driver_id)]))
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(fence_key(self._prefix, driver_id), b"1", ex=ERASURE_FENCE_S)
+                await self._drop(keys=[self._drops_key, self.key(driver_id)], client=pipe)
+                _, dropped = await pipe.execute()
+            deleted = int(dropped)
         if self._cache is not None:
             self._cache.apply(driver_id, DROPPED)
         return deleted
