@@ -289,8 +289,10 @@ class EventEvaluator(Protocol):
         `on_locations`."""
         ...
 
-    def logged(self, last_event_id: int) -> None:
-        """Events up to `last_event_id` were committed (wakes this process's watchers)."""
+    def logged(self, events: Sequence[LoggedEvent]) -> None:
+        """A commit logged `events` (at least one; in id order, equal to what `read_events`
+        returns for them): called by the store after the commit, in the event loop's thread,
+        in commit order as far as that thread sees it. Wakes this process's watchers."""
         ...
 
 

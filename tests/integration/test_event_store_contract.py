@@ -17,7 +17,7 @@ from driver_service.adapters.sqlite.repository import SqliteRepository
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.domain import Location, Status
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
-from driver_service.domain.events import Event, EventType, TrackerState
+from driver_service.domain.events import Event, EventType, LoggedEvent, TrackerState
 from driver_service.domain.zones import Circle, Zone
 
 T0 = 1_717_200_000 * 10**9
@@ -393,3 +393,108 @@ async def test_events_and_their_update_commit_together_or_not_at_all(
     await run(undo_sql)
     await repo.record_locations([fix("d1", 10, lat=52.0)])
     assert (await types_of(repo))[-1] == ("zone.enter", "d1", "z1")
+
+
+class HandedOver:
+    """An evaluator's listener that keeps what each commit handed over."""
+
+    def __init__(self, evaluator: ZoneEvaluator) -> None:
+        self.commits: list[list[LoggedEvent]] = []
+        evaluator.add_listener(lambda events: self.commits.append(list(events)))
+
+    @property
+    def events(self) -> list[LoggedEvent]:
+        return [e for commit in self.commits for e in commit]
+
+
+async def test_each_commit_hands_over_its_events_as_the_log_returns_them(store: Store) -> None:
+    """The listeners get, after each commit, exactly the events `read_events` returns for
+    it (ids, recorded times, every field), in commit order: they need not read them back."""
+    evaluator = ZoneEvaluator()
+    handed = HandedOver(evaluator)
+    repo = await store.open(evaluator)
+    try:
+        await repo.create_zone(circle_zone(dwell_s=60), 1)
+        await repo.create_zone(circle_zone("z2"), 1)
+        await repo.record_locations([fix("d1", 0), fix("d1", 10, lat=52.0)])  # one by one
+        await repo.record_locations([fix("d1", 80, lat=52.0)])  # dwell
+        await repo.record_locations([fix("d1", 90)])  # exit
+        await repo.record_locations([fix("d1", 95)])  # nothing logged: nothing handed over
+        # Many in one commit (PostgreSQL stages them by COPY): online and two enters each.
+        await repo.record_locations([fix(f"m{i:02}", 0, lat=52.0) for i in range(40)])
+        await repo.delete_zone("z2", 0, 2)
+        await repo.record_locations([fix("m00", 1, lat=52.0)])  # exit of a deleted zone
+        await repo.set_status("d1", Status.BUSY, T0 + 100 * S)
+        await repo.set_status("s1", Status.AVAILABLE, T0)
+        await repo.sweep_offline(T0 + 1000 * S, 30 * S)
+        logged = await repo.read_events(0, 10_000)
+        assert handed.events == logged
+        assert [e.event for e in handed.events] == [e.event for e in logged]  # every field
+        assert all(commit for commit in handed.commits)
+        assert len(handed.commits) == 8
+        assert {e.event.type for e in logged} == set(EventType)
+    finally:
+        await repo.close()
+
+
+async def test_a_rolled_back_commit_hands_over_nothing(store: Store) -> None:
+    evaluator = ZoneEvaluator()
+    handed = HandedOver(evaluator)
+    repo = await store.open(evaluator)
+    try:
+        await repo.create_zone(circle_zone(), 1)
+        await repo.record_locations([fix("d1", 0)])
+        assert len(handed.events) == 1
+        # The events are inserted, then the statement fails: the transaction rolls back.
+        if store.kind == "sqlite":
+            repo._connection.execute(
+                "CREATE TRIGGER no_events AFTER INSERT ON events"
+                " BEGIN SELECT RAISE(ABORT, 'events refused'); END"
+            )
+        else:
+            async with repo._pool.acquire() as con:
+                await con.execute(
+                    "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN RAISE EXCEPTION 'events refused'; END $$"
+                )
+                # Checked at COMMIT: every statement succeeded, the commit fails.
+                await con.execute(
+                    "CREATE CONSTRAINT TRIGGER no_events AFTER INSERT ON events"
+                    " DEFERRABLE INITIALLY DEFERRED"
+                    " FOR EACH ROW EXECUTE FUNCTION refuse_events()"
+                )
+        with pytest.raises(Exception, match=r"events refused|unavailable|Unavailable"):
+            await repo.record_locations([fix("d1", 10, lat=52.0)])
+        assert len(handed.events) == 1
+        assert handed.events == await repo.read_events(0, 100)
+    finally:
+        await repo.close()
+
+
+async def test_replicas_each_hand_over_their_own_events(postgres_url: str) -> None:
+    """On PostgreSQL each replica hands over what it committed, ids as the log holds them;
+    together they are the whole log (another replica's events are never handed over)."""
+    evaluators = [ZoneEvaluator() for _ in range(3)]
+    handed = [HandedOver(ev) for ev in evaluators]
+    replicas = [
+        await PostgresRepository.open(postgres_url, min_size=1, max_size=8, evaluator=ev)
+        for ev in evaluators
+    ]
+    try:
+        await replicas[0].create_zone(circle_zone(), 1)
+
+        async def drive(r: int) -> None:
+            for step in range(20):
+                t = step * 3 + r
+                lat = 52.0 if (t // 10) % 2 else FAR
+                await replicas[r].record_locations([fix(f"d{i}", t, lat=lat) for i in range(12)])
+
+        await asyncio.gather(*(drive(r) for r in range(3)))
+        logged = {e.event_id: e for e in await replicas[0].read_events(0, 100_000)}
+        mine = [h.events for h in handed]
+        for events in mine:
+            assert events == [logged[e.event_id] for e in events]
+        assert sorted(e.event_id for events in mine for e in events) == sorted(logged)
+    finally:
+        for r in replicas:
+            await r.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -27,6 +27,8 @@ from driver_service.security import TokenIssuer
 from driver_service.server.composition import Services, build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
+from tests.helpers.redis import RedisServer
+from tests.helpers.stores import STORE_KINDS
 
 SECRET = b"zones-events-test-secret-32-bytes!!!"
 S = 10**9
@@ -95,7 +97,15 @@ def stale_after() -> float:
 
 
 @pytest.fixture
-async def api(tmp_path: Path, stale_after: float) -> AsyncIterator[Api]:
+def store_kind() -> str:
+    """SQLite; the tests of the feed's hand-over parametrize it (STORE_KINDS)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, stale_after: float, store_kind: str, request: pytest.FixtureRequest
+) -> ServerSettings:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     settings = ServerSettings(
@@ -107,6 +117,14 @@ async def api(tmp_path: Path, stale_after: float) -> AsyncIterator[Api]:
         stale_after=stale_after,
         rate_limit=0,
     )
+    if store_kind == "sqlite":
+        return settings
+    redis: RedisServer = request.getfixturevalue("private_redis")
+    return replace(settings, store=request.getfixturevalue("postgres_url"), bus=redis.url)
+
+
+@pytest.fixture
+async def api(settings: ServerSettings) -> AsyncIterator[Api]:
     services = await build_services(settings)
     running = await start_server(settings, services)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
@@ -272,6 +290,7 @@ async def test_online_status_and_offline(api: Api) -> None:
     assert got[2].time.ToNanoseconds() >= got[0].time.ToNanoseconds() + S
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 @pytest.mark.parametrize("ring", [10_000, 16], ids=["ring", "small-ring"])
 async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api, ring: int) -> None:
     """Watchers join at random moments with after_id=0 while 20 drivers go in and out of a
@@ -301,6 +320,7 @@ async def test_replay_then_follow_has_no_gap_or_duplicate_under_load(api: Api, r
         assert ids == logged
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)
 async def test_a_slow_watcher_falls_back_to_the_log(api: Api) -> None:
     api.services.events._ring_size = 5  # the ring moves past the slow watcher at once
     await api.zones.CreateZone(zpb.CreateZoneRequest(zone=circle("z")), metadata=api.md("zones"))

@@ -78,7 +78,7 @@ async def test_resumes_after_the_brokers_newest_event_and_retries_until_acknowle
         assert broker.sent == list(range(4, 11))  # resumed after 3, in order
         assert publisher.problem is None
         log_.events.append(logged(11))
-        publisher.notify(11)
+        publisher.notify([log_.events[-1]])
         await eventually(lambda: publisher.cursor == 11, 5, "a new event")
     finally:
         await publisher.close()

@@ -24,6 +24,7 @@ from driver_service.domain.events import (
     event_bodies,
     event_body,
     event_from_row,
+    logged_events,
     parse_type_filter,
     stored_alike,
     sweep_stale,
@@ -540,16 +541,15 @@ def _reference_body(event: Event) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def test_event_bodies_are_the_json_the_log_always_stored() -> None:
-    here = Location("d", 52.123456789, 13.0, 8.25, 91.0, 5)
-    odd = Location("d", -0.1, 1e-7, math.nan, 0.0, 6)  # a NaN speed: json.dumps's own path
-    events = [
+def every_kind_of_event(here: Location, other: Location) -> list[Event]:
+    """One event of each type and shape, at `here`'s time and, for one dwell, at `other`."""
+    return [
         Event(EventType.ZONE_ENTER, "d", 5, "z1", 3, here),
         Event(EventType.ZONE_EXIT, "d", 5, "z2", 1, here, zone_deleted=True),
         Event(EventType.ZONE_DWELL, "d", 5, "z3", 0, here),
         Event(EventType.DRIVER_ONLINE, "d", 5, location=here, new_status=Status.AVAILABLE),
         Event(EventType.DRIVER_OFFLINE, "d", 5),
-        Event(EventType.ZONE_ENTER, "d", 6, "z1", 12, odd),
+        Event(EventType.ZONE_ENTER, "d", 6, "z1", 12, other),
         Event(
             EventType.DRIVER_STATUS_CHANGED,
             "d",
@@ -558,6 +558,12 @@ def test_event_bodies_are_the_json_the_log_always_stored() -> None:
             new_status=Status.BUSY,
         ),
     ]
+
+
+def test_event_bodies_are_the_json_the_log_always_stored() -> None:
+    here = Location("d", 52.123456789, 13.0, 8.25, 91.0, 5)
+    odd = Location("d", -0.1, 1e-7, math.nan, 0.0, 6)  # a NaN speed: json.dumps's own path
+    events = every_kind_of_event(here, odd)
     bodies = event_bodies(events)
     assert bodies == [_reference_body(e) for e in events] == [event_body(e) for e in events]
     for i, (event, body) in enumerate(zip(events, bodies, strict=True)):
@@ -565,3 +571,19 @@ def test_event_bodies_are_the_json_the_log_always_stored() -> None:
             continue  # NaN != NaN
         logged = event_from_row(i, event.type.value, "d", event.zone_id, event.at_ns, 0, body)
         assert logged.event == event
+
+
+def test_logged_events_are_what_the_log_reads_back() -> None:
+    """What a store hands over after a commit equals `event_from_row` of the stored rows,
+    also for a location that is not the driver's fix at the event's time (read back as one)."""
+    here = Location("d", 52.123456789, 13.0, 8.25, 91.0, 5)
+    earlier = Location("d", 52.0, 13.5, 1.0, 2.0, 4)  # the enter at 6 carries a fix of 4
+    events = every_kind_of_event(here, earlier)
+    handed = logged_events(range(41, 48), 99, events)
+    read = [
+        event_from_row(41 + i, e.type.value, e.driver_id, e.zone_id, e.at_ns, 99, body)
+        for i, (e, body) in enumerate(zip(events, event_bodies(events), strict=True))
+    ]
+    assert handed == read
+    assert handed[5].event.location == Location("d", 52.0, 13.5, 1.0, 2.0, 6)
+    assert handed[0].event is events[0]  # nothing made anew when it already reads back equal

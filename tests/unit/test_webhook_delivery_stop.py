@@ -103,7 +103,7 @@ async def test_stop_while_being_woken_is_prompt(yields: int) -> None:
     for _ in range(20):
         await asyncio.sleep(0)
     store.head += 1
-    delivery.notify(store.head)
+    delivery.notify([LoggedEvent(store.head, 1, Event(EventType.DRIVER_ONLINE, "d1", 1))])
     for _ in range(yields):
         await asyncio.sleep(0)
     await _stops_within(delivery, PROMPT_S)

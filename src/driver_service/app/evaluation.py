@@ -8,8 +8,8 @@ committed before it: the replica that changed a zone and every other one alike, 
 polling and no notification to miss. A reload parses only the zones whose version changed
 (parsed zones are kept by id and version), so it costs one small query when nothing did.
 
-`logged` forwards the newest committed event id to a listener (app/events.py's feed), which
-wakes this process's watchers.
+`logged` hands the events a commit logged to its listeners (app/events.py's feed, webhook
+delivery, the event publisher), which wake this process's watchers and senders.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
-from driver_service.domain.events import Event, TrackerState, ZoneTracker, times_only
+from driver_service.domain.events import (
+    Event,
+    LoggedEvent,
+    TrackerState,
+    ZoneTracker,
+    times_only,
+)
 from driver_service.domain.zones import Zone, ZoneIndex
 
 
@@ -29,7 +35,7 @@ class ZoneEvaluator:
         self._index = ZoneIndex()
         #: -1: nothing loaded yet, so the first transaction loads whatever is stored.
         self._version = -1
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Callable[[Sequence[LoggedEvent]], None]] = []
 
     @property
     def zones_version(self) -> int:
@@ -79,10 +85,10 @@ class ZoneEvaluator:
         new_state, events = self._tracker.on_status(state, driver_id, status, at_ns)
         return new_state, list(events)
 
-    def add_listener(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(last_event_id)` after each commit that logged events."""
+    def add_listener(self, listener: Callable[[Sequence[LoggedEvent]], None]) -> None:
+        """Call `listener(events)` after each commit that logged events (see `logged`)."""
         self._listeners.append(listener)
 
-    def logged(self, last_event_id: int) -> None:
+    def logged(self, events: Sequence[LoggedEvent]) -> None:
         for listener in self._listeners:
-            listener(last_event_id)
+            listener(events)

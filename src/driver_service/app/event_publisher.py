@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from driver_service.domain.events import LoggedEvent
 from driver_service.ports import EventLog, EventSink
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 
@@ -82,9 +83,12 @@ class EventPublisher:
             f"event-sink-{self.sink.name}", self._run, Policy.RESTART
         )
 
-    def notify(self, last_event_id: int = 0) -> None:
-        """Events were logged: publish them now."""
-        self.head = max(self.head, last_event_id)
+    def notify(self, events: Sequence[LoggedEvent] = ()) -> None:
+        """Events were logged: publish them now. They are read from the log, not taken as
+        handed over: what waits for a slow or absent broker stays in the log, where the
+        retention and a driver's erasure reach it."""
+        if events:
+            self.head = max(self.head, events[-1].event_id)
         self._wake.set()
 
     async def _run(self) -> None:

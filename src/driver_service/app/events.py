@@ -1,12 +1,15 @@
 """EventFeed: WatchEvents' replay and live follow over the event log, with no gap and no
 duplicate at the hand-over and no buffer per watcher.
 
-The log is the only source: a follower task (supervised, restarted on failure) reads it by
-id after the newest id it has seen, when this process's store logs events (`notify`, called
-after the commit) and at least every `poll_s` (events logged by other replicas on
-PostgreSQL). What it reads goes into one shared ring of the newest events, and it wakes the
-watchers. Event ids are assigned in commit order (see the stores), so reading by id never
-skips an event that commits late.
+One shared ring holds the newest events. This process's store hands over the events each
+commit logged (`notify`, called after the commit): when they directly follow the ring's
+head (the first id is the head + 1) they are appended as they are, with no read of the log.
+Otherwise (ids a rolled-back transaction used, other replicas' events on PostgreSQL, a
+hand-over that came late or not at all) a follower task (supervised, restarted on failure)
+reads the log by id after the head, as it also does at least every `poll_s`. Either way the
+watchers are woken. Event ids are assigned in commit order (see the stores), so reading by
+id never skips an event that commits late, and events that follow the head are all the log
+holds up to their last id.
 
 A watcher keeps only a cursor, the id of the last event it has looked at. Each turn it takes
 the events after its cursor from the ring if the ring still reaches back to it, or else
@@ -27,7 +30,7 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from driver_service.app.pacing import DEFAULT_SHARE, Pacer
 from driver_service.domain.errors import EventsExpired
@@ -79,9 +82,13 @@ class EventFeed:
         self._head = self._ring_from = await self._log.last_event_id()
         self._task = self._supervisor.start("event-feed", self._follow, Policy.RESTART)
 
-    def notify(self, last_event_id: int) -> None:
-        """The store committed events up to `last_event_id` (in this event loop's thread)."""
-        if last_event_id > self._head:
+    def notify(self, events: Sequence[LoggedEvent]) -> None:
+        """The store committed `events` (in this event loop's thread): appended if they
+        follow the head, else the follower reads the log (a page it has in flight may
+        then return some of them: it keeps only what follows the head)."""
+        if events[0].event_id == self._head + 1:
+            self._append(events)
+        elif events[-1].event_id > self._head:
             self._wake.set()
 
     async def _follow(self) -> None:
@@ -94,13 +101,18 @@ class EventFeed:
             self._wake.clear()
             while True:
                 events = await self._log.read_events(self._head, PAGE)
-                if not events:
-                    break
-                self._append(events)
+                head = self._head  # moved meanwhile if events were handed over
+                fresh = (
+                    events
+                    if not events or events[0].event_id > head
+                    else [e for e in events if e.event_id > head]
+                )
+                if fresh:
+                    self._append(fresh)
                 if len(events) < PAGE:
                     break
 
-    def _append(self, events: list[LoggedEvent]) -> None:
+    def _append(self, events: Sequence[LoggedEvent]) -> None:
         self._ring.extend(events)
         self._ids.extend(e.event_id for e in events)
         self._head = events[-1].event_id

@@ -29,7 +29,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from driver_service.domain.events import LoggedEvent, parse_type_filter
@@ -126,13 +126,26 @@ class WebhookDelivery:
         self.queue_depth = 0
         self.open_circuits = 0
         self.dead_letters = 0
+        #: The last look at the endpoints found none (logged events then need no claim).
+        self._no_endpoints = False
+        #: Endpoint changes made here: a look that began before one does not count.
+        self._changes = 0
         self._timers: set[asyncio.TimerHandle] = set()
 
     def start(self) -> None:
         self._task = self._supervisor.start("webhook-delivery", self._run, Policy.RESTART)
 
-    def notify(self, last_event_id: int = 0) -> None:
-        """Events were logged (or an endpoint changed): look for work now."""
+    def notify(self, events: Sequence[LoggedEvent] = ()) -> None:
+        """Events were logged (or, with none, an endpoint changed here): look for work now.
+        Each endpoint reads the log after its own cursor (the handed-over events are not
+        kept: the log is where the retention and a driver's erasure reach them). While the
+        last look found no endpoint at all (the default), logged events wake nothing: the
+        poll looks again every `poll_s`, and an endpoint made here wakes the loop."""
+        if events and self._no_endpoints:
+            return
+        if not events:
+            self._no_endpoints = False
+            self._changes += 1
         self._wake.set()
 
     async def _run(self) -> None:
@@ -180,7 +193,10 @@ class WebhookDelivery:
         self._wake.set()  # a slot is free: more endpoints may be waiting
 
     async def _measure(self, head: int) -> None:
+        changes = self._changes
         endpoints = await self._store.list_endpoints()
+        if changes == self._changes:
+            self._no_endpoints = not endpoints
         self.queue_depth = sum(max(0, head - e.cursor) for e in endpoints if not e.paused)
         self.open_circuits = sum(
             1 for e in endpoints if e.consecutive_failures >= self.policy.circuit_threshold

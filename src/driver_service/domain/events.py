@@ -971,3 +971,39 @@ def event_from_row(
         bool(doc.get("deleted", False)),
     )
     return LoggedEvent(event_id, recorded_at_ns, event)
+
+
+_LOGGED_FIELDS = _fields_of(LoggedEvent)
+
+
+def logged_events(
+    ids: Iterable[int], recorded_at_ns: int, events: Iterable[Event]
+) -> list[LoggedEvent]:
+    """`events` as the log returns them once logged with `ids` (one each, in order) at
+    `recorded_at_ns`: what a store hands to its listeners after the commit, instead of
+    their reading the events back. Equal to `event_from_row` of the stored rows: an event's
+    location reads back as the driver's fix at the event's time, which a tracker's location
+    already is (one is made anew otherwise)."""
+    logged: list[LoggedEvent] = []
+    append = logged.append
+    for event_id, event in zip(ids, events, strict=True):
+        loc = event.location
+        if loc is not None and (
+            loc.recorded_at_ns != event.at_ns or loc.driver_id != event.driver_id
+        ):
+            loc = Location(
+                event.driver_id,
+                loc.latitude,
+                loc.longitude,
+                loc.speed_mps,
+                loc.heading_degrees,
+                event.at_ns,
+            )
+            event = replace(event, location=loc)  # noqa: PLW2901 - as the log reads it back
+        made = _LOGGED_FIELDS()
+        made.event_id = event_id
+        made.recorded_at_ns = recorded_at_ns
+        made.event = event
+        made.__class__ = LoggedEvent
+        append(made)
+    return logged

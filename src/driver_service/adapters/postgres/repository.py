@@ -45,6 +45,7 @@ from driver_service.domain.events import (
     TrackerState,
     event_bodies,
     event_from_row,
+    logged_events,
     stored_alike,
     sweep_stale,
     with_times,
@@ -236,7 +237,7 @@ _CREATE_STAGED_EVENTS = (
 _INSERT_EVENTS_STAGED = (
     "WITH i AS (INSERT INTO events (type, driver_id, zone_id, at_ns, recorded_at_ns, body)"
     " SELECT type, driver_id, zone_id, at_ns, recorded_at_ns, body FROM incoming_events"
-    " ORDER BY seq RETURNING id) SELECT max(id) FROM i"
+    " ORDER BY seq RETURNING id) SELECT array_agg(id ORDER BY id) FROM i"
 )
 #: The first event (by id) to keep: the oldest recorded at or after the cutoff.
 _FIRST_KEPT_EVENT = "SELECT id FROM events WHERE recorded_at_ns >= $1 ORDER BY id LIMIT 1"
@@ -493,12 +494,20 @@ class PostgresRepository:
     async def record_locations(self, locations: Sequence[Location]) -> Recorded:
         if not locations:
             return Recorded()
-        recorded, last_event_id = await self.guard.call(lambda: self._record_locations(locations))
-        if last_event_id and self._evaluator is not None:
-            self._evaluator.logged(last_event_id)
+        recorded, logged = await self.guard.call(lambda: self._record_locations(locations))
+        self._hand_over(logged)
         return recorded
 
-    async def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
+    def _hand_over(self, logged: list[LoggedEvent]) -> None:
+        """Give the events a commit logged to the evaluator's listeners (in the event loop's
+        thread, once the commit is done: a transaction that failed or timed out hands over
+        none, and readers of the log find whatever of it did commit)."""
+        if logged and self._evaluator is not None:
+            self._evaluator.logged(logged)
+
+    async def _record_locations(
+        self, locations: Sequence[Location]
+    ) -> tuple[Recorded, list[LoggedEvent]]:
         staged = len(locations) >= COPY_THRESHOLD
         newest = {} if staged else _newest(locations)
         async with self._pool.acquire() as con, con.transaction():
@@ -532,14 +541,12 @@ class PostgresRepository:
             conflicts: tuple[Location, ...] = ()
             if inserted < len(locations):  # rare
                 conflicts = await self._conflicts(con, locations, before)
-            last_event_id = 0
+            logged: list[LoggedEvent] = []
             evaluator = self._evaluator
             if evaluator is not None and advanced:
                 await self._sync_zones(con, evaluator, zones_version)
-                last_event_id = await self._evaluate(
-                    con, evaluator, advanced, trackers, before, last_seen
-                )
-        return Recorded(advanced, conflicts), last_event_id
+                logged = await self._evaluate(con, evaluator, advanced, trackers, before, last_seen)
+        return Recorded(advanced, conflicts), logged
 
     async def _evaluate(
         self,
@@ -549,11 +556,11 @@ class PostgresRepository:
         trackers: dict[str, str | None],
         before: dict[str, int | None],
         last_seen: dict[str, int],
-    ) -> int:
+    ) -> list[LoggedEvent]:
         """Evaluate the advanced fixes against the locked drivers' tracker states and write
-        what changed (the newest event id, 0 if none). A driver whose every newer fix moves
-        only its times (`times_only`: most of them, with no zone) is left out: its state
-        would not be written (see _write_events) and it logs nothing."""
+        what changed (the events logged, as the log holds them). A driver whose every newer
+        fix moves only its times (`times_only`: most of them, with no zone) is left out: its
+        state would not be written (see _write_events) and it logs nothing."""
         states: dict[str, TrackerState] = {}
         still: set[str] = set()
         moves_times_only = evaluator.times_only
@@ -571,7 +578,7 @@ class PostgresRepository:
         if still:
             advanced = [x for x in advanced if x.driver_id not in still]
             if not advanced:
-                return 0
+                return []
         new_states, events = evaluator.on_locations(states, advanced)
         return await self._write_events(con, new_states, events, states)
 
@@ -667,8 +674,10 @@ class PostgresRepository:
         states: dict[str, TrackerState],
         events: Sequence[Event],
         before: Mapping[str, TrackerState],
-    ) -> int:
-        """Write tracker states and log events in the open transaction; the newest id. A
+    ) -> list[LoggedEvent]:
+        """Write tracker states and log events in the open transaction; the events as the
+        log holds them (each row's id is drawn as it is inserted, in the rows' order, under
+        the advisory lock: increasing in the events' order). A
         state that differs from the one read (`before`) only in its fix and last-seen times is
         not written: every reader takes those from the driver's row, locked with the state."""
         ids = sorted(d for d, state in states.items() if not stored_alike(before.get(d), state))
@@ -682,7 +691,7 @@ class PostgresRepository:
         elif ids:
             await con.execute(_SET_TRACKERS, ids, [states[i].to_json() for i in ids])
         if not events:
-            return 0
+            return []
         await con.execute("SELECT pg_advisory_xact_lock($1)", EVENT_LOCK_KEY)
         now = time.time_ns()
         if len(events) >= COPY_THRESHOLD:
@@ -694,7 +703,8 @@ class PostgresRepository:
                 ],
                 columns=_EVENT_COLUMNS,
             )
-            return int(await con.fetchval(_INSERT_EVENTS_STAGED))
+            ids = await con.fetchval(_INSERT_EVENTS_STAGED)
+            return logged_events(ids, now, events)
         rows = await con.fetch(
             _INSERT_EVENTS,
             [e.type.value for e in events],
@@ -704,7 +714,7 @@ class PostgresRepository:
             [now] * len(events),
             event_bodies(events),
         )
-        return max(int(row[0]) for row in rows)
+        return logged_events(sorted(row[0] for row in rows), now, events)
 
     async def read_events(self, after_id: int, limit: int) -> list[LoggedEvent]:
         rows = await self.guard.call(lambda: self._pool.fetch(_EVENTS_AFTER, after_id, limit))
@@ -741,17 +751,16 @@ class PostgresRepository:
         count = 0
         for start in range(0, len(candidates), 500):
             batch = candidates[start : start + 500]
-            logged, last = await self.guard.call(
+            logged = await self.guard.call(
                 functools.partial(self._sweep_batch, batch, now_ns, stale_after_ns)
             )
-            count += logged
-            if last and self._evaluator is not None:
-                self._evaluator.logged(last)
+            count += len(logged)
+            self._hand_over(logged)
         return count
 
     async def _sweep_batch(
         self, driver_ids: list[str], now_ns: int, stale_after_ns: int
-    ) -> tuple[int, int]:
+    ) -> list[LoggedEvent]:
         async with self._pool.acquire() as con, con.transaction():
             states: dict[str, TrackerState] = {}
             events: list[Event] = []
@@ -764,7 +773,7 @@ class PostgresRepository:
                     states[driver_id] = state
                     events.append(event)
             events.sort(key=lambda e: (e.at_ns, e.driver_id))
-            return len(events), await self._write_events(con, states, events, {})
+            return await self._write_events(con, states, events, {})
 
     async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
         stored = Zone(
@@ -882,7 +891,7 @@ class PostgresRepository:
             )
             return _driver_from_record(row)
 
-        async def set_and_log() -> tuple[Driver, int]:
+        async def set_and_log() -> tuple[Driver, list[LoggedEvent]]:
             async with self._pool.acquire() as con, con.transaction():
                 # The upsert locks the row; the tracker state read next holds still.
                 row = await con.fetchrow(_SET_STATUS, driver_id, status.value, at_ns)
@@ -894,14 +903,13 @@ class PostgresRepository:
                     stored = TrackerState.from_json(text)
                     before = with_times(stored, row["location_at_ns"], row["last_seen_at_ns"])
                 state, events = evaluator.on_status(before, driver_id, status, at_ns)
-                last = await self._write_events(
+                logged = await self._write_events(
                     con, {driver_id: state}, events, {driver_id: before}
                 )
-                return _driver_from_record(row), last
+                return _driver_from_record(row), logged
 
-        driver, last = await self.guard.call(set_and_log)
-        if last:
-            evaluator.logged(last)
+        driver, logged = await self.guard.call(set_and_log)
+        self._hand_over(logged)
         return driver
 
     async def location_history(

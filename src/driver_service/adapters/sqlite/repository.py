@@ -7,7 +7,8 @@ The data directory is locked: two servers on one file would each trust a stale m
 With an `EventEvaluator`, every location and status commit also derives events from the
 updates that advanced (the transactional outbox): the drivers' tracker states and the events
 are written in the same transaction, so an acknowledged update never loses its events. One
-writer thread: event ids follow commit order.
+writer thread: event ids follow commit order, and each commit hands the events it logged
+to the evaluator's listeners (`EventEvaluator.logged`) once it is done.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from driver_service.domain.events import (
     TrackerState,
     event_bodies,
     event_from_row,
+    logged_events,
     stored_alike,
     sweep_stale,
     with_times,
@@ -312,10 +314,15 @@ class SqliteRepository:
         return len(self._drivers)
 
     async def record_locations(self, locations: Sequence[Location]) -> Recorded:
-        recorded, last_event_id = await self._run(lambda: self._record_locations(locations))
-        if last_event_id and self._evaluator is not None:
-            self._evaluator.logged(last_event_id)
+        recorded, logged = await self._run(lambda: self._record_locations(locations))
+        self._hand_over(logged)
         return recorded
+
+    def _hand_over(self, logged: list[LoggedEvent]) -> None:
+        """Give the events a commit logged to the evaluator's listeners (in the event loop's
+        thread, after the commit: a rolled-back transaction returns none)."""
+        if logged and self._evaluator is not None:
+            self._evaluator.logged(logged)
 
     def _driver_rows(self, newest: dict[str, Location]) -> tuple[dict[str, Driver], list[object]]:
         """Each driver as it will be after the commit, and its row (flattened)."""
@@ -345,7 +352,9 @@ class SqliteRepository:
             )
         return changed, rows
 
-    def _record_locations(self, locations: Sequence[Location]) -> tuple[Recorded, int]:
+    def _record_locations(
+        self, locations: Sequence[Location]
+    ) -> tuple[Recorded, list[LoggedEvent]]:
         # One pass in Python: the newest fix per driver, and the fixes that advanced their
         # driver (in order, for the bus); then one Driver and one row per driver.
         drivers = self._drivers
@@ -375,11 +384,11 @@ class SqliteRepository:
         conflicts: tuple[Location, ...] = ()
         evaluator = self._evaluator
         states: dict[str, TrackerState] = {}
-        last_event_id = 0
+        logged: list[LoggedEvent] = []
         inserted = 0
 
         def body(con: sqlite3.Connection) -> None:
-            nonlocal conflicts, states, last_event_id, inserted
+            nonlocal conflicts, states, logged, inserted
             before = con.total_changes
             _insert_flat(con, _history_insert, history, _HISTORY_WIDTH)
             inserted = con.total_changes - before
@@ -389,13 +398,13 @@ class SqliteRepository:
             if evaluator is not None and advanced:
                 self._sync_zones(con, evaluator)
                 states, events = evaluator.on_locations(self._trackers, advanced)
-                last_event_id = self._write_events(con, states, events)
+                logged = self._write_events(con, states, events)
 
         self._transaction(body)
         drivers.update(changed)
         self._trackers.update(states)
         self.history_rows += inserted
-        return Recorded(advanced, conflicts), last_event_id
+        return Recorded(advanced, conflicts), logged
 
     # --- events (the outbox) and zones ---------------------------------------------------------
 
@@ -427,10 +436,12 @@ class SqliteRepository:
 
     def _write_events(
         self, con: sqlite3.Connection, states: dict[str, TrackerState], events: Sequence[Event]
-    ) -> int:
-        """Write tracker states and log events in the open transaction; the newest id. A
-        state that changed only in its fix and last-seen times is not written: the driver's
-        row, written in the same transaction, holds those (see `_connect_and_load`)."""
+    ) -> list[LoggedEvent]:
+        """Write tracker states and log events in the open transaction; the events as the
+        log holds them (one writer, AUTOINCREMENT: a commit's ids are consecutive, its last
+        the newest rowid). A state that changed only in its fix and last-seen times is not
+        written: the driver's row, written in the same transaction, holds those (see
+        `_connect_and_load`)."""
         before = self._trackers
         changed: list[object] = []
         for driver_id, state in states.items():
@@ -439,7 +450,7 @@ class SqliteRepository:
         if changed:
             _insert_flat(con, _tracker_replace, changed, _TRACKER_WIDTH)
         if not events:
-            return 0
+            return []
         now = time.time_ns()
         values: list[object] = []
         extend = values.extend
@@ -448,7 +459,7 @@ class SqliteRepository:
             extend((type_text[e.type], e.driver_id, e.zone_id, e.at_ns, now, body))
         _insert_flat(con, _event_insert, values, _EVENT_WIDTH)
         (last,) = con.execute("SELECT last_insert_rowid()").fetchone()
-        return int(last)
+        return logged_events(range(last - len(events) + 1, last + 1), now, events)
 
     async def read_events(self, after_id: int, limit: int) -> list[LoggedEvent]:
         def query() -> list[LoggedEvent]:
@@ -483,7 +494,7 @@ class SqliteRepository:
         return await self._run(lambda: self._transaction_value(expire))
 
     async def sweep_offline(self, now_ns: int, stale_after_ns: int) -> int:
-        def sweep() -> tuple[int, int]:
+        def sweep() -> tuple[int, list[LoggedEvent]]:
             states: dict[str, TrackerState] = {}
             events: list[Event] = []
             for driver_id, state in self._trackers.items():
@@ -492,21 +503,20 @@ class SqliteRepository:
                     states[driver_id] = new_state
                     events.append(event)
             if not events:
-                return 0, 0
+                return 0, []
             events.sort(key=lambda e: (e.at_ns, e.driver_id))
-            last = 0
+            logged: list[LoggedEvent] = []
 
             def body(con: sqlite3.Connection) -> None:
-                nonlocal last
-                last = self._write_events(con, states, events)
+                nonlocal logged
+                logged = self._write_events(con, states, events)
 
             self._transaction(body)
             self._trackers.update(states)
-            return len(events), last
+            return len(events), logged
 
-        count, last = await self._run(sweep)
-        if last and self._evaluator is not None:
-            self._evaluator.logged(last)
+        count, logged = await self._run(sweep)
+        self._hand_over(logged)
         return count
 
     async def create_zone(self, zone: Zone, now_ns: int) -> Zone:
@@ -620,12 +630,13 @@ class SqliteRepository:
         return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
-        driver, last_event_id = await self._run(lambda: self._set_status(driver_id, status, at_ns))
-        if last_event_id and self._evaluator is not None:
-            self._evaluator.logged(last_event_id)
+        driver, logged = await self._run(lambda: self._set_status(driver_id, status, at_ns))
+        self._hand_over(logged)
         return driver
 
-    def _set_status(self, driver_id: str, status: Status, at_ns: int) -> tuple[Driver, int]:
+    def _set_status(
+        self, driver_id: str, status: Status, at_ns: int
+    ) -> tuple[Driver, list[LoggedEvent]]:
         current = self._drivers.get(driver_id)
         if current is None:
             driver = Driver(driver_id, status, None, at_ns)
@@ -635,21 +646,21 @@ class SqliteRepository:
             )
         evaluator = self._evaluator
         state: TrackerState | None = None
-        last_event_id = 0
+        logged: list[LoggedEvent] = []
 
         def body(con: sqlite3.Connection) -> None:
-            nonlocal state, last_event_id
+            nonlocal state, logged
             con.execute(_driver_replace(1), _driver_row(driver))
             if evaluator is not None:
                 before = self._trackers.get(driver_id, NEW_DRIVER)
                 state, events = evaluator.on_status(before, driver_id, status, at_ns)
-                last_event_id = self._write_events(con, {driver_id: state}, events)
+                logged = self._write_events(con, {driver_id: state}, events)
 
         self._transaction(body)
         self._drivers[driver_id] = driver
         if state is not None:
             self._trackers[driver_id] = state
-        return driver, last_event_id
+        return driver, logged
 
     def _transaction(self, body: Callable[[sqlite3.Connection], object]) -> None:
         con = self._connection
