@@ -437,6 +437,30 @@ async def test_each_commit_hands_over_its_events_as_the_log_returns_them(store: 
         await repo.close()
 
 
+async def test_a_listener_that_fails_fails_neither_the_commit_nor_the_others(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hand-over runs after the commit: a listener's bug must not turn a stored update
+    into an error for its caller (who would resend it), nor starve the listeners after it."""
+    evaluator = ZoneEvaluator()
+
+    def broken(events: Sequence[LoggedEvent]) -> None:
+        raise RuntimeError("a listener's bug")
+
+    evaluator.add_listener(broken)
+    handed = HandedOver(evaluator)
+    repo = await store.open(evaluator)
+    try:
+        await repo.create_zone(circle_zone(), 1)
+        recorded = await repo.record_locations([fix("d1", 0)])
+        assert [x.driver_id for x in recorded] == ["d1"]
+        assert handed.events == await repo.read_events(0, 100)
+        assert handed.events
+        assert "handing logged events to a listener" in caplog.text
+    finally:
+        await repo.close()
+
+
 async def test_a_rolled_back_commit_hands_over_nothing(store: Store) -> None:
     evaluator = ZoneEvaluator()
     handed = HandedOver(evaluator)

@@ -14,6 +14,7 @@ delivery, the event publisher), which wake this process's watchers and senders.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from driver_service.domain import Location, Status
@@ -25,6 +26,9 @@ from driver_service.domain.events import (
     times_only,
 )
 from driver_service.domain.zones import Zone, ZoneIndex
+from driver_service.resilience.failure_log import FailureLog
+
+log = logging.getLogger(__name__)
 
 
 class ZoneEvaluator:
@@ -36,6 +40,7 @@ class ZoneEvaluator:
         #: -1: nothing loaded yet, so the first transaction loads whatever is stored.
         self._version = -1
         self._listeners: list[Callable[[Sequence[LoggedEvent]], None]] = []
+        self._listener_failures = FailureLog(log, "handing logged events to a listener")
 
     @property
     def zones_version(self) -> int:
@@ -90,5 +95,12 @@ class ZoneEvaluator:
         self._listeners.append(listener)
 
     def logged(self, events: Sequence[LoggedEvent]) -> None:
+        """Hand a commit's events to every listener. One that fails is logged (rate-limited)
+        and the others still run: the commit stands and its caller is answered as stored,
+        and the log holds the events for every reader (the feed's follower and poll, webhook
+        delivery's cursors) whatever a listener missed."""
         for listener in self._listeners:
-            listener(events)
+            try:
+                listener(events)
+            except Exception as error:  # noqa: BLE001 - a listener's bug must not fail a commit
+                self._listener_failures.failed(error)
