@@ -22,10 +22,16 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> ServerSett
             listen="127.0.0.1:0", admin_listen="", data_dir=tmp_path, insecure=True, rate_limit=0
         )
     redis: RedisServer = request.getfixturevalue("private_redis")
+    return replica_settings(request.getfixturevalue("postgres_url"), redis)
+
+
+def replica_settings(postgres_url: str, redis: RedisServer) -> ServerSettings:
+    """A replica's settings on PostgreSQL and Redis (insecure, no rate limit, no admin port;
+    the default read cache): several built from them share the store and Redis."""
     return ServerSettings(
         listen="127.0.0.1:0",
         admin_listen="",
-        store=request.getfixturevalue("postgres_url"),
+        store=postgres_url,
         bus=redis.url,
         insecure=True,
         rate_limit=0,

@@ -29,10 +29,14 @@ from driver_service._gen.driver.v1 import history_pb2_grpc as hpb_grpc
 from driver_service._gen.driver.v1 import zones_pb2 as zpb
 from driver_service._gen.driver.v1 import zones_pb2_grpc as zpb_grpc
 from driver_service.adapters.redis.connection import create_redis_client
+from driver_service.app.events import EventFeed
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
-from tests.helpers.stores import STORE_KINDS, store_settings
+from driver_service.wire import pb_to_location
+from tests.helpers.redis import RedisServer
+from tests.helpers.stores import STORE_KINDS, replica_settings, store_settings
+from tests.helpers.waiting import eventually
 
 S = 10**9
 VICTIM = "erase-me-7f3a"
@@ -210,3 +214,43 @@ async def test_forget_leaves_nothing_of_the_driver_in_any_store(setup: Setup) ->
         await history.ForgetDriver(hpb.ForgetDriverRequest(driver_id=VICTIM), timeout=10)
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
     assert [line for line in await setup.everything() if VICTIM in line] == []
+
+
+async def test_every_replica_drops_the_erased_driver_events_from_memory(
+    postgres_url: str, private_redis: RedisServer
+) -> None:
+    """With replicas, each keeps copies of recent events in memory for WatchEvents: an
+    erasure on one replica must drop the driver's from the others' too (a replay there
+    would otherwise return its positions until newer events push them out)."""
+    settings = replica_settings(postgres_url, private_redis)
+    one = await build_services(settings)
+    other = await build_services(settings)
+    try:
+        t0 = time.time_ns() - 120 * S
+        for driver_id in (KEPT, VICTIM):  # driver.online each, with its position
+            await one.tracking.repository.record_locations(
+                [pb_to_location(update) for update in route(driver_id, t0, 5)]
+            )
+        last = await one.events.last_event_id()
+        await eventually(lambda: other.events.head >= last, what="the other replica to follow")
+        assert await replayed_drivers(other.events) == {KEPT, VICTIM}
+
+        await one.history.forget(VICTIM, by="test")
+        assert await replayed_drivers(one.events) == {KEPT}
+        await eventually(
+            lambda: all(e.event.driver_id != VICTIM for e in other.events._ring),
+            what="the other replica to drop the victim's events",
+        )
+        assert await replayed_drivers(other.events) == {KEPT}
+    finally:
+        for services in (one, other):
+            await services.close_events()
+            await services.dispatch.close()
+            await services.tracking.close()
+
+
+async def replayed_drivers(feed: EventFeed) -> set[str]:
+    """The drivers of every event a replay from the start returns."""
+    return {
+        event.event.driver_id async for event in feed.watch(0, lambda event: True, replay_only=True)
+    }

@@ -32,6 +32,7 @@ from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
 from tests.helpers.redis import RedisServer
+from tests.helpers.stores import replica_settings
 from tests.helpers.waiting import eventually
 
 T0 = 1_717_200_000 * 10**9
@@ -342,24 +343,12 @@ async def test_redis_hung_the_cache_stops_serving_within_the_bound(
         private_redis.resume()
 
 
-def production_settings(postgres_url: str, redis: RedisServer) -> ServerSettings:
-    """A production server's settings (default read cache) on the test's database and Redis."""
-    return ServerSettings(
-        listen="127.0.0.1:0",
-        admin_listen="",
-        store=postgres_url,
-        bus=redis.url,
-        insecure=True,
-        rate_limit=0,
-    )
-
-
 @pytest.fixture
 async def servers(
     private_redis: RedisServer, postgres_url: str
 ) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     """Two production servers (build_services, default read cache) on one database and Redis."""
-    settings = production_settings(postgres_url, private_redis)
+    settings = replica_settings(postgres_url, private_redis)
     a = await start_server(settings, await build_services(settings))
     try:
         b = await start_server(settings, await build_services(settings))
@@ -467,7 +456,7 @@ async def test_the_read_cache_reports_its_hits_fills_and_whether_it_serves(
 ) -> None:
     """An operator sees whether the cache answers reads (hits, fills, size) and when it has
     stepped aside (Redis hung: every read goes to Redis or the store)."""
-    settings = production_settings(postgres_url, private_redis)
+    settings = replica_settings(postgres_url, private_redis)
     metrics = ServiceMetrics()
     server = await start_server(settings, await build_services(settings, metrics), metrics)
     try:

@@ -144,3 +144,26 @@ async def test_an_erased_drivers_events_stay_out_after_later_hand_overs(
     feed.notify(log.commit(4))  # follows the head: appended, with no read of the log
     assert [e.event_id for e in feed._ring] == [3, 4]
     assert await watched(feed, 2) == [3, 4]
+
+
+async def test_the_ring_is_emptied_when_erasures_may_have_been_missed(
+    feed_and_log: tuple[EventFeed, Log],
+) -> None:
+    """Another replica's erasure reaches this feed by pub/sub, which loses what is published
+    while the connection is away: when the epoch moves (the connection was made again) the
+    ring is emptied and watchers read the log, which holds no erased event."""
+    feed, log = feed_and_log
+    epoch = [0]
+    feed.empty_ring_when(lambda: epoch[0])
+    feed.notify(log.commit(1, driver_id="victim"))
+    feed.notify(log.commit(2, driver_id="kept"))
+    assert await watched(feed, 2) == [1, 2]
+    log.events = [e for e in log.events if e.event.driver_id != "victim"]  # erased elsewhere
+    assert [e.event_id for e in feed._ring] == [1, 2]  # the broadcast was missed
+    epoch[0] += 1  # the connection was made again
+    reads = log.reads
+    assert await watched(feed, 1) == [2]
+    assert feed._ring == []
+    assert log.reads > reads  # from the log
+    feed.notify(log.commit(3, driver_id="kept"))
+    assert await watched(feed, 2) == [2, 3]

@@ -72,6 +72,9 @@ class EventFeed:
         self._advanced = asyncio.Event()
         self._task: Supervised | None = None
         self._closed = False
+        #: See `empty_ring_when`.
+        self._epoch: Callable[[], int] | None = None
+        self._epoch_seen = 0
 
     @property
     def head(self) -> int:
@@ -128,9 +131,15 @@ class EventFeed:
         return max(self._head, await self._log.last_event_id())
 
     async def forget(self, driver_id: str) -> int:
-        """Erasure: drop the driver's events from the ring (their positions must not stay
-        in memory once the log has forgotten them). Returns 0: these are copies of logged
-        events, which the store's erasure counts. Watchers following from the ring then see
+        """Erasure: drop the driver's events from the ring (`drop_driver`). Returns 0: these
+        are copies of logged events, which the store's erasure counts."""
+        self.drop_driver(driver_id)
+        return 0
+
+    def drop_driver(self, driver_id: str) -> None:
+        """Drop the driver's events from the ring (their positions must not stay in memory
+        once the log has forgotten them): this process's erasure, or another replica's
+        (adapters/redis/erasure_broadcast.py). Watchers following from the ring then see
         what a reader of the log sees: the ring holds every event after `ring_from` that the
         log still holds, a cursor's place is found by id, and a cursor with nothing after it
         in the ring moves up to the head."""
@@ -138,7 +147,20 @@ class EventFeed:
         if len(kept) < len(self._ring):
             self._ring = kept
             self._ids = [event.event_id for event in kept]
-        return 0
+
+    def empty_ring_when(self, epoch: Callable[[], int]) -> None:
+        """Empty the ring whenever `epoch()` has moved (erasures by other replicas may have
+        been missed): watchers then read the log, which holds no erased event."""
+        self._epoch = epoch
+        self._epoch_seen = epoch()
+
+    def _check_epoch(self) -> None:
+        epoch = self._epoch
+        if epoch is not None and (now := epoch()) != self._epoch_seen:
+            self._epoch_seen = now
+            self._ring = []
+            self._ids = []
+            self._ring_from = self._head
 
     async def watch(
         self, after_id: int | None, match: Match, *, replay_only: bool = False
@@ -173,6 +195,7 @@ class EventFeed:
     async def _after(self, cursor: int) -> tuple[list[LoggedEvent], int]:
         """The next events after `cursor` (from the ring if it reaches back to it, else
         from the log), or none and the cursor moved past ids that hold no event."""
+        self._check_epoch()
         if cursor >= self._ring_from:
             start = bisect.bisect_right(self._ids, cursor)
             batch = self._ring[start : start + PAGE]

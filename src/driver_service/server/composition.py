@@ -318,6 +318,7 @@ async def build_services(
         await tracking.close()
         raise
     built.evaluator.add_listener(feed.notify)
+    forget_feed = await _feed_erasure(feed, redis)
     delivery, admin, transport = await build_webhooks(
         settings, built.durable, tracking.supervisor, metrics
     )
@@ -342,7 +343,7 @@ async def build_services(
             settings.history_retention_share, busy=lambda: tracking.writer.busy_s, lane=lane
         ),
         forget_commands=dispatch.commands.forget,
-        forget_live=[*built.forget_live, feed.forget],
+        forget_live=[*built.forget_live, *forget_feed],
     )
     # Storage for today's fixes before serving: made later, its ATTACH would make the first
     # uploads wait for its locks.
@@ -383,6 +384,20 @@ async def build_services(
         event_retention,
         publisher,
     )
+
+
+async def _feed_erasure(feed: EventFeed, redis: tuple[Redis, RedisBus] | None) -> list[Forgetter]:
+    """The erasure's steps for the copies of events the feed keeps in memory: this
+    process's, and with Redis every replica's (adapters/redis/erasure_broadcast.py)."""
+    if redis is None:
+        return [feed.forget]
+    from driver_service.adapters.redis.erasure_broadcast import ErasureBroadcast
+
+    client, bus = redis
+    erasures = ErasureBroadcast(client, bus, bus.guard, REDIS_PREFIX)
+    await erasures.start(feed.drop_driver)
+    feed.empty_ring_when(erasures.epoch)
+    return [feed.forget, erasures.publish]
 
 
 def build_publisher(
