@@ -11,11 +11,16 @@ from the same run. Each count is also split by thread (callgrind's
 writer thread; on PostgreSQL grpc's poller) and the rest. On PostgreSQL the database server's
 own work is another process's and not counted: the figure is this service's share.
 
-    python -m bench.ingest_instructions [LABEL ...]     # every variant by default, 3 runs each
+With `--streams N` the same UPDATES go in N parallel streams (one h2load each, all at
+once): what grows with streams (wake-ups, commit groups, per-stream bookkeeping) shows as
+the difference from one stream.
+
+    python -m bench.ingest_instructions [--streams N] [LABEL ...]   # every variant, 3 runs each
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import shutil
 import subprocess
@@ -44,28 +49,34 @@ UPDATES = 5_000
 WARMUP_UPDATES = 1_000
 
 
-def _upload(port: int, body: Path) -> None:
-    argv = ["h2load", "-n", "1", "-c", "1", "-d", str(body)]
-    argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-    argv.append(f"http://127.0.0.1:{port}{UPLOAD}")
-    out = subprocess.run(
-        pinned(CLIENT_CORE, argv), capture_output=True, text=True, check=False
-    ).stdout
-    if "1 succeeded" not in out:
-        raise RuntimeError(f"h2load: the upload failed:\n{out[-600:]}")
+def _upload(port: int, *body: Path) -> None:
+    """One stream per body, all at once (one h2load each)."""
+    procs = []
+    for path in body:
+        argv = ["h2load", "-n", "1", "-c", "1", "-d", str(path)]
+        argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        argv.append(f"http://127.0.0.1:{port}{UPLOAD}")
+        procs.append(subprocess.Popen(pinned(CLIENT_CORE, argv), stdout=subprocess.PIPE, text=True))
+    outs = [proc.communicate()[0] for proc in procs]
+    for out in outs:
+        if "1 succeeded" not in out:
+            raise RuntimeError(f"h2load: the upload failed:\n{out[-600:]}")
 
 
 def count(
-    label: str, kind: str, extra: list[str], work: Path, store: str = ""
+    label: str, kind: str, extra: list[str], work: Path, store: str = "", streams: int = 1
 ) -> tuple[float, dict[str, float]]:
     """Instructions per update of one server variant (a fresh server and store, `store` a
-    PostgreSQL URL or SQLite in the data directory), and per update by thread."""
+    PostgreSQL URL or SQLite in the data directory), UPDATES in `streams` parallel streams,
+    and per update by thread."""
     data = work / f"data-{len(list(work.iterdir()))}"
     data.mkdir()
     base_ns = time.time_ns() - 3_600_000_000_000
-    warmup, measured = data / "warmup.bin", data / "body.bin"
+    warmup = data / "warmup.bin"
     warmup.write_bytes(bodies(WARMUP_UPDATES, 1, False, base_ns)[0])
-    measured.write_bytes(bodies(UPDATES, 1, False, base_ns + 10**12)[0])
+    measured = [data / f"body-{n}.bin" for n in range(streams)]
+    for path, body in zip(measured, bodies(UPDATES, streams, False, base_ns + 10**12), strict=True):
+        path.write_bytes(body)
     server_argv = [kind, *extra] + (["--data-dir", str(data)] if kind != "bare" else [])
     server_argv += ["--store", store] if store else []
 
@@ -82,7 +93,7 @@ def count(
 
     threads: dict[int, int] = {}
     total = counted(
-        server_argv, work, warm_up, lambda port: _upload(port, measured), EXTRA_VALGRIND, threads
+        server_argv, work, warm_up, lambda port: _upload(port, *measured), EXTRA_VALGRIND, threads
     )
     per_update = total / UPDATES
     split = by_thread(threads)
@@ -117,7 +128,9 @@ def private_postgres(stack: contextlib.ExitStack) -> Callable[[], str] | None:
     return lambda: str(run_async(create_database(pg)))
 
 
-def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dict[str, Any]:
+def run(
+    workdir: Path, labels: list[str] | None = None, repeats: int = 3, streams: int = 1
+) -> dict[str, Any]:
     """Each variant `repeats` times; the median counts."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {"skipped": "valgrind missing (Debian: valgrind)"}
@@ -134,7 +147,7 @@ def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dic
 
         runs = {
             label: sorted(
-                (count(label, kind, extra, work, store(label)) for _ in range(repeats)),
+                (count(label, kind, extra, work, store(label), streams) for _ in range(repeats)),
                 key=lambda counted_: counted_[0],
             )
             for label, kind, extra in chosen
@@ -148,6 +161,7 @@ def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dic
         print(f"  median {label}: {value / 1000:.1f} k{versus} ({shown})")
     return {
         "updates": UPDATES,
+        "streams": streams,
         "repeats": repeats,
         "instructions_per_update": per_update,
         "by_thread": {label: split for label, (_, split) in median.items()},
@@ -155,6 +169,15 @@ def run(workdir: Path, labels: list[str] | None = None, repeats: int = 3) -> dic
     }
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=1, help="parallel streams (default 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (default 3)")
+    parser.add_argument("labels", nargs="*", help="variants (default: all)")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-instructions-") as tmp:
-        run(Path(tmp), sys.argv[1:] or None)
+        run(Path(tmp), args.labels or None, args.repeats, args.streams)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

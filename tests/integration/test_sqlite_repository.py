@@ -242,6 +242,13 @@ async def test_wal_and_synchronous_full_are_set(db: Path, repo: SqliteRepository
     assert synchronous == (2,)  # FULL
 
 
+async def test_statement_journals_stay_in_memory(repo: SqliteRepository) -> None:
+    """A multi-row statement's journal past 64 KiB (rows far apart in an index) went to a
+    temporary file, two write calls a page: temporary data stays in memory instead."""
+    temp_store = await repo._run(lambda: repo._connection.execute("PRAGMA temp_store").fetchone())
+    assert temp_store == (2,)  # MEMORY
+
+
 async def test_schema_version_is_recorded_and_reopening_migrates_nothing(db: Path) -> None:
     repo = await SqliteRepository.open(db)
     await repo.record_locations([loc("a", 1)])
