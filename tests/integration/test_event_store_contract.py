@@ -219,30 +219,42 @@ class CountingEvaluator(ZoneEvaluator):
         return super().on_locations(states, advanced)
 
 
-@pytest.mark.parametrize("drivers", [2, 20])  # arrays, and staged by COPY
-async def test_postgres_leaves_fixes_that_move_only_times_out_of_the_evaluation(
-    postgres_url: str, drivers: int
+@pytest.mark.parametrize("drivers", [2, 20])  # PostgreSQL: arrays, and staged by COPY
+async def test_fixes_that_move_only_times_are_left_out_of_the_evaluation(
+    store: Store, drivers: int
 ) -> None:
     """With no zone, a fix of a driver online with a status changes only times already in
-    its row: PostgreSQL does not evaluate it (nor parse and copy its state), and logs the
-    same events as before (each driver.online once; an offline driver comes back)."""
+    its row: neither store evaluates it (nor copies its state), and both log the same events
+    as before (each driver.online once; an offline driver comes back). The offline sweep
+    goes by when a driver was last seen, which such fixes move (SQLite keeps the state of
+    the last evaluation in memory: its times are the row's)."""
     evaluator = CountingEvaluator()
-    repo = await PostgresRepository.open(postgres_url, min_size=1, max_size=8, evaluator=evaluator)
+    repo = await store.open(evaluator)
     try:
         ids = [f"d{i:02d}" for i in range(drivers)]
         await repo.record_locations([fix(d, t) for t in (0, 1) for d in ids])
         await repo.set_status(ids[0], Status.BUSY, T0 + 2 * S)
         evaluator.evaluated.clear()
-        await repo.record_locations([fix(d, t) for t in (3, 4, 5) for d in ids])
+        await repo.record_locations([fix(d, t) for t in (3, 4, 50) for d in ids])
         assert evaluator.evaluated == []
-        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == drivers
-        await repo.record_locations([fix(d, 70) for d in ids])
+        assert await repo.sweep_offline(T0 + 60 * S, 30 * S) == 0  # seen at 50 s
+        await repo.set_status(ids[0], Status.AVAILABLE, T0 + 51 * S)
+        assert await repo.sweep_offline(T0 + 81 * S, 30 * S) == drivers - 1
+        assert await repo.sweep_offline(T0 + 82 * S, 30 * S) == 1
+        await repo.record_locations([fix(d, 90) for d in ids])
         assert evaluator.evaluated == [ids]
-        assert [e.type for e in (x.event for x in await repo.read_events(0, 1000))] == [
+        logged = [x.event for x in await repo.read_events(0, 1000)]
+        assert [e.type for e in logged] == [
             *[EventType.DRIVER_ONLINE] * drivers,
+            EventType.DRIVER_STATUS_CHANGED,
             EventType.DRIVER_STATUS_CHANGED,
             *[EventType.DRIVER_OFFLINE] * drivers,
             *[EventType.DRIVER_ONLINE] * drivers,
+        ]
+        offline = [e for e in logged if e.type is EventType.DRIVER_OFFLINE]
+        assert [(e.driver_id, e.at_ns) for e in offline] == [
+            *[(d, T0 + 80 * S) for d in ids[1:]],
+            (ids[0], T0 + 81 * S),
         ]
     finally:
         await repo.close()
