@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLIENT_CORE, pinned, run_async
+from bench.common import CLIENT_CORE, DRIVERS, pinned, run_async
 from bench.ingest import PRODUCTION_INSECURE, UPLOAD, bodies
 from bench.instructions import counted
 
@@ -64,7 +64,13 @@ def _upload(port: int, *body: Path) -> None:
 
 
 def count(
-    label: str, kind: str, extra: list[str], work: Path, store: str = "", streams: int = 1
+    label: str,
+    kind: str,
+    extra: list[str],
+    work: Path,
+    store: str = "",
+    streams: int = 1,
+    warmup_updates: int = WARMUP_UPDATES,
 ) -> tuple[float, dict[str, float]]:
     """Instructions per update of one server variant (a fresh server and store, `store` a
     PostgreSQL URL or SQLite in the data directory), UPDATES in `streams` parallel streams,
@@ -73,7 +79,7 @@ def count(
     data.mkdir()
     base_ns = time.time_ns() - 3_600_000_000_000
     warmup = data / "warmup.bin"
-    warmup.write_bytes(bodies(WARMUP_UPDATES, 1, False, base_ns)[0])
+    warmup.write_bytes(bodies(warmup_updates, 1, False, base_ns)[0])
     measured = [data / f"body-{n}.bin" for n in range(streams)]
     for path, body in zip(measured, bodies(UPDATES, streams, False, base_ns + 10**12), strict=True):
         path.write_bytes(body)
@@ -129,7 +135,11 @@ def private_postgres(stack: contextlib.ExitStack) -> Callable[[], str] | None:
 
 
 def run(
-    workdir: Path, labels: list[str] | None = None, repeats: int = 3, streams: int = 1
+    workdir: Path,
+    labels: list[str] | None = None,
+    repeats: int = 3,
+    streams: int = 1,
+    warmup_updates: int = WARMUP_UPDATES,
 ) -> dict[str, Any]:
     """Each variant `repeats` times; the median counts."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -147,7 +157,10 @@ def run(
 
         runs = {
             label: sorted(
-                (count(label, kind, extra, work, store(label), streams) for _ in range(repeats)),
+                (
+                    count(label, kind, extra, work, store(label), streams, warmup_updates)
+                    for _ in range(repeats)
+                ),
                 key=lambda counted_: counted_[0],
             )
             for label, kind, extra in chosen
@@ -162,6 +175,7 @@ def run(
     return {
         "updates": UPDATES,
         "streams": streams,
+        "warmup_updates": warmup_updates,
         "repeats": repeats,
         "instructions_per_update": per_update,
         "by_thread": {label: split for label, (_, split) in median.items()},
@@ -173,10 +187,17 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1, help="parallel streams (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (default 3)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=WARMUP_UPDATES,
+        help=f"updates before the count, twice (default {WARMUP_UPDATES}; {DRIVERS:,}: every"
+        " driver known, so the count is of drivers moving on, not of first fixes)",
+    )
     parser.add_argument("labels", nargs="*", help="variants (default: all)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-instructions-") as tmp:
-        run(Path(tmp), args.labels or None, args.repeats, args.streams)
+        run(Path(tmp), args.labels or None, args.repeats, args.streams, args.warmup)
 
 
 if __name__ == "__main__":
