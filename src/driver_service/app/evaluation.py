@@ -37,6 +37,9 @@ class ZoneEvaluator:
     def __init__(self, tracker: ZoneTracker | None = None) -> None:
         self._tracker = tracker or ZoneTracker()
         self._index = ZoneIndex()
+        #: Whether the index holds no zone (`times_only` asks for every driver of a commit:
+        #: an attribute, not ZoneIndex.__len__'s frame).
+        self._zoneless = True
         #: -1: nothing loaded yet, so the first transaction loads whatever is stored.
         self._version = -1
         self._listeners: list[Callable[[Sequence[LoggedEvent]], None]] = []
@@ -68,6 +71,7 @@ class ZoneEvaluator:
                 raise RuntimeError(f"zone {zone_id!r} was not loaded")
             zones.append(zone)
         self._index = ZoneIndex(zones)
+        self._zoneless = not zones
         self._version = version
 
     def on_locations(
@@ -82,7 +86,7 @@ class ZoneEvaluator:
         return self._tracker.on_locations_located(states, advanced, index, located)
 
     def times_only(self, state: TrackerState) -> bool:
-        return not len(self._index) and times_only(state)
+        return self._zoneless and times_only(state)
 
     def on_status(
         self, state: TrackerState, driver_id: str, status: Status, at_ns: int

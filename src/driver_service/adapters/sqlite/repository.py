@@ -430,7 +430,6 @@ class SqliteRepository:
         most of them, with no zone) is left out, as on PostgreSQL: its state would not be
         written (see _write_events) and it logs nothing. Its state here then keeps the times
         of its last evaluation; its row has the current ones (`_current_state`)."""
-        drivers = self._drivers
         trackers = self._trackers
         moves_times_only = evaluator.times_only
         states: dict[str, TrackerState] = {}
@@ -439,8 +438,8 @@ class SqliteRepository:
             state = trackers.get(driver_id)
             if state is None:
                 continue
-            current = drivers.get(driver_id)
-            if current is not None and current.location is not None and moves_times_only(state):
+            # A state has a fix time once a fix of its driver was evaluated (and keeps it).
+            if state.last_fix_ns is not None and moves_times_only(state):
                 still.add(driver_id)
             else:
                 states[driver_id] = self._current_state(driver_id, state)
