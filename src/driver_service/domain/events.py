@@ -339,27 +339,34 @@ class ZoneTracker:
             and settled.index_token == token
         ):
             was = settled.where
-            if was == where:
+            # Another key than the memo's stands for another map (one that stood for the
+            # same would only be judged below, to the same end): no maps compared.
+            if (key is None or key == settled.key) and was == where:
                 # The same place relative to every zone as at the fix that made these
                 # visits, and no timer due: the per-zone loop would return every visit
                 # unchanged.
-                return _online_state(t, new_seen, status, state.visits, settled), ()
+                return _state(t, new_seen, True, status, state.visits, settled), ()
             # No timer due either, but the fix moved relative to some zones: only those
             # are judged (every other zone's visit would come back unchanged).
             visits, until, caused = self._visit_moved(
                 state.visits, location, zones, where, was, settled.until_ns
             )
         else:
-            visits, until, caused = self._visit_zones(state.visits, location, zones, where)
-        driver_id = location.driver_id
-        memo = _settled(token, where, until, key)
-        new_state = _online_state(t, new_seen, status, tuple(visits), memo)
-        events: list[Event] = []
-        if not state.online:
-            events.append(_new_event(_ONLINE, driver_id, t, "", 0, location, status))
+            judged, until, caused = self._visit_zones(state.visits, location, zones, where)
+            visits = tuple(judged)
+        new_state = _state(t, new_seen, True, status, visits, _settled(token, where, until, key))
+        if state.online:
+            if not caused:
+                return new_state, ()
+            if len(caused) == 1:
+                return new_state, (caused[0][1],)
+            events: list[Event] = []
+        else:
+            events = [_new_event(_ONLINE, location.driver_id, t, "", 0, location, status)]
         if caused:
             caused.sort(key=_by_rank)  # stable: each group stays in zone id order
-            events.extend(event for _, event in caused)
+            for _, event in caused:
+                events.append(event)
         return new_state, tuple(events)
 
     def on_locations_nowhere(
@@ -466,20 +473,29 @@ class ZoneTracker:
         where: Mapping[str, Where],
         was: Mapping[str, Where],
         until: float,
-    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+    ) -> tuple[tuple[Visit, ...], float, list[tuple[int, Event]]]:
         """`_visit_zones` for a fix whose driver's memo (`Settled`) still holds but for its
         map, `was` (`until` being its timer): only the zones whose level is not the one in
         `was` are judged. Every other zone's visit is what judging it at that level made,
         and judging it again at that level before its own timer returns it unchanged with
         no event (each case of `_advance` and `_settle`), so it is kept as it is. The timer
         stays the earliest of the visits' (`_next_timer`): recomputed over the kept visits
-        only when a judged zone's visit was the one that set it."""
+        only when a judged zone's visit was the one that set it. `before` is in zone id
+        order, as the tracker makes every state's visits (a memo comes only with those)."""
         get = was.get
+        moved: list[str] = []
         # `is not`: a level another caller spelled otherwise is judged, which is never wrong.
-        moved = [zone_id for zone_id, here in where.items() if get(zone_id) is not here]
-        moved += [zone_id for zone_id in was if zone_id not in where]
-        if len(moved) > 1:
-            moved.sort()
+        # Loops, not comprehensions: on Python 3.11 each of those is a function made and
+        # called.
+        for zone_id, here in where.items():
+            if get(zone_id) is not here:
+                moved.append(zone_id)
+        for zone_id in was:
+            if zone_id not in where:
+                moved.append(zone_id)  # noqa: PERF401 (see above)
+        if len(moved) == 1:
+            return self._visit_one_moved(before, location, zones, where, moved[0], until)
+        moved.sort()
         previous: dict[str, Visit] = {}
         kept: list[Visit] = []
         for visit in before:
@@ -500,7 +516,49 @@ class ZoneTracker:
             kept.sort(key=_zone_id_of)  # as the full loop orders them
         elif judged:
             kept = judged
-        return kept, timer if timer < until else until, caused
+        return tuple(kept), timer if timer < until else until, caused
+
+    def _visit_one_moved(
+        self,
+        before: tuple[Visit, ...],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+        zone_id: str,
+        until: float,
+    ) -> tuple[tuple[Visit, ...], float, list[tuple[int, Event]]]:
+        """`_visit_moved` when one zone's level moved (most such fixes: a driver crossing
+        one band): its visit is judged, and put in the place of the one it replaces, or
+        where its zone id goes, in the visits kept as they were (no sorting, no copies of
+        the others; `before` itself when nothing changed)."""
+        at = 0
+        old: Visit | None = None
+        for visit in before:
+            other = visit.zone_id
+            if other == zone_id:
+                old = visit
+                break
+            if other > zone_id:
+                break
+            at += 1
+        if old is None:
+            judged, timer, caused = self._judge((zone_id,), _NO_VISITS, location, zones, where)
+            if not judged:
+                return before, until, caused
+            visits = (*before[:at], judged[0], *before[at:])
+            return visits, timer if timer < until else until, caused
+        zone_of = zones.zone_getter
+        settle_ns = self.settle_ns
+        zone = zone_of(zone_id)
+        if zone is None or _next_timer(old, zone.dwell_ns, settle_ns) <= until:
+            rest = before[:at] + before[at + 1 :]
+            until = _earliest_timer(rest, zone_of, settle_ns, until)
+        judged, timer, caused = self._judge((zone_id,), {zone_id: old}, location, zones, where)
+        if not judged:
+            return before[:at] + before[at + 1 :], until, caused
+        new = judged[0]
+        visits = before if new is old else (*before[:at], new, *before[at + 1 :])
+        return visits, timer if timer < until else until, caused
 
     def _judge(
         self,
@@ -672,6 +730,8 @@ _OUTSIDE_BAND = Where.OUTSIDE_BAND
 _INSIDE = Where.INSIDE
 #: Where a point is when no zone exists.
 _NOWHERE: Mapping[str, Where] = {}
+#: A driver's visits when it has none (read only).
+_NO_VISITS: Mapping[str, Visit] = {}
 _INSIDE_BAND = Where.INSIDE_BAND
 _EXIT = EventType.ZONE_EXIT
 _ONLINE = EventType.DRIVER_ONLINE
