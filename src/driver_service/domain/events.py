@@ -422,9 +422,10 @@ class ZoneTracker:
         events: list[Event] = []
         token = zones.token
         keys = located.keys
+        moved, known = new_states.get, states.get
         for i, loc in enumerate(advanced):
             driver_id, t = loc.driver_id, loc.recorded_at_ns
-            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            state = moved(driver_id) or known(driver_id) or NEW_DRIVER
             settled, last = state.settled, state.last_fix_ns
             if (
                 settled is not None
@@ -435,14 +436,18 @@ class ZoneTracker:
                 and t > last
                 and settled.key == keys[i]
             ):
+                # `_state(...)` written out: most fixes of a fleet take this line, and a call
+                # costs as much as the rest of it.
                 seen = state.last_seen_ns
-                new_states[driver_id] = _online_state(
-                    t,
-                    t if seen is None or t > seen else seen,
-                    state.status or INITIAL_STATUS,
-                    state.visits,
-                    settled,
-                )
+                made = _TRACKER_STATE_FIELDS()
+                made.last_fix_ns = t
+                made.last_seen_ns = t if seen is None or t > seen else seen
+                made.online = True
+                made.status = state.status or INITIAL_STATUS
+                made.visits = state.visits
+                made.settled = settled
+                made.__class__ = TrackerState
+                new_states[driver_id] = made
                 continue
             where = located.where(i)
             state, caused = self.on_location(state, loc, zones, where, keys[i])
