@@ -422,10 +422,10 @@ class ZoneTracker:
         events: list[Event] = []
         token = zones.token
         keys = located.keys
-        moved, known = new_states.get, states.get
+        newer, known = new_states.get, states.get
         for i, loc in enumerate(advanced):
             driver_id, t = loc.driver_id, loc.recorded_at_ns
-            state = moved(driver_id) or known(driver_id) or NEW_DRIVER
+            state = newer(driver_id) or known(driver_id) or NEW_DRIVER
             settled, last = state.settled, state.last_fix_ns
             if (
                 settled is not None
