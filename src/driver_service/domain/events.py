@@ -280,9 +280,12 @@ def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
     """Whether `after` differs from `before` in its fix and last-seen times at most: a store
     that keeps those times in the driver's own row (the newest fix's time and last seen are
     the same numbers) need not write the state again."""
+    if before is None:
+        return False
+    visits = before.visits
     return (
-        before is not None
-        and before.visits == after.visits
+        # The same tuple, most often (the tracker keeps it): no element compared.
+        (visits is after.visits or visits == after.visits)
         and before.online == after.online
         and before.status == after.status
     )
