@@ -30,7 +30,7 @@ from driver_service.domain.events import (
     sweep_stale,
     times_only,
 )
-from driver_service.domain.zones import Circle, PolygonShape, Zone, ZoneIndex
+from driver_service.domain.zones import Circle, PolygonShape, Where, Zone, ZoneIndex
 
 S = 10**9
 T0 = 1_800_000_000 * S
@@ -504,6 +504,55 @@ def test_the_memo_never_changes_what_a_route_gives(steps: list[tuple[int, int, i
         plain, without = tracker.on_location(TrackerState._parse(plain.to_json()), location, index)
         assert with_memo == without
         assert memo == plain
+
+
+#: Zones whose maps a route below makes up: a dwell each (none, short, long), so that visits
+#: of several zones, entered at different times, are kept beside the one judged.
+_MANY = ZoneIndex(
+    Zone(z, z, (), Circle(52.5, 13.4, 100.0), dwell_ns=d * S)
+    for z, d in zip("abcdef", (0, 20, 45, 0, 90, 5), strict=True)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(
+                st.sampled_from("abcdef"), st.none() | st.sampled_from(list(Where)), max_size=3
+            ),
+            st.integers(1, 40),
+            st.booleans(),  # another key for the same map (a zone of two boxes)
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_judging_only_the_zones_that_moved_gives_what_the_full_loop_gives(
+    steps: list[tuple[dict[str, Where | None], int, bool]],
+) -> None:
+    # A driver near several zones at once, one or a few of them changing level at a time
+    # (into or out of their band, a visit added or dropped among the others): the memo's
+    # path gives the states and events of the full loop, keys or no keys.
+    tracker = ZoneTracker()
+    memo = plain = NEW_DRIVER
+    where: dict[str, Where] = {}
+    t_s = 0
+    for n, (changes, gap_s, other_key) in enumerate(steps):
+        t_s += gap_s
+        for zone_id, level in changes.items():
+            if level is None:
+                where.pop(zone_id, None)
+            else:
+                where[zone_id] = level
+        key = repr(sorted(where.items())).encode() + (str(n).encode() if other_key else b"")
+        location = fix(0, 0, t_s)
+        memo, with_memo = tracker.on_location(memo, location, _MANY, dict(where), key)
+        before = TrackerState._parse(plain.to_json())
+        plain, without = tracker.on_location(before, location, _MANY, dict(where))
+        assert with_memo == without
+        assert memo == plain
+        assert [v.zone_id for v in memo.visits] == sorted(v.zone_id for v in memo.visits)
 
 
 @pytest.mark.parametrize(

@@ -280,9 +280,12 @@ def stored_alike(before: TrackerState | None, after: TrackerState) -> bool:
     """Whether `after` differs from `before` in its fix and last-seen times at most: a store
     that keeps those times in the driver's own row (the newest fix's time and last seen are
     the same numbers) need not write the state again."""
+    if before is None:
+        return False
+    visits = before.visits
     return (
-        before is not None
-        and before.visits == after.visits
+        # The same tuple, most often (the tracker keeps it): no element compared.
+        (visits is after.visits or visits == after.visits)
         and before.online == after.online
         and before.status == after.status
     )
@@ -339,27 +342,34 @@ class ZoneTracker:
             and settled.index_token == token
         ):
             was = settled.where
-            if was == where:
+            # Another key than the memo's stands for another map (one that stood for the
+            # same would only be judged below, to the same end): no maps compared.
+            if (key is None or key == settled.key) and was == where:
                 # The same place relative to every zone as at the fix that made these
                 # visits, and no timer due: the per-zone loop would return every visit
                 # unchanged.
-                return _online_state(t, new_seen, status, state.visits, settled), ()
+                return _state(t, new_seen, True, status, state.visits, settled), ()
             # No timer due either, but the fix moved relative to some zones: only those
             # are judged (every other zone's visit would come back unchanged).
             visits, until, caused = self._visit_moved(
                 state.visits, location, zones, where, was, settled.until_ns
             )
         else:
-            visits, until, caused = self._visit_zones(state.visits, location, zones, where)
-        driver_id = location.driver_id
-        memo = _settled(token, where, until, key)
-        new_state = _online_state(t, new_seen, status, tuple(visits), memo)
-        events: list[Event] = []
-        if not state.online:
-            events.append(_new_event(_ONLINE, driver_id, t, "", 0, location, status))
+            judged, until, caused = self._visit_zones(state.visits, location, zones, where)
+            visits = tuple(judged)
+        new_state = _state(t, new_seen, True, status, visits, _settled(token, where, until, key))
+        if state.online:
+            if not caused:
+                return new_state, ()
+            if len(caused) == 1:
+                return new_state, (caused[0][1],)
+            events: list[Event] = []
+        else:
+            events = [_new_event(_ONLINE, location.driver_id, t, "", 0, location, status)]
         if caused:
             caused.sort(key=_by_rank)  # stable: each group stays in zone id order
-            events.extend(event for _, event in caused)
+            for _, event in caused:
+                events.append(event)
         return new_state, tuple(events)
 
     def on_locations_nowhere(
@@ -415,9 +425,10 @@ class ZoneTracker:
         events: list[Event] = []
         token = zones.token
         keys = located.keys
+        newer, known = new_states.get, states.get
         for i, loc in enumerate(advanced):
             driver_id, t = loc.driver_id, loc.recorded_at_ns
-            state = new_states.get(driver_id) or states.get(driver_id) or NEW_DRIVER
+            state = newer(driver_id) or known(driver_id) or NEW_DRIVER
             settled, last = state.settled, state.last_fix_ns
             if (
                 settled is not None
@@ -428,14 +439,18 @@ class ZoneTracker:
                 and t > last
                 and settled.key == keys[i]
             ):
+                # `_state(...)` written out: most fixes of a fleet take this line, and a call
+                # costs as much as the rest of it.
                 seen = state.last_seen_ns
-                new_states[driver_id] = _online_state(
-                    t,
-                    t if seen is None or t > seen else seen,
-                    state.status or INITIAL_STATUS,
-                    state.visits,
-                    settled,
-                )
+                made = _TRACKER_STATE_FIELDS()
+                made.last_fix_ns = t
+                made.last_seen_ns = t if seen is None or t > seen else seen
+                made.online = True
+                made.status = state.status or INITIAL_STATUS
+                made.visits = state.visits
+                made.settled = settled
+                made.__class__ = TrackerState
+                new_states[driver_id] = made
                 continue
             where = located.where(i)
             state, caused = self.on_location(state, loc, zones, where, keys[i])
@@ -466,20 +481,29 @@ class ZoneTracker:
         where: Mapping[str, Where],
         was: Mapping[str, Where],
         until: float,
-    ) -> tuple[list[Visit], float, list[tuple[int, Event]]]:
+    ) -> tuple[tuple[Visit, ...], float, list[tuple[int, Event]]]:
         """`_visit_zones` for a fix whose driver's memo (`Settled`) still holds but for its
         map, `was` (`until` being its timer): only the zones whose level is not the one in
         `was` are judged. Every other zone's visit is what judging it at that level made,
         and judging it again at that level before its own timer returns it unchanged with
         no event (each case of `_advance` and `_settle`), so it is kept as it is. The timer
         stays the earliest of the visits' (`_next_timer`): recomputed over the kept visits
-        only when a judged zone's visit was the one that set it."""
+        only when a judged zone's visit was the one that set it. `before` is in zone id
+        order, as the tracker makes every state's visits (a memo comes only with those)."""
         get = was.get
+        moved: list[str] = []
         # `is not`: a level another caller spelled otherwise is judged, which is never wrong.
-        moved = [zone_id for zone_id, here in where.items() if get(zone_id) is not here]
-        moved += [zone_id for zone_id in was if zone_id not in where]
-        if len(moved) > 1:
-            moved.sort()
+        # Loops, not comprehensions: on Python 3.11 each of those is a function made and
+        # called.
+        for zone_id, here in where.items():
+            if get(zone_id) is not here:
+                moved.append(zone_id)
+        for zone_id in was:
+            if zone_id not in where:
+                moved.append(zone_id)  # noqa: PERF401 (see above)
+        if len(moved) == 1:
+            return self._visit_one_moved(before, location, zones, where, moved[0], until)
+        moved.sort()
         previous: dict[str, Visit] = {}
         kept: list[Visit] = []
         for visit in before:
@@ -500,7 +524,49 @@ class ZoneTracker:
             kept.sort(key=_zone_id_of)  # as the full loop orders them
         elif judged:
             kept = judged
-        return kept, timer if timer < until else until, caused
+        return tuple(kept), timer if timer < until else until, caused
+
+    def _visit_one_moved(
+        self,
+        before: tuple[Visit, ...],
+        location: Location,
+        zones: ZoneIndex,
+        where: Mapping[str, Where],
+        zone_id: str,
+        until: float,
+    ) -> tuple[tuple[Visit, ...], float, list[tuple[int, Event]]]:
+        """`_visit_moved` when one zone's level moved (most such fixes: a driver crossing
+        one band): its visit is judged, and put in the place of the one it replaces, or
+        where its zone id goes, in the visits kept as they were (no sorting, no copies of
+        the others; `before` itself when nothing changed)."""
+        at = 0
+        old: Visit | None = None
+        for visit in before:
+            other = visit.zone_id
+            if other == zone_id:
+                old = visit
+                break
+            if other > zone_id:
+                break
+            at += 1
+        if old is None:
+            judged, timer, caused = self._judge((zone_id,), _NO_VISITS, location, zones, where)
+            if not judged:
+                return before, until, caused
+            visits = (*before[:at], judged[0], *before[at:])
+            return visits, timer if timer < until else until, caused
+        zone_of = zones.zone_getter
+        settle_ns = self.settle_ns
+        zone = zone_of(zone_id)
+        if zone is None or _next_timer(old, zone.dwell_ns, settle_ns) <= until:
+            rest = before[:at] + before[at + 1 :]
+            until = _earliest_timer(rest, zone_of, settle_ns, until)
+        judged, timer, caused = self._judge((zone_id,), {zone_id: old}, location, zones, where)
+        if not judged:
+            return before[:at] + before[at + 1 :], until, caused
+        new = judged[0]
+        visits = before if new is old else (*before[:at], new, *before[at + 1 :])
+        return visits, timer if timer < until else until, caused
 
     def _judge(
         self,
@@ -672,6 +738,8 @@ _OUTSIDE_BAND = Where.OUTSIDE_BAND
 _INSIDE = Where.INSIDE
 #: Where a point is when no zone exists.
 _NOWHERE: Mapping[str, Where] = {}
+#: A driver's visits when it has none (read only).
+_NO_VISITS: Mapping[str, Visit] = {}
 _INSIDE_BAND = Where.INSIDE_BAND
 _EXIT = EventType.ZONE_EXIT
 _ONLINE = EventType.DRIVER_ONLINE
