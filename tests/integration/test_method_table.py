@@ -84,7 +84,9 @@ def _methods(target: str) -> list[tuple[str, str, bool, bool]]:
         ]
 
 
-async def _code_of(channel: grpc.aio.Channel, path: str, streams: tuple[bool, bool]) -> Any:
+async def _code_of(
+    channel: grpc.aio.Channel, path: str, streams: tuple[bool, bool], timeout_s: float
+) -> Any:
     """The status of one call with an empty request and no token (bytes as they are)."""
     client_streaming = streams[0]
     kind = {
@@ -94,7 +96,7 @@ async def _code_of(channel: grpc.aio.Channel, path: str, streams: tuple[bool, bo
         (True, True): channel.stream_stream,
     }[streams]
     request: Any = iter([b""]) if client_streaming else b""
-    return await kind(path)(request, timeout=2).code()
+    return await kind(path)(request, timeout=timeout_s).code()
 
 
 async def test_every_method_is_reachable_and_every_driver_call_goes_through_the_pipeline(
@@ -105,8 +107,11 @@ async def test_every_method_is_reachable_and_every_driver_call_goes_through_the_
     assert {service for _, service, _, _ in methods} >= DRIVER_SERVICES | set(DEFAULT_EXEMPT[:2])
     async with grpc.aio.insecure_channel(target) as channel:
         for path, service, *streams in methods:
-            code = await _code_of(channel, path, (streams[0], streams[1]))
-            if service.startswith("driver.v1."):
+            ours = service.startswith("driver.v1.")
+            # A refusal comes at once: a long deadline only keeps a loaded machine from
+            # failing the test; the exempt streams (health's Watch) run until it expires.
+            code = await _code_of(channel, path, (streams[0], streams[1]), 10.0 if ours else 2.0)
+            if ours:
                 assert code == grpc.StatusCode.UNAUTHENTICATED, path  # refused by the pipeline
             else:  # exempt from auth (health, reflection): answered, not unknown
                 assert code != grpc.StatusCode.UNIMPLEMENTED, path
