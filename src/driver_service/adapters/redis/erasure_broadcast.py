@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from driver_service.adapters.redis.bus import ChannelSubscription, RedisBus
+from driver_service.adapters.redis.bus import RedisBus
 from driver_service.resilience.guard import DependencyGuard
 
 
@@ -29,13 +29,11 @@ class ErasureBroadcast:
         self._bus = bus
         self._guard = guard
         self.channel = f"{prefix}erasures".encode()
-        self._subscription: ChannelSubscription | None = None
 
     async def start(self, on_erased: Callable[[str], None]) -> None:
-        """Subscribe: from its return on (while connected), no erasure is missed."""
-        self._subscription = await self._bus.subscribe_channel(
-            self.channel, lambda payload: on_erased(payload.decode())
-        )
+        """Subscribe for the bus's lifetime (its close ends it): from the return on, while
+        connected, no erasure is missed."""
+        await self._bus.subscribe_channel(self.channel, lambda payload: on_erased(payload.decode()))
 
     def epoch(self) -> int:
         """Moves each time the pub/sub connection is made again (erasures may be missed)."""
@@ -46,8 +44,3 @@ class ErasureBroadcast:
         async with self._guard.bounded():
             await self._client.publish(self.channel, driver_id.encode())
         return 0
-
-    def close(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
-            self._subscription = None
