@@ -7,6 +7,7 @@ back in full and the driver's id appears nowhere, while another driver's data is
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,9 @@ from driver_service._gen.driver.v1 import zones_pb2 as zpb
 from driver_service._gen.driver.v1 import zones_pb2_grpc as zpb_grpc
 from driver_service.adapters.redis.connection import create_redis_client
 from driver_service.app.events import EventFeed
+from driver_service.domain import DriverNotFound
+from driver_service.ports import Forgotten
+from driver_service.resilience.guard import DependencyUnavailable
 from driver_service.server.composition import build_services
 from driver_service.server.config import ServerSettings
 from driver_service.server.running import RunningServer, start_server
@@ -254,3 +258,74 @@ async def replayed_drivers(feed: EventFeed) -> set[str]:
     return {
         event.event.driver_id async for event in feed.watch(0, lambda event: True, replay_only=True)
     }
+
+
+async def test_an_erasure_whose_second_pass_fails_is_still_on_record_and_a_retry_completes_it(
+    postgres_url: str, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Erasure clears live state, erases the store, then clears live state again. When Redis
+    stops answering between the store and that second pass, the caller gets an error, and
+    a retry answers NOT_FOUND (nothing is stored any more): the log line saying who erased
+    the driver must have been written by the call that erased it, and the retry must leave
+    nothing of the driver in Redis."""
+    services = await build_services(replica_settings(postgres_url, private_redis))
+    try:
+        t0 = time.time_ns() - 120 * S
+        for driver_id in (KEPT, VICTIM):
+            await services.tracking.repository.record_locations(
+                [pb_to_location(update) for update in route(driver_id, t0, 5)]
+            )
+        store = services.history.store
+        erase = store.forget_driver
+
+        async def erase_then_redis_hangs(driver_id: str) -> Forgotten:
+            erased = await erase(driver_id)
+            private_redis.pause()
+            return erased
+
+        store.forget_driver = erase_then_redis_hangs  # type: ignore[method-assign]
+        with caplog.at_level("WARNING"), pytest.raises(Exception) as failed:  # noqa: PT011
+            await services.history.forget(VICTIM, by="privacy-officer")
+        private_redis.resume()
+        store.forget_driver = erase  # type: ignore[method-assign]
+        assert not isinstance(failed.value, DriverNotFound)
+        messages = [r.getMessage() for r in caplog.records]
+        erased = [
+            m for m in messages if m.startswith(f"driver erased: {VICTIM} by privacy-officer")
+        ]
+        assert len(erased) == 1
+        assert "history fixes 5" in erased[0]
+        assert any("clearing its live state again failed" in m for m in messages)
+
+        # The retry, as a client retries UNAVAILABLE: until Redis is found answering again.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await services.history.forget(VICTIM, by="privacy-officer")
+            except DriverNotFound:
+                break
+            except DependencyUnavailable:
+                assert time.monotonic() < deadline, "Redis was not found answering again"
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("a retry erased the driver again")
+        client = create_redis_client(private_redis.url)
+        try:
+            keys = [key async for key in client.scan_iter(count=1000)]
+            left = [k for k in keys if VICTIM.encode() in k]
+            for key in keys:
+                if (await client.type(key)) == b"hash":
+                    left += [
+                        key
+                        for value in (await client.hgetall(key)).values()
+                        if VICTIM.encode() in value
+                    ]
+            assert any(KEPT.encode() in k for k in keys)  # the scan sees a driver's keys
+            assert left == []
+        finally:
+            await client.aclose()
+    finally:
+        private_redis.resume()
+        await services.close_events()
+        await services.dispatch.close()
+        await services.tracking.close()

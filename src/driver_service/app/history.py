@@ -237,11 +237,6 @@ class LocationHistory:
         for forget in self._forget_live:
             live += await forget(driver_id)
         stored: Forgotten = await self.store.forget_driver(driver_id)
-        # Again: a read that raced the erasure may have refilled live state from the store
-        # before the store forgot the driver (adapters/redis/live.py refuses such a refill
-        # once this second pass has run).
-        for forget in self._forget_live:
-            await forget(driver_id)
         erasure = Erasure(
             driver_id,
             stored.history_fixes,
@@ -251,6 +246,9 @@ class LocationHistory:
             stored.tracker_states,
             stored.events,
         )
+        # Logged once the store has erased, before the second pass: if that pass fails the
+        # caller is answered with an error, a retry finds nothing stored (NOT_FOUND), and
+        # this line is then the only record of who erased the driver.
         log.warning(
             "driver erased: %s by %s (history fixes %d, driver records %d, queued commands %d,"
             " live entries %d, tracker states %d, events %d)",
@@ -263,6 +261,19 @@ class LocationHistory:
             erasure.tracker_states,
             erasure.events,
         )
+        # Again: a read that raced the erasure may have refilled live state from the store
+        # before the store forgot the driver (adapters/redis/live.py refuses such a refill
+        # once this second pass has run).
+        try:
+            for forget in self._forget_live:
+                await forget(driver_id)
+        except Exception:
+            log.error(  # noqa: TRY400 - the cause goes up to the caller, not into this line
+                "driver %s: erased from the store, but clearing its live state again failed:"
+                " call ForgetDriver again (it answers NOT_FOUND and clears live state first)",
+                driver_id,
+            )
+            raise
         return erasure
 
     # --- retention -------------------------------------------------------------------------
