@@ -8,7 +8,10 @@ add, counted without the rest's noise.
 
 Without --instructions: CPU µs per update (three runs). With it: the same in a child under
 callgrind, instrumented only while the updates are evaluated (building the zones is not
-counted), instructions per update.
+counted), instructions per update. Both run with the heap settled as `serve` settles it once
+it has started (server/heap.py: start-up's objects frozen, young collections every 50,000
+allocations), not with the collector's defaults, which made its full collections land in
+the counted window or not depending on how much garbage building the zones left.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from bench.zones import S, driving
 from driver_service.app.evaluation import ZoneEvaluator
 from driver_service.domain import Location
 from driver_service.domain.events import TrackerState, event_bodies, stored_alike
+from driver_service.server.heap import settle_heap
 from driver_service.wire import pb_to_location
 
 
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     fixes = locations(args.workload, args.total)
     if args.counted_child:
         built = evaluator(args.zones)
+        settle_heap()
         _callgrind(True)
         logged = evaluate(built, fixes, args.group)
         _callgrind(False)
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for _ in range(3):
         built = evaluator(args.zones)
+        settle_heap()
         t0 = time.process_time()
         logged = evaluate(built, fixes, args.group)
         cpu = time.process_time() - t0
