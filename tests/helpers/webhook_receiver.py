@@ -47,6 +47,9 @@ class Received:
 @dataclass
 class Receiver:
     mode: str = "ok"
+    #: Modes for the next requests, one each in this order, before `mode` applies again:
+    #: failures that happen whenever the attempts come, however loaded the machine.
+    script: list[str] = field(default_factory=list)
     hang_s: float = 5.0
     slow_s: float = 0.3
     received: list[Received] = field(default_factory=list)
@@ -83,6 +86,11 @@ class Receiver:
         with self.lock:
             self.in_flight[path] -= 1
 
+    def next_mode(self) -> str:
+        """How to answer the request arriving now: the script's next mode, else `mode`."""
+        with self.lock:
+            return self.script.pop(0) if self.script else self.mode
+
     def delivered(self) -> list[Received]:
         """Requests answered 2xx, in arrival order."""
         with self.lock:
@@ -104,7 +112,7 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
-                mode = receiver.mode
+                mode = receiver.next_mode()
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 receiver._enter(self.path)
                 try:
