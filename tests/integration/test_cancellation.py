@@ -41,7 +41,7 @@ async def _updates(driver_id: str, count: int) -> AsyncIterator[pb.LocationUpdat
 
 async def _healthy_upload(stub: pb_grpc.DriverServiceStub, driver_id: str) -> pb.UploadSummary:
     """A normal upload that must be acknowledged: with ingestion stopped it never is, so the
-    deadline only has to outlast a loaded machine (a second did not, once)."""
+    deadline only has to outlast a loaded machine (it was one second)."""
     return await stub.UploadLocations(_updates(driver_id, 5), timeout=5.0)
 
 
