@@ -27,7 +27,7 @@ from tests.helpers.raw_h2 import RawH2
 UPLOAD = "/driver.v1.DriverService/UploadLocations"
 GET_DRIVER = "/driver.v1.DriverService/GetDriver"
 #: "Refused at once": generous for a loaded 2-core CI machine, far below any call deadline.
-PROMPT_S = 2.0
+PROMPT_S = 5.0
 FOUR_GIB = 2**32 - 1  # the largest length a 5-byte prefix can announce
 
 
