@@ -154,7 +154,8 @@ def kinds(events: list[epb.Event]) -> list[tuple[str, str, str]]:
 async def collect(call: grpc.aio.UnaryStreamCall[object, epb.Event], n: int) -> list[epb.Event]:
     got: list[epb.Event] = []
     # Generous: a watcher short of an event waits for it until then (a gap fails the test
-    # here), and the load tests' 3,600 events on PostgreSQL beside other tests took long.
+    # here), and the load test's six watchers of 600 events each on PostgreSQL share a
+    # loaded machine with other tests.
     async with asyncio.timeout(60):
         async for event in call:
             got.append(event)
