@@ -94,15 +94,27 @@ def paired_table(pr: dict[str, Any]) -> list[str]:
 
 
 def ingest_table(i: dict[str, Any]) -> list[str]:
+    """Each case, and for the one-message-per-update cases its ratio to the bare floor and to
+    the durable floor (bench/durable_floor.py) of the same stream count."""
     lines = [
         "| store / path | updates/s stored (median) | min-max | per CPU-second | server CPU "
-        "| all stored |",
-        "|---|---:|---:|---:|---:|---|",
+        "| all stored | ratio to bare floor | ratio to durable floor |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for key, c in i["cases"].items():
+    cases = i["cases"]
+
+    def versus(floor: str, key: str) -> str:
+        path = key.split("/", 1)[1]
+        base = cases.get(f"{floor}/{path}")
+        if base is None or not path.startswith("upload_"):
+            return "-"
+        return f"{cases[key]['updates_per_s'] / base['updates_per_s']:.3f}"
+
+    for key, c in cases.items():
         lines.append(
             f"| {key} | {c['updates_per_s']:,.0f} | {c['min']:,.0f}-{c['max']:,.0f} "
-            f"| {c['updates_per_cpu_s']:,.0f} | {c['server_cpu_pct']:.0f} % | {c['all_stored']} |"
+            f"| {c['updates_per_cpu_s']:,.0f} | {c['server_cpu_pct']:.0f} % | {c['all_stored']} "
+            f"| {versus('bare', key)} | {versus('durable-floor', key)} |"
         )
     return lines
 

@@ -13,6 +13,8 @@ bare     the floor: a grpc.aio servicer that returns a prebuilt response from a 
          an UploadLocations stream without storing it, and hands each update it reads to the
          driver's StreamLocation watchers as the message it received (the fan-out floor)
 fastapi  GET /v1/drivers/{id} on FastAPI + uvicorn over the same DriverTracking
+durable  the durable ingest floor (bench/durable_floor.py): UploadLocations stored in SQLite
+         with the least work, the rows ours writes
 """
 
 from __future__ import annotations
@@ -320,7 +322,7 @@ def run_fastapi(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["full", "chain", "bare", "fastapi"])
+    parser.add_argument("kind", choices=["full", "chain", "bare", "fastapi", "durable"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", default=".")
     parser.add_argument("--interceptors", default=",".join(INTERCEPTORS))
@@ -349,7 +351,9 @@ def main() -> None:
     from driver_service.observability.logs import configure_logging
 
     configure_logging(args.log_level, "json")
-    runs = {"full": run_full, "chain": run_chain, "bare": run_bare}
+    from bench.durable_floor import run_durable
+
+    runs = {"full": run_full, "chain": run_chain, "bare": run_bare, "durable": run_durable}
     run_loop(runs[args.kind](args))
 
 

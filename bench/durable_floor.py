@@ -1,0 +1,170 @@
+"""The durable ingest floor: the least any server can do to store the seed's `UploadLocations`
+durably in SQLite with grpc.aio, as a reference between the bare floor (which stores nothing)
+and ours: `python -m bench.servers durable --port P --data-dir D`, the `ingest` part's
+"durable floor".
+
+It reads each message and appends its six values to a list (no validation, no `Location`,
+no rate limit, no pipeline); one writer thread commits what accumulated while the last commit
+ran (group commit, with our writer's linger: a batch under 256 waits 1 ms, up to 4 ms while
+it grows) with the rows our SQLite store writes for such an update: the
+history row (`INSERT OR IGNORE`, the same multi-row statements of 64) and each driver's newest
+row (`REPLACE`), in the same schema (`migrate`: the same tables and indexes) with the same
+settings (WAL, `synchronous = FULL`, `temp_store = MEMORY`). A stream is answered once its
+last update is committed, as ours answers. No events, no trackers, no bus.
+
+What it tells: if this server is below a target ratio to the bare floor, no code of ours on
+this runtime and store can reach it; the gap between it and ours is what our code costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.servers import until_terminated
+from driver_service._gen.driver.v1 import driver_pb2 as pb
+from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.schema import migrate
+from driver_service.server.heap import settle_heap
+
+ROWS_PER_STATEMENT = 64
+LINGER_BELOW, LINGER_S, LINGER_STEPS = 256, 0.001, 4  # as driver_service.app.writer
+HISTORY = (
+    "INSERT OR IGNORE INTO location_history (driver_id, recorded_at_ns, latitude, longitude,"
+    " speed_mps, heading_degrees) VALUES "
+)
+DRIVERS = (
+    "REPLACE INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
+    " location_at_ns, last_seen_at_ns) VALUES "
+)
+Row = tuple[str, int, float, float, float, float]
+
+
+class DurableLog:
+    """Group commit of history rows on one writer thread; the loop hands over a batch
+    whenever no commit is running."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute("PRAGMA synchronous = FULL")
+        migrate(self.connection)
+        self.connection.execute("PRAGMA temp_store = MEMORY")
+        self.executor = ThreadPoolExecutor(1)
+        self.pending: list[Row] = []
+        self.in_flight = False
+        self.lingering = False
+        self.appended = 0
+        self.committed = 0
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    def add(self, row: Row) -> None:
+        self.pending.append(row)
+        self.appended += 1
+        if not self.in_flight and not self.lingering:
+            self._linger(0, 0)
+
+    def _linger(self, steps: int, size: int) -> None:
+        """Flush now if the batch is big, stopped growing or lingered LINGER_STEPS times."""
+        grown = len(self.pending)
+        if grown >= LINGER_BELOW or steps >= LINGER_STEPS or (steps and grown == size):
+            self.lingering = False
+            self._flush()
+            return
+        self.lingering = True
+        asyncio.get_running_loop().call_later(LINGER_S, self._linger, steps + 1, grown)
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.in_flight = True
+        upto = self.appended
+        done = asyncio.get_running_loop().run_in_executor(self.executor, self._write, batch)
+        done.add_done_callback(lambda _: self._done(upto))
+
+    def _done(self, upto: int) -> None:
+        self.in_flight = False
+        self.committed = upto
+        still = []
+        for at, waiter in self.waiters:
+            if at <= upto:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                still.append((at, waiter))
+        self.waiters = still
+        if self.pending and not self.lingering:
+            self._linger(0, 0)
+
+    async def wait_for(self, appended: int) -> None:
+        if self.committed >= appended:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append((appended, waiter))
+        await waiter
+
+    def _write(self, batch: list[Row]) -> None:
+        con = self.connection
+        newest: dict[str, Row] = {}
+        for row in batch:
+            newest[row[0]] = row
+        con.execute("BEGIN")
+        for i in range(0, len(batch), ROWS_PER_STATEMENT):
+            chunk = batch[i : i + ROWS_PER_STATEMENT]
+            con.execute(
+                HISTORY + ",".join(["(?,?,?,?,?,?)"] * len(chunk)),
+                list(itertools.chain.from_iterable(chunk)),
+            )
+        rows = list(newest.values())
+        for i in range(0, len(rows), ROWS_PER_STATEMENT):
+            chunk = rows[i : i + ROWS_PER_STATEMENT]
+            values: list[object] = []
+            for d, at, lat, lon, speed, heading in chunk:
+                values += (d, "AVAILABLE", lat, lon, speed, heading, at, at)
+            con.execute(DRIVERS + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)), values)
+        con.execute("COMMIT")
+
+
+class DurableServicer(pb_grpc.DriverServiceServicer):
+    def __init__(self, log: DurableLog) -> None:
+        self.log = log
+
+    async def UploadLocations(  # noqa: N802
+        self, request_iterator: Any, context: Any
+    ) -> pb.UploadSummary:
+        received = 0
+        add = self.log.add
+        async for msg in request_iterator:
+            ts = msg.timestamp
+            add(
+                (
+                    msg.driver_id,
+                    ts.seconds * 1_000_000_000 + ts.nanos,
+                    msg.latitude,
+                    msg.longitude,
+                    msg.speed_mps,
+                    msg.heading_degrees,
+                )
+            )
+            received += 1
+        await self.log.wait_for(self.log.appended)
+        return pb.UploadSummary(received_count=received, persisted_count=received)
+
+
+async def run_durable(args: argparse.Namespace) -> None:
+    log = DurableLog(Path(args.data_dir) / "driver-service.sqlite3")
+    server = grpc.aio.server()
+    pb_grpc.add_DriverServiceServicer_to_server(DurableServicer(log), server)
+    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    await server.start()
+    settle_heap()
+    await until_terminated()
+    await server.stop(0)
+    log.executor.shutdown()
+    log.connection.close()
