@@ -6,10 +6,11 @@ and ours: `python -m bench.servers durable --port P --data-dir D`, the `ingest` 
 It reads each message and appends its six values to a list (no validation, no `Location`,
 no rate limit, no pipeline); one writer thread commits what accumulated while the last commit
 ran (group commit, with our writer's linger: a batch under 256 waits 1 ms, up to 4 ms while
-it grows) with the rows our SQLite store writes for such an update: the
-history row (`INSERT OR IGNORE`, the same multi-row statements of 64) and each driver's newest
-row (`REPLACE`), in the same schema (`migrate`: the same tables and indexes) with the same
-settings (WAL, `synchronous = FULL`, `temp_store = MEMORY`). A stream is answered once its
+it grows) with the rows our SQLite store writes for such an update, through its own
+statements (`_insert_flat`: 64 rows a statement): the history row (`INSERT OR IGNORE`) and
+each driver's newest row (`REPLACE`), in the same schema (`migrate`: the same tables and
+indexes) with the same settings (WAL, `synchronous = FULL`, its `temp_store` and statement
+cache). A stream is answered once its
 last update is committed, as ours answers. No events, no trackers, no bus.
 
 What it tells: if this server is below a target ratio to the bare floor, no code of ours on
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,19 +31,17 @@ import grpc
 from bench.servers import until_terminated
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.sqlite.repository import (
+    STATEMENT_CACHE,
+    TEMP_STORE,
+    _driver_replace,
+    _history_insert,
+    _insert_flat,
+)
 from driver_service.adapters.sqlite.schema import migrate
 from driver_service.server.heap import settle_heap
 
-ROWS_PER_STATEMENT = 64
 LINGER_BELOW, LINGER_S, LINGER_STEPS = 256, 0.001, 4  # as driver_service.app.writer
-HISTORY = (
-    "INSERT OR IGNORE INTO location_history (driver_id, recorded_at_ns, latitude, longitude,"
-    " speed_mps, heading_degrees) VALUES "
-)
-DRIVERS = (
-    "REPLACE INTO drivers (driver_id, status, latitude, longitude, speed_mps, heading_degrees,"
-    " location_at_ns, last_seen_at_ns) VALUES "
-)
 Row = tuple[str, int, float, float, float, float]
 
 
@@ -52,11 +50,13 @@ class DurableLog:
     whenever no commit is running."""
 
     def __init__(self, path: Path) -> None:
-        self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
+        )
         self.connection.execute("PRAGMA journal_mode = WAL")
         self.connection.execute("PRAGMA synchronous = FULL")
         migrate(self.connection)
-        self.connection.execute("PRAGMA temp_store = MEMORY")
+        self.connection.execute(f"PRAGMA temp_store = {TEMP_STORE}")
         self.executor = ThreadPoolExecutor(1)
         self.pending: list[Row] = []
         self.in_flight = False
@@ -110,24 +110,19 @@ class DurableLog:
         await waiter
 
     def _write(self, batch: list[Row]) -> None:
+        """One transaction: the history rows and each driver's newest row, flattened and
+        inserted with our store's own statements (`_insert_flat`: 64-row statements)."""
         con = self.connection
         newest: dict[str, Row] = {}
         for row in batch:
             newest[row[0]] = row
+        history: list[object] = [value for row in batch for value in row]
+        drivers: list[object] = []
+        for d, at, lat, lon, speed, heading in newest.values():
+            drivers += (d, "AVAILABLE", lat, lon, speed, heading, at, at)
         con.execute("BEGIN")
-        for i in range(0, len(batch), ROWS_PER_STATEMENT):
-            chunk = batch[i : i + ROWS_PER_STATEMENT]
-            con.execute(
-                HISTORY + ",".join(["(?,?,?,?,?,?)"] * len(chunk)),
-                list(itertools.chain.from_iterable(chunk)),
-            )
-        rows = list(newest.values())
-        for i in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[i : i + ROWS_PER_STATEMENT]
-            values: list[object] = []
-            for d, at, lat, lon, speed, heading in chunk:
-                values += (d, "AVAILABLE", lat, lon, speed, heading, at, at)
-            con.execute(DRIVERS + ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk)), values)
+        _insert_flat(con, _history_insert, history, 6)
+        _insert_flat(con, _driver_replace, drivers, 8)
         con.execute("COMMIT")
 
 
