@@ -1,5 +1,6 @@
 """Location and Driver build through their own __init__ (the slots' setters, for ingest's
-cost) and must still behave as the frozen dataclasses they are declared as."""
+cost), or as their fields (`new_location`, `new_driver`, cheaper still), and must still
+behave as the frozen dataclasses they are declared as."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pickle
 import pytest
 
 from driver_service.domain import Driver, Location, Status
+from driver_service.domain.model import new_driver, new_location
 
 
 def _location(**changes: object) -> Location:
@@ -63,3 +65,23 @@ def test_replace_pickle_and_match_work_as_for_any_dataclass() -> None:
         case _:
             pytest.fail("Driver did not match its fields")
     assert [f.name for f in dataclasses.fields(Location)] == list(Location.__match_args__)
+
+
+def test_objects_made_as_their_fields_are_the_constructors_objects() -> None:
+    made = new_location("d-1", 52.5, 13.4, 9.5, 90.0, 1_700_000_000_000_000_000)
+    assert type(made) is Location
+    assert made == _location()
+    assert hash(made) == hash(_location())
+    assert repr(made) == repr(_location())
+    assert dataclasses.astuple(made) == dataclasses.astuple(_location())
+    assert dataclasses.replace(made, latitude=1.0) == _location(latitude=1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.latitude = 1.0  # type: ignore[misc]
+    driver = new_driver("d-1", Status.BUSY, made, 5)
+    assert type(driver) is Driver
+    assert driver == Driver("d-1", Status.BUSY, _location(), 5)
+    assert hash(driver) == hash(Driver("d-1", Status.BUSY, _location(), 5))
+    assert pickle.loads(pickle.dumps(driver)) == driver
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        driver.status = Status.OFFLINE  # type: ignore[misc]
+    assert new_driver("d-2", Status.OFFLINE, None, 0).location is None

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from driver_service.domain.errors import InvalidInput
+from driver_service.domain.fields import fields_of
 from driver_service.domain.model import INITIAL_STATUS, Location, Status
 from driver_service.domain.zones import Located, Where, Zone, ZoneIndex
 
@@ -760,26 +761,10 @@ def _by_rank(item: tuple[int, Event]) -> int:
 _zone_id_of: Callable[[Visit], str] = operator.attrgetter("zone_id")
 
 
-def _fields_of(cls: type) -> Callable[[], Any]:
-    """A class with the slots of the frozen dataclass `cls` and none of its guards. An
-    object made as one, its fields set by plain assignment (a specialised store, ~20
-    instructions: a slot's own setter, called, costs ~600, and the frozen __init__'s
-    object.__setattr__ more), then given `cls` as its class, is what `cls(...)` would make,
-    at under half the cost of the setters: `__class__` assignment is allowed between
-    classes whose instances have the same layout (the same slots, the same base), which
-    the probe below checks once at import. The tracker builds several such objects per
-    judged fix (events, visits, the state and its memo)."""
-    fields = type(f"_{cls.__name__}Fields", (), {"__slots__": cls.__dict__["__slots__"]})
-    probe = fields()
-    probe.__class__ = cls  # TypeError here if the layouts ever differ
-    made: Callable[[], Any] = fields
-    return made
-
-
-_TRACKER_STATE_FIELDS = _fields_of(TrackerState)
-_SETTLED_FIELDS = _fields_of(Settled)
-_VISIT_FIELDS = _fields_of(Visit)
-_EVENT_FIELDS = _fields_of(Event)
+_TRACKER_STATE_FIELDS = fields_of(TrackerState)
+_SETTLED_FIELDS = fields_of(Settled)
+_VISIT_FIELDS = fields_of(Visit)
+_EVENT_FIELDS = fields_of(Event)
 _SET_VISIT_TEXT: Callable[[Visit, str], None] = Visit.__dict__["text"].__set__
 
 
@@ -789,7 +774,7 @@ def _settled(
     until_ns: float,
     key: bytes | None = None,
 ) -> Settled:
-    """`Settled(...)`, made as its fields (see _fields_of): one a judged fix."""
+    """`Settled(...)`, made as its fields (see domain.fields): one a judged fix."""
     made = _SETTLED_FIELDS()
     made.index_token = index_token
     made.where = where
@@ -808,7 +793,7 @@ def _new_visit(
     dwelled: bool,
     outside_since_ns: int | None,
 ) -> Visit:
-    """`Visit(...)` with every field given, made as its fields (see _fields_of): a fleet
+    """`Visit(...)` with every field given, made as its fields (see domain.fields): a fleet
     crossing zones makes one for every zone it enters."""
     made = _VISIT_FIELDS()
     made.zone_id = zone_id
@@ -833,7 +818,7 @@ def _new_event(
     new_status: Status | None = None,
 ) -> Event:
     """`Event(kind, driver_id, at_ns, zone_id, zone_version, location, new_status=...)`,
-    made as its fields (see _fields_of): the zone events of an update, and the
+    made as its fields (see domain.fields): the zone events of an update, and the
     driver.online of a first fix."""
     made = _EVENT_FIELDS()
     made.type = kind
@@ -859,7 +844,7 @@ def _state(
     settled: Settled | None,
 ) -> TrackerState:
     """`TrackerState(fix_ns, seen_ns, online, status, visits, settled)`, made as its fields
-    (see _fields_of; a frozen dataclass's __init__ sets each field through
+    (see domain.fields; a frozen dataclass's __init__ sets each field through
     object.__setattr__): made once per accepted update."""
     made = _TRACKER_STATE_FIELDS()
     made.last_fix_ns = fix_ns
@@ -1041,7 +1026,7 @@ def event_from_row(
     return LoggedEvent(event_id, recorded_at_ns, event)
 
 
-_LOGGED_FIELDS = _fields_of(LoggedEvent)
+_LOGGED_FIELDS = fields_of(LoggedEvent)
 
 
 def logged_events(

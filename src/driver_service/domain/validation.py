@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from driver_service.domain.errors import InvalidInput
-from driver_service.domain.model import Location, Status
+from driver_service.domain.model import Location, Status, new_location
 
 MAX_DRIVER_ID_LENGTH = 128
 _DRIVER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
@@ -84,7 +84,9 @@ def validate_location(
         and EARLIEST_TIMESTAMP_NS <= recorded_at_ns <= now_ns + rules.max_future_skew_ns
         and driver_id in _VALID_IDS
     ):
-        return Location(driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns)
+        return new_location(
+            driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns
+        )
     if driver_id not in _VALID_IDS:
         validate_driver_id(driver_id)
     if not (math.isfinite(latitude) and -90.0 <= latitude <= 90.0):
@@ -101,7 +103,7 @@ def validate_location(
         raise InvalidInput(
             f"timestamp is more than {rules.max_future_skew_ns // NANOS} s in the future"
         )
-    return Location(driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns)
+    return new_location(driver_id, latitude, longitude, speed_mps, heading_degrees, recorded_at_ns)
 
 
 def validate_locations(
@@ -126,7 +128,7 @@ def validate_locations(
             and 0.0 <= heading <= 360.0
             and EARLIEST_TIMESTAMP_NS <= at_ns <= latest_ns
         ):
-            valid.append(Location(driver_id, lat, lon, speed, heading, at_ns))
+            valid.append(new_location(driver_id, lat, lon, speed, heading, at_ns))
             continue
         try:
             valid.append(

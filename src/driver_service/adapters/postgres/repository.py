@@ -50,6 +50,7 @@ from driver_service.domain.events import (
     sweep_stale,
     with_times,
 )
+from driver_service.domain.model import new_location
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
     HISTORY_PAGE_SIZE,
@@ -918,7 +919,7 @@ class PostgresRepository:
         rows = await self.guard.call(
             lambda: self._pool.fetch(_HISTORY, driver_id, start_ns, end_ns, limit)
         )
-        return [Location(driver_id, *row) for row in rows]
+        return [new_location(driver_id, *row) for row in rows]
 
     async def history_pages(
         self,
@@ -928,7 +929,7 @@ class PostgresRepository:
         page_size: int = HISTORY_PAGE_SIZE,
     ) -> AsyncIterator[list[Location]]:
         async for rows in self.history_row_pages(driver_id, since_ns, until_ns, page_size):
-            yield [Location(driver_id, *row) for row in rows]
+            yield [new_location(driver_id, *row) for row in rows]
 
     async def history_row_pages(
         self,

@@ -54,6 +54,7 @@ from driver_service.app.fanout import (
     MemorySubscription,
 )
 from driver_service.domain import Location
+from driver_service.domain.model import new_location
 from driver_service.resilience.guard import DependencyGuard
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 
@@ -81,7 +82,7 @@ def decode_location(driver_id: str, payload: bytes) -> Location | None:
     if len(payload) != _WIRE.size or payload[0] != _WIRE_VERSION:
         return None
     _, lat, lon, speed, heading, at_ns = _WIRE.unpack(payload)
-    return Location(driver_id, lat, lon, speed, heading, at_ns)
+    return new_location(driver_id, lat, lon, speed, heading, at_ns)
 
 
 class _LocalFanout(MemoryBus):

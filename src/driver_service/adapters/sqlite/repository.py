@@ -41,6 +41,7 @@ from driver_service.domain.events import (
     sweep_stale,
     with_times,
 )
+from driver_service.domain.model import new_driver, new_location
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
     HISTORY_PAGE_SIZE,
@@ -347,10 +348,10 @@ class SqliteRepository:
             at_ns = loc.recorded_at_ns
             current = drivers.get(driver_id)
             if current is None:
-                driver = Driver(driver_id, INITIAL_STATUS, loc, at_ns)
+                driver = new_driver(driver_id, INITIAL_STATUS, loc, at_ns)
             else:
                 seen = current.last_seen_at_ns
-                driver = Driver(driver_id, current.status, loc, seen if seen > at_ns else at_ns)
+                driver = new_driver(driver_id, current.status, loc, seen if seen > at_ns else at_ns)
             changed[driver_id] = driver
             rows.extend(
                 (
@@ -749,7 +750,7 @@ class SqliteRepository:
                 " AND driver_id = ? ORDER BY recorded_at_ns LIMIT ?",
                 (start_ns, end_ns, driver_id, limit),
             ).fetchall()
-            return [Location(driver_id, *row) for row in rows]
+            return [new_location(driver_id, *row) for row in rows]
 
         return await self._run(query)
 
@@ -761,7 +762,7 @@ class SqliteRepository:
         page_size: int = HISTORY_PAGE_SIZE,
     ) -> AsyncIterator[list[Location]]:
         async for rows in self.history_row_pages(driver_id, since_ns, until_ns, page_size):
-            yield [Location(driver_id, *row) for row in rows]
+            yield [new_location(driver_id, *row) for row in rows]
 
     async def history_row_pages(
         self,
