@@ -115,7 +115,7 @@ def new_location(
     heading_degrees: float,
     recorded_at_ns: int,
 ) -> Location:
-    """`Location(...)` made as its fields (domain.fields: ~60 % of the constructor's
+    """`Location(...)` made as its fields (domain.fields: ~55 % of the constructor's
     instructions), for the paths that make one per update: validation, history reads."""
     made = _LOCATION_FIELDS()
     made.driver_id = driver_id
