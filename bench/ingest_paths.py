@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import PYTHON, ROOT
+from bench.common import FIXED_HASHES, PYTHON, ROOT
 
 STEPS = (
     "offer",
@@ -158,7 +158,7 @@ def counted(step: str, units: int, batch: int, postgres: str) -> int:
         out = Path(tmp) / "callgrind.out"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PYTHON]
         argv += ["-m", "bench.ingest_paths", "--run", step, str(units), str(batch), postgres]
-        subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(argv, cwd=ROOT, env=FIXED_HASHES, capture_output=True, check=True)
         for line in out.read_text().splitlines():
             if line.startswith(("totals:", "summary:")):
                 return int(line.split()[1])
