@@ -39,9 +39,9 @@ from driver_service.adapters.sqlite.repository import (
     _insert_flat,
 )
 from driver_service.adapters.sqlite.schema import migrate
+from driver_service.app.writer import LINGER_BELOW, LINGER_S, LINGER_STEPS
 from driver_service.server.heap import settle_heap
 
-LINGER_BELOW, LINGER_S, LINGER_STEPS = 256, 0.001, 4  # as driver_service.app.writer
 Row = tuple[str, int, float, float, float, float]
 
 
