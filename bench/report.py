@@ -94,8 +94,9 @@ def paired_table(pr: dict[str, Any]) -> list[str]:
 
 
 def ingest_table(i: dict[str, Any]) -> list[str]:
-    """Each case, and for the one-message-per-update cases its ratio to the bare floor and to
-    the durable floor (bench/durable_floor.py) of the same stream count."""
+    """Each case, and for the one-message-per-update cases its ratio to the bare floor and,
+    for SQLite (whose durable floor it is: bench/durable_floor.py), to the durable floor of
+    the same stream count."""
     lines = [
         "| store / path | updates/s stored (median) | min-max | per CPU-second | server CPU "
         "| all stored | ratio to bare floor | ratio to durable floor |",
@@ -104,9 +105,11 @@ def ingest_table(i: dict[str, Any]) -> list[str]:
     cases = i["cases"]
 
     def versus(floor: str, key: str) -> str:
-        path = key.split("/", 1)[1]
+        store, path = key.split("/", 1)
         base = cases.get(f"{floor}/{path}")
         if base is None or not path.startswith("upload_"):
+            return "-"
+        if floor == "durable-floor" and not store.startswith(("sqlite", "durable")):
             return "-"
         return f"{cases[key]['updates_per_s'] / base['updates_per_s']:.3f}"
 
