@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ import grpc
 from bench.servers import until_terminated
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 from driver_service._gen.driver.v1 import driver_pb2_grpc as pb_grpc
+from driver_service.adapters.postgres.repository import _INSERT_HISTORY_UNNEST
+from driver_service.adapters.postgres.schema import migrate as pg_migrate
 from driver_service.adapters.sqlite.repository import (
     STATEMENT_CACHE,
     TEMP_STORE,
@@ -126,6 +129,63 @@ class DurableLog:
         con.execute("COMMIT")
 
 
+#: The PostgreSQL floor's statements: the history rows as our store inserts them
+#: (`_INSERT_HISTORY_UNNEST`), and each driver's newest row upserted only if it is newer (so
+#: a driver never moves back, as ours guarantees with its row locks).
+PG_DRIVERS = (
+    "INSERT INTO drivers AS d (driver_id, status, latitude, longitude, speed_mps,"
+    " heading_degrees, location_at_ns, last_seen_at_ns)"
+    " SELECT u.driver_id, 'AVAILABLE', u.latitude, u.longitude, u.speed_mps,"
+    " u.heading_degrees, u.at_ns, u.at_ns FROM unnest($1::text[], $2::float8[], $3::float8[],"
+    " $4::float8[], $5::float8[], $6::int8[]) AS u(driver_id, latitude, longitude, speed_mps,"
+    " heading_degrees, at_ns) ORDER BY u.driver_id"
+    " ON CONFLICT (driver_id) DO UPDATE SET latitude = excluded.latitude,"
+    " longitude = excluded.longitude, speed_mps = excluded.speed_mps,"
+    " heading_degrees = excluded.heading_degrees, location_at_ns = excluded.location_at_ns,"
+    " last_seen_at_ns = greatest(d.last_seen_at_ns, excluded.last_seen_at_ns)"
+    " WHERE d.location_at_ns IS NULL OR d.location_at_ns < excluded.location_at_ns"
+)
+
+
+class PostgresDurableLog(DurableLog):
+    """The same group commit into PostgreSQL: one transaction a batch on one asyncpg
+    connection, on the event loop (as our PostgreSQL store runs), no thread."""
+
+    def __init__(self, connection: Any) -> None:
+        self.pg = connection
+        self.pending = []
+        self.in_flight = False
+        self.lingering = False
+        self.appended = 0
+        self.committed = 0
+        self.waiters = []
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.in_flight = True
+        upto = self.appended
+        done = asyncio.ensure_future(self._write_pg(batch))
+        done.add_done_callback(lambda _: self._done(upto))
+
+    async def _write_pg(self, batch: list[Row]) -> None:
+        newest: dict[str, Row] = {}
+        for row in batch:
+            newest[row[0]] = row
+        ids, at, lat, lon, speed, heading = (list(c) for c in zip(*batch, strict=True))
+        drivers = sorted(newest.values())
+        async with self.pg.transaction():
+            await self.pg.execute(_INSERT_HISTORY_UNNEST, ids, lat, lon, speed, heading, at)
+            await self.pg.execute(
+                PG_DRIVERS,
+                [r[0] for r in drivers],
+                [r[2] for r in drivers],
+                [r[3] for r in drivers],
+                [r[4] for r in drivers],
+                [r[5] for r in drivers],
+                [r[1] for r in drivers],
+            )
+
+
 class DurableServicer(pb_grpc.DriverServiceServicer):
     def __init__(self, log: DurableLog) -> None:
         self.log = log
@@ -153,7 +213,18 @@ class DurableServicer(pb_grpc.DriverServiceServicer):
 
 
 async def run_durable(args: argparse.Namespace) -> None:
-    log = DurableLog(Path(args.data_dir) / "driver-service.sqlite3")
+    """The SQLite floor in --data-dir, or with --store the PostgreSQL floor there (its schema
+    made by our migrations)."""
+    connection = None
+    log: DurableLog
+    if args.store:
+        import asyncpg  # type: ignore[import-untyped]
+
+        connection = await asyncpg.connect(args.store)
+        await pg_migrate(connection)
+        log = PostgresDurableLog(connection)
+    else:
+        log = DurableLog(Path(args.data_dir) / "driver-service.sqlite3")
     server = grpc.aio.server()
     pb_grpc.add_DriverServiceServicer_to_server(DurableServicer(log), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
@@ -161,5 +232,22 @@ async def run_durable(args: argparse.Namespace) -> None:
     settle_heap()
     await until_terminated()
     await server.stop(0)
-    log.executor.shutdown()
-    log.connection.close()
+    if connection is not None:
+        await connection.close()
+    else:
+        log.executor.shutdown()
+        log.connection.close()
+
+
+async def fresh_database(url: str) -> str:
+    """A new empty database on the server of `url` (for a floor that must not share tables
+    with the server measured before it); its URL."""
+    import asyncpg
+
+    name = f"durable_floor_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return url.rsplit("/", 1)[0] + f"/{name}"

@@ -24,6 +24,7 @@ from bench.common import (
     pinned,
     server,
 )
+from bench.durable_floor import fresh_database
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 
@@ -179,6 +180,11 @@ def run(
         *[
             ("postgres", s, "chain", ["--interceptors", PRODUCTION_INSECURE, "--store", s], cases)
             for s in stores
+        ],
+        # PostgreSQL's durable floor, in a database of its own on the same server.
+        *[
+            ("postgres-durable-floor", f, "durable", ["--store", f], cases[:2])
+            for f in (asyncio.run(fresh_database(s)) for s in stores)
         ],
     ]
     for store_name, store, kind, extra, store_cases in setups:

@@ -94,9 +94,8 @@ def paired_table(pr: dict[str, Any]) -> list[str]:
 
 
 def ingest_table(i: dict[str, Any]) -> list[str]:
-    """Each case, and for the one-message-per-update cases its ratio to the bare floor and,
-    for SQLite (whose durable floor it is: bench/durable_floor.py), to the durable floor of
-    the same stream count."""
+    """Each case, and for the one-message-per-update cases its ratio to the bare floor and to
+    its store's durable floor (bench/durable_floor.py) of the same stream count."""
     lines = [
         "| store / path | updates/s stored (median) | min-max | per CPU-second | server CPU "
         "| all stored | ratio to bare floor | ratio to durable floor |",
@@ -106,10 +105,12 @@ def ingest_table(i: dict[str, Any]) -> list[str]:
 
     def versus(floor: str, key: str) -> str:
         store, path = key.split("/", 1)
+        if floor == "durable":
+            if store == "bare":
+                return "-"
+            floor = "postgres-durable-floor" if store.startswith("postgres") else "durable-floor"
         base = cases.get(f"{floor}/{path}")
         if base is None or not path.startswith("upload_"):
-            return "-"
-        if floor == "durable-floor" and not store.startswith(("sqlite", "durable")):
             return "-"
         return f"{cases[key]['updates_per_s'] / base['updates_per_s']:.3f}"
 
@@ -117,7 +118,7 @@ def ingest_table(i: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {key} | {c['updates_per_s']:,.0f} | {c['min']:,.0f}-{c['max']:,.0f} "
             f"| {c['updates_per_cpu_s']:,.0f} | {c['server_cpu_pct']:.0f} % | {c['all_stored']} "
-            f"| {versus('bare', key)} | {versus('durable-floor', key)} |"
+            f"| {versus('bare', key)} | {versus('durable', key)} |"
         )
     return lines
 
