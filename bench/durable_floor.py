@@ -10,8 +10,9 @@ it grows) with the rows our SQLite store writes for such an update, through its 
 statements (`_insert_flat`: 64 rows a statement): the history row (`INSERT OR IGNORE`) and
 each driver's newest row (`REPLACE`), in the same schema (`migrate`: the same tables and
 indexes) with the same settings (WAL, `synchronous = FULL`, its `temp_store` and statement
-cache). A stream is answered once its
-last update is committed, as ours answers. No events, no trackers, no bus.
+cache). A stream is answered once its last update is committed, as ours answers. No events,
+no trackers, no bus. With `--store URL` the same reader and group commit write to PostgreSQL
+instead (`PostgresDurableLog`: one asyncpg connection on the loop, as our store runs).
 
 What it tells: if this server is below a target ratio to the bare floor, no code of ours on
 this runtime and store can reach it; the gap between it and ours is what our code costs.

@@ -13,8 +13,8 @@ bare     the floor: a grpc.aio servicer that returns a prebuilt response from a 
          an UploadLocations stream without storing it, and hands each update it reads to the
          driver's StreamLocation watchers as the message it received (the fan-out floor)
 fastapi  GET /v1/drivers/{id} on FastAPI + uvicorn over the same DriverTracking
-durable  the durable ingest floor (bench/durable_floor.py): UploadLocations stored in SQLite
-         with the least work, the rows ours writes
+durable  the durable ingest floor (bench/durable_floor.py): UploadLocations stored with the
+         least work, the rows ours writes, in SQLite (or with --store, PostgreSQL)
 """
 
 from __future__ import annotations
