@@ -32,8 +32,9 @@ PARTS = (
 )
 
 
-def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
-    """A private PostgreSQL for the ingest part, if its adapter has landed; else why not."""
+def postgres_stores(stack: contextlib.ExitStack, databases: int = 1) -> tuple[tuple[str, ...], str]:
+    """A private PostgreSQL with `databases` fresh databases (their URLs), if its adapter has
+    landed; else no URL and why not."""
     if not (common.ROOT / "src/driver_service/adapters/postgres/repository.py").exists():
         return (), "adapters/postgres/repository.py not present"
     try:
@@ -45,7 +46,7 @@ def postgres_stores(stack: contextlib.ExitStack) -> tuple[tuple[str, ...], str]:
     pg = PostgresServer.create()
     stack.callback(pg.destroy)
     pg.start()
-    return (common.run_async(create_database(pg)),), ""
+    return tuple(common.run_async(create_database(pg)) for _ in range(databases)), ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             elif part == "ingest":
                 from bench import ingest
 
-                stores, why = postgres_stores(stack) if not args.quick else ((), "quick run")
+                # Two databases: ours, and PostgreSQL's durable floor in one of its own.
+                stores, why = postgres_stores(stack, 2) if not args.quick else ((), "quick run")
                 total = 20_000 if args.quick else 100_000
-                result = ingest.run(work, repeats=repeats, total=total, stores=stores)
+                result = ingest.run(
+                    work, repeats=repeats, total=total, stores=stores[:1], floors=stores[1:]
+                )
                 result["postgres"] = "measured" if stores else f"skipped: {why}"
             elif part == "fanout":
                 from bench import fanout

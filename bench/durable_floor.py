@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,18 +49,10 @@ Row = tuple[str, int, float, float, float, float]
 
 
 class DurableLog:
-    """Group commit of history rows on one writer thread; the loop hands over a batch
-    whenever no commit is running."""
+    """Group commit: the loop hands over what built up whenever no commit is running (after
+    the writer's linger); `_commit` stores one batch in one transaction."""
 
-    def __init__(self, path: Path) -> None:
-        self.connection = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
-        )
-        self.connection.execute("PRAGMA journal_mode = WAL")
-        self.connection.execute("PRAGMA synchronous = FULL")
-        migrate(self.connection)
-        self.connection.execute(f"PRAGMA temp_store = {TEMP_STORE}")
-        self.executor = ThreadPoolExecutor(1)
+    def __init__(self) -> None:
         self.pending: list[Row] = []
         self.in_flight = False
         self.lingering = False
@@ -89,7 +80,7 @@ class DurableLog:
         batch, self.pending = self.pending, []
         self.in_flight = True
         upto = self.appended
-        done = asyncio.get_running_loop().run_in_executor(self.executor, self._write, batch)
+        done = asyncio.ensure_future(self._commit(batch))
         done.add_done_callback(lambda _: self._done(upto))
 
     def _done(self, upto: int) -> None:
@@ -113,21 +104,54 @@ class DurableLog:
         self.waiters.append((appended, waiter))
         await waiter
 
+    async def _commit(self, batch: list[Row]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+def _newest(batch: list[Row]) -> list[Row]:
+    """Each driver's last row of the batch (its newest: a stream's fixes go forward)."""
+    newest: dict[str, Row] = {}
+    for row in batch:
+        newest[row[0]] = row
+    return list(newest.values())
+
+
+class SqliteDurableLog(DurableLog):
+    """Into SQLite, on one writer thread (the event loop must not block on a commit)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.connection = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=STATEMENT_CACHE
+        )
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute("PRAGMA synchronous = FULL")
+        migrate(self.connection)
+        self.connection.execute(f"PRAGMA temp_store = {TEMP_STORE}")
+        self.executor = ThreadPoolExecutor(1)
+
+    async def _commit(self, batch: list[Row]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._write, batch)
+
     def _write(self, batch: list[Row]) -> None:
         """One transaction: the history rows and each driver's newest row, flattened and
         inserted with our store's own statements (`_insert_flat`: 64-row statements)."""
         con = self.connection
-        newest: dict[str, Row] = {}
-        for row in batch:
-            newest[row[0]] = row
         history: list[object] = [value for row in batch for value in row]
         drivers: list[object] = []
-        for d, at, lat, lon, speed, heading in newest.values():
+        for d, at, lat, lon, speed, heading in _newest(batch):
             drivers += (d, "AVAILABLE", lat, lon, speed, heading, at, at)
         con.execute("BEGIN")
         _insert_flat(con, _history_insert, history, 6)
         _insert_flat(con, _driver_replace, drivers, 8)
         con.execute("COMMIT")
+
+    async def close(self) -> None:
+        self.executor.shutdown()
+        self.connection.close()
 
 
 #: The PostgreSQL floor's statements: the history rows as our store inserts them
@@ -149,42 +173,23 @@ PG_DRIVERS = (
 
 
 class PostgresDurableLog(DurableLog):
-    """The same group commit into PostgreSQL: one transaction a batch on one asyncpg
-    connection, on the event loop (as our PostgreSQL store runs), no thread."""
+    """Into PostgreSQL, on one asyncpg connection on the event loop (as our store runs)."""
 
     def __init__(self, connection: Any) -> None:
+        super().__init__()
         self.pg = connection
-        self.pending = []
-        self.in_flight = False
-        self.lingering = False
-        self.appended = 0
-        self.committed = 0
-        self.waiters = []
 
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        self.in_flight = True
-        upto = self.appended
-        done = asyncio.ensure_future(self._write_pg(batch))
-        done.add_done_callback(lambda _: self._done(upto))
-
-    async def _write_pg(self, batch: list[Row]) -> None:
-        newest: dict[str, Row] = {}
-        for row in batch:
-            newest[row[0]] = row
+    async def _commit(self, batch: list[Row]) -> None:
         ids, at, lat, lon, speed, heading = (list(c) for c in zip(*batch, strict=True))
-        drivers = sorted(newest.values())
+        d_ids, d_at, d_lat, d_lon, d_speed, d_heading = (
+            list(c) for c in zip(*sorted(_newest(batch)), strict=True)
+        )
         async with self.pg.transaction():
             await self.pg.execute(_INSERT_HISTORY_UNNEST, ids, lat, lon, speed, heading, at)
-            await self.pg.execute(
-                PG_DRIVERS,
-                [r[0] for r in drivers],
-                [r[2] for r in drivers],
-                [r[3] for r in drivers],
-                [r[4] for r in drivers],
-                [r[5] for r in drivers],
-                [r[1] for r in drivers],
-            )
+            await self.pg.execute(PG_DRIVERS, d_ids, d_lat, d_lon, d_speed, d_heading, d_at)
+
+    async def close(self) -> None:
+        await self.pg.close()
 
 
 class DurableServicer(pb_grpc.DriverServiceServicer):
@@ -216,7 +221,6 @@ class DurableServicer(pb_grpc.DriverServiceServicer):
 async def run_durable(args: argparse.Namespace) -> None:
     """The SQLite floor in --data-dir, or with --store the PostgreSQL floor there (its schema
     made by our migrations)."""
-    connection = None
     log: DurableLog
     if args.store:
         import asyncpg  # type: ignore[import-untyped]
@@ -225,7 +229,7 @@ async def run_durable(args: argparse.Namespace) -> None:
         await pg_migrate(connection)
         log = PostgresDurableLog(connection)
     else:
-        log = DurableLog(Path(args.data_dir) / "driver-service.sqlite3")
+        log = SqliteDurableLog(Path(args.data_dir) / "driver-service.sqlite3")
     server = grpc.aio.server()
     pb_grpc.add_DriverServiceServicer_to_server(DurableServicer(log), server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
@@ -233,22 +237,4 @@ async def run_durable(args: argparse.Namespace) -> None:
     settle_heap()
     await until_terminated()
     await server.stop(0)
-    if connection is not None:
-        await connection.close()
-    else:
-        log.executor.shutdown()
-        log.connection.close()
-
-
-async def fresh_database(url: str) -> str:
-    """A new empty database on the server of `url` (for a floor that must not share tables
-    with the server measured before it); its URL."""
-    import asyncpg
-
-    name = f"durable_floor_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return url.rsplit("/", 1)[0] + f"/{name}"
+    await log.close()

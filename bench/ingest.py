@@ -24,7 +24,6 @@ from bench.common import (
     pinned,
     server,
 )
-from bench.durable_floor import fresh_database
 from driver_service._gen.driver.v1 import batch_pb2 as bpb
 from driver_service._gen.driver.v1 import driver_pb2 as pb
 
@@ -157,10 +156,16 @@ def one_point(
 
 
 def run(
-    workdir: Path, *, repeats: int = 3, total: int = 100_000, stores: tuple[str, ...] = ()
+    workdir: Path,
+    *,
+    repeats: int = 3,
+    total: int = 100_000,
+    stores: tuple[str, ...] = (),
+    floors: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Each case on a fresh server and store; `stores` adds PostgreSQL URLs (a fresh
-    database each) to the SQLite default."""
+    database each) to the SQLite default, `floors` PostgreSQL's durable floor in each of
+    theirs (other fresh databases)."""
     results: dict[str, Any] = {"total_updates": total, "repeats": repeats, "cases": {}}
     cases = [
         ("upload_1_stream", 1, False),
@@ -182,10 +187,7 @@ def run(
             for s in stores
         ],
         # PostgreSQL's durable floor, in a database of its own on the same server.
-        *[
-            ("postgres-durable-floor", f, "durable", ["--store", f], cases[:2])
-            for f in (asyncio.run(fresh_database(s)) for s in stores)
-        ],
+        *[("postgres-durable-floor", f, "durable", ["--store", f], cases[:2]) for f in floors],
     ]
     for store_name, store, kind, extra, store_cases in setups:
         data = workdir / f"ingest-{store_name}"
