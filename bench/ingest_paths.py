@@ -6,8 +6,8 @@ within ~1 %). The steps:
 offer       the loop's work per update up to the group commit: `offer_message` on decoded
             LocationUpdates of known drivers (validation, Location, LocationWriter.submit)
             and the stream's room check (`writer.full`), no commit
-location    building one Location
-driver      building one Driver
+location    building one Location as validation and the stores do (`new_location`)
+driver      building one Driver as a commit does (`new_driver`)
 sqlite      SqliteRepository.record_locations, commits of BATCH fixes of BATCH drivers that
             all advance (no event outbox), every thread
 postgres    the same on PostgreSQL (client side: asyncpg on the loop), a fresh database on
@@ -79,19 +79,19 @@ def _offer(units: int) -> None:
 
 
 def _build(kind: str, units: int) -> None:
-    from driver_service.domain import Driver, Location, Status
+    from driver_service.domain import Status, new_driver, new_location
 
-    fix = Location("d-1", 1.0, 2.0, 3.0, 4.0, 5)
+    fix = new_location("d-1", 1.0, 2.0, 3.0, 4.0, 5)
     if kind == "location":
-        made: list[object] = [Location("d-1", 1.0, 2.0, 3.0, 4.0, i) for i in range(units)]
+        made: list[object] = [new_location("d-1", 1.0, 2.0, 3.0, 4.0, i) for i in range(units)]
     else:
-        made = [Driver("d-1", Status.AVAILABLE, fix, i) for i in range(units)]
+        made = [new_driver("d-1", Status.AVAILABLE, fix, i) for i in range(units)]
     del made
 
 
 def _repository(step: str, commits: int, batch: int, postgres: str) -> None:
     from driver_service.app.evaluation import ZoneEvaluator
-    from driver_service.domain import Location
+    from driver_service.domain import Location, new_location
 
     store, _, variant = step.partition("-")
     evaluator = ZoneEvaluator() if variant else None
@@ -101,7 +101,7 @@ def _repository(step: str, commits: int, batch: int, postgres: str) -> None:
 
     def fixes(k: int) -> list[Location]:
         return [
-            Location(
+            new_location(  # as validation makes them
                 f"drv-{k:03d}-{i:05d}" if new else f"drv-{i:05d}",
                 52.3 + i / 1e5,
                 13.2,

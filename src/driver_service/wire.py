@@ -10,7 +10,7 @@ from typing import Protocol
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from driver_service._gen.driver.v1 import driver_pb2 as pb
-from driver_service.domain import Driver, Location
+from driver_service.domain import Driver, Location, new_location
 from driver_service.domain.validation import Fix
 
 NANOS = 1_000_000_000
@@ -142,7 +142,7 @@ class LocationMessages:
 
 
 def pb_to_location(msg: pb.LocationUpdate) -> Location:
-    return Location(
+    return new_location(
         msg.driver_id,
         msg.latitude,
         msg.longitude,

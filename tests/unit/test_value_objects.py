@@ -1,6 +1,6 @@
-"""Location and Driver build through their own __init__ (the slots' setters, for ingest's
-cost), or as their fields (`new_location`, `new_driver`, cheaper still), and must still
-behave as the frozen dataclasses they are declared as."""
+"""Location and Driver are frozen dataclasses, built by their constructors or as their fields
+(`new_location`, `new_driver`: every path that makes them from data), and must behave as
+frozen dataclasses either way."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import pickle
 
 import pytest
 
-from driver_service.domain import Driver, Location, Status
-from driver_service.domain.model import new_driver, new_location
+from driver_service.domain import Driver, Location, Status, new_driver, new_location
 
 
 def _location(**changes: object) -> Location:

@@ -30,7 +30,7 @@ from driver_service.cli import routes
 from driver_service.cli._client import add_client_options, make_client
 from driver_service.cli._output import emit
 from driver_service.client import DriverClient, DriverServiceError, DriverSession
-from driver_service.domain import InvalidInput, Location, Status, validate_driver_id
+from driver_service.domain import InvalidInput, Status, new_location, validate_driver_id
 
 EXIT_BAD_OPTIONS = 2
 #: Each driver changes status about once a minute: a ride taken, a ride finished.
@@ -242,7 +242,7 @@ async def drive(fleet: Fleet, index: int) -> None:
                 )
                 p = route.point
                 await session.send_location(
-                    Location(
+                    new_location(
                         driver_id,
                         p.latitude,
                         p.longitude,

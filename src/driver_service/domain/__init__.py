@@ -8,7 +8,14 @@ from driver_service.domain.errors import (
     ShuttingDown,
     StoreUnavailable,
 )
-from driver_service.domain.model import INITIAL_STATUS, Driver, Location, Status
+from driver_service.domain.model import (
+    INITIAL_STATUS,
+    Driver,
+    Location,
+    Status,
+    new_driver,
+    new_location,
+)
 from driver_service.domain.rejections import Rejection
 from driver_service.domain.validation import (
     DEFAULT_RULES,
@@ -34,6 +41,8 @@ __all__ = [
     "ShuttingDown",
     "Status",
     "StoreUnavailable",
+    "new_driver",
+    "new_location",
     "parse_status",
     "validate_driver_id",
     "validate_location",

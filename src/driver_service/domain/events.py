@@ -48,7 +48,7 @@ from typing import Any
 
 from driver_service.domain.errors import InvalidInput
 from driver_service.domain.fields import fields_of
-from driver_service.domain.model import INITIAL_STATUS, Location, Status
+from driver_service.domain.model import INITIAL_STATUS, Location, Status, new_location
 from driver_service.domain.zones import Located, Where, Zone, ZoneIndex
 
 NANOS = 10**9
@@ -1010,7 +1010,9 @@ def event_from_row(
     """A logged event from the log's columns (the inverse of `event_body`)."""
     doc = json.loads(body)
     raw = doc.get("loc")
-    location = None if raw is None else Location(driver_id, raw[0], raw[1], raw[2], raw[3], at_ns)
+    location = (
+        None if raw is None else new_location(driver_id, raw[0], raw[1], raw[2], raw[3], at_ns)
+    )
     old, new = doc.get("old"), doc.get("new")
     event = Event(
         EventType(kind),
@@ -1044,7 +1046,7 @@ def logged_events(
         if loc is not None and (
             loc.recorded_at_ns != event.at_ns or loc.driver_id != event.driver_id
         ):
-            loc = Location(
+            loc = new_location(
                 event.driver_id,
                 loc.latitude,
                 loc.longitude,

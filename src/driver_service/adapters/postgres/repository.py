@@ -35,7 +35,15 @@ from urllib.parse import urlsplit
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
 import driver_service.adapters.postgres.schema as postgres_schema
-from driver_service.domain import INITIAL_STATUS, Driver, DriverNotFound, Location, Status
+from driver_service.domain import (
+    INITIAL_STATUS,
+    Driver,
+    DriverNotFound,
+    Location,
+    Status,
+    new_driver,
+    new_location,
+)
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
 from driver_service.domain.events import (
@@ -50,7 +58,6 @@ from driver_service.domain.events import (
     sweep_stale,
     with_times,
 )
-from driver_service.domain.model import new_location
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
     HISTORY_PAGE_SIZE,
@@ -365,8 +372,8 @@ def _driver_from_record(row: Any) -> Driver:
     driver_id, status, lat, lon, speed, heading, at_ns, last_seen = row
     location = None
     if at_ns is not None:
-        location = Location(driver_id, lat, lon, speed, heading, at_ns)
-    return Driver(driver_id, Status(status), location, last_seen)
+        location = new_location(driver_id, lat, lon, speed, heading, at_ns)
+    return new_driver(driver_id, Status(status), location, last_seen)
 
 
 def _newest(locations: Sequence[Location]) -> dict[str, Location]:
@@ -881,7 +888,7 @@ class PostgresRepository:
         stored: dict[FixKey, Location] = {}
         if keys:
             rows = await con.fetch(_STORED_FIXES, [k[0] for k in keys], [k[1] for k in keys])
-            stored = {(row[0], row[5]): Location(*row) for row in rows}
+            stored = {(row[0], row[5]): new_location(*row) for row in rows}
         return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:

@@ -53,8 +53,7 @@ from driver_service.app.fanout import (
     MemoryFleetSubscription,
     MemorySubscription,
 )
-from driver_service.domain import Location
-from driver_service.domain.model import new_location
+from driver_service.domain import Location, new_location
 from driver_service.resilience.guard import DependencyGuard
 from driver_service.resilience.supervision import Policy, Supervised, TaskSupervisor
 

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from driver_service.adapters.redis.connection import redis_guard
 from driver_service.adapters.redis.erasure_fence import ERASURE_FENCE_S, fence_key
 from driver_service.adapters.redis.read_cache import DROPPED, DriverReadCache
-from driver_service.domain import Driver, Location, Status
+from driver_service.domain import Driver, Location, Status, new_driver, new_location
 from driver_service.ports import DriverRepository, Recorded
 from driver_service.resilience.guard import DependencyGuard, DependencyUnavailable
 
@@ -182,7 +182,7 @@ def _driver_from_hash(driver_id: str, fields: dict[bytes, bytes]) -> Driver | No
         at_ns = fields.get(b"location_at_ns")
         location = None
         if at_ns is not None:
-            location = Location(
+            location = new_location(
                 driver_id,
                 float(fields[b"lat"]),
                 float(fields[b"lon"]),
@@ -192,7 +192,7 @@ def _driver_from_hash(driver_id: str, fields: dict[bytes, bytes]) -> Driver | No
             )
     except (KeyError, ValueError):
         return None
-    return Driver(driver_id, status, location, last_seen)
+    return new_driver(driver_id, status, location, last_seen)
 
 
 class LiveStateRepository:

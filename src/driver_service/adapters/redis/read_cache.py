@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from driver_service.adapters.redis.bus import ChannelSubscription, RedisBus
-from driver_service.domain import Driver, Location, Status
+from driver_service.domain import Driver, Status, new_driver, new_location
 from driver_service.resilience.guard import DependencyGuard
 
 #: Drivers kept per process by default (`--read-cache-size`).
@@ -56,12 +56,12 @@ def decode_state(driver_id: str, payload: bytes) -> tuple[Driver, int] | None:
         location = None
         if len(parts) == 8:
             lat, lon, speed, heading = map(float, parts[3:7])
-            location = Location(driver_id, lat, lon, speed, heading, int(parts[7]))
+            location = new_location(driver_id, lat, lon, speed, heading, int(parts[7]))
         elif len(parts) != 3:
             return None
     except (IndexError, ValueError):
         return None
-    return Driver(driver_id, status, location, seen), version
+    return new_driver(driver_id, status, location, seen), version
 
 
 class _Entry:

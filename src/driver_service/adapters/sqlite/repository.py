@@ -25,7 +25,15 @@ from typing import IO, Any, TypeVar
 
 from driver_service.adapters.sqlite._thread import StoreThread
 from driver_service.adapters.sqlite.schema import migrate
-from driver_service.domain import INITIAL_STATUS, Driver, DriverNotFound, Location, Status
+from driver_service.domain import (
+    INITIAL_STATUS,
+    Driver,
+    DriverNotFound,
+    Location,
+    Status,
+    new_driver,
+    new_location,
+)
 from driver_service.domain.conflicts import FixKey, may_be_stored_already, refused_updates
 from driver_service.domain.errors import VersionMismatch, ZoneExists, ZoneNotFound
 from driver_service.domain.events import (
@@ -41,7 +49,6 @@ from driver_service.domain.events import (
     sweep_stale,
     with_times,
 )
-from driver_service.domain.model import new_driver, new_location
 from driver_service.domain.zones import Zone, zone_columns, zone_from_columns
 from driver_service.ports import (
     HISTORY_PAGE_SIZE,
@@ -245,8 +252,8 @@ def _driver_from_row(row: tuple[Any, ...]) -> Driver:
     driver_id, status, lat, lon, speed, heading, at_ns, last_seen = row
     location = None
     if at_ns is not None:
-        location = Location(driver_id, lat, lon, speed, heading, at_ns)
-    return Driver(driver_id, Status(status), location, last_seen)
+        location = new_location(driver_id, lat, lon, speed, heading, at_ns)
+    return new_driver(driver_id, Status(status), location, last_seen)
 
 
 class SqliteRepository:
@@ -689,7 +696,7 @@ class SqliteRepository:
         for start in range(0, len(params), step):
             chunk = params[start : start + step]
             for row in con.execute(_stored_fixes(len(chunk) // 2), chunk):
-                stored[row[0], row[5]] = Location(*row)
+                stored[row[0], row[5]] = new_location(*row)
         return refused_updates(locations, stored)
 
     async def set_status(self, driver_id: str, status: Status, at_ns: int) -> Driver:
@@ -702,9 +709,9 @@ class SqliteRepository:
     ) -> tuple[Driver, list[LoggedEvent]]:
         current = self._drivers.get(driver_id)
         if current is None:
-            driver = Driver(driver_id, status, None, at_ns)
+            driver = new_driver(driver_id, status, None, at_ns)
         else:
-            driver = Driver(
+            driver = new_driver(
                 driver_id, status, current.location, max(current.last_seen_at_ns, at_ns)
             )
         evaluator = self._evaluator
